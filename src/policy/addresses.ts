@@ -1,0 +1,172 @@
+/**
+ * IP addresses and prefixes as the compiler needs them: a family and four
+ * unsigned 32-bit words (IPv4 uses word 0 only), plus a prefix length.
+ * Parsing and validation are ip-cidr's (and its ip-address); this file only
+ * turns its answers into words and does prefix arithmetic.
+ */
+import IPCIDR from 'ip-cidr';
+
+export type Family = 4 | 6;
+
+export interface Prefix {
+  family: Family;
+  /** Network address, host bits zero; IPv4 in words[0]. */
+  words: [number, number, number, number];
+  len: number;
+  /** Canonical text, e.g. `10.0.0.0/24`, `fd00:1::/48`. */
+  text: string;
+}
+
+function familyOf(text: string): Family {
+  return text.includes(':') ? 6 : 4;
+}
+
+function wordsOf(big: bigint, family: Family): [number, number, number, number] {
+  if (family === 4) return [Number(big & 0xffffffffn) >>> 0, 0, 0, 0];
+  return [
+    Number((big >> 96n) & 0xffffffffn) >>> 0,
+    Number((big >> 64n) & 0xffffffffn) >>> 0,
+    Number((big >> 32n) & 0xffffffffn) >>> 0,
+    Number(big & 0xffffffffn) >>> 0,
+  ];
+}
+
+/** Parse `a.b.c.d`, an IPv6 address, or either with `/len`. Returns null if invalid. */
+export function parsePrefix(text: string): Prefix | null {
+  if (typeof text !== 'string' || text.trim() !== text || text === '') return null;
+  const family = familyOf(text);
+  const max = family === 4 ? 32 : 128;
+  let cidr = text;
+  if (!text.includes('/')) cidr = `${text}/${max}`;
+  else {
+    const len = text.slice(text.indexOf('/') + 1);
+    if (!/^\d{1,3}$/.test(len) || Number(len) > max) return null;
+  }
+  if (!IPCIDR.isValidCIDR(cidr)) return null;
+  if (family === 4 && !/^\d{1,3}(\.\d{1,3}){3}\//.test(cidr)) return null; // no shorthand like 10.1/8
+  const c = new IPCIDR(cidr);
+  const start = c.start<bigint>({ type: 'bigInteger' });
+  const len = Number(cidr.slice(cidr.indexOf('/') + 1));
+  const words = wordsOf(BigInt(start as unknown as bigint), family);
+  const startText = c.start<string>();
+  return { family, words, len, text: `${startText}/${len}` };
+}
+
+/** True if the text had host bits set (10.0.0.5/24), which we accept but warn about. */
+export function hasHostBits(text: string, p: Prefix): boolean {
+  if (!text.includes('/')) return false;
+  const addr = parsePrefix(text.slice(0, text.indexOf('/')));
+  if (!addr) return false;
+  return addr.words.some((w, i) => w !== p.words[i]);
+}
+
+/** Low and high bound of a prefix in word `i` (unsigned 32-bit). */
+export function prefixWordRange(p: Prefix, i: number): [number, number] {
+  const bitsBefore = i * 32;
+  const inWord = p.len - bitsBefore;
+  if (inWord >= 32) return [p.words[i], p.words[i]];
+  if (inWord <= 0) return [0, 0xffffffff];
+  const span = 2 ** (32 - inWord);
+  return [p.words[i], p.words[i] + span - 1];
+}
+
+/** Does prefix a contain prefix b (same family, a.len <= b.len, same leading bits)? */
+export function prefixContains(a: Prefix, b: Prefix): boolean {
+  if (a.family !== b.family || a.len > b.len) return false;
+  for (let i = 0; i < 4; i++) {
+    const [lo, hi] = prefixWordRange(a, i);
+    const w = b.words[i];
+    if (w < lo || w > hi) return false;
+  }
+  return true;
+}
+
+/** Does prefix p hold the single address `addr` (also a Prefix, full length)? */
+export function prefixHolds(p: Prefix, addr: Prefix): boolean {
+  return prefixContains(p, addr);
+}
+
+export function prefixEquals(a: Prefix, b: Prefix): boolean {
+  return a.family === b.family && a.len === b.len && a.words.every((w, i) => w === b.words[i]);
+}
+
+/**
+ * The smallest equivalent list: prefixes held by another are dropped and
+ * sibling pairs are merged into their parent, repeatedly. Keeps rule
+ * expansion (sources x destinations x services) small for tag groups whose
+ * members sit in contiguous addresses.
+ */
+export function prefixAggregate(list: readonly Prefix[]): Prefix[] {
+  const sorted = [...list].sort(comparePrefix);
+  let out: Prefix[] = [];
+  for (const p of sorted) {
+    if (out.length > 0 && prefixContains(out[out.length - 1], p)) continue;
+    out.push(p);
+  }
+  for (let changed = true; changed; ) {
+    changed = false;
+    const merged: Prefix[] = [];
+    for (let i = 0; i < out.length; i++) {
+      const a = out[i], b = out[i + 1];
+      if (b && a.family === b.family && a.len === b.len && a.len > 0) {
+        const parent = prefixTruncate(a, a.len - 1);
+        if (prefixContains(parent, b) && !prefixEquals(a, b)) {
+          merged.push(parent);
+          i++;
+          changed = true;
+          continue;
+        }
+      }
+      merged.push(a);
+    }
+    // A merge can create a parent that now holds its neighbour: drop those.
+    out = [];
+    for (const p of merged) {
+      if (out.length > 0 && prefixContains(out[out.length - 1], p)) continue;
+      out.push(p);
+    }
+  }
+  return out;
+}
+
+function comparePrefix(a: Prefix, b: Prefix): number {
+  if (a.family !== b.family) return a.family - b.family;
+  for (let i = 0; i < 4; i++) if (a.words[i] !== b.words[i]) return a.words[i] - b.words[i];
+  return a.len - b.len;
+}
+
+export function prefixTruncate(p: Prefix, len: number): Prefix {
+  const words: [number, number, number, number] = [0, 0, 0, 0];
+  for (let i = 0; i < 4; i++) {
+    const inWord = len - i * 32;
+    if (inWord >= 32) words[i] = p.words[i];
+    else if (inWord > 0) words[i] = (p.words[i] & ~((2 ** (32 - inWord)) - 1)) >>> 0;
+  }
+  return { family: p.family, words, len, text: prefixText(p.family, words, len) };
+}
+
+export function prefixText(family: Family, words: readonly number[], len: number): string {
+  return `${addressText(family, words)}/${len}`;
+}
+
+export function addressText(family: Family, words: readonly number[]): string {
+  if (family === 4) {
+    const w = words[0] >>> 0;
+    return `${w >>> 24}.${(w >>> 16) & 255}.${(w >>> 8) & 255}.${w & 255}`;
+  }
+  let big = 0n;
+  for (let i = 0; i < 4; i++) big = (big << 32n) | BigInt(words[i] >>> 0);
+  const hex: string[] = [];
+  for (let i = 7; i >= 0; i--) hex.push(((big >> BigInt(i * 16)) & 0xffffn).toString(16));
+  // Compress the longest run of zero groups, as RFC 5952 prescribes.
+  let bestStart = -1, bestLen = 0;
+  for (let i = 0; i < 8; ) {
+    if (hex[i] !== '0') { i++; continue; }
+    let j = i;
+    while (j < 8 && hex[j] === '0') j++;
+    if (j - i > bestLen && j - i > 1) { bestStart = i; bestLen = j - i; }
+    i = j;
+  }
+  if (bestStart < 0) return hex.join(':');
+  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
+}

@@ -1,0 +1,520 @@
+/**
+ * Reading a policy document (YAML or JSON) into the validated model.
+ *
+ * The `yaml` library parses both and keeps every node's source range, so each
+ * problem points at the line and column of the value (or, for unknown and
+ * duplicate keys, of the key) it is about. Validation goes through the whole
+ * document and collects every problem before it returns.
+ */
+import { readFileSync } from 'node:fs';
+import { LineCounter, parseDocument, isMap, isSeq, isScalar, isPair, type Document, type Node } from 'yaml';
+import { parsePrefix, hasHostBits, type Prefix } from './addresses.js';
+import { formatPath, PolicyError, type PathSegment, type PolicyProblem, type Severity } from './errors.js';
+import { ACTIONS, type Action, type AddressRef, type Group, type Policy, type Rule, type Section, type ServiceRef, type Workload } from './model.js';
+import { findShadowedRules } from './shadow.js';
+import { parseServiceObject, parseServiceSpec, RESERVED_SERVICE_NAMES, ServiceSyntaxError, type ServiceAtom } from './services.js';
+
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]*$/;
+const NIC_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/;
+const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
+
+type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
+
+/** Collects problems and knows where each path sits in the source text. */
+class Checker {
+  readonly problems: PolicyProblem[] = [];
+  constructor(
+    readonly file: string,
+    readonly doc: Document.Parsed | null,
+    readonly lines: LineCounter | null,
+  ) {}
+
+  private nodeAt(path: readonly PathSegment[], atKey: boolean): Node | null {
+    if (!this.doc) return null;
+    let node: unknown = this.doc.contents;
+    let last: Node | null = (node as Node) ?? null;
+    for (let i = 0; i < path.length; i++) {
+      const seg = path[i];
+      if (isMap(node)) {
+        const pair = node.items.find((p) => isPair(p) && isScalar(p.key) && String(p.key.value) === String(seg));
+        if (!pair) return last;
+        if (i === path.length - 1 && atKey) return pair.key as Node;
+        node = pair.value;
+      } else if (isSeq(node) && typeof seg === 'number') {
+        node = node.items[seg];
+      } else return last;
+      if (node && typeof node === 'object' && 'range' in (node as object)) last = node as Node;
+    }
+    return last;
+  }
+
+  locate(path: readonly PathSegment[], atKey = false): { line: number; column: number } {
+    const node = this.nodeAt(path, atKey);
+    if (node?.range && this.lines) {
+      const pos = this.lines.linePos(node.range[0]);
+      return { line: pos.line, column: pos.col };
+    }
+    return { line: 1, column: 1 };
+  }
+
+  report(severity: Severity, code: string, path: readonly PathSegment[], message: string, atKey = false): void {
+    const { line, column } = this.locate(path, atKey);
+    this.problems.push({ severity, code, file: this.file, line, column, path: formatPath(path), message });
+  }
+
+  error(code: string, path: readonly PathSegment[], message: string, atKey = false): void {
+    this.report('error', code, path, message, atKey);
+  }
+
+  warn(code: string, path: readonly PathSegment[], message: string): void {
+    this.report('warning', code, path, message);
+  }
+
+  get failed(): boolean {
+    return this.problems.some((p) => p.severity === 'error');
+  }
+}
+
+function describe(v: Json | undefined): string {
+  if (v === undefined) return 'nothing';
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a mapping';
+  if (typeof v === 'string') return `the string '${v}'`;
+  return `${typeof v} ${JSON.stringify(v)}`;
+}
+
+function isObject(v: Json | undefined): v is { [k: string]: Json } {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Report keys outside `allowed`; returns the object or null when it is not a mapping. */
+function mapping(c: Checker, v: Json | undefined, path: PathSegment[], allowed: readonly string[] | null, what: string): { [k: string]: Json } | null {
+  if (!isObject(v)) {
+    c.error('wrong-type', path, `expected ${what} (a mapping), found ${describe(v)}`);
+    return null;
+  }
+  if (allowed === null) return v;
+  for (const k of Object.keys(v)) {
+    if (!allowed.includes(k)) {
+      c.error('unknown-key', [...path, k], `unknown key '${k}' (expected one of: ${allowed.join(', ')})`, true);
+    }
+  }
+  return v;
+}
+
+function str(c: Checker, v: Json | undefined, path: PathSegment[], what: string, re?: RegExp): string | null {
+  if (typeof v !== 'string') {
+    c.error('wrong-type', path, `expected ${what}, found ${describe(v)}`);
+    return null;
+  }
+  if (re && !re.test(v)) {
+    c.error('bad-name', path, `'${v}' is not a valid ${what}`);
+    return null;
+  }
+  return v;
+}
+
+function bool(c: Checker, v: Json | undefined, path: PathSegment[], fallback: boolean): boolean {
+  if (v === undefined) return fallback;
+  if (typeof v !== 'boolean') {
+    c.error('wrong-type', path, `expected true or false, found ${describe(v)}`);
+    return fallback;
+  }
+  return v;
+}
+
+/** A list of strings; a single string is accepted as a list of one. */
+function strList(c: Checker, v: Json | undefined, path: PathSegment[], what: string): Array<{ value: string; path: PathSegment[] }> {
+  if (v === undefined) return [];
+  if (typeof v === 'string') return [{ value: v, path }];
+  if (!Array.isArray(v)) {
+    c.error('wrong-type', path, `expected a list of ${what}, found ${describe(v)}`);
+    return [];
+  }
+  const out: Array<{ value: string; path: PathSegment[] }> = [];
+  v.forEach((item, i) => {
+    if (typeof item !== 'string') c.error('wrong-type', [...path, i], `expected ${what}, found ${describe(item)}`);
+    else out.push({ value: item, path: [...path, i] });
+  });
+  return out;
+}
+
+function prefixOf(c: Checker, text: string, path: PathSegment[], allowLength: boolean): Prefix | null {
+  const p = parsePrefix(text);
+  if (!p || (!allowLength && text.includes('/'))) {
+    c.error('bad-address', path, allowLength
+      ? `expected an IPv4 or IPv6 address or CIDR (like 10.0.0.0/24 or fd00::/64), found '${text}'`
+      : `expected an IPv4 or IPv6 address (like 10.0.0.11 or fd00::11), found '${text}'`);
+    return null;
+  }
+  if (allowLength && hasHostBits(text, p)) {
+    c.warn('host-bits', path, `'${text}' has host bits set; it is read as ${p.text}`);
+  }
+  return p;
+}
+
+const TOP_KEYS = ['version', 'default', 'spoofguard', 'workloads', 'groups', 'services', 'sections'] as const;
+const WORKLOAD_KEYS = ['nic', 'mac', 'ips', 'tags', 'comment'] as const;
+const GROUP_KEYS = ['tags', 'workloads', 'cidrs', 'groups', 'comment'] as const;
+const SECTION_KEYS = ['name', 'rules', 'comment'] as const;
+const RULE_KEYS = ['id', 'from', 'to', 'services', 'action', 'appliedTo', 'log', 'stateless', 'disabled', 'comment'] as const;
+
+function action(c: Checker, v: Json | undefined, path: PathSegment[]): Action | null {
+  if (typeof v === 'string' && (ACTIONS as readonly string[]).includes(v)) return v as Action;
+  c.error(v === undefined ? 'missing-key' : 'bad-value', path, `expected one of allow, drop, reject, found ${describe(v)}`);
+  return null;
+}
+
+function readWorkloads(c: Checker, raw: Json | undefined): Map<string, Workload> {
+  const out = new Map<string, Workload>();
+  if (raw === undefined) return out;
+  const m = mapping(c, raw, ['workloads'], null, 'workloads by name');
+  if (!m) return out;
+  const byNic = new Map<string, string>();
+  const byMac = new Map<string, string>();
+  const byIp = new Map<string, string>();
+  for (const [name, body] of Object.entries(m)) {
+    const path: PathSegment[] = ['workloads', name];
+    if (!NAME_RE.test(name)) c.error('bad-name', path, `'${name}' is not a valid workload name (letters, digits, _ . : -)`, true);
+    const w = mapping(c, body, path, WORKLOAD_KEYS, `workload '${name}'`);
+    if (!w) continue;
+    const nic = w.nic === undefined
+      ? (c.error('missing-key', path, `workload '${name}' has no 'nic' (the interface name of its vNIC)`), null)
+      : str(c, w.nic, [...path, 'nic'], 'interface name (at most 15 characters: letters, digits, _ . -)', NIC_RE);
+    let mac: string | null = null;
+    if (w.mac === undefined) c.error('missing-key', path, `workload '${name}' has no 'mac'`);
+    else if (typeof w.mac !== 'string' || !MAC_RE.test(w.mac)) {
+      c.error('bad-mac', [...path, 'mac'], `expected a MAC address like 02:00:00:00:00:01, found ${describe(w.mac)}`);
+    } else if (parseInt(w.mac.slice(0, 2), 16) & 1) {
+      c.error('bad-mac', [...path, 'mac'], `'${w.mac}' is a multicast address; a vNIC needs a unicast MAC`);
+    } else mac = w.mac.toLowerCase();
+    const ips: Prefix[] = [];
+    for (const ip of strList(c, w.ips, [...path, 'ips'], 'IP addresses')) {
+      const p = prefixOf(c, ip.value, ip.path, false);
+      if (!p) continue;
+      const key = p.text;
+      const owner = byIp.get(key);
+      if (owner !== undefined) c.error('duplicate-ip', ip.path, `address ${ip.value} is already claimed by workload '${owner}'`);
+      else byIp.set(key, name);
+      ips.push(p);
+    }
+    const tags: string[] = [];
+    for (const t of strList(c, w.tags, [...path, 'tags'], 'tags')) {
+      if (!NAME_RE.test(t.value)) c.error('bad-name', t.path, `'${t.value}' is not a valid tag (letters, digits, _ . : -)`);
+      else tags.push(t.value);
+    }
+    if (nic) {
+      const owner = byNic.get(nic);
+      if (owner !== undefined) c.error('duplicate-nic', [...path, 'nic'], `vNIC '${nic}' is already claimed by workload '${owner}'`);
+      else byNic.set(nic, name);
+    }
+    if (mac) {
+      const owner = byMac.get(mac);
+      if (owner !== undefined) c.error('duplicate-mac', [...path, 'mac'], `MAC ${mac} is already claimed by workload '${owner}'`);
+      else byMac.set(mac, name);
+    }
+    out.set(name, { name, nic: nic ?? '', mac: mac ?? '', ips, tags });
+  }
+  return out;
+}
+
+function readGroups(c: Checker, raw: Json | undefined, workloads: Map<string, Workload>): Map<string, Group> {
+  const out = new Map<string, Group>();
+  if (raw === undefined) return out;
+  const m = mapping(c, raw, ['groups'], null, 'groups by name');
+  if (!m) return out;
+  for (const [name, body] of Object.entries(m)) {
+    const path: PathSegment[] = ['groups', name];
+    if (!NAME_RE.test(name)) c.error('bad-name', path, `'${name}' is not a valid group name (letters, digits, _ . : -)`, true);
+    if (name === 'any') c.error('reserved-name', path, `'any' is reserved: it already means every address`, true);
+    const g = mapping(c, body, path, GROUP_KEYS, `group '${name}'`);
+    if (!g) continue;
+    const group: Group = { name, tagsAnyOf: [], tagsAllOf: [], workloads: [], cidrs: [], groups: [] };
+    if (g.tags !== undefined) {
+      if (typeof g.tags === 'string' || Array.isArray(g.tags)) {
+        group.tagsAnyOf = strList(c, g.tags, [...path, 'tags'], 'tags').map((t) => t.value);
+      } else {
+        const t = mapping(c, g.tags, [...path, 'tags'], ['anyOf', 'allOf'], 'a tag list, or { anyOf: [...] } or { allOf: [...] }');
+        if (t) {
+          group.tagsAnyOf = strList(c, t.anyOf, [...path, 'tags', 'anyOf'], 'tags').map((x) => x.value);
+          group.tagsAllOf = strList(c, t.allOf, [...path, 'tags', 'allOf'], 'tags').map((x) => x.value);
+        }
+      }
+    }
+    for (const w of strList(c, g.workloads, [...path, 'workloads'], 'workload names')) {
+      if (!workloads.has(w.value)) c.error('unknown-workload', w.path, `no workload named '${w.value}'${suggest(w.value, workloads.keys())}`);
+      else group.workloads.push(w.value);
+    }
+    for (const x of strList(c, g.cidrs, [...path, 'cidrs'], 'CIDRs')) {
+      const p = prefixOf(c, x.value, x.path, true);
+      if (p) group.cidrs.push(p);
+    }
+    group.groups = strList(c, g.groups, [...path, 'groups'], 'group names').map((x) => x.value);
+    if (group.tagsAnyOf.length + group.tagsAllOf.length + group.workloads.length + group.cidrs.length + group.groups.length === 0 && g.workloads === undefined && g.cidrs === undefined) {
+      c.warn('empty-group', path, `group '${name}' names no tags, workloads, CIDRs or groups, so it never matches`);
+    }
+    out.set(name, group);
+  }
+  // Nested groups must exist and must not form a cycle.
+  for (const g of out.values()) {
+    g.groups.forEach((sub, i) => {
+      if (!out.has(sub)) c.error('unknown-group', ['groups', g.name, 'groups', i], `no group named '${sub}'${suggest(sub, out.keys())}`);
+    });
+  }
+  const state = new Map<string, 'active' | 'done'>();
+  const stack: string[] = [];
+  const visit = (name: string): void => {
+    state.set(name, 'active');
+    stack.push(name);
+    const g = out.get(name)!;
+    g.groups.forEach((sub, i) => {
+      if (!out.has(sub)) return;
+      if (state.get(sub) === 'active') {
+        const cycle = [...stack.slice(stack.indexOf(sub)), sub].join(' -> ');
+        c.error('group-cycle', ['groups', name, 'groups', i], `groups form a cycle: ${cycle}`);
+      } else if (!state.has(sub)) visit(sub);
+    });
+    stack.pop();
+    state.set(name, 'done');
+  };
+  for (const name of out.keys()) if (!state.has(name)) visit(name);
+  return out;
+}
+
+function suggest(name: string, known: Iterable<string>): string {
+  const list = [...known];
+  const close = list.filter((k) => k.toLowerCase() === name.toLowerCase() || editDistance(k, name) <= Math.max(1, Math.floor(name.length / 3)));
+  return close.length > 0 ? ` (did you mean '${close[0]}'?)` : '';
+}
+
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0][j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+  }
+  return d[a.length][b.length];
+}
+
+function serviceEntry(c: Checker, v: Json, path: PathSegment[]): { atoms: ServiceAtom[]; text: string } | null {
+  try {
+    if (typeof v === 'string') return { atoms: parseServiceSpec(v), text: v };
+    const o = mapping(c, v, path, ['proto', 'ports', 'sourcePorts'], 'a service: a string like tcp/443 or { proto, ports, sourcePorts }');
+    if (!o) return null;
+    const proto = str(c, o.proto, [...path, 'proto'], 'a protocol name (tcp, udp, sctp, icmp, icmpv6)');
+    if (proto === null) return null;
+    const portText = (x: Json | undefined, key: string): string | undefined => {
+      if (x === undefined) return undefined;
+      if (typeof x === 'number') return String(x);
+      if (typeof x === 'string') return x;
+      c.error('wrong-type', [...path, key], `expected ports like 443 or 1024-65535, found ${describe(x)}`);
+      return undefined;
+    };
+    const text = `${proto}${o.ports !== undefined ? `/${o.ports}` : ''}${o.sourcePorts !== undefined ? ` from ${o.sourcePorts}` : ''}`;
+    return { atoms: parseServiceObject(proto, portText(o.ports, 'ports'), portText(o.sourcePorts, 'sourcePorts')), text };
+  } catch (e) {
+    if (e instanceof ServiceSyntaxError) {
+      c.error('bad-service', path, e.message);
+      return null;
+    }
+    throw e;
+  }
+}
+
+function readServices(c: Checker, raw: Json | undefined): Policy['services'] {
+  const out: Policy['services'] = new Map();
+  if (raw === undefined) return out;
+  const m = mapping(c, raw, ['services'], null, 'services by name');
+  if (!m) return out;
+  for (const [name, body] of Object.entries(m)) {
+    const path: PathSegment[] = ['services', name];
+    if (!NAME_RE.test(name)) c.error('bad-name', path, `'${name}' is not a valid service name (letters, digits, _ . : -)`, true);
+    if (RESERVED_SERVICE_NAMES.has(name.toLowerCase())) {
+      c.error('reserved-name', path, `'${name}' is reserved: it reads as a service spec`, true);
+    }
+    const list = Array.isArray(body) ? body : [body];
+    const atoms: ServiceAtom[] = [];
+    const specs: string[] = [];
+    list.forEach((entry, i) => {
+      const p = Array.isArray(body) ? [...path, i] : path;
+      const s = serviceEntry(c, entry, p);
+      if (s) {
+        atoms.push(...s.atoms);
+        specs.push(s.text);
+      }
+    });
+    if (Array.isArray(body) && body.length === 0) c.error('bad-service', path, `service '${name}' is an empty list`);
+    out.set(name, { name, atoms, specs });
+  }
+  return out;
+}
+
+function addressRefs(c: Checker, v: Json | undefined, path: PathSegment[], groups: Map<string, Group>): AddressRef[] {
+  if (v === undefined) {
+    c.error('missing-key', path.slice(0, -1), `rule has no '${String(path[path.length - 1])}' (use 'any' to match every address)`);
+    return [];
+  }
+  const items = strList(c, v, path, 'group names, CIDRs or any');
+  if (Array.isArray(v) && v.length === 0) c.error('bad-value', path, `an empty list matches nothing; use 'any' or name groups`);
+  const out: AddressRef[] = [];
+  for (const it of items) {
+    if (it.value === 'any') out.push({ kind: 'any' });
+    else if (groups.has(it.value)) out.push({ kind: 'group', name: it.value });
+    else if (/^[0-9a-fA-F.:]+(\/\d+)?$/.test(it.value) && /[.:]/.test(it.value)) {
+      const p = prefixOf(c, it.value, it.path, true);
+      if (p) out.push({ kind: 'cidr', prefix: p });
+    } else c.error('unknown-group', it.path, `no group named '${it.value}'${suggest(it.value, groups.keys())}`);
+  }
+  if (out.some((r) => r.kind === 'any') && out.length > 1) c.warn('redundant-any', path, `'any' already matches every address; the other entries add nothing`);
+  return out;
+}
+
+function serviceRefs(c: Checker, v: Json | undefined, path: PathSegment[], services: Policy['services']): ServiceRef[] {
+  if (v === undefined) return [{ kind: 'any' }];
+  const list = Array.isArray(v) ? v : [v];
+  if (Array.isArray(v) && v.length === 0) c.error('bad-value', path, `an empty list matches nothing; use 'any' or name services`);
+  const out: ServiceRef[] = [];
+  list.forEach((entry, i) => {
+    const p = Array.isArray(v) ? [...path, i] : path;
+    if (entry === 'any') out.push({ kind: 'any' });
+    else if (typeof entry === 'string' && services.has(entry)) out.push({ kind: 'named', name: entry });
+    else if (typeof entry === 'string' && !entry.includes('/') && !RESERVED_SERVICE_NAMES.has(entry.toLowerCase())) {
+      c.error('unknown-service', p, `no service named '${entry}'${suggest(entry, services.keys())} (define it under services, or write a spec like tcp/443)`);
+    } else {
+      const s = serviceEntry(c, entry, p);
+      if (s) out.push({ kind: 'inline', text: s.text, atoms: s.atoms });
+    }
+  });
+  return out;
+}
+
+function readSections(c: Checker, raw: Json | undefined, groups: Map<string, Group>, workloads: Map<string, Workload>, services: Policy['services']): Section[] {
+  if (raw === undefined) {
+    c.error('missing-key', [], `the policy has no 'sections' (use an empty list for none)`);
+    return [];
+  }
+  if (!Array.isArray(raw)) {
+    c.error('wrong-type', ['sections'], `expected a list of sections in precedence order, found ${describe(raw)}`);
+    return [];
+  }
+  const sections: Section[] = [];
+  const ids = new Map<string, string>();
+  const sectionNames = new Set<string>();
+  let order = 0;
+  raw.forEach((sRaw, si) => {
+    const sPath: PathSegment[] = ['sections', si];
+    const s = mapping(c, sRaw, sPath, SECTION_KEYS, 'a section { name, rules }');
+    if (!s) return;
+    const name = s.name === undefined ? (c.error('missing-key', sPath, 'section has no name'), `#${si}`) : str(c, s.name, [...sPath, 'name'], 'section name', NAME_RE) ?? `#${si}`;
+    if (sectionNames.has(name)) c.error('duplicate-section', [...sPath, 'name'], `section '${name}' is defined twice`);
+    sectionNames.add(name);
+    const section: Section = { name, rules: [] };
+    sections.push(section);
+    if (s.rules === undefined) return;
+    if (!Array.isArray(s.rules)) {
+      c.error('wrong-type', [...sPath, 'rules'], `expected a list of rules, found ${describe(s.rules)}`);
+      return;
+    }
+    s.rules.forEach((rRaw, ri) => {
+      const path: PathSegment[] = [...sPath, 'rules', ri];
+      const r = mapping(c, rRaw, path, RULE_KEYS, 'a rule { id, from, to, services, action }');
+      if (!r) return;
+      let id = `${name}#${ri}`;
+      if (r.id === undefined) c.error('missing-key', path, 'rule has no id');
+      else {
+        const v = str(c, r.id, [...path, 'id'], 'rule id (letters, digits, _ . : -)', NAME_RE);
+        if (v !== null) {
+          const prev = ids.get(v);
+          if (prev !== undefined) c.error('duplicate-id', [...path, 'id'], `rule id '${v}' is already used at ${prev}`);
+          else ids.set(v, formatPath(path));
+          id = v;
+        }
+      }
+      const from = addressRefs(c, r.from, [...path, 'from'], groups);
+      const to = addressRefs(c, r.to, [...path, 'to'], groups);
+      const svc = serviceRefs(c, r.services, [...path, 'services'], services);
+      const act = r.action === undefined ? (c.error('missing-key', path, `rule has no action (allow, drop or reject)`), 'drop' as Action) : action(c, r.action, [...path, 'action']) ?? 'drop';
+      const appliedTo: string[] = [];
+      for (const a of strList(c, r.appliedTo, [...path, 'appliedTo'], 'group names')) {
+        if (a.value === 'any') continue;
+        if (groups.has(a.value)) appliedTo.push(a.value);
+        else if (workloads.has(a.value)) c.error('unknown-group', a.path, `appliedTo names groups; '${a.value}' is a workload: put it in a group`);
+        else c.error('unknown-group', a.path, `no group named '${a.value}'${suggest(a.value, groups.keys())}`);
+      }
+      if (Array.isArray(r.appliedTo) && r.appliedTo.length === 0) c.error('bad-value', [...path, 'appliedTo'], 'an empty appliedTo list applies the rule nowhere; leave appliedTo out to apply it everywhere');
+      const rule: Rule = {
+        id,
+        section: name,
+        order: order++,
+        path: formatPath(path),
+        ...c.locate(path),
+        from,
+        to,
+        services: svc,
+        action: act,
+        appliedTo,
+        log: bool(c, r.log, [...path, 'log'], false),
+        stateless: bool(c, r.stateless, [...path, 'stateless'], false),
+        disabled: bool(c, r.disabled, [...path, 'disabled'], false),
+        comment: r.comment === undefined ? '' : str(c, r.comment, [...path, 'comment'], 'a comment (text)') ?? '',
+      };
+      // Non-IP frames carry no IP address, so an EtherType can only be matched with any/any.
+      const hasEther = svc.some((s) => (s.kind === 'inline' ? s.atoms : s.kind === 'named' ? services.get(s.name)?.atoms ?? [] : []).some((a) => a.kind === 'ether'));
+      if (hasEther && (from.some((f) => f.kind !== 'any') || to.some((t) => t.kind !== 'any'))) {
+        c.error('ether-needs-any', [...path, 'services'], `an EtherType service matches non-IP frames, which have no IP address: this rule needs from: any and to: any`);
+      }
+      section.rules.push(rule);
+    });
+  });
+  return sections;
+}
+
+/** Validate parsed data (`source` names it in messages); returns the model and every problem. */
+export function policyFromData(data: Json, source: string, c: Checker = new Checker(source, null, null)): { policy: Policy | null; problems: PolicyProblem[] } {
+  const top = mapping(c, data, [], TOP_KEYS, 'a policy document');
+  if (!top) return { policy: null, problems: c.problems };
+  if (top.version !== undefined && top.version !== 1) c.error('bad-value', ['version'], `expected version 1, found ${describe(top.version)}`);
+  const def = top.default === undefined ? 'drop' : action(c, top.default, ['default']) ?? 'drop';
+  const spoofguard = bool(c, top.spoofguard, ['spoofguard'], true);
+  const workloads = readWorkloads(c, top.workloads);
+  const groups = readGroups(c, top.groups, workloads);
+  const services = readServices(c, top.services);
+  const sections = readSections(c, top.sections, groups, workloads, services);
+  const policy: Policy = { source, default: def, spoofguard, workloads, groups, services, sections };
+  if (!c.failed) c.problems.push(...findShadowedRules(policy));
+  return { policy: c.failed ? null : policy, problems: c.problems };
+}
+
+/** Parse YAML or JSON text and validate it. Never throws for bad input. */
+export function policyParse(text: string, file: string): { policy: Policy | null; problems: PolicyProblem[] } {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const c = new Checker(file, doc, lines);
+  if (doc.errors.length > 0) {
+    for (const e of doc.errors) {
+      const pos = lines.linePos(e.pos[0]);
+      const msg = e.code === 'DUPLICATE_KEY' ? 'a key is repeated in the same mapping' : e.message.split('\n')[0];
+      c.problems.push({ severity: 'error', code: e.code === 'DUPLICATE_KEY' ? 'duplicate-key' : 'syntax', file, line: pos.line, column: pos.col, path: '(document)', message: msg });
+    }
+    return { policy: null, problems: c.problems };
+  }
+  return policyFromData(doc.toJS({ maxAliasCount: 100 }) as Json, file, c);
+}
+
+/** Read and validate a policy file; throws PolicyError listing every problem. */
+export function policyLoad(file: string): { policy: Policy; warnings: PolicyProblem[] } {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw new PolicyError([{ severity: 'error', code: 'unreadable', file, line: 0, column: 0, path: '(document)', message: `cannot read the file: ${err.code ?? err.message}` }]);
+  }
+  const { policy, problems } = policyParse(text, file);
+  if (!policy) throw new PolicyError(problems);
+  return { policy, warnings: problems };
+}
+

@@ -1,0 +1,78 @@
+/**
+ * The validated policy model: what a policy document means once it has been
+ * checked. Nothing here refers back to YAML; the compiler works from this.
+ */
+import type { Prefix } from './addresses.js';
+import type { ServiceAtom } from './services.js';
+
+export type Action = 'allow' | 'drop' | 'reject';
+export const ACTIONS: readonly Action[] = ['allow', 'drop', 'reject'];
+
+export interface Workload {
+  name: string;
+  /** Interface name of the vNIC (the TAP or veth tapwall serves). */
+  nic: string;
+  /** Lower-case, colon-separated. */
+  mac: string;
+  /** Single addresses, as full-length prefixes. */
+  ips: Prefix[];
+  tags: string[];
+}
+
+export interface Group {
+  name: string;
+  /** Members have at least one of these tags. */
+  tagsAnyOf: string[];
+  /** Members have all of these tags (ignored when empty). */
+  tagsAllOf: string[];
+  workloads: string[];
+  cidrs: Prefix[];
+  groups: string[];
+}
+
+/** A reference in a rule's from or to. */
+export type AddressRef = { kind: 'any' } | { kind: 'group'; name: string } | { kind: 'cidr'; prefix: Prefix };
+
+/** A reference in a rule's services. */
+export type ServiceRef = { kind: 'any' } | { kind: 'named'; name: string } | { kind: 'inline'; text: string; atoms: ServiceAtom[] };
+
+export interface Rule {
+  id: string;
+  section: string;
+  /** Position in the whole policy, sections first to last: the rule's precedence. */
+  order: number;
+  /** Where it stands in the document, for messages. */
+  path: string;
+  line: number;
+  column: number;
+  from: AddressRef[];
+  to: AddressRef[];
+  services: ServiceRef[];
+  action: Action;
+  /** Group names whose members' vNICs evaluate the rule; empty = every vNIC. */
+  appliedTo: string[];
+  log: boolean;
+  stateless: boolean;
+  disabled: boolean;
+  comment: string;
+}
+
+export interface Section {
+  name: string;
+  rules: Rule[];
+}
+
+export interface Policy {
+  /** Where it was read from, for messages. */
+  source: string;
+  default: Action;
+  spoofguard: boolean;
+  workloads: Map<string, Workload>;
+  groups: Map<string, Group>;
+  services: Map<string, { name: string; atoms: ServiceAtom[]; specs: string[] }>;
+  sections: Section[];
+}
+
+export function allRules(p: Policy): Rule[] {
+  return p.sections.flatMap((s) => s.rules);
+}
