@@ -28,6 +28,7 @@ export interface ClassbenchTrace {
 
 export class ClassbenchFormatError extends Error {
   readonly code = 'CLASSBENCH_FORMAT';
+  override readonly name = 'ClassbenchFormatError';
   constructor(file: string, line: number, what: string) {
     super(`${file}:${line}: ${what}`);
   }

@@ -28,6 +28,7 @@ export interface PacketSpec {
 
 export class TraceSpecError extends Error {
   readonly code = 'TRACE_SPEC';
+  override readonly name = 'TraceSpecError';
 }
 
 const PROTO_WORDS: Record<string, number> = { tcp: PROTO.tcp, udp: PROTO.udp, sctp: PROTO.sctp, icmp: PROTO.icmp, icmpv6: PROTO.icmpv6 };

@@ -37,6 +37,7 @@ export function formatProblem(p: PolicyProblem): string {
 
 export class PolicyError extends Error {
   readonly code = 'POLICY_INVALID';
+  override readonly name = 'PolicyError';
   constructor(readonly problems: PolicyProblem[]) {
     super(
       `policy is invalid (${problems.filter((p) => p.severity === 'error').length} errors):\n` +

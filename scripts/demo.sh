@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The demo, for now (the live data-plane demo comes with the data plane): the
+# policy checker and tracer on the example policies, and the classifier
+# benchmark on a ClassBench set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tw() { echo; echo "\$ tapwall $*"; node bin/tapwall.js "$@"; }
+
+echo "== 1. Check the example policies"
+tw check examples/three-tier.yaml
+tw check examples/dual-stack.json
+
+echo; echo "== 2. A policy with mistakes: every problem, with file, line, column and path"
+tw check examples/broken.yaml || echo "(exit code $?: the policy is invalid)"
+
+echo; echo "== 3. Trace packets through the three-tier policy"
+tw trace examples/three-tier.yaml 'tcp 203.0.113.9:50000 -> 10.0.1.11:443'
+tw trace examples/three-tier.yaml 'tcp 10.0.2.21:40000 -> 10.0.3.31:5432'
+tw trace examples/three-tier.yaml 'tcp 10.0.1.11:40000 -> 10.0.3.31:5432'
+tw trace examples/three-tier.yaml --from web-1 'tcp 10.0.3.31:40000 -> 10.0.2.21:8080'
+tw trace examples/dual-stack.json 'tcp [2001:db8::5]:40000 -> [fd00:6::11]:443'
+
+echo; echo "== 4. The rule trie against a linear scan, 4k ClassBench firewall rules"
+tw bench classify data/classbench/4k/fw1_seed_1.rules data/classbench/4k/fw1_seed_1.trace --rounds 3

@@ -1,0 +1,97 @@
+// Randomised differential test of the whole compiler: random policies (tags,
+// nested groups, CIDRs, IPv4 and IPv6, services, appliedTo, disabled rules)
+// compiled to tries, against reading the policy top to bottom.
+import t from 'tap';
+import { policyFromData } from '../src/policy/load.js';
+import { parsePrefix } from '../src/policy/addresses.js';
+import { pointClassify, policyCompile } from '../src/policy/compile.js';
+import { keyWrite } from '../src/packet/key.js';
+import { naivePolicyDecide } from './reference.js';
+import { pick, randInt, rng } from './rng.js';
+
+const TAGS = ['web', 'app', 'db', 'prod', 'dev', 'quarantine'];
+const SERVICES = ['tcp/80', 'tcp/443', 'tcp/1000-2000', 'tcp/0', 'tcp/65535', 'udp/53', 'udp/0-1023', 'icmp/echo-request', 'icmp', 'icmpv6/128', 'icmpv6', 'ip/47', 'tcp', 'sctp/9'];
+
+function randomPolicy(r: () => number) {
+  const nW = randInt(r, 1, 8);
+  const workloads: Record<string, unknown> = {};
+  const ips: string[] = [];
+  for (let i = 0; i < nW; i++) {
+    const mine: string[] = [];
+    if (r() < 0.8) mine.push(`10.${randInt(r, 0, 2)}.${randInt(r, 0, 3)}.${i + 1}`);
+    if (r() < 0.6) mine.push(`fd00:${randInt(r, 0, 2)}::${(i + 1).toString(16)}`);
+    ips.push(...mine);
+    workloads[`w${i}`] = { nic: `tw${i}`, mac: `02:00:00:00:00:${(i + 1).toString(16).padStart(2, '0')}`, ips: mine, tags: TAGS.filter(() => r() < 0.3) };
+  }
+  const groups: Record<string, unknown> = {};
+  const nG = randInt(r, 1, 6);
+  for (let g = 0; g < nG; g++) {
+    const body: Record<string, unknown> = {};
+    const kind = randInt(r, 0, 4);
+    if (kind === 0) body.tags = TAGS.filter(() => r() < 0.4);
+    if (kind === 1) body.tags = { allOf: TAGS.filter(() => r() < 0.3) };
+    if (kind === 2) body.workloads = Object.keys(workloads).filter(() => r() < 0.4);
+    if (kind === 3) body.cidrs = [pick(r, ['10.0.0.0/8', '10.1.0.0/16', '10.0.2.0/24', 'fd00::/16', 'fd00:1::/32', '0.0.0.0/0', '::/0', '10.0.1.1/32'])];
+    if (kind === 4 && g > 0) body.groups = [`g${randInt(r, 0, g - 1)}`];
+    else if (kind === 4) body.cidrs = ['192.168.0.0/16'];
+    groups[`g${g}`] = body;
+  }
+  const side = () => (r() < 0.25 ? 'any' : r() < 0.15 ? pick(r, ['10.0.0.0/9', 'fd00::/20', '10.2.3.4']) : Array.from({ length: randInt(r, 1, 2) }, () => `g${randInt(r, 0, nG - 1)}`));
+  const rules = Array.from({ length: randInt(r, 0, 25) }, (_, i) => {
+    const rule: Record<string, unknown> = { id: `r${i}`, from: side(), to: side(), action: pick(r, ['allow', 'drop', 'reject']) };
+    if (r() < 0.7) rule.services = Array.from({ length: randInt(r, 1, 3) }, () => pick(r, SERVICES));
+    if (r() < 0.2) rule.appliedTo = [`g${randInt(r, 0, nG - 1)}`];
+    if (r() < 0.1) rule.disabled = true;
+    return rule;
+  });
+  const cut = randInt(r, 0, rules.length);
+  const policy = {
+    default: pick(r, ['allow', 'drop']),
+    workloads,
+    groups,
+    sections: [{ name: 's1', rules: rules.slice(0, cut) }, { name: 's2', rules: rules.slice(cut) }],
+  };
+  return { policy, ips };
+}
+
+function randomAddress(r: () => number, ips: string[], v6: boolean): string {
+  const own = ips.filter((a) => a.includes(':') === v6);
+  if (own.length > 0 && r() < 0.6) return pick(r, own);
+  return v6 ? pick(r, ['fd00::99', 'fd00:1::5', '2001:db8::1', '::', 'ffff::1']) : pick(r, ['10.0.0.1', '10.1.2.3', '10.2.3.4', '192.168.1.1', '0.0.0.0', '255.255.255.255', '10.0.2.200']);
+}
+
+t.test('compiled tries agree with the policy read top to bottom', async (t) => {
+  let checked = 0;
+  const key = new Int32Array(16);
+  for (let seed = 1; seed <= 150; seed++) {
+    const r = rng(seed);
+    const { policy: data, ips } = randomPolicy(r);
+    const { policy, problems } = policyFromData(data as never, `seed-${seed}`);
+    if (!policy) {
+      t.fail(`seed ${seed}: generated policy is invalid: ${problems.map((p) => p.message).join('; ')}`);
+      continue;
+    }
+    const compiled = policyCompile(policy);
+    let bad = 0, first = '';
+    for (let i = 0; i < 200; i++) {
+      const v6 = r() < 0.4;
+      const src = parsePrefix(randomAddress(r, ips, v6))!, dst = parsePrefix(randomAddress(r, ips, v6))!;
+      const proto = pick(r, v6 ? [6, 17, 58, 47, 132] : [6, 17, 1, 47, 132]);
+      const ported = proto === 6 || proto === 17 || proto === 132;
+      const icmp = proto === 1 || proto === 58;
+      const sport = ported ? pick(r, [0, 53, 80, 1500, 65535, randInt(r, 0, 65535)]) : icmp ? pick(r, [0, 8, 128, 3]) : 0;
+      const dport = ported ? pick(r, [0, 53, 80, 443, 1000, 2000, 65535, randInt(r, 0, 65535)]) : icmp ? pick(r, [0, 4]) : 0;
+      const w = pick(r, [...policy.workloads.values()]);
+      keyWrite(key, 0, src.family, src.words, dst.words, proto, sport, dport);
+      const got = pointClassify(compiled.points.get(w.nic)!.egress.tables, src.family, key, 0);
+      const want = naivePolicyDecide(policy, compiled, w.name, src, dst, proto, sport, dport).order;
+      checked++;
+      if (got !== want) {
+        bad++;
+        if (!first) first = ` e.g. at ${w.name}: ${proto} ${src.text}:${sport} -> ${dst.text}:${dport}: compiled ${got}, reference ${want}`;
+      }
+    }
+    if (bad > 0) t.fail(`seed ${seed}: ${bad} of 200 packets disagree${first}`);
+  }
+  t.equal(checked, 150 * 200, 'every generated policy was valid and every packet was checked');
+});

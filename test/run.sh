@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite: build, run every test file, and end with the totals
+# as one line `N passed, N failed` (tap's own summary is `# { total, pass }`).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if ! npm run build --silent; then
+  echo "the TypeScript build failed"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+npx tap --reporter=tap --no-color "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+
+summary=$(grep -E '^# \{ total: ' "$log" | tail -n 1)
+if [ -z "$summary" ]; then
+  echo "the test runner printed no totals (exit code $rc)"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+pass=$(sed -nE 's/.*pass: ([0-9]+).*/\1/p' <<<"$summary")
+fail=$(sed -nE 's/.*fail: ([0-9]+).*/\1/p' <<<"$summary")
+total=$(sed -nE 's/.*total: ([0-9]+).*/\1/p' <<<"$summary")
+pass=${pass:-0}
+fail=${fail:-0}
+# Anything counted in the total but neither passed nor failed (todo, skip) is
+# reported as failed: a skipped check is a defect here.
+other=$(( total - pass - fail ))
+if [ "$other" -gt 0 ]; then
+  echo "$other tests were skipped or left todo"
+  fail=$(( fail + other ))
+fi
+if [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ]; then fail=1; fi
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ] && [ "$rc" -eq 0 ]
