@@ -30,15 +30,21 @@ export function machineLine(m: MachineInfo = machineInfo()): string {
   return `machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, ${m.kernel}, Node.js ${m.node}, ${m.date}`;
 }
 
-/** Counts garbage collections while `fn` runs (observer entries arrive asynchronously). */
+/**
+ * Counts garbage collections that started while `fn` ran. Observer entries
+ * arrive asynchronously, so entries are kept by their start time, which
+ * leaves out collections of the benchmark's own set-up and reporting.
+ */
 export async function countGcDuring(fn: () => void): Promise<number> {
-  let count = 0;
-  const obs = new PerformanceObserver((list) => { count += list.getEntries().length; });
+  const starts: number[] = [];
+  const obs = new PerformanceObserver((list) => { for (const e of list.getEntries()) starts.push(e.startTime); });
   obs.observe({ entryTypes: ['gc'] });
+  const t0 = performance.now();
   fn();
+  const t1 = performance.now();
   await new Promise((r) => setTimeout(r, 50));
   obs.disconnect();
-  return count;
+  return starts.filter((s) => s >= t0 && s <= t1).length;
 }
 
 export function median(xs: number[]): number {

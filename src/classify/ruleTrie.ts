@@ -38,9 +38,11 @@
  * Bounds on memory
  *   Besides the partitioning and covered-rule pruning above, a split is taken
  *   only if each child holds fewer rules than its parent, depth is capped at
- *   MAX_DEPTH, and each partition has a budget of leaf entries
- *   (`budgetPerRule` times its rule count): past it the partition is rebuilt
- *   with twice the leaf size, trading lookup time for memory, until it fits.
+ *   MAX_DEPTH, and each partition has a budget of words (leaf entries and
+ *   node words, `budgetPerRule` times its rule count): a build that outgrows
+ *   it stops at once and starts again with twice the leaf size, trading
+ *   lookup time for memory, down to one leaf holding the whole partition (a
+ *   linear scan). Memory is therefore O(rules) whatever the rule set.
  *
  * Who may call what
  *   trieBuild runs in the control path (allocates freely). trieLookup is the
@@ -79,6 +81,8 @@ export interface RuleTrie {
 
 export interface TrieStats {
   partitions: number[];
+  /** The leaf size each non-empty partition was built with (larger than asked where the budget forced it). */
+  leafSizes: number[];
   nodes: number;
   leaves: number;
   leafEntries: number;
@@ -98,6 +102,9 @@ export function unbias(b: number): number {
   return (b ^ BIAS) >>> 0;
 }
 
+/** Thrown inside a build that outgrows its budget; trieBuild catches it and retries coarser. */
+class OverBudget {}
+
 class Builder {
   nodes: number[] = [];
   leaves: number[] = [];
@@ -109,6 +116,8 @@ class Builder {
     readonly lo: Int32Array,
     readonly hi: Int32Array,
     readonly leafSize: number,
+    /** Leaf entries plus node words this build may write before it gives up. */
+    readonly budget: number,
   ) {}
 
   /**
@@ -136,6 +145,7 @@ class Builder {
   }
 
   leaf(rules: Int32Array, depth: number): number {
+    if (this.leaves.length + this.nodes.length > this.budget) throw new OverBudget();
     const off = this.leaves.length;
     this.leaves.push(rules.length);
     for (let i = 0; i < rules.length; i++) this.leaves.push(rules[i]);
@@ -224,7 +234,7 @@ export function trieBuild(
   options: TrieOptions = {},
 ): RuleTrie {
   const started = performance.now();
-  const leafSize = Math.max(1, options.leafSize ?? 8);
+  const leafSize = Math.max(1, options.leafSize ?? 4);
   const budgetPerRule = options.budgetPerRule ?? 64;
   const srcDims = options.srcDims ?? [0];
   const dstDims = options.dstDims ?? [1];
@@ -257,17 +267,22 @@ export function trieBuild(
   const leaves: number[] = [];
   const roots: Array<{ ref: number; min: number }> = [];
   let maxDepth = 0, maxLeaf = 0, leafCount = 0;
+  const leafSizes: number[] = [];
   for (const part of parts) {
     if (part.length === 0) continue;
+    const budget = budgetPerRule * part.length + 1024;
     let size = leafSize;
     for (;;) {
-      const b = new Builder(dims, ruleLo, ruleHi, size);
+      // A leaf as large as the partition always fits: that is the linear scan.
+      const b = new Builder(dims, ruleLo, ruleHi, size, size >= part.length ? Infinity : budget);
       const boxLo = new Int32Array(dims).fill(BIAS);
       const boxHi = new Int32Array(dims).fill(~BIAS);
       const pruned = b.prune(Int32Array.from(part), boxLo, boxHi);
-      const ref = b.build(pruned, boxLo, boxHi, 0);
-      const entries = b.leaves.length - b.leafCount;
-      if (entries > budgetPerRule * part.length + 1024 && size < part.length) {
+      let ref: number;
+      try {
+        ref = b.build(pruned, boxLo, boxHi, 0);
+      } catch (e) {
+        if (!(e instanceof OverBudget)) throw e;
         size *= 2;
         continue;
       }
@@ -282,6 +297,7 @@ export function trieBuild(
       maxDepth = Math.max(maxDepth, b.maxDepth);
       maxLeaf = Math.max(maxLeaf, b.maxLeaf);
       leafCount += b.leafCount;
+      leafSizes.push(size);
       break;
     }
   }
@@ -297,6 +313,7 @@ export function trieBuild(
     rootMin: Int32Array.from(roots.map((r) => r.min)),
     stats: {
       partitions: parts.map((p) => p.length),
+      leafSizes,
       nodes: nodes.length / NODE_STRIDE,
       leaves: leafCount,
       leafEntries: leaves.length - leafCount,

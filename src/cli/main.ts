@@ -130,6 +130,25 @@ classbench
     }
   });
 
+classbench
+  .command('scale')
+  .description('Grow a larger ClassBench-like set (rules and trace) from a seed set; the procedure is documented in bench/classbench-scale.ts.')
+  .argument('<seed-rules>', 'ClassBench rule file to grow from')
+  .requiredOption('--rules <n>', 'how many rules to write', (v) => Number(v))
+  .requiredOption('--out <prefix>', 'writes PREFIX.rules and PREFIX.trace')
+  .option('--packets <n>', 'trace length', (v) => Number(v), 100_000)
+  .option('--seed <n>', 'random seed (same seed, same output)', (v) => Number(v), 1)
+  .action(async (seedRules: string, opts: { rules: number; out: string; packets: number; seed: number }) => {
+    try {
+      if (!(opts.rules > 0) || !(opts.packets >= 0)) throw new TraceSpecError('--rules must be a positive number and --packets a number');
+      const { classbenchScale } = await import('../../bench/classbench-scale.js');
+      const r = classbenchScale(seedRules, opts.rules, opts.packets, opts.out, opts.seed);
+      process.stdout.write(`wrote ${r.rules} rules to ${r.rulesFile} and ${r.packets} packets to ${r.traceFile}\n`);
+    } catch (e) {
+      fail(e);
+    }
+  });
+
 const bench = program.command('bench').description('Benchmarks (each reports ratios against a baseline measured in the same run, and the machine).');
 bench
   .command('classify')
@@ -143,6 +162,21 @@ bench
       const { benchClassify, formatClassifyBench } = await import('../../bench/classify.js');
       const r = await benchClassify(rulesPath, tracePath, { rounds: opts.rounds });
       process.stdout.write(opts.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatClassifyBench(r)}\n`);
+    } catch (e) {
+      fail(e);
+    }
+  });
+
+bench
+  .command('classify-scaling')
+  .description('bench classify across rule-set sizes: the shipped 1k-4k ClassBench sets and 16k/64k sets grown from them.')
+  .option('--quick', 'fewer sizes and shorter rounds')
+  .option('--json', 'print the results as JSON after the table')
+  .action(async (opts: { quick?: boolean; json?: boolean }) => {
+    try {
+      const { benchClassifyScaling } = await import('../../bench/classify-scaling.js');
+      const results = await benchClassifyScaling({ quick: opts.quick });
+      if (opts.json) process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
     } catch (e) {
       fail(e);
     }
