@@ -146,3 +146,33 @@ t.test('a built trie is immutable: building another leaves its answers unchanged
   t.same(after, before);
   t.throws(() => trieBuild(5, 1, [5, 0, 0, 0, 0], [4, 0, 0, 0, 0]), /lo 5 > hi 4/, 'a backwards box is refused at build time');
 });
+
+t.test('wildcard-heavy random ranges: memory stays bounded and answers stay exact', async (t) => {
+  // Random ranges in every field make almost every rule straddle every split:
+  // unbounded, this set grew past 100 million leaf entries.
+  const r = rng(4242);
+  const count = 800;
+  const lo: number[] = [], hi: number[] = [];
+  const maxes = [FULL, FULL, 255, 65535, 65535];
+  for (let i = 0; i < count; i++) {
+    for (const max of maxes) {
+      let a = randInt(r, 0, max), b = randInt(r, 0, max);
+      if (a > b) [a, b] = [b, a];
+      if (r() < 0.3) { a = 0; b = max; }
+      lo.push(a); hi.push(b);
+    }
+  }
+  const budgetPerRule = 64;
+  const trie = trieBuild(5, count, lo, hi, { budgetPerRule });
+  t.ok(trie.nodes.length + trie.leaves.length <= budgetPerRule * count + 1024 + count, `bounded: ${trie.nodes.length + trie.leaves.length} words for ${count} rules`);
+  t.ok(Math.max(...trie.stats.leafSizes) > 4, `the build went coarser (leaf sizes ${trie.stats.leafSizes.join(',')})`);
+  const rules: BoxRule[] = Array.from({ length: count }, (_, i) => ({ lo: lo.slice(i * 5, i * 5 + 5), hi: hi.slice(i * 5, i * 5 + 5) }));
+  const key = new Int32Array(5);
+  let bad = 0;
+  for (let i = 0; i < 3000; i++) {
+    const k = randomKey(r, rules, 5);
+    for (let d = 0; d < 5; d++) key[d] = bias(k[d]);
+    if (trieLookup(trie, key, 0) !== naiveFirstMatch(rules, k)) bad++;
+  }
+  t.equal(bad, 0, 'every packet agrees with the naive matcher');
+});
