@@ -4,7 +4,12 @@
 # benchmark on a ClassBench set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tw() { echo; echo "\$ tapwall $*"; node bin/tapwall.js "$@"; }
+tw() {
+  local shown="" a
+  for a in "$@"; do case "$a" in *" "*) shown+=" '$a'" ;; *) shown+=" $a" ;; esac; done
+  printf '\n$ tapwall%s\n' "$shown"
+  node bin/tapwall.js "$@"
+}
 
 echo "== 1. Check the example policies"
 tw check examples/three-tier.yaml
