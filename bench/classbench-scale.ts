@@ -22,17 +22,7 @@
  */
 import { writeFileSync } from 'node:fs';
 import { readClassbenchRules, CLASSBENCH_DIMS } from '../src/classify/classbench.js';
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from '../src/util/prng.js';
 
 const KEEP_TOP_BITS = 8;
 
@@ -49,7 +39,7 @@ export interface ScaleResult { rules: number; packets: number; rulesFile: string
 export function classbenchScale(seedRules: string, count: number, packets: number, outPrefix: string, seed = 1): ScaleResult {
   const base = readClassbenchRules(seedRules);
   if (base.count === 0) throw new Error(`${seedRules} holds no rules`);
-  const rand = mulberry32(seed);
+  const rand = prng(seed);
   const D = CLASSBENCH_DIMS;
   const lo = new Float64Array(count * D), hi = new Float64Array(count * D);
   const seen = new Set<string>();
