@@ -63,6 +63,8 @@ export interface CompiledPolicy {
   rules: Rule[];
   /** 0 allow, 1 drop, 2 reject, by rule order; default action in `defaultAction`. */
   ruleAction: Uint8Array;
+  /** RULE_FLAG bits by rule order. */
+  ruleFlags: Uint8Array;
   defaultAction: Action;
   groups: Map<string, { members: Set<string>; addresses: AddressSet }>;
   points: Map<string, { egress: CompiledPoint; ingress: CompiledPoint }>;
@@ -70,6 +72,7 @@ export interface CompiledPolicy {
 }
 
 export const ACTION_CODE: Record<Action, number> = { allow: 0, drop: 1, reject: 2 };
+export const RULE_FLAG = { stateless: 1, log: 2 } as const;
 
 /** Pass 1: group membership and addresses, with nested groups flattened. */
 export function resolveGroups(policy: Policy): CompiledPolicy['groups'] {
@@ -227,10 +230,12 @@ export function policyCompile(policy: Policy): CompiledPolicy {
     });
   }
   const ruleAction = Uint8Array.from(rules.map((r) => ACTION_CODE[r.action]));
+  const ruleFlags = Uint8Array.from(rules.map((r) => (r.stateless ? RULE_FLAG.stateless : 0) | (r.log ? RULE_FLAG.log : 0)));
   return {
     policy,
     rules,
     ruleAction,
+    ruleFlags,
     defaultAction: policy.default,
     groups,
     points,

@@ -1,0 +1,98 @@
+/**
+ * The policy decision for a packet that no connection covers: egress at the
+ * port it came in on, then ingress at the port it goes to, each where that
+ * port is a workload's vNIC (the uplink has no policy point of its own). The
+ * packet passes only if both allow; the first point that does not allow
+ * decides. This is the FlowDecider the connection tracker calls.
+ *
+ * Hot-ish path: runs once per new connection (and for untracked packets);
+ * allocation-free. setPolicy swaps in a new compiled policy in one step.
+ */
+import { bias } from '../classify/ruleTrie.js';
+import { pointClassify, RULE_FLAG, ACTION_CODE, type CompiledPolicy, type PointTables } from '../policy/compile.js';
+import { PKT } from '../packet/parse.js';
+import { KEY_V4, KEY_V6 } from '../packet/key.js';
+import { DECIDE, type FlowDecider } from '../flow/conntrack.js';
+
+/** rules[i] when a point did not check the packet (no vNIC there). */
+export const RULE_NOT_CHECKED = -2;
+/** rules[i] when no rule matched and the default decided. */
+export const RULE_DEFAULT = -1;
+
+export class PolicyDecider implements FlowDecider {
+  private compiled!: CompiledPolicy;
+  /** Port number -> the tables of that vNIC's point, or null (uplink, unknown). */
+  private portTables: Array<PointTables | null> = [];
+  private defaultCode = 1;
+  private readonly key = new Int32Array(KEY_V6.dims);
+
+  /** `portNics[p]` is the interface name of port p ('' for a port that is no workload's vNIC). */
+  constructor(compiled: CompiledPolicy, private portNics: readonly string[]) {
+    this.setPolicy(compiled);
+  }
+
+  /** Swap in a new compiled policy (control path). */
+  setPolicy(compiled: CompiledPolicy, portNics: readonly string[] = this.portNics): void {
+    this.portNics = portNics;
+    this.portTables = portNics.map((nic) => compiled.points.get(nic)?.egress.tables ?? null);
+    this.defaultCode = ACTION_CODE[compiled.defaultAction];
+    this.compiled = compiled;
+  }
+
+  get policy(): CompiledPolicy {
+    return this.compiled;
+  }
+
+  /** The verdict at one point: writes the rule into rules[slot]; returns DECIDE bits. */
+  private point(tables: PointTables, family: number, rules: Int32Array, slot: number): number {
+    const order = pointClassify(tables, family === 6 ? 6 : 4, this.key, 0);
+    rules[slot] = order;
+    if (order < 0) return this.defaultCode;
+    const flags = this.compiled.ruleFlags[order];
+    return this.compiled.ruleAction[order] |
+      ((flags & RULE_FLAG.stateless) !== 0 ? DECIDE.stateless : 0) |
+      ((flags & RULE_FLAG.log) !== 0 ? DECIDE.log : 0);
+  }
+
+  decide(pkt: Int32Array, origPort: number, replyPort: number, rules: Int32Array): number {
+    const family = pkt[PKT.family];
+    const proto = pkt[PKT.proto];
+    const icmp = (proto === 1 && family === 4) || (proto === 58 && family === 6);
+    const sport = icmp ? pkt[PKT.icmpType] : pkt[PKT.sport];
+    const dport = icmp ? pkt[PKT.icmpCode] : pkt[PKT.dport];
+    const k = this.key;
+    if (family === 4) {
+      k[KEY_V4.src] = bias(pkt[PKT.src]);
+      k[KEY_V4.dst] = bias(pkt[PKT.dst]);
+      k[KEY_V4.proto] = bias(proto);
+      k[KEY_V4.sport] = bias(sport);
+      k[KEY_V4.dport] = bias(dport);
+    } else {
+      for (let i = 0; i < 4; i++) {
+        k[KEY_V6.src + i] = bias(pkt[PKT.src + i]);
+        k[KEY_V6.dst + i] = bias(pkt[PKT.dst + i]);
+      }
+      k[KEY_V6.proto] = bias(proto);
+      k[KEY_V6.sport] = bias(sport);
+      k[KEY_V6.dport] = bias(dport);
+    }
+    rules[0] = RULE_NOT_CHECKED;
+    rules[1] = RULE_NOT_CHECKED;
+    let flags = 0;
+    const out = origPort >= 0 && origPort < this.portTables.length ? this.portTables[origPort] : null;
+    if (out !== null) {
+      const d = this.point(out, family, rules, 0);
+      if ((d & DECIDE.verdictMask) !== DECIDE.allow) return d;
+      flags |= d;
+    }
+    const into = replyPort >= 0 && replyPort < this.portTables.length ? this.portTables[replyPort] : null;
+    if (into !== null) {
+      const d = this.point(into, family, rules, 1);
+      if ((d & DECIDE.verdictMask) !== DECIDE.allow) return d;
+      flags |= d;
+    }
+    // Neither end is a vNIC we serve: no point allowed it, and nothing passes unchecked.
+    if (out === null && into === null) return DECIDE.drop;
+    return flags;
+  }
+}

@@ -1,0 +1,338 @@
+/**
+ * Connection tracking: the per-packet state machine over the flow table.
+ *
+ * What
+ *   ctProcess takes one parsed packet (packet/parse.ts layout), the port it
+ *   arrived on and the port it is headed to, and returns its Outcome. A packet
+ *   of a known connection costs one flow-table probe and a state update; only
+ *   a packet with no connection is classified (through the FlowDecider, which
+ *   runs the compiled policy), and an allowed stateful one opens an entry.
+ *
+ * States (flowTable.ts CT)
+ *   TCP: SYN from the originator opens synSent; SYN-ACK from the other side
+ *   -> synRecv; the originator's ACK -> established; a FIN -> finWait, the
+ *   other side's FIN -> closing, the last ACK -> timeWait; RST -> closed. A
+ *   SYN on a timeWait or closed entry reopens it. Anything else is out of
+ *   state: dropped as invalid_state (strict), or let through (loose mode,
+ *   where a connection is also picked up mid-stream, e.g. after a restart).
+ *   UDP and other IP protocols: new until a reply, then established. ICMP
+ *   echo: a request opens, its reply establishes; a reply with no request is
+ *   out of state. ICMP errors that quote a tracked connection are related to
+ *   it and pass with it; other ICMP errors are out of state.
+ *   Each state has its own timeout (TIMEOUTS_S, Linux's defaults).
+ *
+ * Stateless rules
+ *   A packet that a stateless rule decides is never tracked: its reply is
+ *   classified on its own, and no state check applies to either.
+ *
+ * Policy changes
+ *   `generation` counts policies. An entry decided under an older generation
+ *   is stale: its next packet (or the background sweep, a bounded slice per
+ *   batch) re-decides it. If the new policy denies it, the entry becomes
+ *   `cut`: that packet and the connection's later ones are dropped with the
+ *   outcome `cut` (the data plane answers a cut TCP connection with RST).
+ */
+import { Outcome } from '../packet/verdict.js';
+import { FRAG, ICMP, PKT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../packet/parse.js';
+import {
+  CT, CT_STATES, ENTRY_WORDS, F, FLAG, FlowTable, INSERT_QUOTA, NO_PORT,
+  flowCount, flowInsert, flowLookup, flowSweep, type CtStateName,
+} from './flowTable.js';
+
+/** What FlowDecider.decide returns: a verdict, with flag bits. */
+export const DECIDE = { allow: 0, drop: 1, reject: 2, verdictMask: 3, stateless: 4, log: 8 } as const;
+
+export interface FlowDecider {
+  /**
+   * Decide a packet with no connection, or re-decide a stale one, by the
+   * current policy. `origPort` is where it came in, `replyPort` where it goes
+   * (NO_PORT when unknown). Writes the deciding rule orders at egress and
+   * ingress into rules[0] and rules[1]. Returns DECIDE flags.
+   */
+  decide(pkt: Int32Array, origPort: number, replyPort: number, rules: Int32Array): number;
+}
+
+/** Linux's default timeouts, in seconds. */
+export const TIMEOUTS_S: Record<CtStateName, number> = {
+  free: 0,
+  synSent: 120,
+  synRecv: 60,
+  established: 432_000,
+  finWait: 120,
+  closing: 60,
+  timeWait: 120,
+  closed: 10,
+  udpNew: 30,
+  udpEstablished: 120,
+  icmpNew: 30,
+  icmpEstablished: 30,
+  otherNew: 600,
+  otherEstablished: 600,
+  cut: 10,
+};
+
+export interface ConntrackOptions {
+  /** Let out-of-state packets through and pick up connections mid-stream. */
+  loose?: boolean;
+  /** Per-state timeouts in seconds, overriding TIMEOUTS_S. */
+  timeouts?: Partial<Record<CtStateName, number>>;
+  /** The uplink's port number: connections from it are charged to the vNIC they reach. */
+  uplinkPort?: number;
+}
+
+/** Counters the tracker keeps besides the table's. */
+export const CTC = { hits: 0, misses: 1, related: 2, revalidated: 3, cut: 4, stateless: 5 } as const;
+export const CTC_COUNT = 6;
+
+export class Conntrack {
+  readonly loose: boolean;
+  readonly uplinkPort: number;
+  /** The current policy generation; bump it (ctPolicyChanged) when the policy changes. */
+  generation = 1;
+  readonly counters = new Float64Array(CTC_COUNT);
+  /** Scratch: rule orders from the decider; a packet rebuilt from an entry. */
+  readonly rules = new Int32Array(2);
+  readonly scratchPkt = new Int32Array(64);
+  /** Set by ctProcess: the entry and direction of the last packet (-1 if none), for the caller. */
+  lastEntry = -1;
+  lastDir = 0;
+
+  constructor(readonly table: FlowTable, readonly decider: FlowDecider, opts: ConntrackOptions = {}) {
+    this.loose = opts.loose ?? false;
+    this.uplinkPort = opts.uplinkPort ?? -1;
+    const names = Object.keys(CT) as CtStateName[];
+    for (const name of names) {
+      const s = opts.timeouts?.[name] ?? TIMEOUTS_S[name];
+      if (!(s >= 0) || s * 1000 > 0x7fffffff) throw new RangeError(`timeout for ${name} must be 0 to ${Math.floor(0x7fffffff / 1000)} seconds, got ${s}`);
+      table.timeouts[CT[name]] = Math.round(s * 1000);
+    }
+  }
+}
+
+/** A new policy is in force: every cached verdict is stale from now on. */
+export function ctPolicyChanged(ct: Conntrack): void {
+  ct.generation = (ct.generation + 1) | 0 || 1;
+}
+
+function setState(e: Int32Array, o: number, state: number): void {
+  e[o + F.state] = (e[o + F.state] & ~0xff) | state;
+}
+
+/**
+ * TCP transition for a packet with `flags` in direction `dir` (0 original,
+ * 1 reply). Returns the new state, or -1 if the packet fits no state.
+ */
+export function tcpNext(state: number, flags: number, dir: number, stateFlags: number): number {
+  if ((flags & TCP_RST) !== 0) return CT.closed;
+  const syn = (flags & TCP_SYN) !== 0, ack = (flags & TCP_ACK) !== 0, fin = (flags & TCP_FIN) !== 0;
+  switch (state) {
+    case CT.synSent:
+      if (dir === 0) return syn && !ack ? CT.synSent : -1; // only SYN retransmits
+      return syn ? CT.synRecv : -1; // SYN-ACK (or a simultaneous open's SYN)
+    case CT.synRecv:
+      if (dir === 1) return syn ? CT.synRecv : -1; // SYN-ACK retransmits
+      if (syn) return ack ? -1 : CT.synRecv; // SYN retransmit
+      if (!ack) return -1;
+      return fin ? CT.finWait : CT.established;
+    case CT.established:
+      if (syn) return -1;
+      return fin ? CT.finWait : CT.established;
+    case CT.finWait: {
+      if (syn) return -1;
+      const finFrom = dir === 0 ? FLAG.finOrig : FLAG.finReply;
+      if (fin && (stateFlags & finFrom) === 0) return CT.closing; // the other side's FIN
+      return CT.finWait;
+    }
+    case CT.closing:
+      if (syn) return -1;
+      return ack && !fin ? CT.timeWait : CT.closing;
+    case CT.timeWait:
+    case CT.closed:
+      if (syn && !ack && dir === 0) return CT.synSent; // the same ports, a new connection
+      return state === CT.timeWait && !syn ? CT.timeWait : -1;
+    default:
+      return -1;
+  }
+}
+
+/** Write the tuple of entry `ent` (original direction) into ct.scratchPkt for the decider. */
+function entryToPkt(ct: Conntrack, ent: number): Int32Array {
+  const e = ct.table.entries, p = ct.scratchPkt;
+  const o = ent * ENTRY_WORDS;
+  const meta = e[o + F.meta];
+  const proto = meta & 0xff;
+  const v6 = (meta & 0x100) !== 0;
+  p[PKT.family] = v6 ? 6 : 4;
+  p[PKT.proto] = proto;
+  for (let i = 0; i < 4; i++) { p[PKT.src + i] = e[o + F.src + i]; p[PKT.dst + i] = e[o + F.dst + i]; }
+  const ports = e[o + F.ports];
+  p[PKT.sport] = ports >>> 16;
+  p[PKT.dport] = ports & 0xffff;
+  p[PKT.tcpFlags] = 0;
+  p[PKT.fragment] = FRAG.none;
+  const echo = (proto === 1 && !v6) || (proto === 58 && v6);
+  p[PKT.icmpClass] = echo ? ICMP.echoRequest : ICMP.notIcmp;
+  p[PKT.icmpType] = echo ? (v6 ? 128 : 8) : 0;
+  p[PKT.icmpCode] = 0;
+  return p;
+}
+
+/** Re-decide a stale entry; true if the new policy still allows it (else it is now cut). */
+function revalidate(ct: Conntrack, ent: number): boolean {
+  const e = ct.table.entries;
+  const o = ent * ENTRY_WORDS;
+  const nics = e[o + F.nics];
+  const d = ct.decider.decide(entryToPkt(ct, ent), nics & 0xffff, nics >>> 16, ct.rules);
+  ct.counters[CTC.revalidated]++;
+  e[o + F.generation] = ct.generation;
+  e[o + F.ruleOut] = ct.rules[0];
+  e[o + F.ruleIn] = ct.rules[1];
+  if ((d & DECIDE.verdictMask) === DECIDE.allow && (d & DECIDE.stateless) === 0) return true;
+  setState(e, o, CT.cut);
+  ct.counters[CTC.cut]++;
+  return false;
+}
+
+/** Background work for one batch: expire and revalidate up to `budget` entries. */
+export function ctSweep(ct: Conntrack, now: number, budget: number): number {
+  const e = ct.table.entries, gen = ct.generation;
+  return flowSweep(ct.table, now, budget, (ent) => {
+    const o = ent * ENTRY_WORDS;
+    if (e[o + F.generation] !== gen && (e[o + F.state] & 0xff) !== CT.cut) revalidate(ct, ent);
+  });
+}
+
+function isIcmpEcho(pkt: Int32Array): boolean {
+  const c = pkt[PKT.icmpClass];
+  return c === ICMP.echoRequest || c === ICMP.echoReply;
+}
+
+/** The Outcome of a packet no connection covers, by the policy; opens an entry when it should. */
+function ctNew(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort: number, now: number): number {
+  const proto = pkt[PKT.proto];
+  const d = ct.decider.decide(pkt, arrivalPort, destPort, ct.rules);
+  const verdict = d & DECIDE.verdictMask;
+  if (verdict === DECIDE.drop) return Outcome.policy;
+  if (verdict === DECIDE.reject) return Outcome.reject;
+  if ((d & DECIDE.stateless) !== 0) {
+    ct.counters[CTC.stateless]++;
+    return Outcome.forward;
+  }
+  // Stateful allow: only a packet that can open a connection may.
+  let state: number;
+  let midstream = false;
+  if (proto === 6) {
+    const flags = pkt[PKT.tcpFlags];
+    if ((flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)) === TCP_SYN) state = CT.synSent;
+    else if (!ct.loose) return Outcome.invalid_state;
+    else if ((flags & TCP_RST) !== 0) return Outcome.forward; // nothing to track
+    else { state = CT.established; midstream = true; }
+  } else if (proto === 17) state = CT.udpNew;
+  else if (isIcmpEcho(pkt)) {
+    if (pkt[PKT.icmpClass] === ICMP.echoRequest) state = CT.icmpNew;
+    else if (!ct.loose) return Outcome.invalid_state;
+    else return Outcome.forward;
+  } else if (pkt[PKT.icmpClass] !== ICMP.notIcmp) {
+    return Outcome.forward; // other ICMP (not echo, not an error): the policy alone decides, untracked
+  } else state = CT.otherNew;
+
+  const ownerIsReply = arrivalPort === ct.uplinkPort && destPort !== NO_PORT;
+  const ent = flowInsert(ct.table, pkt, PKT.src, PKT.dst, pkt[PKT.sport], pkt[PKT.dport], proto, pkt[PKT.family],
+    arrivalPort, destPort, ownerIsReply, now);
+  if (ent < 0) return ent === INSERT_QUOTA ? Outcome.quota : Outcome.table_full;
+  const e = ct.table.entries;
+  const o = ent * ENTRY_WORDS;
+  e[o + F.state] |= state | (midstream ? FLAG.midstream << 8 : 0) | ((d & DECIDE.log) !== 0 ? FLAG.logged << 8 : 0);
+  e[o + F.generation] = ct.generation;
+  e[o + F.ruleOut] = ct.rules[0];
+  e[o + F.ruleIn] = ct.rules[1];
+  flowCount(ct.table, ent, 0, pkt[PKT.length], now);
+  ct.lastEntry = ent;
+  ct.lastDir = 0;
+  return Outcome.forward;
+}
+
+/** An ICMP error: passes when it quotes a packet of a tracked, allowed connection, going back to its sender. */
+function ctRelated(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort: number, now: number): number {
+  const innerProto = pkt[PKT.innerProto];
+  if (innerProto >= 0) {
+    // The quoted packet went from its source (inner src) to inner dst; the
+    // error comes back from inner dst's side, so look it up as if sent from there.
+    const hit = flowLookup(ct.table, pkt, PKT.innerDst, PKT.innerSrc, pkt[PKT.innerDport], pkt[PKT.innerSport],
+      innerProto, pkt[PKT.family], arrivalPort);
+    if (hit >= 0) {
+      const ent = hit >> 1;
+      const o = ent * ENTRY_WORDS;
+      if ((ct.table.entries[o + F.state] & 0xff) === CT.cut) return Outcome.cut;
+      if (ct.table.entries[o + F.generation] !== ct.generation && !revalidate(ct, ent)) return Outcome.cut;
+      ct.counters[CTC.related]++;
+      ct.lastEntry = -1;
+      return Outcome.forward;
+    }
+  }
+  if (!ct.loose) {
+    // Still subject to the policy first: a stateless allow passes it.
+    const d = ct.decider.decide(pkt, arrivalPort, destPort, ct.rules);
+    if ((d & DECIDE.verdictMask) !== DECIDE.allow) return (d & DECIDE.verdictMask) === DECIDE.reject ? Outcome.reject : Outcome.policy;
+    return (d & DECIDE.stateless) !== 0 ? Outcome.forward : Outcome.invalid_state;
+  }
+  return ctNew(ct, pkt, arrivalPort, destPort, now);
+}
+
+/**
+ * The Outcome of one parsed IP packet that arrived on `arrivalPort` and is
+ * headed to `destPort` (NO_PORT if unknown). Hot path: allocation-free.
+ * After a forward, ct.lastEntry/lastDir name the connection (or -1).
+ */
+export function ctProcess(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort: number, now: number): number {
+  ct.lastEntry = -1;
+  // TODO: non-first fragments carry no ports; fragment tracking comes with the data plane. Until then they are dropped and counted.
+  if (pkt[PKT.fragment] === FRAG.later) return Outcome.invalid_state;
+  if (pkt[PKT.icmpClass] === ICMP.error) return ctRelated(ct, pkt, arrivalPort, destPort, now);
+  const t = ct.table;
+  const proto = pkt[PKT.proto];
+  const hit = flowLookup(t, pkt, PKT.src, PKT.dst, pkt[PKT.sport], pkt[PKT.dport], proto, pkt[PKT.family], arrivalPort);
+  if (hit < 0) {
+    ct.counters[CTC.misses]++;
+    return ctNew(ct, pkt, arrivalPort, destPort, now);
+  }
+  ct.counters[CTC.hits]++;
+  const ent = hit >> 1, dir = hit & 1;
+  const e = t.entries;
+  const o = ent * ENTRY_WORDS;
+  let state = e[o + F.state] & 0xff;
+  if (state === CT.cut) return Outcome.cut;
+  if (e[o + F.generation] !== ct.generation && !revalidate(ct, ent)) return Outcome.cut;
+
+  if (proto === 6) {
+    const flags = pkt[PKT.tcpFlags];
+    const stateFlags = e[o + F.state] >> 8;
+    const next = tcpNext(state, flags, dir, stateFlags);
+    if (next < 0) {
+      if (!ct.loose) return Outcome.invalid_state;
+    } else {
+      if (next === CT.synSent && state !== CT.synSent) {
+        // A reopened connection starts over: no FINs seen.
+        e[o + F.state] &= ~((FLAG.finOrig | FLAG.finReply) << 8);
+      }
+      if ((flags & TCP_FIN) !== 0) e[o + F.state] |= (dir === 0 ? FLAG.finOrig : FLAG.finReply) << 8;
+      state = next;
+      setState(e, o, state);
+    }
+  } else if (dir === 1) {
+    if (state === CT.udpNew) setState(e, o, CT.udpEstablished);
+    else if (state === CT.otherNew) setState(e, o, CT.otherEstablished);
+    else if (state === CT.icmpNew) {
+      if (pkt[PKT.icmpClass] !== ICMP.echoReply && !ct.loose) return Outcome.invalid_state;
+      setState(e, o, CT.icmpEstablished);
+    }
+  } else if (isIcmpEcho(pkt) && pkt[PKT.icmpClass] !== ICMP.echoRequest && !ct.loose) {
+    return Outcome.invalid_state; // an echo reply in the requester's direction
+  }
+  flowCount(t, ent, dir, pkt[PKT.length], now);
+  ct.lastEntry = ent;
+  ct.lastDir = dir;
+  return Outcome.forward;
+}
+
+export { CT_STATES };
