@@ -168,6 +168,21 @@ bench
   });
 
 bench
+  .command('flow')
+  .description('The flow cache and connection tracker from raw frames: hit-path packets per second against parsing alone, a Map cache and no cache; inserts; memory for a million connections; garbage collections.')
+  .option('--json', 'print the result as JSON')
+  .option('--quick', 'fewer flow counts and rounds')
+  .action(async (opts: { json?: boolean; quick?: boolean }) => {
+    try {
+      const { benchFlow, formatFlowBench } = await import('../../bench/flow.js');
+      const r = await benchFlow({ quick: opts.quick });
+      process.stdout.write(opts.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatFlowBench(r)}\n`);
+    } catch (e) {
+      fail(e);
+    }
+  });
+
+bench
   .command('classify-scaling')
   .description('bench classify across rule-set sizes: the shipped 1k-4k ClassBench sets and 16k/64k sets grown from them.')
   .option('--quick', 'fewer sizes and shorter rounds')

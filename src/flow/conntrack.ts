@@ -319,15 +319,13 @@ export function ctProcess(ct: Conntrack, pkt: Int32Array, arrivalPort: number, d
       state = next;
       setState(e, o, state);
     }
+  } else if (state === CT.icmpNew || state === CT.icmpEstablished) {
+    // Requests go the original way, replies come back.
+    if (pkt[PKT.icmpClass] !== (dir === 0 ? ICMP.echoRequest : ICMP.echoReply) && !ct.loose) return Outcome.invalid_state;
+    if (dir === 1) setState(e, o, CT.icmpEstablished);
   } else if (dir === 1) {
     if (state === CT.udpNew) setState(e, o, CT.udpEstablished);
     else if (state === CT.otherNew) setState(e, o, CT.otherEstablished);
-    else if (state === CT.icmpNew) {
-      if (pkt[PKT.icmpClass] !== ICMP.echoReply && !ct.loose) return Outcome.invalid_state;
-      setState(e, o, CT.icmpEstablished);
-    }
-  } else if (isIcmpEcho(pkt) && pkt[PKT.icmpClass] !== ICMP.echoRequest && !ct.loose) {
-    return Outcome.invalid_state; // an echo reply in the requester's direction
   }
   flowCount(t, ent, dir, pkt[PKT.length], now);
   ct.lastEntry = ent;

@@ -126,7 +126,7 @@ export const FC = {
 export const FC_COUNT = 9;
 
 export const NO_PORT = 0xffff;
-const MAX_PROBE = 32;
+const MAX_PROBE = 64;
 const EVICT_SCAN = 64;
 const SIG_EMPTY = 0, SIG_DELETED = 1;
 

@@ -1,0 +1,231 @@
+/**
+ * `tapwall bench flow`: the flow cache and connection tracker on the per-packet
+ * path, from raw frames.
+ *
+ *   hit path     parse a frame + find its connection + TCP state update +
+ *                counters, over N established flows (1k, 100k, 1M), compared
+ *                in the same run with: parsing alone (the floor), a JavaScript
+ *                Map keyed by the tuple as a string (the obvious cache), and
+ *                classifying every packet with the rule trie (no cache).
+ *   inserts      raw table inserts of distinct tuples; and the whole new-
+ *                connection path (parse a SYN, miss, decide, insert).
+ *   memory       typed-array bytes of a table holding 1,000,000 connections,
+ *                and the process's array-buffer growth when it was made.
+ *   garbage      collections during 1,000,000 hit-path packets after warm-up.
+ */
+import { frameBuild } from '../src/packet/build.js';
+import { PKT, PKT_WORDS, TCP_ACK, TCP_SYN, parseFrame } from '../src/packet/parse.js';
+import { Outcome, OUTCOME_COUNT } from '../src/packet/verdict.js';
+import { policyFromData } from '../src/policy/load.js';
+import { policyCompile } from '../src/policy/compile.js';
+import { PolicyDecider } from '../src/datapath/decide.js';
+import { FlowTable, flowInsert } from '../src/flow/flowTable.js';
+import { Conntrack, ctProcess } from '../src/flow/conntrack.js';
+import { countGcDuring, machineInfo, median, type MachineInfo } from './machine.js';
+
+const FRAME_STRIDE = 64;
+
+/** N distinct TCP flows between two /16s, as frames with the given flags, back to back. */
+function makeFrames(n: number, flags: number): { buf: Uint8Array; len: number } {
+  const template = frameBuild({ family: 4, proto: 6, src: '10.1.0.1', dst: '10.2.0.1', sport: 1024, dport: 443, flags });
+  const buf = new Uint8Array(n * FRAME_STRIDE);
+  for (let i = 0; i < n; i++) {
+    const o = i * FRAME_STRIDE;
+    buf.set(template, o);
+    // Vary the client address and port: 10.1.x.y:p (checksums are not checked here).
+    const host = i >>> 6, port = 1024 + (i & 63);
+    buf[o + 14 + 14] = (host >>> 8) & 255;
+    buf[o + 14 + 15] = host & 255;
+    buf[o + 34] = port >>> 8;
+    buf[o + 35] = port & 255;
+  }
+  return { buf, len: template.length };
+}
+
+function allowAllPolicy() {
+  const { policy, problems } = policyFromData({
+    default: 'drop',
+    workloads: {
+      clients: { nic: 'tw-c', mac: '02:00:00:00:00:01', ips: ['10.1.0.1'] },
+      servers: { nic: 'tw-s', mac: '02:00:00:00:00:02', ips: ['10.2.0.1'] },
+    },
+    groups: { clients: { cidrs: ['10.1.0.0/16'] }, servers: { cidrs: ['10.2.0.0/16'] } },
+    sections: [{ name: 'app', rules: [{ id: 'https', from: 'clients', to: 'servers', services: ['tcp/443'], action: 'allow' }] }],
+  }, 'bench');
+  if (!policy) throw new Error(`bench policy invalid: ${problems.map((p) => p.message).join('; ')}`);
+  return policyCompile(policy);
+}
+
+function rate(fn: () => number, rounds: number): number {
+  const rates: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    const t0 = performance.now();
+    const n = fn();
+    rates.push(n / ((performance.now() - t0) / 1000));
+  }
+  return median(rates);
+}
+
+export interface FlowBenchResult {
+  machine: MachineInfo;
+  hitPath: Array<{ flows: number; perSec: number; parseOnlyPerSec: number; mapCachePerSec: number; uncachedClassifyPerSec: number; vsMap: number; vsUncached: number }>;
+  rawInsertsPerSec: number;
+  newConnectionsPerSec: number;
+  memory: { flows: number; tableBytes: number; bytesPerFlow: number; arrayBufferGrowth: number };
+  gcDuringMillionPackets: number;
+  outcomesCheck: string;
+}
+
+export async function benchFlow(opts: { quick?: boolean } = {}): Promise<FlowBenchResult> {
+  const rounds = opts.quick ? 3 : 5;
+  const compiled = allowAllPolicy();
+  const decider = new PolicyDecider(compiled, ['tw-c', 'tw-s']);
+  const pkt = new Int32Array(PKT_WORDS);
+  const outcomes = new Int32Array(OUTCOME_COUNT);
+  const flowCounts = opts.quick ? [1000, 100_000] : [1000, 100_000, 1_000_000];
+  const hitPath: FlowBenchResult['hitPath'] = [];
+  let gc = -1;
+  let outcomesCheck = '';
+
+  for (const n of flowCounts) {
+    const table = new FlowTable({ capacity: Math.max(n, 1024), maxPorts: 4 });
+    const ct = new Conntrack(table, decider, { loose: true }); // loose: the ACK frames open established entries
+    const { buf, len } = makeFrames(n, TCP_ACK);
+    const passes = Math.max(1, Math.floor(4_000_000 / n));
+    const now = 1;
+    // Warm-up: the first pass opens every connection, later ones hit.
+    for (let i = 0; i < n; i++) {
+      parseFrame(buf, i * FRAME_STRIDE, len, pkt);
+      outcomes[ctProcess(ct, pkt, 0, 1, now)]++;
+    }
+    const hit = (): number => {
+      for (let p = 0; p < passes; p++) {
+        for (let i = 0; i < n; i++) {
+          parseFrame(buf, i * FRAME_STRIDE, len, pkt);
+          outcomes[ctProcess(ct, pkt, 0, 1, now)]++;
+        }
+      }
+      return passes * n;
+    };
+    const parseOnly = (): number => {
+      let sink = 0;
+      for (let p = 0; p < passes; p++) {
+        for (let i = 0; i < n; i++) sink ^= parseFrame(buf, i * FRAME_STRIDE, len, pkt) ^ pkt[PKT.sport];
+      }
+      if (sink === 0.5) console.log(sink);
+      return passes * n;
+    };
+    const map = new Map<string, number>();
+    const mapCache = (): number => {
+      let sink = 0;
+      const m = Math.min(n, 200_000); // the Map baseline is slow: a bounded share of the flows
+      for (let p = 0; p < passes; p++) {
+        for (let i = 0; i < m; i++) {
+          parseFrame(buf, i * FRAME_STRIDE, len, pkt);
+          const key = `${pkt[PKT.src]}:${pkt[PKT.sport]}>${pkt[PKT.dst]}:${pkt[PKT.dport]}/${pkt[PKT.proto]}`;
+          let v = map.get(key);
+          if (v === undefined) { v = i; map.set(key, v); }
+          sink ^= v;
+        }
+      }
+      if (sink === 0.5) console.log(sink);
+      return passes * m;
+    };
+    const rules = new Int32Array(2);
+    const uncached = (): number => {
+      let sink = 0;
+      const m = Math.min(n, 200_000);
+      for (let i = 0; i < m; i++) {
+        parseFrame(buf, i * FRAME_STRIDE, len, pkt);
+        sink ^= decider.decide(pkt, 0, 1, rules);
+      }
+      if (sink === 0.5) console.log(sink);
+      return m;
+    };
+    mapCache(); // fill the Map before timing lookups in it
+    const perSec = rate(hit, rounds);
+    const parseOnlyPerSec = rate(parseOnly, rounds);
+    const mapCachePerSec = rate(mapCache, rounds);
+    const uncachedClassifyPerSec = rate(uncached, rounds);
+    hitPath.push({
+      flows: n, perSec: Math.round(perSec), parseOnlyPerSec: Math.round(parseOnlyPerSec), mapCachePerSec: Math.round(mapCachePerSec),
+      uncachedClassifyPerSec: Math.round(uncachedClassifyPerSec),
+      vsMap: Number((perSec / mapCachePerSec).toFixed(1)), vsUncached: Number((perSec / uncachedClassifyPerSec).toFixed(1)),
+    });
+    if (n === 1000) {
+      gc = await countGcDuring(() => {
+        for (let p = 0; p < 1000; p++) {
+          for (let i = 0; i < n; i++) {
+            parseFrame(buf, i * FRAME_STRIDE, len, pkt);
+            outcomes[ctProcess(ct, pkt, 0, 1, now)]++;
+          }
+        }
+      });
+      const forwarded = outcomes[Outcome.forward];
+      const total = outcomes.reduce((a, b) => a + b, 0);
+      outcomesCheck = forwarded === total ? `all ${total} packets forwarded` : `only ${forwarded} of ${total} forwarded`;
+    }
+  }
+
+  // Raw inserts of distinct tuples into an empty table.
+  const insertN = opts.quick ? 200_000 : 1_000_000;
+  const keys = new Int32Array(insertN * 2);
+  for (let i = 0; i < insertN; i++) { keys[2 * i] = 0x0a010000 + (i >>> 6); keys[2 * i + 1] = 1024 + (i & 63); }
+  const k = new Int32Array(8);
+  k[4] = 0x0a020001;
+  const insertRates: number[] = [];
+  for (let r = 0; r < (opts.quick ? 2 : 3); r++) {
+    const table = new FlowTable({ capacity: insertN, maxPorts: 4 }); // allocation is not timed
+    const t0 = performance.now();
+    for (let i = 0; i < insertN; i++) {
+      k[0] = keys[2 * i];
+      flowInsert(table, k, 0, 4, keys[2 * i + 1], 443, 6, 4, 0, 1, false, 1);
+    }
+    insertRates.push(insertN / ((performance.now() - t0) / 1000));
+  }
+  const rawInsertsPerSec = median(insertRates);
+
+  // The whole new-connection path: SYN frames, miss, decide, insert.
+  const syn = makeFrames(insertN, TCP_SYN);
+  const newRates: number[] = [];
+  for (let r = 0; r < (opts.quick ? 2 : 3); r++) {
+    const ct = new Conntrack(new FlowTable({ capacity: insertN, maxPorts: 4 }), decider);
+    const t0 = performance.now();
+    for (let i = 0; i < insertN; i++) {
+      parseFrame(syn.buf, i * FRAME_STRIDE, syn.len, pkt);
+      outcomes[ctProcess(ct, pkt, 0, 1, 1)]++;
+    }
+    newRates.push(insertN / ((performance.now() - t0) / 1000));
+  }
+  const newConnectionsPerSec = median(newRates);
+
+  // Memory of a million concurrent connections.
+  const before = process.memoryUsage().arrayBuffers;
+  const big = new FlowTable({ capacity: 1_000_000, maxPorts: 4 });
+  const grown = process.memoryUsage().arrayBuffers - before;
+  for (let i = 0; i < 1_000_000; i++) {
+    k[0] = 0x0a010000 + (i >>> 6);
+    flowInsert(big, k, 0, 4, 1024 + (i & 63), 443, 6, 4, 0, 1, false, 1);
+  }
+  const memory = { flows: big.live, tableBytes: big.bytes, bytesPerFlow: Math.round(big.bytes / big.live), arrayBufferGrowth: grown };
+
+  return { machine: machineInfo(), hitPath, rawInsertsPerSec: Math.round(rawInsertsPerSec), newConnectionsPerSec: Math.round(newConnectionsPerSec), memory, gcDuringMillionPackets: gc, outcomesCheck };
+}
+
+export function formatFlowBench(r: FlowBenchResult): string {
+  const m = r.machine;
+  const M = (x: number) => `${(x / 1e6).toFixed(2)} M/s`;
+  const lines = [
+    `machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, ${m.kernel}, Node.js ${m.node}`,
+    'hit path (parse + flow lookup + TCP state + counters), single thread:',
+    '| flows | tapwall | parse only | Map<string> cache | no cache (trie per packet) | vs Map | vs no cache |',
+    '|---:|---:|---:|---:|---:|---:|---:|',
+    ...r.hitPath.map((h) => `| ${h.flows} | ${M(h.perSec)} | ${M(h.parseOnlyPerSec)} | ${M(h.mapCachePerSec)} | ${M(h.uncachedClassifyPerSec)} | ${h.vsMap}x | ${h.vsUncached}x |`),
+    `inserts:          ${M(r.rawInsertsPerSec)} (raw table inserts of distinct tuples)`,
+    `new connections:  ${M(r.newConnectionsPerSec)} (parse SYN + miss + policy decision + insert)`,
+    `memory:           ${(r.memory.tableBytes / 2 ** 20).toFixed(1)} MiB for ${r.memory.flows} connections (${r.memory.bytesPerFlow} bytes each; array buffers grew ${(r.memory.arrayBufferGrowth / 2 ** 20).toFixed(1)} MiB)`,
+    `gc:               ${r.gcDuringMillionPackets} collections during 1,000,000 hit-path packets after warm-up`,
+    `check:            ${r.outcomesCheck}`,
+  ];
+  return lines.join('\n');
+}
