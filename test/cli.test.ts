@@ -103,3 +103,17 @@ t.test('compile --dump shows each pass', async (t) => {
   t.match(p.out, /vNIC tw-db1 \(db-1\): 9 rules/);
   t.match(p.out, /application\/app-to-db allow: 10\.0\.2\.21\/32 -> 10\.0\.3\.31\/32 tcp\/5432/);
 });
+
+t.test('bench flow --quick --json reports the hit path against its baselines, inserts, memory and GC', async (t) => {
+  const r = tapwall('bench', 'flow', '--quick', '--json');
+  t.equal(r.code, 0, r.err);
+  const j = JSON.parse(r.out);
+  t.equal(j.hitPath.length, 2);
+  for (const h of j.hitPath) {
+    t.ok(h.perSec > 0 && h.mapCachePerSec > 0 && h.uncachedClassifyPerSec > 0 && h.parseOnlyPerSec > 0, `rates measured for ${h.flows} flows`);
+    t.equal(h.vsMap, Number((h.perSec / h.mapCachePerSec).toFixed(1)));
+  }
+  t.equal(j.memory.flows, 1_000_000, 'a million connections were inserted');
+  t.match(j.outcomesCheck, /^all \d+ packets of the GC run forwarded$/);
+  t.type(j.gcDuringMillionPackets, 'number');
+});

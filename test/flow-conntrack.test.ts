@@ -6,12 +6,12 @@ import t from 'tap';
 import { fileURLToPath } from 'node:url';
 import { frameBuild, ipPacket, type FrameSpec } from '../src/packet/build.js';
 import { PARSE, PKT, PKT_WORDS, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parseFrame } from '../src/packet/parse.js';
-import { Outcome } from '../src/packet/verdict.js';
+import { Outcome, OUTCOME_NAMES } from '../src/packet/verdict.js';
 import { policyLoad, policyFromData } from '../src/policy/load.js';
 import { policyCompile } from '../src/policy/compile.js';
 import { PolicyDecider } from '../src/datapath/decide.js';
 import { CT, ENTRY_WORDS, F, FC, FlowTable, NO_PORT } from '../src/flow/flowTable.js';
-import { CTC, Conntrack, ctPolicyChanged, ctProcess, ctSweep, type ConntrackOptions } from '../src/flow/conntrack.js';
+import { CTC, Conntrack, ctPolicyChanged, ctProcess, ctProcessBatch, ctSweep, type ConntrackOptions } from '../src/flow/conntrack.js';
 
 const example = fileURLToPath(new URL('../examples/three-tier.yaml', import.meta.url));
 // Ports: 0 web-1, 1 web-2, 2 app-1, 3 db-1, 4 jump-1, 5 uplink.
@@ -32,7 +32,7 @@ function setup(opts: ConntrackOptions & { capacity?: number; quota?: number; tag
     const f = frameBuild({ family: 4, ...spec } as FrameSpec);
     if (parseFrame(f, 0, f.length, pkt) !== PARSE.ip) return 'unparsed';
     const o = ctProcess(ct, pkt, from, to, now);
-    return Object.keys(Outcome).find((k) => Outcome[k as keyof typeof Outcome] === o)!;
+    return OUTCOME_NAMES[o];
   };
   const tcp = (from: number, to: number, sport: number, dport: number, flags: number, srcIp = IP[from], dstIp = IP[to] ?? '203.0.113.9') =>
     send(from, to, { proto: 6, src: srcIp, dst: dstIp, sport, dport, flags });
@@ -249,4 +249,27 @@ t.test('frames from the uplink are charged to the vNIC they reach', async (t) =>
   t.equal(table.ownerCount[WEB1], 3, "web-1's quota holds connections from outside");
   t.equal(table.ownerCount[UPLINK], 0);
   t.equal(tcp(UPLINK, NO_PORT as number, 50000, 443, TCP_SYN, '203.0.113.9', '198.51.100.1'), 'policy', 'uplink to nowhere is never allowed');
+});
+
+t.test('a batch of frames: every frame gets exactly one outcome, and they add up', async (t) => {
+  const { ct } = setup();
+  const frames = [
+    frameBuild({ family: 4, proto: 6, src: IP[APP], dst: IP[DB], sport: 41000, dport: 5432, flags: TCP_SYN }),
+    frameBuild({ family: 4, proto: 6, src: IP[APP], dst: IP[DB], sport: 41000, dport: 5432, flags: TCP_SYN }), // retransmit: a hit
+    frameBuild({ family: 4, proto: 6, src: IP[APP], dst: IP[DB], sport: 41001, dport: 22, flags: TCP_SYN }), // policy
+    frameBuild({ family: 4, proto: 6, src: IP[APP], dst: IP[DB], sport: 41002, dport: 5432, flags: TCP_ACK }), // invalid
+    new Uint8Array(10), // malformed
+    Uint8Array.from([1, 0x80, 0xc2, 0, 0, 0x0e, 2, 0, 0, 0, 0, 1, 0x88, 0xcc, ...new Array(46).fill(0)]), // LLDP
+  ];
+  const buf = new Uint8Array(frames.length * 128);
+  const offsets = new Int32Array(frames.length), lengths = new Int32Array(frames.length), dest = new Int32Array(frames.length).fill(DB);
+  frames.forEach((f, i) => { buf.set(f, i * 128); offsets[i] = i * 128; lengths[i] = f.length; });
+  const outcomes = new Uint8Array(frames.length), entries = new Int32Array(frames.length);
+  const pkt = new Int32Array(PKT_WORDS);
+  const forwarded = ctProcessBatch(ct, buf, offsets, lengths, frames.length, APP, dest, 5000, pkt, outcomes, entries);
+  t.equal(forwarded, 2);
+  t.same([...outcomes].map((o) => OUTCOME_NAMES[o]), ['forward', 'forward', 'policy', 'invalid_state', 'malformed', 'ethertype']);
+  t.same([entries[0], entries[1], entries[2]], [0, 0, -1], 'the forwarded frames name their connection');
+  t.equal(ct.counters[CTC.hits], 1, 'one hit (the retransmit), counted once per batch');
+  t.equal(ct.counters[CTC.misses], 3);
 });

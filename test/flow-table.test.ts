@@ -119,3 +119,12 @@ t.test('one million flows fit in the documented memory', async (t) => {
   const tb = new FlowTable({ capacity: 1_000_000 });
   t.ok(tb.bytes <= 128 * 2 ** 20, `${(tb.bytes / 2 ** 20).toFixed(1)} MiB`);
 });
+
+t.test('name tables match the enums', async (t) => {
+  const { CT_NAMES } = await import('../src/flow/flowTable.js');
+  const { OUTCOME_NAMES, OUTCOME_COUNT, Outcome } = await import('../src/packet/verdict.js');
+  t.equal(CT_NAMES.length, 15);
+  t.same([CT_NAMES[CT.established], CT_NAMES[CT.cut], CT_NAMES[CT.udpNew]], ['established', 'cut', 'udpNew']);
+  t.equal(OUTCOME_NAMES.length, OUTCOME_COUNT);
+  t.same([OUTCOME_NAMES[Outcome.forward], OUTCOME_NAMES[Outcome.invalid_state], OUTCOME_NAMES[Outcome.no_route]], ['forward', 'invalid_state', 'no_route']);
+});

@@ -33,14 +33,14 @@
  *   outcome `cut` (the data plane answers a cut TCP connection with RST).
  */
 import { Outcome } from '../packet/verdict.js';
-import { FRAG, ICMP, PKT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../packet/parse.js';
+import { FRAG, ICMP, PARSE, PKT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parseFrame } from '../packet/parse.js';
 import {
-  CT, CT_STATES, ENTRY_WORDS, F, FLAG, FlowTable, INSERT_QUOTA, NO_PORT,
+  CT, CT_NAMES, CT_STATES, ENTRY_WORDS, F, FLAG, FlowTable, INSERT_QUOTA, NO_PORT,
   flowCount, flowInsert, flowLookup, flowSweep, type CtStateName,
 } from './flowTable.js';
 
 /** What FlowDecider.decide returns: a verdict, with flag bits. */
-export const DECIDE = { allow: 0, drop: 1, reject: 2, verdictMask: 3, stateless: 4, log: 8 } as const;
+export const enum DECIDE { allow = 0, drop = 1, reject = 2, verdictMask = 3, stateless = 4, log = 8 }
 
 export interface FlowDecider {
   /**
@@ -80,8 +80,11 @@ export interface ConntrackOptions {
   uplinkPort?: number;
 }
 
-/** Counters the tracker keeps besides the table's. */
-export const CTC = { hits: 0, misses: 1, related: 2, revalidated: 3, cut: 4, stateless: 5 } as const;
+/**
+ * Counters the tracker keeps besides the table's. `hits` is counted per
+ * batch by ctProcessBatch (a local sum, flushed once), not per packet.
+ */
+export const enum CTC { hits = 0, misses = 1, related = 2, revalidated = 3, cut = 4, stateless = 5 }
 export const CTC_COUNT = 6;
 
 export class Conntrack {
@@ -100,12 +103,11 @@ export class Conntrack {
   constructor(readonly table: FlowTable, readonly decider: FlowDecider, opts: ConntrackOptions = {}) {
     this.loose = opts.loose ?? false;
     this.uplinkPort = opts.uplinkPort ?? -1;
-    const names = Object.keys(CT) as CtStateName[];
-    for (const name of names) {
+    CT_NAMES.forEach((name, state) => {
       const s = opts.timeouts?.[name] ?? TIMEOUTS_S[name];
       if (!(s >= 0) || s * 1000 > 0x7fffffff) throw new RangeError(`timeout for ${name} must be 0 to ${Math.floor(0x7fffffff / 1000)} seconds, got ${s}`);
-      table.timeouts[CT[name]] = Math.round(s * 1000);
-    }
+      table.timeouts[state] = Math.round(s * 1000);
+    });
   }
 }
 
@@ -296,7 +298,6 @@ export function ctProcess(ct: Conntrack, pkt: Int32Array, arrivalPort: number, d
     ct.counters[CTC.misses]++;
     return ctNew(ct, pkt, arrivalPort, destPort, now);
   }
-  ct.counters[CTC.hits]++;
   const ent = hit >> 1, dir = hit & 1;
   const e = t.entries;
   const o = ent * ENTRY_WORDS;
@@ -306,6 +307,13 @@ export function ctProcess(ct: Conntrack, pkt: Int32Array, arrivalPort: number, d
 
   if (proto === 6) {
     const flags = pkt[PKT.tcpFlags];
+    if (state === CT.established && (flags & (TCP_SYN | TCP_FIN | TCP_RST)) === 0) {
+      // The common case: data or an ACK on an open connection, no state change.
+      flowCount(t, ent, dir, pkt[PKT.length], now);
+      ct.lastEntry = ent;
+      ct.lastDir = dir;
+      return Outcome.forward;
+    }
     const stateFlags = e[o + F.state] >> 8;
     const next = tcpNext(state, flags, dir, stateFlags);
     if (next < 0) {
@@ -334,3 +342,33 @@ export function ctProcess(ct: Conntrack, pkt: Int32Array, arrivalPort: number, d
 }
 
 export { CT_STATES };
+
+/**
+ * A batch of frames from one port: parse each and track it. Frame i is
+ * buf[offsets[i] .. offsets[i] + lengths[i]); destPorts[i] is where it is
+ * headed. Writes each frame's Outcome to outcomes[i] and its connection
+ * entry (or -1) to entries[i]; returns how many were forwarded.
+ * Non-IP frames are not this function's: they come out as `ethertype`
+ * for the caller (ARP and neighbour discovery are the data plane's).
+ */
+export function ctProcessBatch(
+  ct: Conntrack, buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, count: number,
+  arrivalPort: number, destPorts: Int32Array, now: number, pkt: Int32Array,
+  outcomes: Uint8Array, entries: Int32Array,
+): number {
+  let forwarded = 0, ip = 0;
+  const missesBefore = ct.counters[CTC.misses];
+  for (let i = 0; i < count; i++) {
+    const r = parseFrame(buf, offsets[i], lengths[i], pkt);
+    let o: number;
+    if (r === PARSE.ip) { o = ctProcess(ct, pkt, arrivalPort, destPorts[i], now); ip++; }
+    else if (r === PARSE.malformed) { o = Outcome.malformed; ct.lastEntry = -1; }
+    else { o = Outcome.ethertype; ct.lastEntry = -1; }
+    outcomes[i] = o;
+    entries[i] = ct.lastEntry;
+    if (o === Outcome.forward) forwarded++;
+  }
+  // IP packets that did not miss found their connection (ICMP errors count here too).
+  ct.counters[CTC.hits] += ip - (ct.counters[CTC.misses] - missesBefore);
+  return forwarded;
+}

@@ -41,88 +41,92 @@
  */
 
 export const ENTRY_WORDS = 24;
-export const F = {
-  src: 0, // 4 words
-  dst: 4, // 4 words
+export const enum F {
+  src = 0, // 4 words
+  dst = 4, // 4 words
   /** sport << 16 | dport, in the original direction. */
-  ports: 8,
+  ports = 8,
   /** proto | family 6 flag (0x100); -1 when the entry is free. */
-  meta: 9,
+  meta = 9,
   /** origPort | replyPort << 16 (0xffff: none). */
-  nics: 10,
+  nics = 10,
   /** state | flags << 8 (FLAG below). */
-  state: 11,
+  state = 11,
   /** Rule (order) that decided at the egress point, -1 for the default, -2 when not checked there. */
-  ruleOut: 12,
+  ruleOut = 12,
   /** Rule (order) that decided at the ingress point, likewise. */
-  ruleIn: 13,
+  ruleIn = 13,
   /** Policy generation the verdict was decided under. */
-  generation: 14,
+  generation = 14,
   /** Last packet, in table clock milliseconds. */
-  lastSeen: 15,
-  packetsOrig: 16,
-  packetsReply: 17,
+  lastSeen = 15,
+  packetsOrig = 16,
+  packetsReply = 17,
   /** Bytes as two words (low, high) per direction. */
-  bytesOrig: 18,
-  bytesReply: 20,
-  next: 22,
-  prev: 23,
-} as const;
+  bytesOrig = 18,
+  bytesReply = 20,
+  next = 22,
+  prev = 23,
+}
 
-export const FLAG = {
+export const enum FLAG {
   /** The quota owner is replyPort (the connection came in from the uplink). */
-  ownerIsReply: 1,
+  ownerIsReply = 1,
   /** A FIN was seen from the original side / from the reply side. */
-  finOrig: 2,
-  finReply: 4,
+  finOrig = 2,
+  finReply = 4,
   /** Picked up mid-stream in loose mode. */
-  midstream: 8,
+  midstream = 8,
   /** The connection was logged when it opened. */
-  logged: 16,
-} as const;
+  logged = 16,
+}
 
 /** Connection states. The order of the first group matters to nothing; eviction reads STATE_CLASS. */
-export const CT = {
-  free: 0,
-  synSent: 1,
-  synRecv: 2,
-  established: 3,
-  finWait: 4,
-  closing: 5,
-  timeWait: 6,
-  closed: 7,
-  udpNew: 8,
-  udpEstablished: 9,
-  icmpNew: 10,
-  icmpEstablished: 11,
-  otherNew: 12,
-  otherEstablished: 13,
+export const enum CT {
+  free = 0,
+  synSent = 1,
+  synRecv = 2,
+  established = 3,
+  finWait = 4,
+  closing = 5,
+  timeWait = 6,
+  closed = 7,
+  udpNew = 8,
+  udpEstablished = 9,
+  icmpNew = 10,
+  icmpEstablished = 11,
+  otherNew = 12,
+  otherEstablished = 13,
   /** Denied by a newer policy: its packets are dropped until it expires. */
-  cut: 14,
-} as const;
+  cut = 14,
+}
 export const CT_STATES = 15;
 export type CtStateName = keyof typeof CT;
-export const CT_NAMES: readonly CtStateName[] = (Object.keys(CT) as CtStateName[]).sort((a, b) => CT[a] - CT[b]);
+/** State names by number (CT_NAMES[CT.x] === 'x'; a test keeps the two in step). */
+export const CT_NAMES: readonly CtStateName[] = [
+  'free', 'synSent', 'synRecv', 'established', 'finWait', 'closing', 'timeWait', 'closed',
+  'udpNew', 'udpEstablished', 'icmpNew', 'icmpEstablished', 'otherNew', 'otherEstablished', 'cut',
+];
 
 /** Eviction classes, most evictable first; `active` entries are never evicted. */
-export const EVICT = { closed: 0, halfOpen: 1, idle: 2, active: 3 } as const;
+export const enum EVICT { closed = 0, halfOpen = 1, idle = 2, active = 3 }
 const STATE_CLASS = new Int8Array(CT_STATES);
 STATE_CLASS.fill(EVICT.active);
 for (const s of [CT.timeWait, CT.closed, CT.cut]) STATE_CLASS[s] = EVICT.closed;
 for (const s of [CT.synSent, CT.synRecv, CT.udpNew, CT.icmpNew, CT.otherNew]) STATE_CLASS[s] = EVICT.halfOpen;
 
 /** Counters the table keeps (flushed to metrics elsewhere). */
-export const FC = {
-  inserts: 0,
-  removes: 0,
-  expired: 2,
-  evictedClosed: 3,
-  evictedHalfOpen: 4,
-  evictedIdle: 5,
-  refusedFull: 6,
-  refusedQuota: 7,
-  refusedProbe: 8,
-} as const;
+export const enum FC {
+  inserts = 0,
+  removes = 0,
+  expired = 2,
+  evictedClosed = 3,
+  evictedHalfOpen = 4,
+  evictedIdle = 5,
+  refusedFull = 6,
+  refusedQuota = 7,
+  refusedProbe = 8,
+}
 export const FC_COUNT = 9;
 
 export const NO_PORT = 0xffff;
@@ -212,12 +216,21 @@ function sideHash(a0: number, a1: number, a2: number, a3: number, port: number):
   return fmix(a0 ^ Math.imul(a1, 0x27d4eb2d) ^ Math.imul(a2, 0x165667b1) ^ Math.imul(a3, 0x61c88647) ^ Math.imul(port + 1, 0x9e3779b1));
 }
 
-/** Symmetric in the two ends: (src, sport, dst, dport) and (dst, dport, src, sport) hash alike. */
-export function flowHash(k: Int32Array, src: number, dst: number, sport: number, dport: number, proto: number): number {
-  const h = sideHash(k[src], k[src + 1], k[src + 2], k[src + 3], sport) ^
+/**
+ * Symmetric in the two ends: (src, sport, dst, dport) and (dst, dport, src,
+ * sport) hash alike. IPv6 mixes each end on its own and XORs them; IPv4
+ * takes a cheaper symmetric mix of its two words.
+ */
+export function flowHash(k: Int32Array, src: number, dst: number, sport: number, dport: number, proto: number, v6: boolean): number {
+  if (!v6) {
+    // IPv4: symmetric sums and XORs of the two ends, one mix.
+    const a = k[src], b = k[dst];
+    const ports = ((sport + dport) << 16) ^ (sport ^ dport);
+    return fmix(Math.imul(a ^ b, 0x9e3779b1) ^ ((a + b) | 0) ^ Math.imul(ports + proto, 0x85ebca6b));
+  }
+  return sideHash(k[src], k[src + 1], k[src + 2], k[src + 3], sport) ^
     sideHash(k[dst], k[dst + 1], k[dst + 2], k[dst + 3], dport) ^
     Math.imul(proto + 1, 0x2545f491);
-  return fmix(h);
 }
 
 /**
@@ -230,12 +243,12 @@ export function flowLookup(
   sport: number, dport: number, proto: number, family: number, arrivalPort: number,
 ): number {
   const index = t.index, e = t.entries, mask = t.mask;
-  const meta = proto | (family === 6 ? 0x100 : 0);
-  const h = flowHash(k, src, dst, sport, dport, proto);
+  const v6 = family === 6;
+  const meta = proto | (v6 ? 0x100 : 0);
+  const h = flowHash(k, src, dst, sport, dport, proto, v6);
   const sig = h === SIG_EMPTY || h === SIG_DELETED ? 2 : h;
   const fwdPorts = (sport << 16) | dport, revPorts = (dport << 16) | sport;
-  const s0 = k[src], s1 = k[src + 1], s2 = k[src + 2], s3 = k[src + 3];
-  const d0 = k[dst], d1 = k[dst + 1], d2 = k[dst + 2], d3 = k[dst + 3];
+  const s0 = k[src], d0 = k[dst];
   let slot = h & mask;
   for (let probe = 0; probe < MAX_PROBE; probe++) {
     const s = index[slot << 1];
@@ -245,12 +258,15 @@ export function flowLookup(
       const o = ent * ENTRY_WORDS;
       if (e[o + F.meta] === meta) {
         const ports = e[o + F.ports];
-        if (ports === fwdPorts && e[o] === s0 && e[o + 4] === d0 && e[o + 1] === s1 && e[o + 2] === s2 && e[o + 3] === s3 &&
-          e[o + 5] === d1 && e[o + 6] === d2 && e[o + 7] === d3 && (e[o + F.nics] & 0xffff) === arrivalPort) {
+        // Words 1-3 of both addresses are zero in every IPv4 entry and key: compare them for IPv6 only.
+        if (ports === fwdPorts && e[o] === s0 && e[o + 4] === d0 && (e[o + F.nics] & 0xffff) === arrivalPort &&
+          (!v6 || (e[o + 1] === k[src + 1] && e[o + 2] === k[src + 2] && e[o + 3] === k[src + 3] &&
+            e[o + 5] === k[dst + 1] && e[o + 6] === k[dst + 2] && e[o + 7] === k[dst + 3]))) {
           return ent << 1;
         }
-        if (ports === revPorts && e[o] === d0 && e[o + 4] === s0 && e[o + 1] === d1 && e[o + 2] === d2 && e[o + 3] === d3 &&
-          e[o + 5] === s1 && e[o + 6] === s2 && e[o + 7] === s3 && (e[o + F.nics] >>> 16) === arrivalPort) {
+        if (ports === revPorts && e[o] === d0 && e[o + 4] === s0 && (e[o + F.nics] >>> 16) === arrivalPort &&
+          (!v6 || (e[o + 1] === k[dst + 1] && e[o + 2] === k[dst + 2] && e[o + 3] === k[dst + 3] &&
+            e[o + 5] === k[src + 1] && e[o + 6] === k[src + 2] && e[o + 7] === k[src + 3]))) {
           return (ent << 1) | 1;
         }
       }
@@ -283,7 +299,7 @@ export function flowRemove(t: FlowTable, ent: number): void {
   const o = ent * ENTRY_WORDS;
   if (e[o + F.meta] < 0) return;
   const ports = e[o + F.ports];
-  const h = flowHash(e, o + F.src, o + F.dst, ports >>> 16, ports & 0xffff, e[o + F.meta] & 0xff);
+  const h = flowHash(e, o + F.src, o + F.dst, ports >>> 16, ports & 0xffff, e[o + F.meta] & 0xff, (e[o + F.meta] & 0x100) !== 0);
   let slot = h & mask;
   for (let probe = 0; probe < MAX_PROBE; probe++) {
     const sig = index[slot << 1];
@@ -373,7 +389,7 @@ export function flowInsert(
     return INSERT_FULL;
   }
   const index = t.index, mask = t.mask;
-  const h = flowHash(k, src, dst, sport, dport, proto);
+  const h = flowHash(k, src, dst, sport, dport, proto, family === 6);
   const sig = h === SIG_EMPTY || h === SIG_DELETED ? 2 : h;
   let slot = h & mask, found = -1;
   for (let probe = 0; probe < MAX_PROBE; probe++) {

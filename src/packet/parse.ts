@@ -17,43 +17,43 @@
  * without ports both are 0.
  */
 
-export const PKT = {
-  family: 0, // 4 or 6
-  proto: 1,
-  src: 2, // 4 words
-  dst: 6, // 4 words
-  sport: 10,
-  dport: 11,
-  tcpFlags: 12,
-  l3Offset: 13,
-  l4Offset: 14,
+export const enum PKT {
+  family = 0, // 4 or 6
+  proto = 1,
+  src = 2, // 4 words
+  dst = 6, // 4 words
+  sport = 10,
+  dport = 11,
+  tcpFlags = 12,
+  l3Offset = 13,
+  l4Offset = 14,
   /** Frame length in bytes, as received. */
-  length: 15,
-  ethertype: 16,
+  length = 15,
+  ethertype = 16,
   /** Outer VLAN id, or -1 when untagged. */
-  vlan: 17,
-  icmpType: 18,
-  icmpCode: 19,
+  vlan = 17,
+  icmpType = 18,
+  icmpCode = 19,
   /** FRAG below. */
-  fragment: 20,
+  fragment = 20,
   /** IPv4 identification or IPv6 fragment identification, for fragment tracking. */
-  fragmentId: 21,
+  fragmentId = 21,
   /** For ICMP errors: the quoted packet's protocol, addresses and ports (proto -1 when none). */
-  innerProto: 22,
-  innerSrc: 23, // 4 words
-  innerDst: 27, // 4 words
-  innerSport: 31,
-  innerDport: 32,
+  innerProto = 22,
+  innerSrc = 23, // 4 words
+  innerDst = 27, // 4 words
+  innerSport = 31,
+  innerDport = 32,
   /** ICMP class, ICMP below. */
-  icmpClass: 33,
-} as const;
+  icmpClass = 33,
+}
 export const PKT_WORDS = 34;
 
 /** parseFrame results. */
-export const PARSE = { ip: 0, arp: 1, otherEther: 2, malformed: -1 } as const;
+export const enum PARSE { ip = 0, arp = 1, otherEther = 2, malformed = -1 }
 
-export const FRAG = { none: 0, first: 1, later: 2 } as const;
-export const ICMP = { notIcmp: 0, echoRequest: 1, echoReply: 2, error: 3, other: 4 } as const;
+export const enum FRAG { none = 0, first = 1, later = 2 }
+export const enum ICMP { notIcmp = 0, echoRequest = 1, echoReply = 2, error = 3, other = 4 }
 
 export const TCP_FIN = 0x01, TCP_SYN = 0x02, TCP_RST = 0x04, TCP_PSH = 0x08, TCP_ACK = 0x10;
 
