@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo, for now (the live data-plane demo comes with the data plane): the
 # policy checker and tracer on the example policies, and the classifier
-# benchmark on a ClassBench set.
+# benchmark on a ClassBench set, and the flow-cache benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tw() {
@@ -27,3 +27,6 @@ tw trace examples/dual-stack.json 'tcp [2001:db8::5]:40000 -> [fd00:6::11]:443'
 
 echo; echo "== 4. The rule trie against a linear scan, 4k ClassBench firewall rules"
 tw bench classify data/classbench/4k/fw1_seed_1.rules data/classbench/4k/fw1_seed_1.trace --rounds 3
+
+echo; echo "== 5. The flow cache: later packets of a connection skip classification"
+tw bench flow --quick

@@ -266,7 +266,7 @@ t.test('a batch of frames: every frame gets exactly one outcome, and they add up
   frames.forEach((f, i) => { buf.set(f, i * 128); offsets[i] = i * 128; lengths[i] = f.length; });
   const outcomes = new Uint8Array(frames.length), entries = new Int32Array(frames.length);
   const pkt = new Int32Array(PKT_WORDS);
-  const forwarded = ctProcessBatch(ct, buf, offsets, lengths, frames.length, APP, dest, 5000, pkt, outcomes, entries);
+  const forwarded = ctProcessBatch(ct, buf, offsets, lengths, 0, frames.length, APP, dest, 5000, pkt, outcomes, entries);
   t.equal(forwarded, 2);
   t.same([...outcomes].map((o) => OUTCOME_NAMES[o]), ['forward', 'forward', 'policy', 'invalid_state', 'malformed', 'ethertype']);
   t.same([entries[0], entries[1], entries[2]], [0, 0, -1], 'the forwarded frames name their connection');

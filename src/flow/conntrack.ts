@@ -344,28 +344,29 @@ export function ctProcess(ct: Conntrack, pkt: Int32Array, arrivalPort: number, d
 export { CT_STATES };
 
 /**
- * A batch of frames from one port: parse each and track it. Frame i is
- * buf[offsets[i] .. offsets[i] + lengths[i]); destPorts[i] is where it is
- * headed. Writes each frame's Outcome to outcomes[i] and its connection
- * entry (or -1) to entries[i]; returns how many were forwarded.
+ * A batch of frames from one port: parse each and track it. Frame i, for i
+ * from `start` to start + count - 1, is buf[offsets[i] .. offsets[i] +
+ * lengths[i]) and is headed to destPorts[i]. Writes its Outcome to
+ * outcomes[i - start] and its connection entry (or -1) to entries[i - start];
+ * returns how many were forwarded.
  * Non-IP frames are not this function's: they come out as `ethertype`
  * for the caller (ARP and neighbour discovery are the data plane's).
  */
 export function ctProcessBatch(
-  ct: Conntrack, buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, count: number,
+  ct: Conntrack, buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, start: number, count: number,
   arrivalPort: number, destPorts: Int32Array, now: number, pkt: Int32Array,
   outcomes: Uint8Array, entries: Int32Array,
 ): number {
   let forwarded = 0, ip = 0;
   const missesBefore = ct.counters[CTC.misses];
-  for (let i = 0; i < count; i++) {
+  for (let i = start, j = 0; j < count; i++, j++) {
     const r = parseFrame(buf, offsets[i], lengths[i], pkt);
     let o: number;
     if (r === PARSE.ip) { o = ctProcess(ct, pkt, arrivalPort, destPorts[i], now); ip++; }
     else if (r === PARSE.malformed) { o = Outcome.malformed; ct.lastEntry = -1; }
     else { o = Outcome.ethertype; ct.lastEntry = -1; }
-    outcomes[i] = o;
-    entries[i] = ct.lastEntry;
+    outcomes[j] = o;
+    entries[j] = ct.lastEntry;
     if (o === Outcome.forward) forwarded++;
   }
   // IP packets that did not miss found their connection (ICMP errors count here too).
