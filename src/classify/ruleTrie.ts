@@ -359,12 +359,6 @@ export function trieLookup(t: RuleTrie, key: Int32Array, keyOff: number): number
   return best === 0x7fffffff ? -1 : best;
 }
 
-/** Classify `count` keys laid out back to back; results into `out`. */
-export function trieLookupBatch(t: RuleTrie, keys: Int32Array, count: number, out: Int32Array): void {
-  const dims = t.dims;
-  for (let i = 0; i < count; i++) out[i] = trieLookup(t, keys, i * dims);
-}
-
 /**
  * The linear scan over the same boxes: the reference for tests and the
  * baseline for benchmarks (kept as tight as the trie's leaf scan, so the

@@ -8,7 +8,7 @@
  * traffic to or from it is checked only at the one vNIC it crosses.
  */
 import { addressText, parsePrefix, prefixContains, type Family, type Prefix } from '../policy/addresses.js';
-import { pointClassify, ruleAddresses, ruleServices, type CompiledPolicy, type Direction } from '../policy/compile.js';
+import { pointClassify, ruleServices, type CompiledPolicy, type Direction } from '../policy/compile.js';
 import { keyWrite } from '../packet/key.js';
 import type { Action, Rule } from '../policy/model.js';
 import { ICMP_TYPES, ICMPV6_TYPES, PROTO, isPorted, serviceAtomText } from '../policy/services.js';

@@ -37,5 +37,3 @@ export const OUTCOME_NAMES: readonly OutcomeName[] = [
   'forward', 'policy', 'reject', 'invalid_state', 'table_full', 'quota', 'malformed', 'cut', 'spoof', 'ethertype', 'no_route',
 ];
 
-/** Policy verdicts as the compiled policy returns them. */
-export const enum Verdict { allow = 0, drop = 1, reject = 2 }

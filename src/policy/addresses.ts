@@ -81,11 +81,6 @@ export function prefixContains(a: Prefix, b: Prefix): boolean {
   return true;
 }
 
-/** Does prefix p hold the single address `addr` (also a Prefix, full length)? */
-export function prefixHolds(p: Prefix, addr: Prefix): boolean {
-  return prefixContains(p, addr);
-}
-
 export function prefixEquals(a: Prefix, b: Prefix): boolean {
   return a.family === b.family && a.len === b.len && a.words.every((w, i) => w === b.words[i]);
 }

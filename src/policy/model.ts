@@ -72,7 +72,3 @@ export interface Policy {
   services: Map<string, { name: string; atoms: ServiceAtom[]; specs: string[] }>;
   sections: Section[];
 }
-
-export function allRules(p: Policy): Rule[] {
-  return p.sections.flatMap((s) => s.rules);
-}
