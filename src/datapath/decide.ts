@@ -31,11 +31,17 @@ export class PolicyDecider implements FlowDecider {
     this.setPolicy(compiled);
   }
 
-  /** Swap in a new compiled policy (control path). */
+  /**
+   * Swap in a new compiled policy (control path). Everything is built first
+   * and assigned after, between packets: a decision sees the old policy or the
+   * new one, never a mix.
+   */
   setPolicy(compiled: CompiledPolicy, portNics: readonly string[] = this.portNics): void {
+    const portTables = portNics.map((nic) => compiled.points.get(nic)?.egress.tables ?? null);
+    const defaultCode = ACTION_CODE[compiled.defaultAction];
     this.portNics = portNics;
-    this.portTables = portNics.map((nic) => compiled.points.get(nic)?.egress.tables ?? null);
-    this.defaultCode = ACTION_CODE[compiled.defaultAction];
+    this.portTables = portTables;
+    this.defaultCode = defaultCode;
     this.compiled = compiled;
   }
 
