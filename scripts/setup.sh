@@ -13,8 +13,8 @@ if ! command -v node >/dev/null 2>&1 || [ "$(node -p 'process.versions.node.spli
 fi
 
 # libpcap-dev: headers for the `cap` module; g++/make/python3: node-gyp;
-# iproute2: namespaces, veths and TAPs for the tests and the demo.
-packages=(libpcap-dev g++ make python3 iproute2)
+# iproute2: namespaces, veths and TAPs for the tests and the demo; iputils-ping: ping inside them.
+packages=(libpcap-dev g++ make python3 iproute2 iputils-ping)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

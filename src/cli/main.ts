@@ -34,6 +34,11 @@ function fail(e: unknown): never {
     process.stderr.write(`tapwall: ${err.message}\n`);
     process.exit(EXIT_INVALID);
   }
+  if (typeof err?.code === 'string' && /^E[A-Z_]+$/.test(err.code)) {
+    // The system refused (no permission, no such interface, a TAP already owned): say so, no stack.
+    process.stderr.write(`tapwall: ${err.message}\n`);
+    process.exit(1);
+  }
   process.stderr.write(`tapwall: internal error: ${err?.stack ?? String(e)}\n`);
   process.exit(1);
 }
@@ -106,6 +111,25 @@ program
     try {
       const { policy } = policyLoad(file);
       process.stdout.write(dumpCompiled(policyCompile(policy), opts.dump));
+    } catch (e) {
+      fail(e);
+    }
+  });
+
+program
+  .command('run')
+  .description('Run the data plane: a stateful firewall on every workload vNIC of the policy, switching frames between them. SIGHUP reloads the policy, SIGTERM stops, SIGUSR2 prints counters.')
+  .requiredOption('--config <file>', 'policy file (YAML or JSON)')
+  .addOption(new Option('--mode <mode>', 'how to reach the vNICs: open TAP devices, or attach to existing interfaces').choices(['tap', 'attach']).default('tap'))
+  .option('--uplink <ifname>', 'an interface towards everything outside the workloads (attached with AF_PACKET)')
+  .option('--loose', 'let out-of-state packets through and pick up connections mid-stream')
+  .option('--flow-capacity <n>', 'most connections tracked at once', (v) => Number(v), 262144)
+  .option('--quota <n>', 'most connections one vNIC may hold', (v) => Number(v))
+  .option('--stats-every <seconds>', 'log counters this often', (v) => Number(v), 0)
+  .action(async (opts: { config: string; mode: 'tap' | 'attach'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; statsEvery: number }) => {
+    try {
+      const { runDaemon } = await import('./run.js');
+      runDaemon(opts);
     } catch (e) {
       fail(e);
     }

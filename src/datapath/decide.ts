@@ -9,7 +9,7 @@
  * allocation-free. setPolicy swaps in a new compiled policy in one step.
  */
 import { bias } from '../classify/ruleTrie.js';
-import { pointClassify, RULE_FLAG, ACTION_CODE, type CompiledPolicy, type PointTables } from '../policy/compile.js';
+import { pointClassify, pointClassifyEther, RULE_FLAG, ACTION_CODE, type CompiledPolicy, type PointTables } from '../policy/compile.js';
 import { PKT } from '../packet/parse.js';
 import { KEY_V4, KEY_V6 } from '../packet/key.js';
 import { DECIDE, type FlowDecider } from '../flow/conntrack.js';
@@ -100,5 +100,22 @@ export class PolicyDecider implements FlowDecider {
     // Neither end is a vNIC we serve: no point allowed it, and nothing passes unchecked.
     if (out === null && into === null) return DECIDE.drop;
     return flags;
+  }
+
+  /**
+   * A non-IP frame: allowed only where every vNIC it crosses has an allowing
+   * ether/ rule for its EtherType; the default does not apply to these.
+   */
+  decideEther(ethertype: number, origPort: number, replyPort: number): boolean {
+    const out = origPort >= 0 && origPort < this.portTables.length ? this.portTables[origPort] : null;
+    const into = replyPort >= 0 && replyPort < this.portTables.length ? this.portTables[replyPort] : null;
+    if (out === null && into === null) return false;
+    return this.etherAllowed(out, ethertype) && this.etherAllowed(into, ethertype);
+  }
+
+  private etherAllowed(tables: PointTables | null, ethertype: number): boolean {
+    if (tables === null) return true;
+    const order = pointClassifyEther(tables, ethertype);
+    return order >= 0 && this.compiled.ruleAction[order] === DECIDE.allow;
   }
 }

@@ -1,0 +1,408 @@
+/*
+ * tapwall's native addon: frames in and out of TAP devices and AF_PACKET
+ * sockets, a whole batch per call.
+ *
+ * Contract with TypeScript (src/io/native.ts; a test compares the two):
+ *   - A batch lives in one caller-owned Uint8Array `buf`; frame i occupies
+ *     buf[offsets[i] .. offsets[i] + lengths[i]). offsets and lengths are
+ *     Int32Arrays. readBatch fills slots of `stride` bytes from `start`;
+ *     writeBatch sends frames start .. start + count - 1.
+ *   - Return values: a count >= 0, or -errno. EAGAIN is not an error: a read
+ *     returns the frames it got (maybe 0), a write the frames the kernel took.
+ *   - Descriptors are non-blocking. watch(fd, cb) registers a libuv poll for
+ *     readability (and writability when asked) on the Node.js event loop;
+ *     cb(events) runs on the JS thread; unwatch(handle) stops it. Nothing
+ *     here spins or blocks.
+ *
+ * Nothing here allocates per frame; readBatch/writeBatch allocate nothing at
+ * all (iovec and mmsghdr arrays are fixed-size statics, MAX_BATCH entries).
+ */
+#define _GNU_SOURCE
+#include <node_api.h>
+#include <uv.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <net/if.h>
+#include <arpa/inet.h>
+#include <linux/if_tun.h>
+#include <linux/if_packet.h>
+#include <linux/if_ether.h>
+
+#define MAX_BATCH 256
+#define KIND_TAP 0
+#define KIND_PACKET 1
+
+#ifndef PACKET_IGNORE_OUTGOING
+#define PACKET_IGNORE_OUTGOING 23
+#endif
+
+static struct mmsghdr g_msgs[MAX_BATCH];
+static struct iovec g_iov[MAX_BATCH];
+
+#define CHECK(call)                                                        \
+  do {                                                                     \
+    if ((call) != napi_ok) {                                               \
+      napi_throw_error(env, "TAPWALL_NAPI", "N-API call failed: " #call); \
+      return NULL;                                                         \
+    }                                                                      \
+  } while (0)
+
+static napi_value make_int(napi_env env, int64_t v) {
+  napi_value out;
+  napi_create_int64(env, v, &out);
+  return out;
+}
+
+static int get_typed(napi_env env, napi_value v, napi_typedarray_type want, void** data, size_t* len) {
+  napi_typedarray_type type;
+  napi_value ab;
+  size_t off;
+  if (napi_get_typedarray_info(env, v, &type, len, data, &ab, &off) != napi_ok || type != want) return -1;
+  return 0;
+}
+
+/* tapOpen(name, flags) -> [fd, actualName]; flags: 1 persist, 2 vnet header. Throws with errno on failure. */
+static napi_value tap_open(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char name[IFNAMSIZ] = {0};
+  size_t n;
+  CHECK(napi_get_value_string_utf8(env, argv[0], name, sizeof name, &n));
+  int32_t flags = 0;
+  if (argc > 1) napi_get_value_int32(env, argv[1], &flags);
+  int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "open /dev/net/tun: %s", strerror(errno));
+    napi_throw_error(env, "ENODEV_TUN", msg);
+    return NULL;
+  }
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | ((flags & 2) ? IFF_VNET_HDR : 0);
+  memcpy(ifr.ifr_name, name, n < IFNAMSIZ - 1 ? n : IFNAMSIZ - 1);
+  if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+    int e = errno;
+    close(fd);
+    char msg[160];
+    snprintf(msg, sizeof msg, "TUNSETIFF %s: %s", name, strerror(e));
+    napi_throw_error(env, e == EPERM ? "EPERM" : e == EBUSY ? "EBUSY" : "ETUNSETIFF", msg);
+    return NULL;
+  }
+  if ((flags & 1) && ioctl(fd, TUNSETPERSIST, 1) < 0) {
+    int e = errno;
+    close(fd);
+    char msg[160];
+    snprintf(msg, sizeof msg, "TUNSETPERSIST %s: %s", name, strerror(e));
+    napi_throw_error(env, "ETUNSETPERSIST", msg);
+    return NULL;
+  }
+  napi_value arr, nm;
+  CHECK(napi_create_array_with_length(env, 2, &arr));
+  CHECK(napi_set_element(env, arr, 0, make_int(env, fd)));
+  CHECK(napi_create_string_utf8(env, ifr.ifr_name, NAPI_AUTO_LENGTH, &nm));
+  CHECK(napi_set_element(env, arr, 1, nm));
+  return arr;
+}
+
+/* packetOpen(ifname) -> fd: an AF_PACKET raw socket bound to the interface, not seeing its own sends. */
+static napi_value packet_open(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char name[IFNAMSIZ] = {0};
+  size_t n;
+  CHECK(napi_get_value_string_utf8(env, argv[0], name, sizeof name, &n));
+  unsigned idx = if_nametoindex(name);
+  if (idx == 0) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "no interface %s", name);
+    napi_throw_error(env, "ENODEV", msg);
+    return NULL;
+  }
+  int fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, htons(ETH_P_ALL));
+  if (fd < 0) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "AF_PACKET socket: %s", strerror(errno));
+    napi_throw_error(env, errno == EPERM ? "EPERM" : "ESOCKET", msg);
+    return NULL;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one);
+  int size = 4 << 20;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+  struct sockaddr_ll sll;
+  memset(&sll, 0, sizeof sll);
+  sll.sll_family = AF_PACKET;
+  sll.sll_protocol = htons(ETH_P_ALL);
+  sll.sll_ifindex = (int)idx;
+  if (bind(fd, (struct sockaddr*)&sll, sizeof sll) < 0) {
+    int e = errno;
+    close(fd);
+    char msg[128];
+    snprintf(msg, sizeof msg, "bind to %s: %s", name, strerror(e));
+    napi_throw_error(env, "EBIND", msg);
+    return NULL;
+  }
+  /* Frames queued before the bind may belong to any interface: drain them. */
+  char junk[2048];
+  while (recv(fd, junk, sizeof junk, MSG_DONTWAIT) > 0) {}
+  return make_int(env, fd);
+}
+
+/* readBatch(fd, kind, buf, offsets, lengths, start, max, stride) -> frames read, or -errno */
+static napi_value read_batch(napi_env env, napi_callback_info info) {
+  size_t argc = 8;
+  napi_value argv[8];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd, kind, start, max, stride;
+  uint8_t* buf;
+  int32_t *offsets, *lengths;
+  size_t buflen, noff, nlen;
+  napi_get_value_int32(env, argv[0], &fd);
+  napi_get_value_int32(env, argv[1], &kind);
+  if (get_typed(env, argv[2], napi_uint8_array, (void**)&buf, &buflen) ||
+      get_typed(env, argv[3], napi_int32_array, (void**)&offsets, &noff) ||
+      get_typed(env, argv[4], napi_int32_array, (void**)&lengths, &nlen)) {
+    napi_throw_type_error(env, "EARGS", "readBatch(fd, kind, Uint8Array, Int32Array, Int32Array, start, max, stride)");
+    return NULL;
+  }
+  napi_get_value_int32(env, argv[5], &start);
+  napi_get_value_int32(env, argv[6], &max);
+  napi_get_value_int32(env, argv[7], &stride);
+  if (start < 0 || max < 0 || stride <= 0 || (size_t)start + (size_t)max > noff || (size_t)start + (size_t)max > nlen ||
+      ((size_t)start + (size_t)max) * (size_t)stride > buflen) {
+    napi_throw_range_error(env, "ERANGE", "readBatch: the batch does not fit the buffers");
+    return NULL;
+  }
+  if (max > MAX_BATCH) max = MAX_BATCH;
+  int got = 0;
+  if (kind == KIND_TAP) {
+    for (; got < max; got++) {
+      int32_t off = (start + got) * stride;
+      ssize_t r = read(fd, buf + off, (size_t)stride);
+      if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+        if (errno == EINTR) { got--; continue; }
+        return make_int(env, got > 0 ? got : -errno);
+      }
+      offsets[start + got] = off;
+      lengths[start + got] = (int32_t)r;
+    }
+    return make_int(env, got);
+  }
+  for (int i = 0; i < max; i++) {
+    g_iov[i].iov_base = buf + (size_t)(start + i) * stride;
+    g_iov[i].iov_len = (size_t)stride;
+    memset(&g_msgs[i].msg_hdr, 0, sizeof g_msgs[i].msg_hdr);
+    g_msgs[i].msg_hdr.msg_iov = &g_iov[i];
+    g_msgs[i].msg_hdr.msg_iovlen = 1;
+  }
+  int r = recvmmsg(fd, g_msgs, (unsigned)max, MSG_DONTWAIT, NULL);
+  if (r < 0) return make_int(env, (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -errno);
+  for (int i = 0; i < r; i++) {
+    offsets[start + i] = (start + i) * stride;
+    /* A frame longer than the slot is cut: report it as its true length so the caller drops it. */
+    lengths[start + i] = (g_msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? stride + 1 : (int32_t)g_msgs[i].msg_len;
+  }
+  return make_int(env, r);
+}
+
+/* writeBatch(fd, kind, buf, offsets, lengths, start, count) -> frames sent, or -errno */
+static napi_value write_batch(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd, kind, start, count;
+  uint8_t* buf;
+  int32_t *offsets, *lengths;
+  size_t buflen, noff, nlen;
+  napi_get_value_int32(env, argv[0], &fd);
+  napi_get_value_int32(env, argv[1], &kind);
+  if (get_typed(env, argv[2], napi_uint8_array, (void**)&buf, &buflen) ||
+      get_typed(env, argv[3], napi_int32_array, (void**)&offsets, &noff) ||
+      get_typed(env, argv[4], napi_int32_array, (void**)&lengths, &nlen)) {
+    napi_throw_type_error(env, "EARGS", "writeBatch(fd, kind, Uint8Array, Int32Array, Int32Array, start, count)");
+    return NULL;
+  }
+  napi_get_value_int32(env, argv[5], &start);
+  napi_get_value_int32(env, argv[6], &count);
+  if (start < 0 || count < 0 || (size_t)start + (size_t)count > noff || (size_t)start + (size_t)count > nlen) {
+    napi_throw_range_error(env, "ERANGE", "writeBatch: the batch does not fit the arrays");
+    return NULL;
+  }
+  if (count > MAX_BATCH) count = MAX_BATCH;
+  for (int i = 0; i < count; i++) {
+    int32_t off = offsets[start + i], len = lengths[start + i];
+    if (off < 0 || len < 0 || (size_t)off + (size_t)len > buflen) {
+      napi_throw_range_error(env, "ERANGE", "writeBatch: a frame lies outside the buffer");
+      return NULL;
+    }
+  }
+  int sent = 0;
+  if (kind == KIND_TAP) {
+    for (; sent < count; sent++) {
+      ssize_t r = write(fd, buf + offsets[start + sent], (size_t)lengths[start + sent]);
+      if (r < 0) {
+        if (errno == EINTR) { sent--; continue; }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+        return make_int(env, sent > 0 ? sent : -errno);
+      }
+    }
+    return make_int(env, sent);
+  }
+  for (int i = 0; i < count; i++) {
+    g_iov[i].iov_base = buf + offsets[start + i];
+    g_iov[i].iov_len = (size_t)lengths[start + i];
+    memset(&g_msgs[i].msg_hdr, 0, sizeof g_msgs[i].msg_hdr);
+    g_msgs[i].msg_hdr.msg_iov = &g_iov[i];
+    g_msgs[i].msg_hdr.msg_iovlen = 1;
+  }
+  int r = sendmmsg(fd, g_msgs, (unsigned)count, MSG_DONTWAIT);
+  if (r < 0) return make_int(env, (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -errno);
+  return make_int(env, r);
+}
+
+/* closeFd(fd) -> 0 or -errno */
+static napi_value close_fd(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd;
+  napi_get_value_int32(env, argv[0], &fd);
+  return make_int(env, close(fd) < 0 ? -errno : 0);
+}
+
+typedef struct {
+  uv_poll_t poll;
+  napi_env env;
+  napi_ref callback;
+  napi_async_context async;
+  int closing;
+} watch_t;
+
+static void on_poll(uv_poll_t* handle, int status, int events) {
+  watch_t* w = (watch_t*)handle->data;
+  if (w->closing) return;
+  napi_env env = w->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value cb, recv, arg, result;
+  napi_get_reference_value(env, w->callback, &cb);
+  napi_get_global(env, &recv); /* make_callback wants an object as receiver */
+  napi_create_int32(env, status < 0 ? status : events, &arg);
+  napi_make_callback(env, w->async, recv, cb, 1, &arg, &result);
+  napi_close_handle_scope(env, scope);
+}
+
+static void on_closed(uv_handle_t* handle) {
+  free(handle->data);
+}
+
+/* watch(fd, callback, wantWritable) -> handle: callback(events) on the event loop (1 readable, 2 writable, < 0 error) */
+static napi_value watch(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd;
+  napi_get_value_int32(env, argv[0], &fd);
+  bool writable = false;
+  if (argc > 2) napi_get_value_bool(env, argv[2], &writable);
+  struct uv_loop_s* loop;
+  CHECK(napi_get_uv_event_loop(env, &loop));
+  watch_t* w = calloc(1, sizeof *w);
+  if (!w) {
+    napi_throw_error(env, "ENOMEM", "watch: out of memory");
+    return NULL;
+  }
+  w->env = env;
+  CHECK(napi_create_reference(env, argv[1], 1, &w->callback));
+  napi_value name;
+  napi_create_string_utf8(env, "tapwall.watch", NAPI_AUTO_LENGTH, &name);
+  CHECK(napi_async_init(env, NULL, name, &w->async));
+  int r = uv_poll_init(loop, &w->poll, fd);
+  if (r == 0) {
+    w->poll.data = w;
+    r = uv_poll_start(&w->poll, UV_READABLE | (writable ? UV_WRITABLE : 0), on_poll);
+  }
+  if (r != 0) {
+    napi_delete_reference(env, w->callback);
+    napi_async_destroy(env, w->async);
+    free(w);
+    napi_throw_error(env, "EWATCH", uv_strerror(r));
+    return NULL;
+  }
+  napi_value ext;
+  CHECK(napi_create_external(env, w, NULL, NULL, &ext));
+  return ext;
+}
+
+/* unwatch(handle): stop watching; safe to call once per handle. */
+static napi_value unwatch(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  watch_t* w;
+  CHECK(napi_get_value_external(env, argv[0], (void**)&w));
+  if (w && !w->closing) {
+    w->closing = 1;
+    uv_poll_stop(&w->poll);
+    napi_delete_reference(env, w->callback);
+    napi_async_destroy(env, w->async);
+    uv_close((uv_handle_t*)&w->poll, on_closed);
+  }
+  return NULL;
+}
+
+/* setWatchWritable(handle, on): also wake for writability (after EAGAIN on write) or stop that. */
+static napi_value set_watch_writable(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  watch_t* w;
+  bool on;
+  CHECK(napi_get_value_external(env, argv[0], (void**)&w));
+  CHECK(napi_get_value_bool(env, argv[1], &on));
+  if (w && !w->closing) uv_poll_start(&w->poll, UV_READABLE | (on ? UV_WRITABLE : 0), on_poll);
+  return NULL;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    {"tapOpen", NULL, tap_open, NULL, NULL, NULL, napi_default, NULL},
+    {"packetOpen", NULL, packet_open, NULL, NULL, NULL, napi_default, NULL},
+    {"readBatch", NULL, read_batch, NULL, NULL, NULL, napi_default, NULL},
+    {"writeBatch", NULL, write_batch, NULL, NULL, NULL, napi_default, NULL},
+    {"closeFd", NULL, close_fd, NULL, NULL, NULL, napi_default, NULL},
+    {"watch", NULL, watch, NULL, NULL, NULL, napi_default, NULL},
+    {"unwatch", NULL, unwatch, NULL, NULL, NULL, napi_default, NULL},
+    {"setWatchWritable", NULL, set_watch_writable, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  /* The contract's numbers, for the TypeScript side to check against its own. */
+  napi_value layout;
+  napi_create_object(env, &layout);
+  napi_set_named_property(env, layout, "maxBatch", make_int(env, MAX_BATCH));
+  napi_set_named_property(env, layout, "kindTap", make_int(env, KIND_TAP));
+  napi_set_named_property(env, layout, "kindPacket", make_int(env, KIND_PACKET));
+  napi_set_named_property(env, layout, "eagain", make_int(env, EAGAIN));
+  napi_set_named_property(env, layout, "enodev", make_int(env, ENODEV));
+  napi_set_named_property(env, layout, "enxio", make_int(env, ENXIO));
+  napi_set_named_property(env, layout, "enetdown", make_int(env, ENETDOWN));
+  napi_set_named_property(env, layout, "enobufs", make_int(env, ENOBUFS));
+  napi_set_named_property(env, layout, "eio", make_int(env, EIO));
+  napi_set_named_property(env, layout, "uvReadable", make_int(env, UV_READABLE));
+  napi_set_named_property(env, layout, "uvWritable", make_int(env, UV_WRITABLE));
+  napi_set_named_property(env, exports, "layout", layout);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

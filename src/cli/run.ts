@@ -1,0 +1,90 @@
+/**
+ * `tapwall run`: the daemon. Loads and compiles the policy, opens a port per
+ * workload vNIC (and the uplink, if named), and runs the data plane on the
+ * event loop until SIGTERM or SIGINT. SIGHUP reloads the policy file: one
+ * that fails validation is logged and the running policy stays in force.
+ */
+import pino from 'pino';
+import { policyLoad } from '../policy/load.js';
+import { policyCompile } from '../policy/compile.js';
+import { PolicyError, formatProblem } from '../policy/errors.js';
+import { Dataplane, PC, type PortSpec } from '../datapath/dataplane.js';
+import type { PortMode } from '../io/ports.js';
+import { OUTCOME_NAMES, OUTCOME_COUNT } from '../packet/verdict.js';
+
+export interface RunOptions {
+  config: string;
+  mode: PortMode;
+  uplink?: string;
+  loose?: boolean;
+  flowCapacity?: number;
+  quota?: number;
+  statsEvery?: number;
+}
+
+export function runDaemon(opts: RunOptions): void {
+  const log = pino({ name: 'tapwall' }, pino.destination(2));
+  const { policy, warnings } = policyLoad(opts.config);
+  for (const w of warnings) log.warn({ problem: w }, formatProblem(w));
+  const compiled = policyCompile(policy);
+  const specs: PortSpec[] = [...policy.workloads.values()].map((w) => ({ name: w.nic, mode: opts.mode, workload: w.name }));
+  if (opts.uplink) specs.push({ name: opts.uplink, mode: 'attach', workload: null });
+  const errorsLogged = new Map<string, number>();
+  const dp = new Dataplane(compiled, specs, {
+    loose: opts.loose,
+    flowCapacity: opts.flowCapacity,
+    perPortQuota: opts.quota,
+    onError: (port, message) => {
+      // At most one log line per port per 10 s; the counters keep the full count.
+      const now = Date.now();
+      if ((errorsLogged.get(port) ?? 0) + 10_000 > now) return;
+      errorsLogged.set(port, now);
+      log.error({ port }, message);
+    },
+  });
+  dp.start();
+  const ports = dp.ports.map((p) => ({ name: p.io.name, mode: p.io.mode, workload: p.spec.workload }));
+  log.info({ ports, rules: compiled.stats.rules }, 'tapwall running');
+  // One machine-readable line on stdout for supervisors and tests.
+  process.stdout.write(`${JSON.stringify({ ready: true, pid: process.pid, ports })}\n`);
+
+  const stats = () => {
+    const out: Record<string, Record<string, number>> = {};
+    dp.ports.forEach((p, i) => {
+      const o: Record<string, number> = {};
+      for (let k = 0; k < OUTCOME_COUNT; k++) { const v = dp.outcomes[i * OUTCOME_COUNT + k]; if (v) o[OUTCOME_NAMES[k]] = v; }
+      o.rx = dp.portCounters[i * 7 + PC.rxPackets];
+      o.tx = dp.portCounters[i * 7 + PC.txPackets];
+      o.txDropped = dp.portCounters[i * 7 + PC.txDropped];
+      o.replies = dp.portCounters[i * 7 + PC.replies];
+      out[p.io.name] = o;
+    });
+    return out;
+  };
+  if (opts.statsEvery && opts.statsEvery > 0) {
+    setInterval(() => log.info({ stats: stats(), flows: dp.table.live }, 'stats'), opts.statsEvery * 1000).unref();
+  }
+  process.on('SIGUSR2', () => {
+    process.stdout.write(`${JSON.stringify({ stats: stats(), flows: dp.table.live })}\n`);
+  });
+  process.on('SIGHUP', () => {
+    try {
+      const next = policyLoad(opts.config);
+      dp.setPolicy(policyCompile(next.policy));
+      log.info({ config: opts.config }, 'policy reloaded');
+      process.stdout.write(`${JSON.stringify({ reloaded: true })}\n`);
+    } catch (e) {
+      const msg = e instanceof PolicyError ? e.problems.map(formatProblem).join('\n') : (e as Error).message;
+      log.error({ config: opts.config }, `reload failed, the running policy stays: ${msg}`);
+      process.stdout.write(`${JSON.stringify({ reloaded: false })}\n`);
+    }
+  });
+  const stop = (signal: string) => {
+    log.info({ signal }, 'stopping');
+    dp.stop();
+    process.stdout.write(`${JSON.stringify({ stopped: true, stats: stats() })}\n`);
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}

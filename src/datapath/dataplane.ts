@@ -1,0 +1,327 @@
+/**
+ * The data plane: a learning L2 switch between ports (vNICs and an optional
+ * uplink) that runs every frame through SpoofGuard, connection tracking and
+ * the policy.
+ *
+ * The per-packet loop (processBatch) runs once per batch read from one port:
+ *   parse -> SpoofGuard (source MAC, IP source, ARP sender) -> destination
+ *   port by MAC (workload MACs are known; the uplink side is learned) ->
+ *   ARP / neighbour discovery: forward or flood; IP: conntrack + policy;
+ *   other EtherTypes: the policy's ether/ rules -> queue on the destination
+ *   port -> at the end of the batch, one writeBatch per destination port.
+ * Every received frame ends in exactly one Outcome, counted per port in
+ * `outcomes` (port * OUTCOME_COUNT + outcome); rx = sum of outcomes.
+ *
+ * Frames are never copied on the way through: tx queues hold offsets into
+ * the arrival port's receive buffer, flushed before the next read.
+ * Descriptors are watched by libuv (never a busy loop); one readable event
+ * reads at most MAX_BATCHES_PER_EVENT batches, so the API and metrics get
+ * their turn.
+ */
+import { native } from '../io/native.js';
+import { portClose, portOpen, type PortIo, type PortMode } from '../io/ports.js';
+import { FlowTable, NO_PORT } from '../flow/flowTable.js';
+import { Conntrack, ctPolicyChanged, ctProcess, ctSweep, type ConntrackOptions } from '../flow/conntrack.js';
+import { PARSE, PKT, PKT_WORDS, parseFrame } from '../packet/parse.js';
+import { OUTCOME_COUNT, Outcome } from '../packet/verdict.js';
+import type { CompiledPolicy } from '../policy/compile.js';
+import type { Workload } from '../policy/model.js';
+import { linkLocalOf } from '../policy/spoofguard.js';
+import { PolicyDecider } from './decide.js';
+import { buildReject, ReplyLimiter } from './reject.js';
+
+export const BATCH = 64;
+export const FRAME_STRIDE = 2048; // a 1514-byte frame and a VLAN tag fit; larger ones are dropped as malformed
+const MAX_BATCHES_PER_EVENT = 16;
+
+export interface PortSpec {
+  /** Interface name. */
+  name: string;
+  mode: PortMode;
+  /** The workload whose vNIC this is; null for the uplink. */
+  workload: string | null;
+}
+
+export interface DataplaneOptions extends ConntrackOptions {
+  flowCapacity?: number;
+  perPortQuota?: number;
+  /** Called for each I/O error worth logging (rate-limited by the caller). */
+  onError?: (port: string, message: string) => void;
+}
+
+/** Port counters besides outcomes. */
+export const PC = { rxPackets: 0, rxBytes: 1, txPackets: 2, txBytes: 3, txDropped: 4, rxErrors: 5, replies: 6 } as const;
+const PC_COUNT = 7;
+
+class Port {
+  readonly rxBuf = new Uint8Array(BATCH * FRAME_STRIDE);
+  readonly rxOff = new Int32Array(BATCH);
+  readonly rxLen = new Int32Array(BATCH);
+  readonly txOff = new Int32Array(BATCH * 2);
+  readonly txLen = new Int32Array(BATCH * 2);
+  txCount = 0;
+  /** Where queued frames live: the arrival port's buffer of the batch being handled. */
+  txBuf: Uint8Array = this.rxBuf;
+  watch: object | null = null;
+  /** MAC as two numbers (high 16 bits, low 32 bits), -1 when none (the uplink). */
+  macHi = -1;
+  macLo = -1;
+  /** Own IPv4 addresses, and IPv6 addresses (4 words each) including the EUI-64 link-local. */
+  v4 = new Int32Array(0);
+  v6 = new Int32Array(0);
+  up = true;
+  readonly limiter = new ReplyLimiter();
+  constructor(readonly index: number, readonly spec: PortSpec, readonly io: PortIo, readonly workload: Workload | null) {}
+}
+
+function macParts(mac: string): [number, number] {
+  const b = mac.split(':').map((h) => parseInt(h, 16));
+  return [(b[0] << 8) | b[1], ((b[2] << 24) | (b[3] << 16) | (b[4] << 8) | b[5]) | 0];
+}
+
+export class Dataplane {
+  readonly ports: Port[] = [];
+  readonly decider: PolicyDecider;
+  readonly table: FlowTable;
+  readonly ct: Conntrack;
+  /** Outcome counters: [port * OUTCOME_COUNT + outcome]. */
+  readonly outcomes: Float64Array;
+  /** Port counters: [port * PC_COUNT + PC.x]. */
+  readonly portCounters: Float64Array;
+  private readonly pkt = new Int32Array(PKT_WORDS);
+  private uplink = -1;
+  /** Learned MACs behind the uplink are not tracked per host: unknown unicast goes to the uplink. */
+  private sweepTimer: NodeJS.Timeout | null = null;
+  private policy: CompiledPolicy;
+
+  constructor(compiled: CompiledPolicy, specs: PortSpec[], private readonly opts: DataplaneOptions = {}) {
+    this.policy = compiled;
+    this.table = new FlowTable({ capacity: opts.flowCapacity ?? 262_144, perPortQuota: opts.perPortQuota, maxPorts: Math.max(1, specs.length) });
+    this.decider = new PolicyDecider(compiled, specs.map((s) => (s.workload ? compiled.policy.workloads.get(s.workload)?.nic ?? '' : '')));
+    this.uplink = specs.findIndex((s) => s.workload === null);
+    this.ct = new Conntrack(this.table, this.decider, { ...opts, uplinkPort: this.uplink });
+    this.outcomes = new Float64Array(Math.max(1, specs.length) * OUTCOME_COUNT);
+    this.portCounters = new Float64Array(Math.max(1, specs.length) * PC_COUNT);
+    specs.forEach((spec, i) => {
+      const io = portOpen(spec.name, spec.mode);
+      const w = spec.workload ? compiled.policy.workloads.get(spec.workload) ?? null : null;
+      const port = new Port(i, spec, io, w);
+      this.ports.push(port);
+    });
+    this.applyAddresses(compiled);
+  }
+
+  /** Per-port MACs and SpoofGuard addresses from the policy. */
+  private applyAddresses(compiled: CompiledPolicy): void {
+    for (const port of this.ports) {
+      const w = port.spec.workload ? compiled.policy.workloads.get(port.spec.workload) ?? null : null;
+      (port as { workload: Workload | null }).workload = w;
+      if (!w) { port.macHi = -1; port.macLo = -1; continue; }
+      [port.macHi, port.macLo] = macParts(w.mac);
+      port.v4 = Int32Array.from(w.ips.filter((p) => p.family === 4).map((p) => p.words[0] | 0));
+      const v6 = w.ips.filter((p) => p.family === 6).flatMap((p) => p.words.map((x) => x | 0));
+      v6.push(...linkLocalOf(w.mac).map((x) => x | 0));
+      port.v6 = Int32Array.from(v6);
+    }
+  }
+
+  /** Swap in a new compiled policy: cached verdicts become stale and are re-checked. */
+  setPolicy(compiled: CompiledPolicy): void {
+    this.decider.setPolicy(compiled);
+    this.policy = compiled;
+    this.applyAddresses(compiled);
+    ctPolicyChanged(this.ct);
+  }
+
+  get compiled(): CompiledPolicy {
+    return this.policy;
+  }
+
+  start(): void {
+    const n = native();
+    for (const port of this.ports) {
+      port.watch = n.watch(port.io.fd, (events) => this.onEvent(port, events));
+    }
+    // Expire and revalidate in the background too, for when no batches arrive.
+    this.sweepTimer = setInterval(() => ctSweep(this.ct, this.now(), 4096), 250);
+    this.sweepTimer.unref();
+  }
+
+  stop(): void {
+    const n = native();
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    for (const port of this.ports) {
+      if (port.watch) n.unwatch(port.watch);
+      port.watch = null;
+      portClose(port.io);
+    }
+  }
+
+  private now(): number {
+    return Math.floor(performance.now());
+  }
+
+  private onEvent(port: Port, events: number): void {
+    if (events < 0) {
+      port.up = false;
+      this.portCounters[port.index * PC_COUNT + PC.rxErrors]++;
+      this.opts.onError?.(port.spec.name, `poll error ${events}`);
+      if (port.watch) native().unwatch(port.watch);
+      port.watch = null;
+      return;
+    }
+    const n = native();
+    for (let b = 0; b < MAX_BATCHES_PER_EVENT; b++) {
+      const got = n.readBatch(port.io.fd, port.io.kind, port.rxBuf, port.rxOff, port.rxLen, 0, BATCH, FRAME_STRIDE);
+      if (got < 0) {
+        // The interface vanished or went down (EIO, ENXIO, ENETDOWN...): stop reading it, count, report.
+        this.portCounters[port.index * PC_COUNT + PC.rxErrors]++;
+        this.opts.onError?.(port.spec.name, `read failed: errno ${-got}`);
+        port.up = false;
+        if (port.watch) n.unwatch(port.watch);
+        port.watch = null;
+        return;
+      }
+      if (got === 0) return;
+      this.processBatch(port, got);
+      if (got < BATCH) return;
+    }
+  }
+
+  private enqueue(dest: Port, src: Port, i: number): void {
+    if (dest.txCount === dest.txOff.length) return; // cannot happen: at most BATCH frames, each queued once per port
+    dest.txBuf = src.rxBuf;
+    dest.txOff[dest.txCount] = src.rxOff[i];
+    dest.txLen[dest.txCount] = src.rxLen[i];
+    dest.txCount++;
+  }
+
+  /** Is the IPv4/IPv6 source in pkt one of the port's own (or an allowed exception)? */
+  private sourceAllowed(port: Port, pkt: Int32Array): boolean {
+    if (pkt[PKT.family] === 4) {
+      const s = pkt[PKT.src];
+      const v4 = port.v4;
+      for (let i = 0; i < v4.length; i++) if (v4[i] === s) return true;
+      // DHCP discovery from 0.0.0.0, UDP 68 -> 67.
+      return s === 0 && pkt[PKT.proto] === 17 && pkt[PKT.sport] === 68 && pkt[PKT.dport] === 67;
+    }
+    const v6 = port.v6;
+    const s0 = pkt[PKT.src], s1 = pkt[PKT.src + 1], s2 = pkt[PKT.src + 2], s3 = pkt[PKT.src + 3];
+    for (let i = 0; i < v6.length; i += 4) if (v6[i] === s0 && v6[i + 1] === s1 && v6[i + 2] === s2 && v6[i + 3] === s3) return true;
+    // Duplicate address detection comes from ::.
+    return (s0 | s1 | s2 | s3) === 0 && pkt[PKT.proto] === 58;
+  }
+
+  /** Destination port for a unicast MAC, -1 for broadcast/multicast (flood), NO_PORT when unknown and no uplink. */
+  private destOf(buf: Uint8Array, off: number): number {
+    if ((buf[off] & 1) !== 0) return -1;
+    const hi = (buf[off] << 8) | buf[off + 1];
+    const lo = (buf[off + 2] << 24) | (buf[off + 3] << 16) | (buf[off + 4] << 8) | buf[off + 5];
+    const ports = this.ports;
+    for (let p = 0; p < ports.length; p++) if (ports[p].macHi === hi && ports[p].macLo === lo) return p;
+    return this.uplink >= 0 ? this.uplink : NO_PORT;
+  }
+
+  processBatch(port: Port, count: number): void {
+    const pkt = this.pkt, buf = port.rxBuf, ports = this.ports;
+    const P = port.index;
+    const outcomes = this.outcomes, pc = this.portCounters;
+    const now = this.now();
+    const guard = port.workload !== null && this.policy.policy.spoofguard;
+    for (let i = 0; i < count; i++) {
+      const off = port.rxOff[i], len = port.rxLen[i];
+      pc[P * PC_COUNT + PC.rxPackets]++;
+      pc[P * PC_COUNT + PC.rxBytes] += len;
+      let outcome: number;
+      const kind = len > FRAME_STRIDE ? PARSE.malformed : parseFrame(buf, off, len, pkt);
+      if (kind === PARSE.malformed) { outcomes[P * OUTCOME_COUNT + Outcome.malformed]++; continue; }
+      // SpoofGuard, source MAC: a vNIC sends only from its own MAC.
+      if (guard) {
+        const hi = (buf[off + 6] << 8) | buf[off + 7];
+        const lo = (buf[off + 8] << 24) | (buf[off + 9] << 16) | (buf[off + 10] << 8) | buf[off + 11];
+        if (hi !== port.macHi || lo !== port.macLo) { outcomes[P * OUTCOME_COUNT + Outcome.spoof]++; continue; }
+      }
+      const dest = this.destOf(buf, off);
+      if (dest === P) { outcomes[P * OUTCOME_COUNT + Outcome.no_route]++; continue; } // hairpin: not for us to bounce back
+      if (kind === PARSE.arp) {
+        if (guard) {
+          // ARP sender MAC and IP must be the vNIC's own (0.0.0.0 for a probe).
+          const l3 = pkt[PKT.l3Offset];
+          const shi = (buf[l3 + 8] << 8) | buf[l3 + 9];
+          const slo = (buf[l3 + 10] << 24) | (buf[l3 + 11] << 16) | (buf[l3 + 12] << 8) | buf[l3 + 13];
+          const sip = (buf[l3 + 14] << 24) | (buf[l3 + 15] << 16) | (buf[l3 + 16] << 8) | buf[l3 + 17];
+          let ok = shi === port.macHi && slo === port.macLo && sip === 0;
+          if (!ok && shi === port.macHi && slo === port.macLo) for (let k = 0; k < port.v4.length; k++) if (port.v4[k] === sip) ok = true;
+          if (!ok) { outcomes[P * OUTCOME_COUNT + Outcome.spoof]++; continue; }
+        }
+        outcome = this.forwardL2(port, i, dest);
+      } else if (kind === PARSE.ip) {
+        if (guard && !this.sourceAllowed(port, pkt)) { outcomes[P * OUTCOME_COUNT + Outcome.spoof]++; continue; }
+        const icmp6 = pkt[PKT.family] === 6 && pkt[PKT.proto] === 58;
+        const t = pkt[PKT.icmpType];
+        if (icmp6 && ((t >= 133 && t <= 137) || (t >= 130 && t <= 132) || t === 143)) {
+          // Neighbour discovery and multicast listener messages: link-local plumbing, past SpoofGuard only.
+          outcome = this.forwardL2(port, i, dest);
+        } else if (dest === -1) {
+          // IP broadcast or multicast: only towards the uplink, and only as the policy allows.
+          outcome = this.uplink >= 0 && this.uplink !== P ? ctProcess(this.ct, pkt, P, this.uplink, now) : Outcome.no_route;
+          if (outcome === Outcome.forward) this.enqueue(ports[this.uplink], port, i);
+        } else if (dest === NO_PORT) {
+          outcome = Outcome.no_route;
+        } else {
+          outcome = ctProcess(this.ct, pkt, P, dest, now);
+          if (outcome === Outcome.forward) this.enqueue(ports[dest], port, i);
+          else if (outcome === Outcome.reject || outcome === Outcome.cut) this.reply(port, i, pkt, now);
+        }
+      } else {
+        // Another EtherType: the policy's ether/ rules at both ends, else dropped.
+        const target = dest < 0 ? (this.uplink >= 0 && this.uplink !== P ? this.uplink : NO_PORT) : dest;
+        if (target === NO_PORT) outcome = Outcome.no_route;
+        else if (this.decider.decideEther(pkt[PKT.ethertype], P, target)) {
+          this.enqueue(ports[target], port, i);
+          outcome = Outcome.forward;
+        } else outcome = Outcome.ethertype;
+      }
+      outcomes[P * OUTCOME_COUNT + outcome]++;
+    }
+    this.flush();
+    ctSweep(this.ct, now, 64);
+  }
+
+  /** ARP and ND: to the destination port, or flooded to every other port that is up. */
+  private forwardL2(port: Port, i: number, dest: number): number {
+    if (dest === NO_PORT) return Outcome.no_route;
+    if (dest >= 0) { this.enqueue(this.ports[dest], port, i); return Outcome.forward; }
+    for (const other of this.ports) if (other !== port && other.up) this.enqueue(other, port, i);
+    return Outcome.forward;
+  }
+
+  private reply(port: Port, i: number, pkt: Int32Array, now: number): void {
+    if (!port.limiter.take(now)) return;
+    const frame = buildReject(port.rxBuf, port.rxOff[i], port.rxLen[i], pkt);
+    if (!frame) return;
+    const r = native().writeBatch(port.io.fd, port.io.kind, frame, Int32Array.of(0), Int32Array.of(frame.length), 0, 1);
+    if (r === 1) this.portCounters[port.index * PC_COUNT + PC.replies]++;
+  }
+
+  private flush(): void {
+    const n = native();
+    for (const dest of this.ports) {
+      if (dest.txCount === 0) continue;
+      const count = dest.txCount;
+      dest.txCount = 0;
+      if (!dest.up) { this.portCounters[dest.index * PC_COUNT + PC.txDropped] += count; continue; }
+      const sent = n.writeBatch(dest.io.fd, dest.io.kind, dest.txBuf, dest.txOff, dest.txLen, 0, count);
+      const base = dest.index * PC_COUNT;
+      if (sent < 0) {
+        this.portCounters[base + PC.txDropped] += count;
+        this.opts.onError?.(dest.spec.name, `write failed: errno ${-sent}`);
+        continue;
+      }
+      this.portCounters[base + PC.txPackets] += sent;
+      for (let k = 0; k < sent; k++) this.portCounters[base + PC.txBytes] += dest.txLen[k];
+      // EAGAIN / ENOBUFS: what the kernel did not take is dropped and counted, not retried in a loop.
+      if (sent < count) this.portCounters[base + PC.txDropped] += count - sent;
+    }
+  }
+}

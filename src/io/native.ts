@@ -1,0 +1,47 @@
+/**
+ * The N-API addon (native-bindings/), typed. One native call moves a batch
+ * of frames between a descriptor and a caller-owned buffer; descriptors are
+ * watched by libuv on the Node.js event loop. See native-bindings/src/tapwall.c
+ * for the contract; NATIVE_LAYOUT below is this side's copy of its numbers,
+ * and a test checks that the two agree.
+ */
+import { createRequire } from 'node:module';
+
+export interface NativeAddon {
+  tapOpen(name: string, flags: number): [number, string];
+  packetOpen(ifname: string): number;
+  readBatch(fd: number, kind: number, buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, start: number, max: number, stride: number): number;
+  writeBatch(fd: number, kind: number, buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, start: number, count: number): number;
+  closeFd(fd: number): number;
+  watch(fd: number, onEvent: (events: number) => void, writable?: boolean): object;
+  unwatch(handle: object): void;
+  setWatchWritable(handle: object, on: boolean): void;
+  layout: Record<string, number>;
+}
+
+export const NATIVE_LAYOUT = {
+  maxBatch: 256,
+  kindTap: 0,
+  kindPacket: 1,
+  uvReadable: 1,
+  uvWritable: 2,
+} as const;
+
+export const TAP_PERSIST = 1, TAP_VNET_HDR = 2;
+
+let addon: NativeAddon | null = null;
+
+/** Load the addon (built by `npm ci`); throws a clear error if it is missing. */
+export function native(): NativeAddon {
+  if (addon) return addon;
+  const require = createRequire(import.meta.url);
+  try {
+    addon = require('tapwall-native') as NativeAddon;
+  } catch (e) {
+    throw new Error(`tapwall's native addon is not built (run npm ci): ${(e as Error).message}`);
+  }
+  for (const [k, v] of Object.entries(NATIVE_LAYOUT)) {
+    if (addon.layout[k] !== v) throw new Error(`native addon layout mismatch: ${k} is ${addon.layout[k]} there, ${v} here: rebuild it`);
+  }
+  return addon;
+}
