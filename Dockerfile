@@ -3,7 +3,9 @@
 # the TypeScript, and a slim runtime stage with only libpcap's runtime library.
 #
 # The same steps as the README's set-up (scripts/setup.sh): Debian packages,
-# then `npm ci`, whose `prepare` script compiles the TypeScript.
+# then `npm ci`, which builds the native modules (cap, raw-socket, and our own
+# addon in native-bindings/, linked as the tapwall-native package) and whose
+# `prepare` script compiles the TypeScript.
 #
 # Run time: attaching to vNICs needs CAP_NET_ADMIN (TUNSETIFF, link changes)
 # and CAP_NET_RAW (AF_PACKET, raw sockets), the TUN device, and the host's
@@ -21,6 +23,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json tsconfig.json ./
+COPY native-bindings ./native-bindings
 COPY bin ./bin
 COPY src ./src
 COPY bench ./bench
@@ -34,6 +37,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/tapwall
 COPY --from=build /src/node_modules ./node_modules
+COPY --from=build /src/native-bindings ./native-bindings
 COPY --from=build /src/dist ./dist
 COPY package.json ./
 COPY bin ./bin

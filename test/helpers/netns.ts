@@ -1,0 +1,90 @@
+/**
+ * Test hosts: network namespaces with real kernel TCP/IP stacks, named with
+ * the `tw` prefix, removed at the end (also on failure) by `cleanup()`.
+ * Traffic only ever goes between these namespaces.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+
+export function sh(cmd: string[], opts: { allowFail?: boolean } = {}): string {
+  try {
+    return execFileSync(cmd[0], cmd.slice(1), { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (e) {
+    if (opts.allowFail) return '';
+    const err = e as { stderr?: string; message: string };
+    throw new Error(`${cmd.join(' ')}: ${err.stderr || err.message}`);
+  }
+}
+
+export class Lab {
+  readonly namespaces: string[] = [];
+  readonly links: string[] = [];
+  readonly procs: ChildProcess[] = [];
+
+  /** A namespace holding `dev` (already created, in the root namespace) as its NIC. */
+  host(ns: string, dev: string, mac: string, v4: string[], v6: string[] = []): void {
+    if (ns.length > 15 || !ns.startsWith('tw')) throw new Error(`test namespaces are named tw..., at most 15 characters: ${ns}`);
+    sh(['ip', 'netns', 'add', ns]);
+    this.namespaces.push(ns);
+    sh(['ip', 'link', 'set', dev, 'netns', ns]);
+    sh(['ip', '-n', ns, 'link', 'set', dev, 'address', mac]);
+    for (const a of v4) sh(['ip', '-n', ns, 'addr', 'add', a, 'dev', dev]);
+    for (const a of v6) sh(['ip', '-n', ns, 'addr', 'add', a, 'dev', dev, 'nodad']);
+    sh(['ip', '-n', ns, 'link', 'set', dev, 'up']);
+    sh(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
+  }
+
+  /** Run a Node.js script inside a namespace, in the background. */
+  spawnIn(ns: string, script: string, args: string[] = []): ChildProcess {
+    const p = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.procs.push(p);
+    return p;
+  }
+
+  /** Run a Node.js script inside a namespace and return its stdout (bounded in time). */
+  runIn(ns: string, script: string, args: string[] = [], timeoutMs = 10_000): string {
+    try {
+      return execFileSync('ip', ['netns', 'exec', ns, process.execPath, '-e', script, ...args], { encoding: 'utf8', timeout: timeoutMs, stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+    } catch (e) {
+      const err = e as { stdout?: string };
+      return (err.stdout ?? '').trim() || 'failed';
+    }
+  }
+
+  cleanup(): void {
+    for (const p of this.procs) if (p.exitCode === null) p.kill('SIGKILL');
+    for (const ns of this.namespaces) sh(['ip', 'netns', 'del', ns], { allowFail: true });
+    for (const l of this.links) sh(['ip', 'link', 'del', l], { allowFail: true });
+  }
+}
+
+/** A TCP client: prints ok:<first line>, refused, timeout or error:<code>. Args: host port timeoutMs [localAddress]. */
+export const TCP_CLIENT = `
+const [host, port, ms, local] = process.argv.slice(1);
+const s = require('net').connect({ host, port: Number(port), localAddress: local || undefined });
+const t = setTimeout(() => { console.log('timeout'); process.exit(0); }, Number(ms));
+s.on('data', (d) => { console.log('ok:' + String(d).trim()); clearTimeout(t); s.destroy(); process.exit(0); });
+s.on('error', (e) => { console.log(e.code === 'ECONNREFUSED' || e.code === 'ECONNRESET' ? 'refused' : 'error:' + e.code); clearTimeout(t); process.exit(0); });
+`;
+
+/** TCP servers that answer their name on each port given, and a UDP echo on the same ports. Args: name port... */
+export const SERVERS = `
+const [name, ...ports] = process.argv.slice(1);
+const net = require('net'), dgram = require('dgram');
+let up = 0;
+for (const p of ports) {
+  net.createServer((s) => { s.end(name + '\\n'); }).listen(Number(p), '::', () => { if (++up === ports.length * 2) console.log('ready'); });
+  const u = dgram.createSocket({ type: 'udp6' });
+  u.on('message', (m, r) => u.send(m, r.port, r.address));
+  u.bind(Number(p), '::', () => { if (++up === ports.length * 2) console.log('ready'); });
+}
+setTimeout(() => process.exit(0), 120000);
+`;
+
+/** A UDP client: sends one datagram and prints ok or timeout. Args: host port timeoutMs */
+export const UDP_CLIENT = `
+const [host, port, ms] = process.argv.slice(1);
+const u = require('dgram').createSocket(host.includes(':') ? 'udp6' : 'udp4');
+const t = setTimeout(() => { console.log('timeout'); process.exit(0); }, Number(ms));
+u.on('message', () => { console.log('ok'); clearTimeout(t); process.exit(0); });
+u.send(Buffer.from('hi'), Number(port), host);
+`;
