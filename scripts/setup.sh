@@ -13,8 +13,9 @@ if ! command -v node >/dev/null 2>&1 || [ "$(node -p 'process.versions.node.spli
 fi
 
 # libpcap-dev: headers for the `cap` module; g++/make/python3: node-gyp;
-# iproute2: namespaces, veths and TAPs for the tests and the demo; iputils-ping: ping inside them.
-packages=(libpcap-dev g++ make python3 iproute2 iputils-ping)
+# iproute2: namespaces, veths and TAPs for the tests and the demo; iputils-ping: ping inside them;
+# ethtool: offloads off on veths that tapwall attaches to.
+packages=(libpcap-dev g++ make python3 iproute2 iputils-ping ethtool)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -67,7 +67,11 @@ function lines(p: ChildProcess): () => Promise<Record<string, unknown>> {
 
 type Stats = Record<string, Record<string, number>>;
 
-t.test('tapwall run between namespaces', async (t) => {
+for (const mode of ['tap', 'attach'] as const) {
+  t.test(`tapwall run between namespaces, ports in ${mode} mode`, async (t) => scenario(t, mode));
+}
+
+async function scenario(t: Tap.Test, mode: 'tap' | 'attach'): Promise<void> {
   const lab = new Lab();
   let daemon: ChildProcess | null = null;
   t.teardown(() => {
@@ -78,7 +82,9 @@ t.test('tapwall run between namespaces', async (t) => {
   const policyFile = join(dir, 'policy.yaml');
   writeFileSync(policyFile, POLICY);
 
-  daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // attach: the "VMs" exist first (veth pairs), and tapwall attaches to their host sides.
+  if (mode === 'attach') for (const h of HOSTS) lab.vethHost(h.ns, h.nic, h.nic.replace('twt-', 'twp-'), h.mac, [h.v4], [h.v6]);
+  daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, '--mode', mode], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   daemon.stderr!.on('data', (d) => { stderr += String(d); });
   const next = lines(daemon);
@@ -86,7 +92,8 @@ t.test('tapwall run between namespaces', async (t) => {
   t.equal(ready.ready, true, 'the daemon is up');
   t.same((ready.ports as Array<{ name: string }>).map((p) => p.name), HOSTS.map((h) => h.nic), 'one TAP per workload');
 
-  for (const h of HOSTS) lab.host(h.ns, h.nic, h.mac, [h.v4], [h.v6]);
+  // tap: tapwall made the TAPs; their kernel sides become the "VMs'" NICs.
+  if (mode === 'tap') for (const h of HOSTS) lab.host(h.ns, h.nic, h.mac, [h.v4], [h.v6]);
   const servers = ['twt-app', 'twt-db'].map((ns, i) => lab.spawnIn(ns, SERVERS, [i === 0 ? 'app' : 'db', '8080', '5432', '5353', '22']));
   await Promise.all(servers.map((s) => new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('servers did not start')), 10_000);
@@ -168,4 +175,6 @@ t.test('tapwall run between namespaces', async (t) => {
     const line = await next();
     return line.stats as Stats;
   }
-});
+}
+
+declare namespace Tap { type Test = typeof t; }

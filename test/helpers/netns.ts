@@ -33,6 +33,23 @@ export class Lab {
     sh(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
   }
 
+  /**
+   * A namespace whose NIC is one end of a veth pair; the other end (`hostSide`)
+   * stays in the root namespace for tapwall to attach to. Checksum and
+   * segmentation offloads are turned off on both ends: tapwall's AF_PACKET
+   * path moves whole, checksummed frames (it does not yet use PACKET_VNET_HDR).
+   */
+  vethHost(ns: string, hostSide: string, peer: string, mac: string, v4: string[], v6: string[] = []): void {
+    if (hostSide.length > 15 || !hostSide.startsWith('tw') || peer.length > 15 || !peer.startsWith('tw')) throw new Error(`test links are named tw..., at most 15 characters`);
+    sh(['ip', 'link', 'add', hostSide, 'type', 'veth', 'peer', 'name', peer]);
+    this.links.push(hostSide);
+    for (const dev of [hostSide, peer]) sh(['ethtool', '-K', dev, 'tx', 'off', 'rx', 'off', 'tso', 'off', 'gso', 'off', 'gro', 'off'], { allowFail: true });
+    // The host side carries no addresses of its own: no IPv6 autoconfiguration leaking into the "VM".
+    sh(['sysctl', '-qw', `net.ipv6.conf.${hostSide}.disable_ipv6=1`], { allowFail: true });
+    sh(['ip', 'link', 'set', hostSide, 'up']);
+    this.host(ns, peer, mac, v4, v6);
+  }
+
   /** Run a Node.js script inside a namespace, in the background. */
   spawnIn(ns: string, script: string, args: string[] = []): ChildProcess {
     const p = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
