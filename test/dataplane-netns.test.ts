@@ -101,13 +101,16 @@ async function scenario(t: Tap.Test, mode: 'tap' | 'attach'): Promise<void> {
   })));
 
   const tcp = (ns: string, host: string, port: number, ms = 2000) => lab.runIn(ns, TCP_CLIENT, [host, String(port), String(ms)]);
-  const udp = (ns: string, host: string, port: number, ms = 2000) => lab.runIn(ns, UDP_CLIENT, [host, String(port), String(ms)]);
+  const udp = (ns: string, host: string, port: number, ms = 2000, size = 2) => lab.runIn(ns, UDP_CLIENT, [host, String(port), String(ms), String(size)]);
 
   t.equal(tcp('twt-web', '10.77.2.21', 8080), 'ok:app', 'web -> app tcp/8080 is allowed, and its replies pass');
   t.equal(tcp('twt-app', '10.77.3.31', 5432), 'ok:db', 'app -> db tcp/5432 is allowed');
   t.equal(tcp('twt-web', 'fd77::2:21', 8080), 'ok:app', 'the same over IPv6');
   t.equal(udp('twt-web', '10.77.2.21', 5353), 'ok', 'web -> app udp/5353 and its reply');
   t.equal(udp('twt-web', 'fd77::2:21', 5353), 'ok', 'the same over IPv6');
+  t.equal(udp('twt-web', '10.77.2.21', 5353, 2000, 4000), 'ok', 'a 4000-byte datagram: its later fragments follow the first, both ways');
+  t.equal(udp('twt-web', 'fd77::2:21', 5353, 2000, 4000), 'ok', 'the same with IPv6 fragment headers');
+  t.equal(udp('twt-db', '10.77.2.21', 5353, 1500, 4000), 'timeout', 'fragments of a denied datagram are dropped with their first');
   const started = Date.now();
   t.equal(tcp('twt-web', '10.77.3.31', 5432, 3000), 'refused', 'web -> db is rejected: a reset comes back');
   t.ok(Date.now() - started < 2500, `and fast (${Date.now() - started} ms)`);

@@ -22,7 +22,8 @@ import { native } from '../io/native.js';
 import { portClose, portOpen, type PortIo, type PortMode } from '../io/ports.js';
 import { FlowTable, NO_PORT } from '../flow/flowTable.js';
 import { Conntrack, ctPolicyChanged, ctProcess, ctSweep, type ConntrackOptions } from '../flow/conntrack.js';
-import { PARSE, PKT, PKT_WORDS, parseFrame } from '../packet/parse.js';
+import { FRAG, PARSE, PKT, PKT_WORDS, parseFrame } from '../packet/parse.js';
+import { FragmentTable, fragLookup, fragRemember } from '../flow/fragments.js';
 import { OUTCOME_COUNT, Outcome } from '../packet/verdict.js';
 import type { CompiledPolicy } from '../policy/compile.js';
 import type { Workload } from '../policy/model.js';
@@ -89,6 +90,7 @@ export class Dataplane {
   /** Port counters: [port * PC_COUNT + PC.x]. */
   readonly portCounters: Float64Array;
   private readonly pkt = new Int32Array(PKT_WORDS);
+  private readonly frags = new FragmentTable();
   private uplink = -1;
   /** Learned MACs behind the uplink are not tracked per host: unknown unicast goes to the uplink. */
   private sweepTimer: NodeJS.Timeout | null = null;
@@ -259,19 +261,30 @@ export class Dataplane {
         if (guard && !this.sourceAllowed(port, pkt)) { outcomes[P * OUTCOME_COUNT + Outcome.spoof]++; continue; }
         const icmp6 = pkt[PKT.family] === 6 && pkt[PKT.proto] === 58;
         const t = pkt[PKT.icmpType];
-        if (icmp6 && ((t >= 133 && t <= 137) || (t >= 130 && t <= 132) || t === 143)) {
+        const frag = pkt[PKT.fragment];
+        // IP broadcast and multicast go only towards the uplink, and only as the policy allows.
+        const target = dest === -1 ? (this.uplink >= 0 && this.uplink !== P ? this.uplink : NO_PORT) : dest;
+        if (frag === FRAG.later) {
+          // No ports to look at: follow the first fragment of the datagram.
+          const first = fragLookup(this.frags, pkt, now);
+          if (first < 0) outcome = Outcome.invalid_state;
+          else {
+            outcome = first >> 16;
+            const to = first & 0xffff;
+            if (outcome === Outcome.forward) {
+              if (to < ports.length) this.enqueue(ports[to], port, i); else outcome = Outcome.no_route;
+            }
+          }
+        } else if (icmp6 && ((t >= 133 && t <= 137) || (t >= 130 && t <= 132) || t === 143)) {
           // Neighbour discovery and multicast listener messages: link-local plumbing, past SpoofGuard only.
           outcome = this.forwardL2(port, i, dest);
-        } else if (dest === -1) {
-          // IP broadcast or multicast: only towards the uplink, and only as the policy allows.
-          outcome = this.uplink >= 0 && this.uplink !== P ? ctProcess(this.ct, pkt, P, this.uplink, now) : Outcome.no_route;
-          if (outcome === Outcome.forward) this.enqueue(ports[this.uplink], port, i);
-        } else if (dest === NO_PORT) {
+        } else if (target === NO_PORT) {
           outcome = Outcome.no_route;
         } else {
-          outcome = ctProcess(this.ct, pkt, P, dest, now);
-          if (outcome === Outcome.forward) this.enqueue(ports[dest], port, i);
+          outcome = ctProcess(this.ct, pkt, P, target, now);
+          if (outcome === Outcome.forward) this.enqueue(ports[target], port, i);
           else if (outcome === Outcome.reject || outcome === Outcome.cut) this.reply(port, i, pkt, now);
+          if (frag === FRAG.first) fragRemember(this.frags, pkt, outcome, target, now);
         }
       } else {
         // Another EtherType: the policy's ether/ rules at both ends, else dropped.
@@ -292,7 +305,8 @@ export class Dataplane {
   private forwardL2(port: Port, i: number, dest: number): number {
     if (dest === NO_PORT) return Outcome.no_route;
     if (dest >= 0) { this.enqueue(this.ports[dest], port, i); return Outcome.forward; }
-    for (const other of this.ports) if (other !== port && other.up) this.enqueue(other, port, i);
+    const ports = this.ports;
+    for (let p = 0; p < ports.length; p++) if (p !== port.index && ports[p].up) this.enqueue(ports[p], port, i);
     return Outcome.forward;
   }
 

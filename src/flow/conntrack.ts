@@ -288,7 +288,8 @@ function ctRelated(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort
  */
 export function ctProcess(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort: number, now: number): number {
   ct.lastEntry = -1;
-  // TODO: non-first fragments carry no ports; fragment tracking comes with the data plane. Until then they are dropped and counted.
+  // A later fragment carries no ports: the data plane sends it where its first
+  // fragment went (flow/fragments.ts); one that reaches here has no first.
   if (pkt[PKT.fragment] === FRAG.later) return Outcome.invalid_state;
   if (pkt[PKT.icmpClass] === ICMP.error) return ctRelated(ct, pkt, arrivalPort, destPort, now);
   const t = ct.table;

@@ -97,11 +97,12 @@ for (const p of ports) {
 setTimeout(() => process.exit(0), 120000);
 `;
 
-/** A UDP client: sends one datagram and prints ok or timeout. Args: host port timeoutMs */
+/** A UDP client: sends one datagram (of `size` bytes) and prints ok when the whole echo comes back, or timeout. Args: host port timeoutMs [size] */
 export const UDP_CLIENT = `
-const [host, port, ms] = process.argv.slice(1);
+const [host, port, ms, size] = process.argv.slice(1);
+const n = Number(size || 2);
 const u = require('dgram').createSocket(host.includes(':') ? 'udp6' : 'udp4');
 const t = setTimeout(() => { console.log('timeout'); process.exit(0); }, Number(ms));
-u.on('message', () => { console.log('ok'); clearTimeout(t); process.exit(0); });
-u.send(Buffer.from('hi'), Number(port), host);
+u.on('message', (m) => { console.log(m.length === n ? 'ok' : 'short:' + m.length); clearTimeout(t); process.exit(0); });
+u.send(Buffer.alloc(n, 120), Number(port), host);
 `;
