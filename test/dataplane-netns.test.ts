@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { Lab, SERVERS, TCP_CLIENT, UDP_CLIENT } from './helpers/netns.js';
+import { Lab, SERVERS, TCP_CLIENT, UDP_CLIENT, sh } from './helpers/netns.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
@@ -148,6 +148,15 @@ async function scenario(t: Tap.Test, mode: 'tap' | 'attach'): Promise<void> {
   await new Promise((r) => setTimeout(r, 300));
   const statsAfter = await stats();
   t.equal((statsAfter['twt-web1'].spoof ?? 0) - (statsBefore['twt-web1'].spoof ?? 0), 5, 'all five dropped as spoof, and counted');
+
+  // ARP requests go only to the owner of the address asked for.
+  const beforeArp = await stats();
+  sh(['ip', '-n', 'twt-web', 'neigh', 'flush', 'all']);
+  t.equal(tcp('twt-web', '10.77.2.21', 8080), 'ok:app', 'web -> app again, after forgetting its neighbours');
+  const afterArp = await stats();
+  t.ok(afterArp['twt-app1'].tx > beforeArp['twt-app1'].tx, 'app received the ARP request and the connection');
+  t.equal(afterArp['twt-db1'].tx, beforeArp['twt-db1'].tx, "db received nothing: web's ARP request for app was not flooded to it");
+  t.equal(afterArp['twt-jump1'].tx, beforeArp['twt-jump1'].tx, 'nor to jump');
 
   // Every received frame ends in exactly one counted outcome.
   for (const [port, s] of Object.entries(statsAfter)) {

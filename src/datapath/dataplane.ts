@@ -6,7 +6,9 @@
  * The per-packet loop (processBatch) runs once per batch read from one port:
  *   parse -> SpoofGuard (source MAC, IP source, ARP sender) -> destination
  *   port by MAC (workload MACs are known; the uplink side is learned) ->
- *   ARP / neighbour discovery: forward or flood; IP: conntrack + policy;
+ *   ARP / neighbour discovery: unicast, or a broadcast request delivered only
+ *   to the port owning the address asked for (the uplink when none does), so
+ *   a VM learns nothing of the others by asking; IP: conntrack + policy;
  *   other EtherTypes: the policy's ether/ rules -> queue on the destination
  *   port -> at the end of the batch, one writeBatch per destination port.
  * Every received frame ends in exactly one Outcome, counted per port in
@@ -256,7 +258,8 @@ export class Dataplane {
           if (!ok && shi === port.macHi && slo === port.macLo) for (let k = 0; k < port.v4.length; k++) if (port.v4[k] === sip) ok = true;
           if (!ok) { outcomes[P * OUTCOME_COUNT + Outcome.spoof]++; continue; }
         }
-        outcome = this.forwardL2(port, i, dest);
+        // A broadcast request goes only to the port that owns the address asked for (or the uplink).
+        outcome = dest === -1 && buf[pkt[PKT.l3Offset] + 7] === 1 ? this.directTo(port, i, this.ownerOf4(buf, pkt[PKT.l3Offset] + 24)) : this.forwardL2(port, i, dest);
       } else if (kind === PARSE.ip) {
         if (guard && !this.sourceAllowed(port, pkt)) { outcomes[P * OUTCOME_COUNT + Outcome.spoof]++; continue; }
         const icmp6 = pkt[PKT.family] === 6 && pkt[PKT.proto] === 58;
@@ -277,7 +280,12 @@ export class Dataplane {
           }
         } else if (icmp6 && ((t >= 133 && t <= 137) || (t >= 130 && t <= 132) || t === 143)) {
           // Neighbour discovery and multicast listener messages: link-local plumbing, past SpoofGuard only.
-          outcome = this.forwardL2(port, i, dest);
+          if (guard && (t === 134 || t === 137)) outcome = Outcome.spoof; // RA guard: a VM is not a router
+          else if (dest !== -1) outcome = this.forwardL2(port, i, dest);
+          else if (t === 135) outcome = this.directTo(port, i, this.ownerOf6(buf, pkt[PKT.l4Offset] + 8)); // solicitation: to the target's owner
+          else if (t === 136) outcome = this.forwardL2(port, i, dest); // unsolicited advertisement: everyone
+          else outcome = this.directTo(port, i, -1); // router solicitation, MLD: towards the uplink
+
         } else if (target === NO_PORT) {
           outcome = Outcome.no_route;
         } else {
@@ -299,6 +307,39 @@ export class Dataplane {
     }
     this.flush();
     ctSweep(this.ct, now, 64);
+  }
+
+  /** The port whose workload owns the IPv4 address at buf[o..o+4), or -1. */
+  private ownerOf4(buf: Uint8Array, o: number): number {
+    const ip = (buf[o] << 24) | (buf[o + 1] << 16) | (buf[o + 2] << 8) | buf[o + 3];
+    const ports = this.ports;
+    for (let p = 0; p < ports.length; p++) {
+      const v4 = ports[p].v4;
+      for (let k = 0; k < v4.length; k++) if (v4[k] === ip) return p;
+    }
+    return -1;
+  }
+
+  /** The port whose workload owns the IPv6 address at buf[o..o+16), or -1. */
+  private ownerOf6(buf: Uint8Array, o: number): number {
+    const w0 = (buf[o] << 24) | (buf[o + 1] << 16) | (buf[o + 2] << 8) | buf[o + 3];
+    const w1 = (buf[o + 4] << 24) | (buf[o + 5] << 16) | (buf[o + 6] << 8) | buf[o + 7];
+    const w2 = (buf[o + 8] << 24) | (buf[o + 9] << 16) | (buf[o + 10] << 8) | buf[o + 11];
+    const w3 = (buf[o + 12] << 24) | (buf[o + 13] << 16) | (buf[o + 14] << 8) | buf[o + 15];
+    const ports = this.ports;
+    for (let p = 0; p < ports.length; p++) {
+      const v6 = ports[p].v6;
+      for (let k = 0; k < v6.length; k += 4) if (v6[k] === w0 && v6[k + 1] === w1 && v6[k + 2] === w2 && v6[k + 3] === w3) return p;
+    }
+    return -1;
+  }
+
+  /** Deliver to one port (the owner of an address), else to the uplink, else nowhere. */
+  private directTo(port: Port, i: number, owner: number): number {
+    const to = owner >= 0 && owner !== port.index ? owner : this.uplink >= 0 && this.uplink !== port.index ? this.uplink : -1;
+    if (to < 0 || !this.ports[to].up) return Outcome.no_route;
+    this.enqueue(this.ports[to], port, i);
+    return Outcome.forward;
   }
 
   /** ARP and ND: to the destination port, or flooded to every other port that is up. */
