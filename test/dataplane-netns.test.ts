@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { Lab, SERVERS, TCP_CLIENT, UDP_CLIENT, sh } from './helpers/netns.js';
+import { Lab, SERVERS, TCP_CLIENT, UDP_CLIENT, sh } from '../bench/lab.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 

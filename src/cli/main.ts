@@ -207,6 +207,22 @@ bench
   });
 
 bench
+  .command('e2e')
+  .description('Packets per second (64-byte UDP, one flow and new flows) and single-stream TCP between two namespaces: through a Linux bridge, a bridge filtered by nftables with a linear chain, and tapwall, in one run. Needs root; installs trafgen, iperf3 and nft if missing.')
+  .option('--json', 'print the result as JSON')
+  .option('--rules <n>', 'policy size for nftables and tapwall', (v) => Number(v), 10000)
+  .option('--seconds <n>', 'length of each measurement', (v) => Number(v), 5)
+  .action(async (opts: { json?: boolean; rules: number; seconds: number }) => {
+    try {
+      const { benchE2e, formatE2e } = await import('../../bench/e2e.js');
+      const r = await benchE2e({ rules: opts.rules, seconds: opts.seconds });
+      process.stdout.write(opts.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatE2e(r)}\n`);
+    } catch (e) {
+      fail(e);
+    }
+  });
+
+bench
   .command('classify-scaling')
   .description('bench classify across rule-set sizes: the shipped 1k-4k ClassBench sets and 16k/64k sets grown from them.')
   .option('--quick', 'fewer sizes and shorter rounds')

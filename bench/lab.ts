@@ -1,5 +1,5 @@
 /**
- * Test hosts: network namespaces with real kernel TCP/IP stacks, named with
+ * Test and benchmark hosts: network namespaces with real kernel TCP/IP stacks, named with
  * the `tw` prefix, removed at the end (also on failure) by `cleanup()`.
  * Traffic only ever goes between these namespaces.
  */
@@ -36,14 +36,15 @@ export class Lab {
   /**
    * A namespace whose NIC is one end of a veth pair; the other end (`hostSide`)
    * stays in the root namespace for tapwall to attach to. Checksum and
-   * segmentation offloads are turned off on both ends: tapwall's AF_PACKET
-   * path moves whole, checksummed frames (it does not yet use PACKET_VNET_HDR).
+   * segmentation offloads are turned off on both ends unless asked otherwise:
+   * tapwall's AF_PACKET path moves whole, checksummed frames (it does not yet
+   * use PACKET_VNET_HDR). Kernel-only baselines (a bridge) keep them on.
    */
-  vethHost(ns: string, hostSide: string, peer: string, mac: string, v4: string[], v6: string[] = []): void {
+  vethHost(ns: string, hostSide: string, peer: string, mac: string, v4: string[], v6: string[] = [], offloadsOff = true): void {
     if (hostSide.length > 15 || !hostSide.startsWith('tw') || peer.length > 15 || !peer.startsWith('tw')) throw new Error(`test links are named tw..., at most 15 characters`);
     sh(['ip', 'link', 'add', hostSide, 'type', 'veth', 'peer', 'name', peer]);
     this.links.push(hostSide);
-    for (const dev of [hostSide, peer]) sh(['ethtool', '-K', dev, 'tx', 'off', 'rx', 'off', 'tso', 'off', 'gso', 'off', 'gro', 'off'], { allowFail: true });
+    if (offloadsOff) for (const dev of [hostSide, peer]) sh(['ethtool', '-K', dev, 'tx', 'off', 'rx', 'off', 'tso', 'off', 'gso', 'off', 'gro', 'off'], { allowFail: true });
     // The host side carries no addresses of its own: no IPv6 autoconfiguration leaking into the "VM".
     sh(['sysctl', '-qw', `net.ipv6.conf.${hostSide}.disable_ipv6=1`], { allowFail: true });
     sh(['ip', 'link', 'set', hostSide, 'up']);

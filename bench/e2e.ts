@@ -1,0 +1,214 @@
+/**
+ * `tapwall bench e2e`: two namespaces, a sender and a receiver, joined three
+ * ways in the same run:
+ *   bridge      a Linux bridge, no filtering (the ceiling the kernel gives);
+ *   nftables    the same bridge, filtered through br_netfilter by an inet
+ *               forward chain of RULES linear rules with connection tracking;
+ *   tapwall     tapwall with TAP ports and a policy of the same RULES rules.
+ * For each: 64-byte UDP frames per second received (trafgen from netsniff-ng
+ * sending on one core), once as one flow and once as new flows (random
+ * source address and port: every packet a new connection), and one iperf3
+ * TCP stream. Each figure is packets counted at the receiver's NIC over a
+ * fixed time. Ratios are against the bridge and against nftables from the
+ * same run. Every namespace and link is named tw... and removed at the end.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+import { Lab, sh } from './lab.js';
+import { machineInfo, type MachineInfo } from './machine.js';
+
+const root = fileURLToPath(new URL('../../', import.meta.url));
+const MAC_A = '02:7b:00:00:00:0a', MAC_B = '02:7b:00:00:00:0b';
+const IP_A = '10.123.0.1', IP_B = '10.123.0.2';
+
+export interface E2eResult {
+  machine: MachineInfo;
+  rules: number;
+  seconds: number;
+  variants: Array<{ name: string; oneFlowPps: number; newFlowsPps: number; tcpGbps: number }>;
+  ratios: { tapwallVsBridgeOneFlow: number; tapwallVsNftNewFlows: number; tapwallTcpGbps: number };
+}
+
+function need(cmd: string, pkg: string): void {
+  try { execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }); } catch {
+    execFileSync('sh', ['-c', `apt-get install -y -qq ${pkg} >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq ${pkg} >/dev/null)`]);
+  }
+}
+
+/** A trafgen configuration for 60-byte (64 on the wire) UDP frames A -> B:9; `newFlows` randomises source address and port. */
+function trafgenConfig(newFlows: boolean): string {
+  const mac = (m: string) => m.split(':').map((h) => `0x${h}`).join(', ');
+  const ip = (a: string) => a.split('.').join(', ');
+  const src = newFlows ? '10, 123, drnd(2)' : ip(IP_A);
+  // Random sources break the IP checksum's constancy: recompute it per frame then.
+  return `{
+  ${mac(MAC_B)}, ${mac(MAC_A)}, 0x08, 0x00,
+  0x45, 0, c16(46), c16(0), 0x40, 0, 64, 17, csumip(14, 33),
+  ${src}, ${ip(IP_B)},
+  ${newFlows ? 'drnd(2)' : 'c16(4000)'}, c16(9), c16(26), c16(0),
+  fill(0x00, 18)
+}
+`;
+}
+
+function rxPackets(ns: string, dev: string): number {
+  return Number(sh(['ip', 'netns', 'exec', ns, 'cat', `/sys/class/net/${dev}/statistics/rx_packets`]).trim());
+}
+
+function ppsRun(lab: Lab, cfg: string, devA: string, devB: string, seconds: number): number {
+  const before = rxPackets('twb-b', devB);
+  try {
+    execFileSync('ip', ['netns', 'exec', 'twb-a', 'timeout', '-s', 'INT', String(seconds), 'trafgen', '-o', devA, '-i', cfg, '-P', '1', '-q'], { stdio: 'ignore' });
+  } catch { /* timeout ends trafgen with a non-zero status */ }
+  execFileSync('sleep', ['0.3']);
+  return Math.round((rxPackets('twb-b', devB) - before) / seconds);
+}
+
+function tcpRun(lab: Lab, seconds: number): number {
+  const server = spawn('ip', ['netns', 'exec', 'twb-b', 'iperf3', '-s', '-1', '-B', IP_B], { stdio: 'ignore' });
+  lab.procs.push(server);
+  execFileSync('sleep', ['0.5']);
+  try {
+    const out = execFileSync('ip', ['netns', 'exec', 'twb-a', 'iperf3', '-c', IP_B, '-t', String(seconds), '-J'], { encoding: 'utf8', timeout: (seconds + 10) * 1000 });
+    const j = JSON.parse(out) as { end?: { sum_received?: { bits_per_second?: number } } };
+    return Number(((j.end?.sum_received?.bits_per_second ?? 0) / 1e9).toFixed(2));
+  } catch {
+    return 0;
+  } finally {
+    if (server.exitCode === null) server.kill('SIGKILL');
+  }
+}
+
+function bridgeTopology(lab: Lab): void {
+  sh(['ip', 'link', 'add', 'twb-br0', 'type', 'bridge']);
+  lab.links.push('twb-br0');
+  lab.vethHost('twb-a', 'twb-a0', 'twb-a1', MAC_A, [`${IP_A}/24`], [], false);
+  lab.vethHost('twb-b', 'twb-b0', 'twb-b1', MAC_B, [`${IP_B}/24`], [], false);
+  sh(['ip', 'link', 'set', 'twb-a0', 'master', 'twb-br0']);
+  sh(['ip', 'link', 'set', 'twb-b0', 'master', 'twb-br0']);
+  sh(['ip', 'link', 'set', 'twb-br0', 'up']);
+}
+
+function nftRules(rules: number): string {
+  // The usual stateful layout: established traffic is accepted first, so only
+  // a connection's first packet walks the linear rules.
+  const lines = ['table inet twbench {', '  chain forward {', '    type filter hook forward priority 0; policy drop;'];
+  lines.push('    ct state established,related accept');
+  for (let i = 0; i < rules - 1; i++) lines.push(`    ip saddr 10.3.${(i >> 8) & 255}.${i & 255} udp dport ${1000 + (i % 20000)} drop`);
+  lines.push('    ip saddr 10.123.0.0/16 accept');
+  lines.push('    ip saddr 10.123.0.2 accept', '  }', '}');
+  return lines.join('\n');
+}
+
+function tapwallPolicy(rules: number): string {
+  const out = [
+    'default: drop',
+    'spoofguard: false   # the new-flows load comes from random sources in 10.123/16',
+    'workloads:',
+    `  a: { nic: twb-ta, mac: "${MAC_A}", ips: [${IP_A}] }`,
+    `  b: { nic: twb-tb, mac: "${MAC_B}", ips: [${IP_B}] }`,
+    'groups:',
+    '  senders: { cidrs: [10.123.0.0/16] }',
+    '  receiver: { workloads: [b] }',
+    'sections:',
+    '  - name: bench',
+    '    rules:',
+  ];
+  for (let i = 0; i < rules - 1; i++) out.push(`      - { id: r${i}, from: 10.3.${(i >> 8) & 255}.${i & 255}/32, to: receiver, services: [udp/${1000 + (i % 20000)}], action: drop }`);
+  out.push('      - { id: allow, from: senders, to: any, action: allow }');
+  return `${out.join('\n')}\n`;
+}
+
+export async function benchE2e(opts: { rules?: number; seconds?: number; log?: (l: string) => void } = {}): Promise<E2eResult> {
+  const rules = opts.rules ?? 10_000;
+  const seconds = opts.seconds ?? 5;
+  const log = opts.log ?? ((l: string) => process.stderr.write(`${l}\n`));
+  if (process.getuid?.() !== 0) throw new Error('bench e2e needs root (namespaces, TAPs, nftables)');
+  need('trafgen', 'netsniff-ng');
+  need('iperf3', 'iperf3');
+  need('nft', 'nftables');
+  need('ethtool', 'ethtool');
+  const dir = mkdtempSync(join(tmpdir(), 'tw-e2e-'));
+  const oneFlow = join(dir, 'one.cfg'), newFlows = join(dir, 'new.cfg');
+  writeFileSync(oneFlow, trafgenConfig(false));
+  writeFileSync(newFlows, trafgenConfig(true));
+  const variants: E2eResult['variants'] = [];
+  const measure = (name: string, lab: Lab, devA: string, devB: string) => {
+    // Teach B's neighbour table A's MAC, so B's replies need no ARP round trip.
+    sh(['ip', '-n', 'twb-b', 'neigh', 'replace', IP_A, 'lladdr', MAC_A, 'dev', devB]);
+    sh(['ip', '-n', 'twb-a', 'neigh', 'replace', IP_B, 'lladdr', MAC_B, 'dev', devA]);
+    const r = { name, oneFlowPps: ppsRun(lab, oneFlow, devA, devB, seconds), newFlowsPps: ppsRun(lab, newFlows, devA, devB, seconds), tcpGbps: tcpRun(lab, seconds) };
+    log(`${name}: ${r.oneFlowPps} pps one flow, ${r.newFlowsPps} pps new flows, ${r.tcpGbps} Gbit/s TCP`);
+    variants.push(r);
+  };
+
+  // 1. The bridge.
+  let lab = new Lab();
+  try {
+    bridgeTopology(lab);
+    measure('bridge', lab, 'twb-a1', 'twb-b1');
+  } finally { lab.cleanup(); }
+
+  // 2. The bridge filtered by nftables, linear rules.
+  lab = new Lab();
+  const brnf = sh(['sysctl', '-n', 'net.bridge.bridge-nf-call-iptables'], { allowFail: true }).trim();
+  try {
+    bridgeTopology(lab);
+    sh(['sysctl', '-qw', 'net.bridge.bridge-nf-call-iptables=1']);
+    const nftFile = join(dir, 'rules.nft');
+    writeFileSync(nftFile, nftRules(rules));
+    sh(['nft', '-f', nftFile]);
+    measure(`nftables, ${rules} linear rules`, lab, 'twb-a1', 'twb-b1');
+  } finally {
+    sh(['nft', 'delete', 'table', 'inet', 'twbench'], { allowFail: true });
+    if (brnf !== '') sh(['sysctl', '-qw', `net.bridge.bridge-nf-call-iptables=${brnf}`], { allowFail: true });
+    lab.cleanup();
+  }
+
+  // 3. tapwall, TAP ports.
+  lab = new Lab();
+  const policyFile = join(dir, 'policy.yaml');
+  writeFileSync(policyFile, tapwallPolicy(rules));
+  const daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, '--flow-capacity', '1048576'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  lab.procs.push(daemon);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('tapwall did not start')), 30_000);
+      createInterface({ input: daemon.stdout! }).once('line', () => { clearTimeout(timer); resolve(); });
+      daemon.once('exit', (c) => reject(new Error(`tapwall exited with ${c}`)));
+    });
+    lab.host('twb-a', 'twb-ta', MAC_A, [`${IP_A}/24`]);
+    lab.host('twb-b', 'twb-tb', MAC_B, [`${IP_B}/24`]);
+    measure(`tapwall, ${rules} rules`, lab, 'twb-ta', 'twb-tb');
+  } finally {
+    if (daemon.exitCode === null) daemon.kill('SIGTERM');
+    lab.cleanup();
+  }
+
+  const [bridge, nft, tw] = variants;
+  return {
+    machine: machineInfo(), rules, seconds, variants,
+    ratios: {
+      tapwallVsBridgeOneFlow: Number((tw.oneFlowPps / Math.max(1, bridge.oneFlowPps)).toFixed(2)),
+      tapwallVsNftNewFlows: Number((tw.newFlowsPps / Math.max(1, nft.newFlowsPps)).toFixed(1)),
+      tapwallTcpGbps: tw.tcpGbps,
+    },
+  };
+}
+
+export function formatE2e(r: E2eResult): string {
+  const m = r.machine;
+  return [
+    `machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, ${m.kernel}, Node.js ${m.node}`,
+    `sender: trafgen on one core, 64-byte UDP; ${r.seconds} s per figure; policy size ${r.rules} rules`,
+    '| path | one flow (pps) | new flows (pps) | TCP, one stream (Gbit/s) |',
+    '|---|---:|---:|---:|',
+    ...r.variants.map((v) => `| ${v.name} | ${v.oneFlowPps} | ${v.newFlowsPps} | ${v.tcpGbps} |`),
+    `tapwall / bridge, one flow: ${r.ratios.tapwallVsBridgeOneFlow}`,
+    `tapwall / nftables linear, new flows: ${r.ratios.tapwallVsNftNewFlows}x`,
+  ].join('\n');
+}
