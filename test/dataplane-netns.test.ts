@@ -3,6 +3,7 @@
 // three-tier policy it shows allowed TCP, UDP and ping completing, denied ones
 // failing (drop times out, reject fails fast with a reset), replies passing,
 // a spoofed source sent with raw-socket dropped and counted, IPv6 like IPv4,
+// in all three port modes (TAP, AF_PACKET on veths, libpcap on veths),
 // every received frame counted in exactly one outcome, SIGHUP reloads and
 // SIGTERM stops. Namespaces and links are removed at the end, also on failure.
 import t from 'tap';
@@ -67,11 +68,11 @@ function lines(p: ChildProcess): () => Promise<Record<string, unknown>> {
 
 type Stats = Record<string, Record<string, number>>;
 
-for (const mode of ['tap', 'attach'] as const) {
+for (const mode of ['tap', 'attach', 'pcap'] as const) {
   t.test(`tapwall run between namespaces, ports in ${mode} mode`, async (t) => scenario(t, mode));
 }
 
-async function scenario(t: Tap.Test, mode: 'tap' | 'attach'): Promise<void> {
+async function scenario(t: Tap.Test, mode: 'tap' | 'attach' | 'pcap'): Promise<void> {
   const lab = new Lab();
   let daemon: ChildProcess | null = null;
   t.teardown(() => {
@@ -82,8 +83,8 @@ async function scenario(t: Tap.Test, mode: 'tap' | 'attach'): Promise<void> {
   const policyFile = join(dir, 'policy.yaml');
   writeFileSync(policyFile, POLICY);
 
-  // attach: the "VMs" exist first (veth pairs), and tapwall attaches to their host sides.
-  if (mode === 'attach') for (const h of HOSTS) lab.vethHost(h.ns, h.nic, h.nic.replace('twt-', 'twp-'), h.mac, [h.v4], [h.v6]);
+  // attach, pcap: the "VMs" exist first (veth pairs), and tapwall attaches to their host sides.
+  if (mode !== 'tap') for (const h of HOSTS) lab.vethHost(h.ns, h.nic, h.nic.replace('twt-', 'twp-'), h.mac, [h.v4], [h.v6]);
   daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, '--mode', mode], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   daemon.stderr!.on('data', (d) => { stderr += String(d); });

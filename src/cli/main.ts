@@ -120,13 +120,13 @@ program
   .command('run')
   .description('Run the data plane: a stateful firewall on every workload vNIC of the policy, switching frames between them. SIGHUP reloads the policy, SIGTERM stops, SIGUSR2 prints counters.')
   .requiredOption('--config <file>', 'policy file (YAML or JSON)')
-  .addOption(new Option('--mode <mode>', 'how to reach the vNICs: open TAP devices, or attach to existing interfaces').choices(['tap', 'attach']).default('tap'))
+  .addOption(new Option('--mode <mode>', 'how to reach the vNICs: open TAP devices, attach to existing interfaces with AF_PACKET, or through libpcap').choices(['tap', 'attach', 'pcap']).default('tap'))
   .option('--uplink <ifname>', 'an interface towards everything outside the workloads (attached with AF_PACKET)')
   .option('--loose', 'let out-of-state packets through and pick up connections mid-stream')
   .option('--flow-capacity <n>', 'most connections tracked at once', (v) => Number(v), 262144)
   .option('--quota <n>', 'most connections one vNIC may hold', (v) => Number(v))
   .option('--stats-every <seconds>', 'log counters this often', (v) => Number(v), 0)
-  .action(async (opts: { config: string; mode: 'tap' | 'attach'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; statsEvery: number }) => {
+  .action(async (opts: { config: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; statsEvery: number }) => {
     try {
       const { runDaemon } = await import('./run.js');
       runDaemon(opts);

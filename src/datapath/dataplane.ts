@@ -20,8 +20,7 @@
  * reads at most MAX_BATCHES_PER_EVENT batches, so the API and metrics get
  * their turn.
  */
-import { native } from '../io/native.js';
-import { portClose, portOpen, type PortIo, type PortMode } from '../io/ports.js';
+import { portOpen, type PortIo, type PortMode } from '../io/ports.js';
 import { FlowTable, NO_PORT } from '../flow/flowTable.js';
 import { Conntrack, ctPolicyChanged, ctProcess, ctSweep, type ConntrackOptions } from '../flow/conntrack.js';
 import { FRAG, PARSE, PKT, PKT_WORDS, parseFrame } from '../packet/parse.js';
@@ -65,7 +64,6 @@ class Port {
   txCount = 0;
   /** Where queued frames live: the arrival port's buffer of the batch being handled. */
   txBuf: Uint8Array = this.rxBuf;
-  watch: object | null = null;
   /** MAC as two numbers (high 16 bits, low 32 bits), -1 when none (the uplink). */
   macHi = -1;
   macLo = -1;
@@ -142,23 +140,15 @@ export class Dataplane {
   }
 
   start(): void {
-    const n = native();
-    for (const port of this.ports) {
-      port.watch = n.watch(port.io.fd, (events) => this.onEvent(port, events));
-    }
+    for (const port of this.ports) port.io.start((events) => this.onEvent(port, events));
     // Expire and revalidate in the background too, for when no batches arrive.
     this.sweepTimer = setInterval(() => ctSweep(this.ct, this.now(), 4096), 250);
     this.sweepTimer.unref();
   }
 
   stop(): void {
-    const n = native();
     if (this.sweepTimer) clearInterval(this.sweepTimer);
-    for (const port of this.ports) {
-      if (port.watch) n.unwatch(port.watch);
-      port.watch = null;
-      portClose(port.io);
-    }
+    for (const port of this.ports) port.io.close();
   }
 
   private now(): number {
@@ -167,23 +157,19 @@ export class Dataplane {
 
   private onEvent(port: Port, events: number): void {
     if (events < 0) {
+      // The port's watch failed; the backend has stopped watching it.
       port.up = false;
       this.portCounters[port.index * PC_COUNT + PC.rxErrors]++;
       this.opts.onError?.(port.spec.name, `poll error ${events}`);
-      if (port.watch) native().unwatch(port.watch);
-      port.watch = null;
       return;
     }
-    const n = native();
     for (let b = 0; b < MAX_BATCHES_PER_EVENT; b++) {
-      const got = n.readBatch(port.io.fd, port.io.kind, port.rxBuf, port.rxOff, port.rxLen, 0, BATCH, FRAME_STRIDE);
+      const got = port.io.read(port.rxBuf, port.rxOff, port.rxLen, BATCH, FRAME_STRIDE);
       if (got < 0) {
-        // The interface vanished or went down (EIO, ENXIO, ENETDOWN...): stop reading it, count, report.
+        // The interface vanished or went down (EIO, ENXIO, ENETDOWN...): the backend stops reading it; count, report.
         this.portCounters[port.index * PC_COUNT + PC.rxErrors]++;
         this.opts.onError?.(port.spec.name, `read failed: errno ${-got}`);
         port.up = false;
-        if (port.watch) n.unwatch(port.watch);
-        port.watch = null;
         return;
       }
       if (got === 0) return;
@@ -355,18 +341,17 @@ export class Dataplane {
     if (!port.limiter.take(now)) return;
     const frame = buildReject(port.rxBuf, port.rxOff[i], port.rxLen[i], pkt);
     if (!frame) return;
-    const r = native().writeBatch(port.io.fd, port.io.kind, frame, Int32Array.of(0), Int32Array.of(frame.length), 0, 1);
+    const r = port.io.write(frame, Int32Array.of(0), Int32Array.of(frame.length), 1);
     if (r === 1) this.portCounters[port.index * PC_COUNT + PC.replies]++;
   }
 
   private flush(): void {
-    const n = native();
     for (const dest of this.ports) {
       if (dest.txCount === 0) continue;
       const count = dest.txCount;
       dest.txCount = 0;
       if (!dest.up) { this.portCounters[dest.index * PC_COUNT + PC.txDropped] += count; continue; }
-      const sent = n.writeBatch(dest.io.fd, dest.io.kind, dest.txBuf, dest.txOff, dest.txLen, 0, count);
+      const sent = dest.io.write(dest.txBuf, dest.txOff, dest.txLen, count);
       const base = dest.index * PC_COUNT;
       if (sent < 0) {
         this.portCounters[base + PC.txDropped] += count;

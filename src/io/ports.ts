@@ -1,31 +1,159 @@
 /**
- * Port backends: how tapwall reaches a vNIC or an uplink. Each backend gives
- * a non-blocking descriptor and the addon's batch calls for it:
+ * Port backends: how tapwall reaches a vNIC or an uplink, behind one
+ * interface the data plane calls once per batch (never per frame):
  *   tap     tapwall opens the TAP device itself (TUNSETIFF, IFF_TAP|IFF_NO_PI);
  *           the kernel side of the TAP is the workload's NIC.
  *   attach  an AF_PACKET socket on an interface another program owns (the host
  *           side of a QEMU guest's TAP, a veth).
+ *   pcap    the same through libpcap (the `cap` package), for systems where the
+ *           native addon does not fit. libpcap hands over one frame per
+ *           callback: they are gathered and handed on as a batch, at the cost
+ *           of one copy per frame in and a Buffer view per frame out.
+ * read() and write() return a count, or -errno for a failure worth stopping
+ * the port for; EAGAIN is a short count.
  */
+import { createRequire } from 'node:module';
 import { native, NATIVE_LAYOUT, TAP_PERSIST } from './native.js';
 
-export type PortMode = 'tap' | 'attach';
+export type PortMode = 'tap' | 'attach' | 'pcap';
+
+const EIO = 5;
 
 export interface PortIo {
   readonly name: string;
   readonly mode: PortMode;
-  readonly kind: number;
-  readonly fd: number;
+  /** Call `onReadable` on the event loop whenever frames may be waiting (or -errno when the port fails). */
+  start(onReadable: (events: number) => void): void;
+  /** Up to `max` frames into `stride`-byte slots of buf; offsets[i], lengths[i] say where. */
+  read(buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, max: number, stride: number): number;
+  /** Frames 0..count-1 of buf at offsets/lengths. */
+  write(buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, count: number): number;
+  close(): void;
+}
+
+/** TAP and AF_PACKET: a non-blocking descriptor, batches through the addon, watched by libuv. */
+class NativePort implements PortIo {
+  private watch: object | null = null;
+  constructor(readonly name: string, readonly mode: PortMode, private readonly kind: number, private readonly fd: number) {}
+
+  start(onReadable: (events: number) => void): void {
+    this.watch = native().watch(this.fd, (events) => {
+      if (events < 0) this.stopWatching();
+      onReadable(events);
+    });
+  }
+
+  read(buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, max: number, stride: number): number {
+    const n = native().readBatch(this.fd, this.kind, buf, offsets, lengths, 0, max, stride);
+    if (n < 0) this.stopWatching();
+    return n;
+  }
+
+  write(buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, count: number): number {
+    return native().writeBatch(this.fd, this.kind, buf, offsets, lengths, 0, count);
+  }
+
+  private stopWatching(): void {
+    if (this.watch) native().unwatch(this.watch);
+    this.watch = null;
+  }
+
+  close(): void {
+    // Unwatch first: libuv must never poll a closed descriptor.
+    this.stopWatching();
+    native().closeFd(this.fd);
+  }
+}
+
+interface CapHandle {
+  open(device: string, filter: string, bufSize: number, buffer: Buffer): string;
+  setMinBytes?(n: number): void;
+  on(event: 'packet', cb: (nbytes: number, truncated: boolean) => void): void;
+  send(buffer: Buffer, size: number): void;
+  close(): void;
+}
+
+/** libpcap through `cap`: frames arrive one per callback and are gathered into a pending batch. */
+class PcapPort implements PortIo {
+  readonly mode = 'pcap' as const;
+  private readonly cap: CapHandle;
+  private readonly frame = Buffer.alloc(65535);
+  private readonly pending: Uint8Array;
+  private readonly pendingLen: Int32Array;
+  private pendingCount = 0;
+  private scheduled = false;
+  dropped = 0;
+  private onReadable: ((events: number) => void) | null = null;
+
+  constructor(readonly name: string, private readonly slots = 256, private readonly stride = 2048) {
+    const require = createRequire(import.meta.url);
+    const { Cap } = require('cap') as { Cap: new () => CapHandle };
+    this.cap = new Cap();
+    this.pending = new Uint8Array(slots * stride);
+    this.pendingLen = new Int32Array(slots);
+    // `inbound`: libpcap would otherwise hand back the frames tapwall itself sends out of this port.
+    const link = this.cap.open(name, 'inbound', 4 << 20, this.frame);
+    if (link !== 'ETHERNET') {
+      this.cap.close();
+      throw Object.assign(new Error(`${name}: link type ${link}, not Ethernet`), { code: 'ELINKTYPE' });
+    }
+    this.cap.setMinBytes?.(0);
+    this.cap.on('packet', (nbytes, truncated) => this.onPacket(nbytes, truncated));
+  }
+
+  private onPacket(nbytes: number, truncated: boolean): void {
+    if (this.pendingCount === this.slots || truncated || nbytes > this.stride) { this.dropped++; return; }
+    this.pending.set(this.frame.subarray(0, nbytes), this.pendingCount * this.stride);
+    this.pendingLen[this.pendingCount++] = nbytes;
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => { this.scheduled = false; this.onReadable?.(1); });
+    }
+  }
+
+  start(onReadable: (events: number) => void): void {
+    this.onReadable = onReadable;
+  }
+
+  read(buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, max: number, stride: number): number {
+    const n = Math.min(max, this.pendingCount);
+    for (let i = 0; i < n; i++) {
+      const len = this.pendingLen[i];
+      buf.set(this.pending.subarray(i * this.stride, i * this.stride + len), i * stride);
+      offsets[i] = i * stride;
+      lengths[i] = len;
+    }
+    // Keep what did not fit, in order.
+    if (n < this.pendingCount) {
+      this.pending.copyWithin(0, n * this.stride, this.pendingCount * this.stride);
+      this.pendingLen.copyWithin(0, n, this.pendingCount);
+    }
+    this.pendingCount -= n;
+    return n;
+  }
+
+  write(buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, count: number): number {
+    for (let i = 0; i < count; i++) {
+      try {
+        this.cap.send(Buffer.from(buf.buffer, buf.byteOffset + offsets[i], lengths[i]), lengths[i]);
+      } catch {
+        return i > 0 ? i : -EIO;
+      }
+    }
+    return count;
+  }
+
+  close(): void {
+    this.onReadable = null;
+    this.cap.close();
+  }
 }
 
 export function portOpen(name: string, mode: PortMode, opts: { persist?: boolean } = {}): PortIo {
-  const n = native();
   if (mode === 'tap') {
-    const [fd, actual] = n.tapOpen(name, opts.persist ? TAP_PERSIST : 0);
-    return { name: actual, mode, kind: NATIVE_LAYOUT.kindTap, fd };
+    const [fd, actual] = native().tapOpen(name, opts.persist ? TAP_PERSIST : 0);
+    return new NativePort(actual, mode, NATIVE_LAYOUT.kindTap, fd);
   }
-  return { name, mode, kind: NATIVE_LAYOUT.kindPacket, fd: n.packetOpen(name) };
-}
-
-export function portClose(p: PortIo): void {
-  native().closeFd(p.fd);
+  if (mode === 'attach') return new NativePort(name, mode, NATIVE_LAYOUT.kindPacket, native().packetOpen(name));
+  return new PcapPort(name);
 }
