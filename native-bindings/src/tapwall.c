@@ -3,6 +3,9 @@
  * sockets, a whole batch per call.
  *
  * Contract with TypeScript (src/io/native.ts; a test compares the two):
+ *   - AF_PACKET sockets read through a TPACKET_V3 receive ring (64 blocks of
+ *     256 KiB, retired after 1 ms) when the kernel allows, else recvmmsg;
+ *     transmit is sendmmsg. Either way one call moves a batch.
  *   - A batch lives in one caller-owned Uint8Array `buf`; frame i occupies
  *     buf[offsets[i] .. offsets[i] + lengths[i]). offsets and lengths are
  *     Int32Arrays. readBatch fills slots of `stride` bytes from `start`;
@@ -15,7 +18,8 @@
  *     here spins or blocks.
  *
  * Nothing here allocates per frame; readBatch/writeBatch allocate nothing at
- * all (iovec and mmsghdr arrays are fixed-size statics, MAX_BATCH entries).
+ * all (iovec and mmsghdr arrays are fixed-size statics, MAX_BATCH entries;
+ * rings are mapped once when a socket opens).
  */
 #define _GNU_SOURCE
 #include <node_api.h>
@@ -44,6 +48,84 @@
 
 static struct mmsghdr g_msgs[MAX_BATCH];
 static struct iovec g_iov[MAX_BATCH];
+
+/*
+ * TPACKET_V3 receive rings, by descriptor. The kernel fills blocks of frames;
+ * readBatch copies frames out of the block the reader is in, and hands a block
+ * back (TP_STATUS_KERNEL) once it has read all of it. A read may stop in the
+ * middle of a block: `next`/`left` remember where.
+ */
+#include <sys/mman.h>
+#define MAX_RING_FD 4096
+#define RING_BLOCK_SIZE (1 << 18)
+#define RING_BLOCKS 64
+#define RING_FRAME_SIZE 2048
+typedef struct {
+  uint8_t* map;
+  size_t map_len;
+  unsigned block;      /* the block being read */
+  uint32_t left;       /* frames left in it (0: not started) */
+  uint8_t* next;       /* next frame in it */
+} ring_t;
+static ring_t* g_rings[MAX_RING_FD];
+
+static int ring_setup(int fd) {
+  int v = TPACKET_V3;
+  if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof v) < 0) return -1;
+  struct tpacket_req3 req;
+  memset(&req, 0, sizeof req);
+  req.tp_block_size = RING_BLOCK_SIZE;
+  req.tp_block_nr = RING_BLOCKS;
+  req.tp_frame_size = RING_FRAME_SIZE;
+  req.tp_frame_nr = (RING_BLOCK_SIZE / RING_FRAME_SIZE) * RING_BLOCKS;
+  req.tp_retire_blk_tov = 1; /* ms: a partly filled block is handed over after this */
+  if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req) < 0) return -1;
+  size_t len = (size_t)RING_BLOCK_SIZE * RING_BLOCKS;
+  uint8_t* map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_LOCKED, fd, 0);
+  if (map == MAP_FAILED) map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED) return -1;
+  ring_t* r = calloc(1, sizeof *r);
+  if (!r) { munmap(map, len); return -1; }
+  r->map = map;
+  r->map_len = len;
+  g_rings[fd] = r;
+  return 0;
+}
+
+/* Copy up to max frames out of the ring; returns how many. */
+static int ring_read(ring_t* r, uint8_t* buf, int32_t* offsets, int32_t* lengths, int start, int max, int stride) {
+  int got = 0;
+  while (got < max) {
+    struct tpacket_block_desc* bd = (struct tpacket_block_desc*)(r->map + (size_t)r->block * RING_BLOCK_SIZE);
+    if (!(__atomic_load_n(&bd->hdr.bh1.block_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER)) break;
+    if (r->left == 0 && r->next == NULL) {
+      r->left = bd->hdr.bh1.num_pkts;
+      r->next = (uint8_t*)bd + bd->hdr.bh1.offset_to_first_pkt;
+    }
+    while (r->left > 0 && got < max) {
+      struct tpacket3_hdr* h = (struct tpacket3_hdr*)r->next;
+      int32_t off = (start + got) * stride;
+      uint32_t len = h->tp_snaplen;
+      if (len > (uint32_t)stride || h->tp_snaplen < h->tp_len) {
+        lengths[start + got] = stride + 1; /* cut short: the caller counts it malformed */
+      } else {
+        memcpy(buf + off, (uint8_t*)h + h->tp_mac, len);
+        lengths[start + got] = (int32_t)len;
+      }
+      offsets[start + got] = off;
+      got++;
+      r->left--;
+      r->next = (uint8_t*)h + h->tp_next_offset;
+    }
+    if (r->left == 0) {
+      /* Done with this block: give it back to the kernel, move to the next. */
+      __atomic_store_n(&bd->hdr.bh1.block_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+      r->block = (r->block + 1) % RING_BLOCKS;
+      r->next = NULL;
+    }
+  }
+  return got;
+}
 
 #define CHECK(call)                                                        \
   do {                                                                     \
@@ -112,11 +194,13 @@ static napi_value tap_open(napi_env env, napi_callback_info info) {
   return arr;
 }
 
-/* packetOpen(ifname) -> fd: an AF_PACKET raw socket bound to the interface, not seeing its own sends. */
+/* packetOpen(ifname, useRing) -> fd: an AF_PACKET raw socket bound to the interface, not seeing its own sends. */
 static napi_value packet_open(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+  size_t argc = 2;
+  napi_value argv[2];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bool use_ring = true;
+  if (argc > 1) napi_get_value_bool(env, argv[1], &use_ring);
   char name[IFNAMSIZ] = {0};
   size_t n;
   CHECK(napi_get_value_string_utf8(env, argv[0], name, sizeof name, &n));
@@ -139,6 +223,8 @@ static napi_value packet_open(napi_env env, napi_callback_info info) {
   int size = 4 << 20;
   setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
   setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+  /* A TPACKET_V3 receive ring where the kernel allows one (mode 1), else recvmmsg. */
+  if (fd < MAX_RING_FD && use_ring) ring_setup(fd);
   struct sockaddr_ll sll;
   memset(&sll, 0, sizeof sll);
   sll.sll_family = AF_PACKET;
@@ -153,8 +239,10 @@ static napi_value packet_open(napi_env env, napi_callback_info info) {
     return NULL;
   }
   /* Frames queued before the bind may belong to any interface: drain them. */
-  char junk[2048];
-  while (recv(fd, junk, sizeof junk, MSG_DONTWAIT) > 0) {}
+  if (g_rings[fd] == NULL) {
+    char junk[2048];
+    while (recv(fd, junk, sizeof junk, MSG_DONTWAIT) > 0) {}
+  }
   return make_int(env, fd);
 }
 
@@ -198,6 +286,13 @@ static napi_value read_batch(napi_env env, napi_callback_info info) {
       lengths[start + got] = (int32_t)r;
     }
     return make_int(env, got);
+  }
+  if (fd >= 0 && fd < MAX_RING_FD && g_rings[fd] != NULL) {
+    /* The ring cannot report a vanished interface: ask the socket for a pending error. */
+    int err = 0;
+    socklen_t el = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err != 0) return make_int(env, -err);
+    return make_int(env, ring_read(g_rings[fd], buf, offsets, lengths, start, max, stride));
   }
   for (int i = 0; i < max; i++) {
     g_iov[i].iov_base = buf + (size_t)(start + i) * stride;
@@ -278,6 +373,11 @@ static napi_value close_fd(napi_env env, napi_callback_info info) {
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd;
   napi_get_value_int32(env, argv[0], &fd);
+  if (fd >= 0 && fd < MAX_RING_FD && g_rings[fd] != NULL) {
+    munmap(g_rings[fd]->map, g_rings[fd]->map_len);
+    free(g_rings[fd]);
+    g_rings[fd] = NULL;
+  }
   return make_int(env, close(fd) < 0 ? -errno : 0);
 }
 
@@ -375,6 +475,17 @@ static napi_value set_watch_writable(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* usesRing(fd) -> true when the descriptor reads through a TPACKET_V3 ring. */
+static napi_value uses_ring(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd;
+  napi_get_value_int32(env, argv[0], &fd);
+  napi_get_boolean(env, fd >= 0 && fd < MAX_RING_FD && g_rings[fd] != NULL, &out);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"tapOpen", NULL, tap_open, NULL, NULL, NULL, napi_default, NULL},
@@ -385,6 +496,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"watch", NULL, watch, NULL, NULL, NULL, napi_default, NULL},
     {"unwatch", NULL, unwatch, NULL, NULL, NULL, napi_default, NULL},
     {"setWatchWritable", NULL, set_watch_writable, NULL, NULL, NULL, napi_default, NULL},
+    {"usesRing", NULL, uses_ring, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   /* The contract's numbers, for the TypeScript side to check against its own. */
