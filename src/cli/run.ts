@@ -57,6 +57,8 @@ export function runDaemon(opts: RunOptions): void {
       o.tx = dp.portCounters[i * 7 + PC.txPackets];
       o.txDropped = dp.portCounters[i * 7 + PC.txDropped];
       o.replies = dp.portCounters[i * 7 + PC.replies];
+      o.rxErrors = dp.portCounters[i * 7 + PC.rxErrors];
+      o.up = p.up ? 1 : 0;
       out[p.io.name] = o;
     });
     return out;
