@@ -29,7 +29,7 @@ export interface E2eResult {
   machine: MachineInfo;
   rules: number;
   seconds: number;
-  variants: Array<{ name: string; oneFlowPps: number; newFlowsPps: number; tcpGbps: number }>;
+  variants: Array<{ name: string; oneFlowPps: number; newFlowsPps: number; tcpGbps: number; gcPerMillionPackets?: number }>;
   ratios: { tapwallVsBridgeOneFlow: number; tapwallVsNftNewFlows: number; tapwallTcpGbps: number };
 }
 
@@ -175,15 +175,29 @@ export async function benchE2e(opts: { rules?: number; seconds?: number; log?: (
   writeFileSync(policyFile, tapwallPolicy(rules));
   const daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, '--flow-capacity', '1048576'], { stdio: ['ignore', 'pipe', 'ignore'] });
   lab.procs.push(daemon);
+  const pending: Array<(line: string) => void> = [];
+  createInterface({ input: daemon.stdout! }).on('line', (l) => pending.shift()?.(l));
+  const nextLine = () => new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no answer from tapwall')), 30_000);
+    pending.push((l) => { clearTimeout(timer); resolve(l); });
+  });
+  /** Frames received on all ports, and garbage collections so far (SIGUSR2). */
+  const daemonStats = async (): Promise<{ rx: number; gc: number }> => {
+    const line = nextLine();
+    daemon.kill('SIGUSR2');
+    const j = JSON.parse(await line) as { stats: Record<string, { rx: number }>; gc: number };
+    return { rx: Object.values(j.stats).reduce((a, p) => a + p.rx, 0), gc: j.gc };
+  };
   try {
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('tapwall did not start')), 30_000);
-      createInterface({ input: daemon.stdout! }).once('line', () => { clearTimeout(timer); resolve(); });
-      daemon.once('exit', (c) => reject(new Error(`tapwall exited with ${c}`)));
-    });
+    await nextLine();
     lab.host('twb-a', 'twb-ta', MAC_A, [`${IP_A}/24`]);
     lab.host('twb-b', 'twb-tb', MAC_B, [`${IP_B}/24`]);
+    const before = await daemonStats();
     measure(`tapwall, ${rules} rules`, lab, 'twb-ta', 'twb-tb');
+    const after = await daemonStats();
+    const rx = after.rx - before.rx;
+    variants[variants.length - 1].gcPerMillionPackets = Number((((after.gc - before.gc) * 1e6) / Math.max(1, rx)).toFixed(2));
+    log(`tapwall: ${after.gc - before.gc} garbage collections while it received ${rx} frames`);
   } finally {
     if (daemon.exitCode === null) daemon.kill('SIGTERM');
     lab.cleanup();
@@ -210,5 +224,6 @@ export function formatE2e(r: E2eResult): string {
     ...r.variants.map((v) => `| ${v.name} | ${v.oneFlowPps} | ${v.newFlowsPps} | ${v.tcpGbps} |`),
     `tapwall / bridge, one flow: ${r.ratios.tapwallVsBridgeOneFlow}`,
     `tapwall / nftables linear, new flows: ${r.ratios.tapwallVsNftNewFlows}x`,
+    `tapwall garbage collections per million frames received: ${r.variants[2].gcPerMillionPackets}`,
   ].join('\n');
 }
