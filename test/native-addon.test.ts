@@ -84,3 +84,15 @@ t.test('AF_PACKET on a veth reads through a TPACKET_V3 ring, in batches', async 
   }
   t.same(seen, frames.map((_, i) => 2000 + i), 'all 40 came out of the ring in order, 16 at most per call');
 });
+
+t.test('a persistent TAP owned by a user outlives its descriptor, as libvirt makes them', async (t) => {
+  t.teardown(() => { try { execFileSync('ip', ['tuntap', 'del', 'dev', 'twt-persist0', 'mode', 'tap']); } catch { /* gone */ } });
+  const [fd] = n.tapOpen('twt-persist0', 1, 4242);
+  n.closeFd(fd);
+  const details = execFileSync('ip', ['-d', 'link', 'show', 'twt-persist0'], { encoding: 'utf8' });
+  t.match(details, /tun type tap/, 'still there after close');
+  t.match(details, /user 4242/, 'owned by uid 4242');
+  const [fd2] = n.tapOpen('twt-persist0', 0);
+  t.ok(fd2 >= 0, 'and it can be opened again');
+  n.closeFd(fd2);
+});

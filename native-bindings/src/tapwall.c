@@ -149,16 +149,17 @@ static int get_typed(napi_env env, napi_value v, napi_typedarray_type want, void
   return 0;
 }
 
-/* tapOpen(name, flags) -> [fd, actualName]; flags: 1 persist, 2 vnet header. Throws with errno on failure. */
+/* tapOpen(name, flags, ownerUid) -> [fd, actualName]; flags: 1 persist, 2 vnet header; ownerUid -1 for none. Throws with errno on failure. */
 static napi_value tap_open(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   char name[IFNAMSIZ] = {0};
   size_t n;
   CHECK(napi_get_value_string_utf8(env, argv[0], name, sizeof name, &n));
-  int32_t flags = 0;
+  int32_t flags = 0, owner = -1;
   if (argc > 1) napi_get_value_int32(env, argv[1], &flags);
+  if (argc > 2) napi_get_value_int32(env, argv[2], &owner);
   int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
     char msg[128];
@@ -176,6 +177,14 @@ static napi_value tap_open(napi_env env, napi_callback_info info) {
     char msg[160];
     snprintf(msg, sizeof msg, "TUNSETIFF %s: %s", name, strerror(e));
     napi_throw_error(env, e == EPERM ? "EPERM" : e == EBUSY ? "EBUSY" : "ETUNSETIFF", msg);
+    return NULL;
+  }
+  if (owner >= 0 && ioctl(fd, TUNSETOWNER, (unsigned long)owner) < 0) {
+    int e = errno;
+    close(fd);
+    char msg[160];
+    snprintf(msg, sizeof msg, "TUNSETOWNER %s: %s", name, strerror(e));
+    napi_throw_error(env, "ETUNSETOWNER", msg);
     return NULL;
   }
   if ((flags & 1) && ioctl(fd, TUNSETPERSIST, 1) < 0) {

@@ -126,7 +126,9 @@ program
   .option('--flow-capacity <n>', 'most connections tracked at once', (v) => Number(v), 262144)
   .option('--quota <n>', 'most connections one vNIC may hold', (v) => Number(v))
   .option('--stats-every <seconds>', 'log counters this often', (v) => Number(v), 0)
-  .action(async (opts: { config: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; statsEvery: number }) => {
+  .option('--tap-persist', 'keep the TAP devices when tapwall exits (TUNSETPERSIST), as libvirt does')
+  .option('--tap-owner <uid>', 'the user that may open the TAP devices (TUNSETOWNER)', (v) => Number(v))
+  .action(async (opts: { config: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; statsEvery: number; tapPersist?: boolean; tapOwner?: number }) => {
     try {
       const { runDaemon } = await import('./run.js');
       runDaemon(opts);

@@ -21,6 +21,8 @@ export interface RunOptions {
   flowCapacity?: number;
   quota?: number;
   statsEvery?: number;
+  tapPersist?: boolean;
+  tapOwner?: number;
 }
 
 export function runDaemon(opts: RunOptions): void {
@@ -35,6 +37,7 @@ export function runDaemon(opts: RunOptions): void {
     loose: opts.loose,
     flowCapacity: opts.flowCapacity,
     perPortQuota: opts.quota,
+    tap: { persist: opts.tapPersist, ownerUid: opts.tapOwner },
     onError: (port, message) => {
       // At most one log line per port per 10 s; the counters keep the full count.
       const now = Date.now();

@@ -20,7 +20,7 @@
  * reads at most MAX_BATCHES_PER_EVENT batches, so the API and metrics get
  * their turn.
  */
-import { portOpen, type PortIo, type PortMode } from '../io/ports.js';
+import { portOpen, type PortIo, type PortMode, type TapOptions } from '../io/ports.js';
 import { FlowTable, NO_PORT } from '../flow/flowTable.js';
 import { Conntrack, ctPolicyChanged, ctProcess, ctSweep, type ConntrackOptions } from '../flow/conntrack.js';
 import { FRAG, PARSE, PKT, PKT_WORDS, parseFrame } from '../packet/parse.js';
@@ -45,6 +45,8 @@ export interface PortSpec {
 }
 
 export interface DataplaneOptions extends ConntrackOptions {
+  /** For TAP ports: persistence and owner. */
+  tap?: TapOptions;
   flowCapacity?: number;
   perPortQuota?: number;
   /** Called for each I/O error worth logging (rate-limited by the caller). */
@@ -105,7 +107,7 @@ export class Dataplane {
     this.outcomes = new Float64Array(Math.max(1, specs.length) * OUTCOME_COUNT);
     this.portCounters = new Float64Array(Math.max(1, specs.length) * PC_COUNT);
     specs.forEach((spec, i) => {
-      const io = portOpen(spec.name, spec.mode);
+      const io = portOpen(spec.name, spec.mode, opts.tap);
       const w = spec.workload ? compiled.policy.workloads.get(spec.workload) ?? null : null;
       const port = new Port(i, spec, io, w);
       this.ports.push(port);

@@ -149,9 +149,16 @@ class PcapPort implements PortIo {
   }
 }
 
-export function portOpen(name: string, mode: PortMode, opts: { persist?: boolean } = {}): PortIo {
+export interface TapOptions {
+  /** Keep the TAP device after tapwall closes it (TUNSETPERSIST), as libvirt does. */
+  persist?: boolean;
+  /** The user that may open the TAP afterwards (TUNSETOWNER). */
+  ownerUid?: number;
+}
+
+export function portOpen(name: string, mode: PortMode, opts: TapOptions = {}): PortIo {
   if (mode === 'tap') {
-    const [fd, actual] = native().tapOpen(name, opts.persist ? TAP_PERSIST : 0);
+    const [fd, actual] = native().tapOpen(name, opts.persist ? TAP_PERSIST : 0, opts.ownerUid ?? -1);
     return new NativePort(actual, mode, NATIVE_LAYOUT.kindTap, fd);
   }
   if (mode === 'attach') return new NativePort(name, mode, NATIVE_LAYOUT.kindPacket, native().packetOpen(name));
