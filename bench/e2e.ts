@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { Lab, sh } from './lab.js';
+import { Lab, sh } from '../src/util/lab.js';
 import { machineInfo, type MachineInfo } from './machine.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));

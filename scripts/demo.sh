@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The demo, for now (the live data-plane demo comes with the data plane): the
-# policy checker and tracer on the example policies, and the classifier
-# benchmark on a ClassBench set, and the flow-cache benchmark.
+# The demo: the three-tier example live between network namespaces (with a
+# quarantine midway), then the policy checker and tracer on the example
+# policies, and the classifier and flow-cache benchmarks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tw() {
@@ -11,7 +11,10 @@ tw() {
   node bin/tapwall.js "$@"
 }
 
-echo "== 1. Check the example policies"
+echo "== 0. Live: VMs as network namespaces on TAP devices, tapwall between them"
+tw demo
+
+echo; echo "== 1. Check the example policies"
 tw check examples/three-tier.yaml
 tw check examples/dual-stack.json
 

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { Lab, SERVERS, TCP_CLIENT, UDP_CLIENT, sh } from '../bench/lab.js';
+import { Lab, SERVERS, TCP_CLIENT, UDP_CLIENT, sh } from '../src/util/lab.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 

@@ -137,6 +137,20 @@ program
     }
   });
 
+program
+  .command('demo')
+  .description('The three-tier example, live: network namespaces as VMs on TAP devices, real connections allowed, rejected and dropped, then web-1 quarantined by a tag. Needs root; removes everything it creates.')
+  .option('--policy <file>', 'the policy to run (default: examples/three-tier.yaml)')
+  .action(async (opts: { policy?: string }) => {
+    try {
+      const { runDemo } = await import('./demo.js');
+      await runDemo({ policy: opts.policy });
+      process.exit(0);
+    } catch (e) {
+      fail(e);
+    }
+  });
+
 const classbench = program.command('classbench').description('Work with ClassBench rule sets and traces.');
 classbench
   .command('match')

@@ -1,5 +1,5 @@
 /**
- * Test and benchmark hosts: network namespaces with real kernel TCP/IP stacks, named with
+ * Hosts for tests, benchmarks and the demo: network namespaces with real kernel TCP/IP stacks, named with
  * the `tw` prefix, removed at the end (also on failure) by `cleanup()`.
  * Traffic only ever goes between these namespaces.
  */
