@@ -255,32 +255,49 @@ static napi_value packet_open(napi_env env, napi_callback_info info) {
   return make_int(env, fd);
 }
 
+/* The arguments every batch call shares: (fd, kind, buf, offsets, lengths, start, count). */
+typedef struct {
+  int32_t fd, kind, start, count;
+  uint8_t* buf;
+  int32_t *offsets, *lengths;
+  size_t buflen, noff, nlen;
+} batch_args;
+
+static int get_batch_args(napi_env env, napi_value* argv, batch_args* a, const char* usage) {
+  napi_get_value_int32(env, argv[0], &a->fd);
+  napi_get_value_int32(env, argv[1], &a->kind);
+  if (get_typed(env, argv[2], napi_uint8_array, (void**)&a->buf, &a->buflen) ||
+      get_typed(env, argv[3], napi_int32_array, (void**)&a->offsets, &a->noff) ||
+      get_typed(env, argv[4], napi_int32_array, (void**)&a->lengths, &a->nlen)) {
+    napi_throw_type_error(env, "EARGS", usage);
+    return -1;
+  }
+  napi_get_value_int32(env, argv[5], &a->start);
+  napi_get_value_int32(env, argv[6], &a->count);
+  if (a->start < 0 || a->count < 0 || (size_t)a->start + (size_t)a->count > a->noff || (size_t)a->start + (size_t)a->count > a->nlen) {
+    napi_throw_range_error(env, "ERANGE", "the batch does not fit the offset and length arrays");
+    return -1;
+  }
+  if (a->count > MAX_BATCH) a->count = MAX_BATCH;
+  return 0;
+}
+
 /* readBatch(fd, kind, buf, offsets, lengths, start, max, stride) -> frames read, or -errno */
 static napi_value read_batch(napi_env env, napi_callback_info info) {
   size_t argc = 8;
   napi_value argv[8];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int32_t fd, kind, start, max, stride;
-  uint8_t* buf;
-  int32_t *offsets, *lengths;
-  size_t buflen, noff, nlen;
-  napi_get_value_int32(env, argv[0], &fd);
-  napi_get_value_int32(env, argv[1], &kind);
-  if (get_typed(env, argv[2], napi_uint8_array, (void**)&buf, &buflen) ||
-      get_typed(env, argv[3], napi_int32_array, (void**)&offsets, &noff) ||
-      get_typed(env, argv[4], napi_int32_array, (void**)&lengths, &nlen)) {
-    napi_throw_type_error(env, "EARGS", "readBatch(fd, kind, Uint8Array, Int32Array, Int32Array, start, max, stride)");
-    return NULL;
-  }
-  napi_get_value_int32(env, argv[5], &start);
-  napi_get_value_int32(env, argv[6], &max);
+  batch_args a;
+  if (get_batch_args(env, argv, &a, "readBatch(fd, kind, Uint8Array, Int32Array, Int32Array, start, max, stride)")) return NULL;
+  int32_t stride;
   napi_get_value_int32(env, argv[7], &stride);
-  if (start < 0 || max < 0 || stride <= 0 || (size_t)start + (size_t)max > noff || (size_t)start + (size_t)max > nlen ||
-      ((size_t)start + (size_t)max) * (size_t)stride > buflen) {
-    napi_throw_range_error(env, "ERANGE", "readBatch: the batch does not fit the buffers");
+  if (stride <= 0 || ((size_t)a.start + (size_t)a.count) * (size_t)stride > a.buflen) {
+    napi_throw_range_error(env, "ERANGE", "readBatch: the batch does not fit the buffer");
     return NULL;
   }
-  if (max > MAX_BATCH) max = MAX_BATCH;
+  int32_t fd = a.fd, kind = a.kind, start = a.start, max = a.count;
+  uint8_t* buf = a.buf;
+  int32_t *offsets = a.offsets, *lengths = a.lengths;
   int got = 0;
   if (kind == KIND_TAP) {
     for (; got < max; got++) {
@@ -325,25 +342,12 @@ static napi_value write_batch(napi_env env, napi_callback_info info) {
   size_t argc = 7;
   napi_value argv[7];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int32_t fd, kind, start, count;
-  uint8_t* buf;
-  int32_t *offsets, *lengths;
-  size_t buflen, noff, nlen;
-  napi_get_value_int32(env, argv[0], &fd);
-  napi_get_value_int32(env, argv[1], &kind);
-  if (get_typed(env, argv[2], napi_uint8_array, (void**)&buf, &buflen) ||
-      get_typed(env, argv[3], napi_int32_array, (void**)&offsets, &noff) ||
-      get_typed(env, argv[4], napi_int32_array, (void**)&lengths, &nlen)) {
-    napi_throw_type_error(env, "EARGS", "writeBatch(fd, kind, Uint8Array, Int32Array, Int32Array, start, count)");
-    return NULL;
-  }
-  napi_get_value_int32(env, argv[5], &start);
-  napi_get_value_int32(env, argv[6], &count);
-  if (start < 0 || count < 0 || (size_t)start + (size_t)count > noff || (size_t)start + (size_t)count > nlen) {
-    napi_throw_range_error(env, "ERANGE", "writeBatch: the batch does not fit the arrays");
-    return NULL;
-  }
-  if (count > MAX_BATCH) count = MAX_BATCH;
+  batch_args a;
+  if (get_batch_args(env, argv, &a, "writeBatch(fd, kind, Uint8Array, Int32Array, Int32Array, start, count)")) return NULL;
+  int32_t fd = a.fd, kind = a.kind, start = a.start, count = a.count;
+  uint8_t* buf = a.buf;
+  size_t buflen = a.buflen;
+  int32_t *offsets = a.offsets, *lengths = a.lengths;
   for (int i = 0; i < count; i++) {
     int32_t off = offsets[start + i], len = lengths[start + i];
     if (off < 0 || len < 0 || (size_t)off + (size_t)len > buflen) {
