@@ -3,7 +3,8 @@
 // three-tier policy it shows allowed TCP, UDP and ping completing, denied ones
 // failing (drop times out, reject fails fast with a reset), replies passing,
 // a spoofed source sent with raw-socket dropped and counted, IPv6 like IPv4,
-// in all three port modes (TAP, AF_PACKET on veths, libpcap on veths),
+// in every port mode (TAP, TAP with virtio-net offload, AF_PACKET on veths,
+// libpcap on veths),
 // every received frame counted in exactly one outcome, SIGHUP reloads and
 // SIGTERM stops. Namespaces and links are removed at the end, also on failure.
 import t from 'tap';
@@ -68,11 +69,11 @@ function lines(p: ChildProcess): () => Promise<Record<string, unknown>> {
 
 type Stats = Record<string, Record<string, number>>;
 
-for (const mode of ['tap', 'attach', 'pcap'] as const) {
+for (const mode of ['tap', 'offload', 'attach', 'pcap'] as const) {
   t.test(`tapwall run between namespaces, ports in ${mode} mode`, async (t) => scenario(t, mode));
 }
 
-async function scenario(t: Tap.Test, mode: 'tap' | 'attach' | 'pcap'): Promise<void> {
+async function scenario(t: Tap.Test, mode: 'tap' | 'offload' | 'attach' | 'pcap'): Promise<void> {
   const lab = new Lab();
   let daemon: ChildProcess | null = null;
   t.teardown(() => {
@@ -84,8 +85,10 @@ async function scenario(t: Tap.Test, mode: 'tap' | 'attach' | 'pcap'): Promise<v
   writeFileSync(policyFile, POLICY);
 
   // attach, pcap: the "VMs" exist first (veth pairs), and tapwall attaches to their host sides.
-  if (mode !== 'tap') for (const h of HOSTS) lab.vethHost(h.ns, h.nic, h.nic.replace('twt-', 'twp-'), h.mac, [h.v4], [h.v6]);
-  daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, '--mode', mode], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const tapLike = mode === 'tap' || mode === 'offload';
+  if (!tapLike) for (const h of HOSTS) lab.vethHost(h.ns, h.nic, h.nic.replace('twt-', 'twp-'), h.mac, [h.v4], [h.v6]);
+  const modeArgs = mode === 'offload' ? ['--mode', 'tap', '--offload'] : ['--mode', mode];
+  daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, ...modeArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   daemon.stderr!.on('data', (d) => { stderr += String(d); });
   const next = lines(daemon);
@@ -94,7 +97,7 @@ async function scenario(t: Tap.Test, mode: 'tap' | 'attach' | 'pcap'): Promise<v
   t.same((ready.ports as Array<{ name: string }>).map((p) => p.name), HOSTS.map((h) => h.nic), 'one TAP per workload');
 
   // tap: tapwall made the TAPs; their kernel sides become the "VMs'" NICs.
-  if (mode === 'tap') for (const h of HOSTS) lab.host(h.ns, h.nic, h.mac, [h.v4], [h.v6]);
+  if (tapLike) for (const h of HOSTS) lab.host(h.ns, h.nic, h.mac, [h.v4], [h.v6]);
   const servers = ['twt-app', 'twt-db'].map((ns, i) => lab.spawnIn(ns, SERVERS, [i === 0 ? 'app' : 'db', '8080', '5432', '5353', '22']));
   await Promise.all(servers.map((s) => new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('servers did not start')), 10_000);

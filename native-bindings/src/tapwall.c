@@ -37,6 +37,7 @@
 #include <linux/if_tun.h>
 #include <linux/if_packet.h>
 #include <linux/if_ether.h>
+#include <linux/virtio_net.h>
 
 #define MAX_BATCH 256
 #define KIND_TAP 0
@@ -177,6 +178,15 @@ static napi_value tap_open(napi_env env, napi_callback_info info) {
     char msg[160];
     snprintf(msg, sizeof msg, "TUNSETIFF %s: %s", name, strerror(e));
     napi_throw_error(env, e == EPERM ? "EPERM" : e == EBUSY ? "EBUSY" : "ETUNSETIFF", msg);
+    return NULL;
+  }
+  /* With virtio-net headers, accept what a guest's NIC would: partial checksums and TSO segments. */
+  if ((flags & 2) && ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN)) < 0) {
+    int e = errno;
+    close(fd);
+    char msg[160];
+    snprintf(msg, sizeof msg, "TUNSETOFFLOAD %s: %s", name, strerror(e));
+    napi_throw_error(env, "ETUNSETOFFLOAD", msg);
     return NULL;
   }
   if (owner >= 0 && ioctl(fd, TUNSETOWNER, (unsigned long)owner) < 0) {
@@ -526,6 +536,7 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, layout, "eio", make_int(env, EIO));
   napi_set_named_property(env, layout, "uvReadable", make_int(env, UV_READABLE));
   napi_set_named_property(env, layout, "uvWritable", make_int(env, UV_WRITABLE));
+  napi_set_named_property(env, layout, "vnetHdrSize", make_int(env, (int64_t)sizeof(struct virtio_net_hdr)));
   napi_set_named_property(env, exports, "layout", layout);
   return exports;
 }

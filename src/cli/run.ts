@@ -23,6 +23,7 @@ export interface RunOptions {
   statsEvery?: number;
   tapPersist?: boolean;
   tapOwner?: number;
+  offload?: boolean;
 }
 
 export function runDaemon(opts: RunOptions): void {
@@ -37,7 +38,7 @@ export function runDaemon(opts: RunOptions): void {
     loose: opts.loose,
     flowCapacity: opts.flowCapacity,
     perPortQuota: opts.quota,
-    tap: { persist: opts.tapPersist, ownerUid: opts.tapOwner },
+    tap: { persist: opts.tapPersist, ownerUid: opts.tapOwner, offload: opts.offload },
     onError: (port, message) => {
       // At most one log line per port per 10 s; the counters keep the full count.
       const now = Date.now();

@@ -34,6 +34,8 @@ import { buildReject, ReplyLimiter } from './reject.js';
 
 export const BATCH = 64;
 export const FRAME_STRIDE = 2048; // a 1514-byte frame and a VLAN tag fit; larger ones are dropped as malformed
+/** With virtio-net headers a frame may be a whole TSO segment: 64 KiB and the header. */
+export const OFFLOAD_STRIDE = 65536 + 64;
 const MAX_BATCHES_PER_EVENT = 16;
 
 export interface PortSpec {
@@ -58,14 +60,15 @@ export const PC = { rxPackets: 0, rxBytes: 1, txPackets: 2, txBytes: 3, txDroppe
 const PC_COUNT = 7;
 
 class Port {
-  readonly rxBuf = new Uint8Array(BATCH * FRAME_STRIDE);
+  readonly stride: number;
+  readonly rxBuf: Uint8Array;
   readonly rxOff = new Int32Array(BATCH);
   readonly rxLen = new Int32Array(BATCH);
   readonly txOff = new Int32Array(BATCH * 2);
   readonly txLen = new Int32Array(BATCH * 2);
   txCount = 0;
   /** Where queued frames live: the arrival port's buffer of the batch being handled. */
-  txBuf: Uint8Array = this.rxBuf;
+  txBuf: Uint8Array;
   /** MAC as two numbers (high 16 bits, low 32 bits), -1 when none (the uplink). */
   macHi = -1;
   macLo = -1;
@@ -74,7 +77,11 @@ class Port {
   v6 = new Int32Array(0);
   up = true;
   readonly limiter = new ReplyLimiter();
-  constructor(readonly index: number, readonly spec: PortSpec, readonly io: PortIo, readonly workload: Workload | null) {}
+  constructor(readonly index: number, readonly spec: PortSpec, readonly io: PortIo, readonly workload: Workload | null) {
+    this.stride = io.vnetHdr > 0 ? OFFLOAD_STRIDE : FRAME_STRIDE;
+    this.rxBuf = new Uint8Array(BATCH * this.stride);
+    this.txBuf = this.rxBuf;
+  }
 }
 
 function macParts(mac: string): [number, number] {
@@ -99,6 +106,10 @@ export class Dataplane {
   private policy: CompiledPolicy;
 
   constructor(compiled: CompiledPolicy, specs: PortSpec[], private readonly opts: DataplaneOptions = {}) {
+    // Frames with virtio-net headers are forwarded with them: every port must carry them, so only TAPs.
+    if (opts.tap?.offload && specs.some((s) => s.mode !== 'tap')) {
+      throw Object.assign(new Error('offload (virtio-net headers) needs every port to be a TAP: no --uplink, no attach or pcap mode'), { code: 'EOFFLOAD' });
+    }
     this.policy = compiled;
     this.table = new FlowTable({ capacity: opts.flowCapacity ?? 262_144, perPortQuota: opts.perPortQuota, maxPorts: Math.max(1, specs.length) });
     this.decider = new PolicyDecider(compiled, specs.map((s) => (s.workload ? compiled.policy.workloads.get(s.workload)?.nic ?? '' : '')));
@@ -166,7 +177,7 @@ export class Dataplane {
       return;
     }
     for (let b = 0; b < MAX_BATCHES_PER_EVENT; b++) {
-      const got = port.io.read(port.rxBuf, port.rxOff, port.rxLen, BATCH, FRAME_STRIDE);
+      const got = port.io.read(port.rxBuf, port.rxOff, port.rxLen, BATCH, port.stride);
       if (got < 0) {
         // The interface vanished or went down (EIO, ENXIO, ENETDOWN...): the backend stops reading it; count, report.
         this.portCounters[port.index * PC_COUNT + PC.rxErrors]++;
@@ -220,12 +231,14 @@ export class Dataplane {
     const outcomes = this.outcomes, pc = this.portCounters;
     const now = this.now();
     const guard = port.workload !== null && this.policy.policy.spoofguard;
+    const hdr = port.io.vnetHdr;
     for (let i = 0; i < count; i++) {
-      const off = port.rxOff[i], len = port.rxLen[i];
+      // With offload every frame sits behind a virtio-net header, forwarded with it untouched.
+      const off = port.rxOff[i] + hdr, len = port.rxLen[i] - hdr;
       pc[P * PC_COUNT + PC.rxPackets]++;
       pc[P * PC_COUNT + PC.rxBytes] += len;
       let outcome: number;
-      const kind = len > FRAME_STRIDE ? PARSE.malformed : parseFrame(buf, off, len, pkt);
+      const kind = len > port.stride - hdr || len < 0 ? PARSE.malformed : parseFrame(buf, off, len, pkt);
       if (kind === PARSE.malformed) { outcomes[P * OUTCOME_COUNT + Outcome.malformed]++; continue; }
       // SpoofGuard, source MAC: a vNIC sends only from its own MAC.
       if (guard) {
@@ -341,8 +354,12 @@ export class Dataplane {
 
   private reply(port: Port, i: number, pkt: Int32Array, now: number): void {
     if (!port.limiter.take(now)) return;
-    const frame = buildReject(port.rxBuf, port.rxOff[i], port.rxLen[i], pkt);
-    if (!frame) return;
+    const hdr = port.io.vnetHdr;
+    const reply = buildReject(port.rxBuf, port.rxOff[i] + hdr, port.rxLen[i] - hdr, pkt);
+    if (!reply) return;
+    // A zeroed virtio-net header: a whole frame with its checksums done.
+    const frame = hdr > 0 ? new Uint8Array(hdr + reply.length) : reply;
+    if (hdr > 0) frame.set(reply, hdr);
     const r = port.io.write(frame, Int32Array.of(0), Int32Array.of(frame.length), 1);
     if (r === 1) this.portCounters[port.index * PC_COUNT + PC.replies]++;
   }

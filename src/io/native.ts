@@ -26,6 +26,8 @@ export const NATIVE_LAYOUT = {
   kindPacket: 1,
   uvReadable: 1,
   uvWritable: 2,
+  /** struct virtio_net_hdr, in front of every frame on a TAP opened with TAP_VNET_HDR. */
+  vnetHdrSize: 10,
 } as const;
 
 export const TAP_PERSIST = 1, TAP_VNET_HDR = 2;

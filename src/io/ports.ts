@@ -13,7 +13,7 @@
  * the port for; EAGAIN is a short count.
  */
 import { createRequire } from 'node:module';
-import { native, NATIVE_LAYOUT, TAP_PERSIST } from './native.js';
+import { native, NATIVE_LAYOUT, TAP_PERSIST, TAP_VNET_HDR } from './native.js';
 
 export type PortMode = 'tap' | 'attach' | 'pcap';
 
@@ -22,6 +22,8 @@ const EIO = 5;
 export interface PortIo {
   readonly name: string;
   readonly mode: PortMode;
+  /** Bytes of virtio-net header in front of each frame (0 without offload). */
+  readonly vnetHdr: number;
   /** Call `onReadable` on the event loop whenever frames may be waiting (or -errno when the port fails). */
   start(onReadable: (events: number) => void): void;
   /** Up to `max` frames into `stride`-byte slots of buf; offsets[i], lengths[i] say where. */
@@ -34,7 +36,7 @@ export interface PortIo {
 /** TAP and AF_PACKET: a non-blocking descriptor, batches through the addon, watched by libuv. */
 class NativePort implements PortIo {
   private watch: object | null = null;
-  constructor(readonly name: string, readonly mode: PortMode, private readonly kind: number, private readonly fd: number) {}
+  constructor(readonly name: string, readonly mode: PortMode, private readonly kind: number, private readonly fd: number, readonly vnetHdr = 0) {}
 
   start(onReadable: (events: number) => void): void {
     this.watch = native().watch(this.fd, (events) => {
@@ -76,6 +78,7 @@ interface CapHandle {
 /** libpcap through `cap`: frames arrive one per callback and are gathered into a pending batch. */
 class PcapPort implements PortIo {
   readonly mode = 'pcap' as const;
+  readonly vnetHdr = 0;
   private readonly cap: CapHandle;
   private readonly frame = Buffer.alloc(65535);
   private readonly pending: Uint8Array;
@@ -154,12 +157,18 @@ export interface TapOptions {
   persist?: boolean;
   /** The user that may open the TAP afterwards (TUNSETOWNER). */
   ownerUid?: number;
+  /**
+   * Virtio-net headers (IFF_VNET_HDR) with checksum and TSO offload: every
+   * frame carries a 10-byte header and may be a 64 KiB segment, passed
+   * through to the other TAP as is (the receiving kernel finishes it).
+   */
+  offload?: boolean;
 }
 
 export function portOpen(name: string, mode: PortMode, opts: TapOptions = {}): PortIo {
   if (mode === 'tap') {
-    const [fd, actual] = native().tapOpen(name, opts.persist ? TAP_PERSIST : 0, opts.ownerUid ?? -1);
-    return new NativePort(actual, mode, NATIVE_LAYOUT.kindTap, fd);
+    const [fd, actual] = native().tapOpen(name, (opts.persist ? TAP_PERSIST : 0) | (opts.offload ? TAP_VNET_HDR : 0), opts.ownerUid ?? -1);
+    return new NativePort(actual, mode, NATIVE_LAYOUT.kindTap, fd, opts.offload ? NATIVE_LAYOUT.vnetHdrSize : 0);
   }
   if (mode === 'attach') return new NativePort(name, mode, NATIVE_LAYOUT.kindPacket, native().packetOpen(name));
   return new PcapPort(name);
