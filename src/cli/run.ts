@@ -9,7 +9,7 @@ import { PerformanceObserver } from 'node:perf_hooks';
 import { policyLoad } from '../policy/load.js';
 import { policyCompile } from '../policy/compile.js';
 import { PolicyError, formatProblem } from '../policy/errors.js';
-import { Dataplane, PC, type PortSpec } from '../datapath/dataplane.js';
+import { Dataplane, PC, PC_COUNT, type PortSpec } from '../datapath/dataplane.js';
 import type { PortMode } from '../io/ports.js';
 import { OUTCOME_NAMES, OUTCOME_COUNT } from '../packet/verdict.js';
 
@@ -62,11 +62,11 @@ export function runDaemon(opts: RunOptions): void {
     dp.ports.forEach((p, i) => {
       const o: Record<string, number> = {};
       for (let k = 0; k < OUTCOME_COUNT; k++) { const v = dp.outcomes[i * OUTCOME_COUNT + k]; if (v) o[OUTCOME_NAMES[k]] = v; }
-      o.rx = dp.portCounters[i * 7 + PC.rxPackets];
-      o.tx = dp.portCounters[i * 7 + PC.txPackets];
-      o.txDropped = dp.portCounters[i * 7 + PC.txDropped];
-      o.replies = dp.portCounters[i * 7 + PC.replies];
-      o.rxErrors = dp.portCounters[i * 7 + PC.rxErrors];
+      o.rx = dp.portCounters[i * PC_COUNT + PC.rxPackets];
+      o.tx = dp.portCounters[i * PC_COUNT + PC.txPackets];
+      o.txDropped = dp.portCounters[i * PC_COUNT + PC.txDropped];
+      o.replies = dp.portCounters[i * PC_COUNT + PC.replies];
+      o.rxErrors = dp.portCounters[i * PC_COUNT + PC.rxErrors];
       o.up = p.up ? 1 : 0;
       out[p.io.name] = o;
     });

@@ -1,11 +1,13 @@
 /**
- * The data plane: a learning L2 switch between ports (vNICs and an optional
- * uplink) that runs every frame through SpoofGuard, connection tracking and
- * the policy.
+ * The data plane: an L2 switch between ports (vNICs and an optional uplink)
+ * that runs every frame through SpoofGuard, connection tracking and the
+ * policy. It needs no MAC learning: every vNIC's MAC is declared in the
+ * policy (and enforced by SpoofGuard), and any other unicast MAC can only be
+ * behind the uplink.
  *
  * The per-packet loop (processBatch) runs once per batch read from one port:
  *   parse -> SpoofGuard (source MAC, IP source, ARP sender) -> destination
- *   port by MAC (workload MACs are known; the uplink side is learned) ->
+ *   port by MAC (a workload's port, else the uplink, else no_route) ->
  *   ARP / neighbour discovery: unicast, or a broadcast request delivered only
  *   to the port owning the address asked for (the uplink when none does), so
  *   a VM learns nothing of the others by asking; IP: conntrack + policy;
@@ -55,9 +57,9 @@ export interface DataplaneOptions extends ConntrackOptions {
   onError?: (port: string, message: string) => void;
 }
 
-/** Port counters besides outcomes. */
-export const PC = { rxPackets: 0, rxBytes: 1, txPackets: 2, txBytes: 3, txDropped: 4, rxErrors: 5, replies: 6 } as const;
-const PC_COUNT = 7;
+/** Port counters besides outcomes: [port * PC_COUNT + PC.x]. */
+export const enum PC { rxPackets = 0, rxBytes = 1, txPackets = 2, txBytes = 3, txDropped = 4, rxErrors = 5, replies = 6 }
+export const PC_COUNT = 7;
 
 class Port {
   readonly stride: number;
@@ -101,7 +103,6 @@ export class Dataplane {
   private readonly pkt = new Int32Array(PKT_WORDS);
   private readonly frags = new FragmentTable();
   private uplink = -1;
-  /** Learned MACs behind the uplink are not tracked per host: unknown unicast goes to the uplink. */
   private sweepTimer: NodeJS.Timeout | null = null;
   private policy: CompiledPolicy;
 
