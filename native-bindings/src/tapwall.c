@@ -67,10 +67,11 @@ typedef struct {
   unsigned block;      /* the block being read */
   uint32_t left;       /* frames left in it (0: not started) */
   uint8_t* next;       /* next frame in it */
+  uint32_t vnet;       /* bytes of virtio_net_hdr the kernel puts before each frame (PACKET_VNET_HDR) */
 } ring_t;
 static ring_t* g_rings[MAX_RING_FD];
 
-static int ring_setup(int fd) {
+static int ring_setup(int fd, uint32_t vnet) {
   int v = TPACKET_V3;
   if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof v) < 0) return -1;
   struct tpacket_req3 req;
@@ -89,6 +90,7 @@ static int ring_setup(int fd) {
   if (!r) { munmap(map, len); return -1; }
   r->map = map;
   r->map_len = len;
+  r->vnet = vnet;
   g_rings[fd] = r;
   return 0;
 }
@@ -106,11 +108,12 @@ static int ring_read(ring_t* r, uint8_t* buf, int32_t* offsets, int32_t* lengths
     while (r->left > 0 && got < max) {
       struct tpacket3_hdr* h = (struct tpacket3_hdr*)r->next;
       int32_t off = (start + got) * stride;
-      uint32_t len = h->tp_snaplen;
+      /* With PACKET_VNET_HDR the virtio_net_hdr sits right before the MAC header: copy it along. */
+      uint32_t len = h->tp_snaplen + r->vnet;
       if (len > (uint32_t)stride || h->tp_snaplen < h->tp_len) {
         lengths[start + got] = stride + 1; /* cut short: the caller counts it malformed */
       } else {
-        memcpy(buf + off, (uint8_t*)h + h->tp_mac, len);
+        memcpy(buf + off, (uint8_t*)h + h->tp_mac - r->vnet, len);
         lengths[start + got] = (int32_t)len;
       }
       offsets[start + got] = off;
@@ -213,13 +216,15 @@ static napi_value tap_open(napi_env env, napi_callback_info info) {
   return arr;
 }
 
-/* packetOpen(ifname, useRing) -> fd: an AF_PACKET raw socket bound to the interface, not seeing its own sends. */
+/* packetOpen(ifname, useRing, vnetHdr) -> fd: an AF_PACKET raw socket bound to the interface, not seeing its
+ * own sends; with vnetHdr every frame in and out carries a virtio_net_hdr (segments and partial checksums pass). */
 static napi_value packet_open(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  bool use_ring = true;
+  bool use_ring = true, vnet = false;
   if (argc > 1) napi_get_value_bool(env, argv[1], &use_ring);
+  if (argc > 2) napi_get_value_bool(env, argv[2], &vnet);
   char name[IFNAMSIZ] = {0};
   size_t n;
   CHECK(napi_get_value_string_utf8(env, argv[0], name, sizeof name, &n));
@@ -243,7 +248,15 @@ static napi_value packet_open(napi_env env, napi_callback_info info) {
   setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
   setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
   /* A TPACKET_V3 receive ring where the kernel allows one (mode 1), else recvmmsg. */
-  if (fd < MAX_RING_FD && use_ring) ring_setup(fd);
+  if (vnet && setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof one) < 0) {
+    int e = errno;
+    close(fd);
+    char msg[128];
+    snprintf(msg, sizeof msg, "PACKET_VNET_HDR on %s: %s", name, strerror(e));
+    napi_throw_error(env, "EVNETHDR", msg);
+    return NULL;
+  }
+  if (fd < MAX_RING_FD && use_ring) ring_setup(fd, vnet ? (uint32_t)sizeof(struct virtio_net_hdr) : 0);
   struct sockaddr_ll sll;
   memset(&sll, 0, sizeof sll);
   sll.sll_family = AF_PACKET;

@@ -128,7 +128,7 @@ program
   .option('--stats-every <seconds>', 'log counters this often', (v) => Number(v), 0)
   .option('--tap-persist', 'keep the TAP devices when tapwall exits (TUNSETPERSIST), as libvirt does')
   .option('--tap-owner <uid>', 'the user that may open the TAP devices (TUNSETOWNER)', (v) => Number(v))
-  .option('--offload', 'TAP ports with virtio-net headers: checksum and TSO offload pass through (TAP mode only, no uplink)')
+  .option('--offload', 'virtio-net headers on every port (IFF_VNET_HDR, PACKET_VNET_HDR): checksum and TSO offload pass through (tap and attach modes)')
   .action(async (opts: { config: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; statsEvery: number; tapPersist?: boolean; tapOwner?: number; offload?: boolean }) => {
     try {
       const { runDaemon } = await import('./run.js');

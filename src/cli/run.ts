@@ -32,7 +32,7 @@ export function runDaemon(opts: RunOptions): void {
   for (const w of warnings) log.warn({ problem: w }, formatProblem(w));
   const compiled = policyCompile(policy);
   const specs: PortSpec[] = [...policy.workloads.values()].map((w) => ({ name: w.nic, mode: opts.mode, workload: w.name }));
-  if (opts.uplink) specs.push({ name: opts.uplink, mode: 'attach', workload: null });
+  if (opts.uplink) specs.push({ name: opts.uplink, mode: opts.mode === 'pcap' ? 'pcap' : 'attach', workload: null });
   const errorsLogged = new Map<string, number>();
   const dp = new Dataplane(compiled, specs, {
     loose: opts.loose,

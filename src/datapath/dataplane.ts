@@ -22,7 +22,7 @@
  * reads at most MAX_BATCHES_PER_EVENT batches, so the API and metrics get
  * their turn.
  */
-import { portOpen, type PortIo, type PortMode, type TapOptions } from '../io/ports.js';
+import { portOpen, type PortIo, type PortMode, type PortOptions } from '../io/ports.js';
 import { FlowTable, NO_PORT } from '../flow/flowTable.js';
 import { Conntrack, ctPolicyChanged, ctProcess, ctSweep, type ConntrackOptions } from '../flow/conntrack.js';
 import { FRAG, PARSE, PKT, PKT_WORDS, parseFrame } from '../packet/parse.js';
@@ -49,8 +49,8 @@ export interface PortSpec {
 }
 
 export interface DataplaneOptions extends ConntrackOptions {
-  /** For TAP ports: persistence and owner. */
-  tap?: TapOptions;
+  /** Port options: TAP persistence and owner; virtio-net headers (offload). */
+  tap?: PortOptions;
   flowCapacity?: number;
   perPortQuota?: number;
   /** Called for each I/O error worth logging (rate-limited by the caller). */
@@ -107,9 +107,9 @@ export class Dataplane {
   private policy: CompiledPolicy;
 
   constructor(compiled: CompiledPolicy, specs: PortSpec[], private readonly opts: DataplaneOptions = {}) {
-    // Frames with virtio-net headers are forwarded with them: every port must carry them, so only TAPs.
-    if (opts.tap?.offload && specs.some((s) => s.mode !== 'tap')) {
-      throw Object.assign(new Error('offload (virtio-net headers) needs every port to be a TAP: no --uplink, no attach or pcap mode'), { code: 'EOFFLOAD' });
+    // Frames with virtio-net headers are forwarded with them: every port must carry them (TAP, AF_PACKET; not libpcap).
+    if (opts.tap?.offload && specs.some((s) => s.mode === 'pcap')) {
+      throw Object.assign(new Error('offload (virtio-net headers) needs TAP or attach ports, not pcap'), { code: 'EOFFLOAD' });
     }
     this.policy = compiled;
     this.table = new FlowTable({ capacity: opts.flowCapacity ?? 262_144, perPortQuota: opts.perPortQuota, maxPorts: Math.max(1, specs.length) });

@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 
 export interface NativeAddon {
   tapOpen(name: string, flags: number, ownerUid?: number): [number, string];
-  packetOpen(ifname: string, useRing?: boolean): number;
+  packetOpen(ifname: string, useRing?: boolean, vnetHdr?: boolean): number;
   usesRing(fd: number): boolean;
   readBatch(fd: number, kind: number, buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, start: number, max: number, stride: number): number;
   writeBatch(fd: number, kind: number, buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, start: number, count: number): number;

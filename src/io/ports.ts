@@ -152,24 +152,27 @@ class PcapPort implements PortIo {
   }
 }
 
-export interface TapOptions {
+export interface PortOptions {
   /** Keep the TAP device after tapwall closes it (TUNSETPERSIST), as libvirt does. */
   persist?: boolean;
   /** The user that may open the TAP afterwards (TUNSETOWNER). */
   ownerUid?: number;
   /**
-   * Virtio-net headers (IFF_VNET_HDR) with checksum and TSO offload: every
-   * frame carries a 10-byte header and may be a 64 KiB segment, passed
-   * through to the other TAP as is (the receiving kernel finishes it).
+   * Virtio-net headers (IFF_VNET_HDR on TAPs, PACKET_VNET_HDR on AF_PACKET)
+   * with checksum and TSO offload: every frame carries a 10-byte header and
+   * may be a 64 KiB segment, passed through to the other port as is (the
+   * receiving kernel finishes it).
    */
   offload?: boolean;
 }
 
-export function portOpen(name: string, mode: PortMode, opts: TapOptions = {}): PortIo {
+export function portOpen(name: string, mode: PortMode, opts: PortOptions = {}): PortIo {
   if (mode === 'tap') {
     const [fd, actual] = native().tapOpen(name, (opts.persist ? TAP_PERSIST : 0) | (opts.offload ? TAP_VNET_HDR : 0), opts.ownerUid ?? -1);
     return new NativePort(actual, mode, NATIVE_LAYOUT.kindTap, fd, opts.offload ? NATIVE_LAYOUT.vnetHdrSize : 0);
   }
-  if (mode === 'attach') return new NativePort(name, mode, NATIVE_LAYOUT.kindPacket, native().packetOpen(name));
+  if (mode === 'attach') {
+    return new NativePort(name, mode, NATIVE_LAYOUT.kindPacket, native().packetOpen(name, true, opts.offload === true), opts.offload ? NATIVE_LAYOUT.vnetHdrSize : 0);
+  }
   return new PcapPort(name);
 }
