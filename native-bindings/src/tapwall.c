@@ -108,12 +108,25 @@ static int ring_read(ring_t* r, uint8_t* buf, int32_t* offsets, int32_t* lengths
     while (r->left > 0 && got < max) {
       struct tpacket3_hdr* h = (struct tpacket3_hdr*)r->next;
       int32_t off = (start + got) * stride;
-      /* With PACKET_VNET_HDR the virtio_net_hdr sits right before the MAC header: copy it along. */
-      uint32_t len = h->tp_snaplen + r->vnet;
+      /* With PACKET_VNET_HDR the virtio_net_hdr sits right before the MAC header: copy it along.
+       * A VLAN tag the kernel took out of the frame (VLAN offload) is put back after the MACs,
+       * so the frame goes on as it was sent. */
+      int vlan = (h->tp_status & TP_STATUS_VLAN_VALID) && h->tp_snaplen >= 12;
+      uint32_t len = h->tp_snaplen + r->vnet + (vlan ? 4 : 0);
       if (len > (uint32_t)stride || h->tp_snaplen < h->tp_len) {
         lengths[start + got] = stride + 1; /* cut short: the caller counts it malformed */
-      } else {
+      } else if (!vlan) {
         memcpy(buf + off, (uint8_t*)h + h->tp_mac - r->vnet, len);
+        lengths[start + got] = (int32_t)len;
+      } else {
+        uint8_t* src = (uint8_t*)h + h->tp_mac;
+        uint8_t* dst = buf + off;
+        uint16_t tpid = (h->tp_status & TP_STATUS_VLAN_TPID_VALID) ? h->hv1.tp_vlan_tpid : ETH_P_8021Q;
+        uint16_t tci = h->hv1.tp_vlan_tci;
+        memcpy(dst, src - r->vnet, r->vnet + 12);
+        dst += r->vnet + 12;
+        dst[0] = tpid >> 8; dst[1] = tpid & 0xff; dst[2] = tci >> 8; dst[3] = tci & 0xff;
+        memcpy(dst + 4, src + 12, h->tp_snaplen - 12);
         lengths[start + got] = (int32_t)len;
       }
       offsets[start + got] = off;
