@@ -121,8 +121,9 @@ async function scenario(t: Tap.Test, mode: 'tap' | 'offload' | 'attach' | 'attac
   const tapLike = mode === 'tap' || mode === 'offload';
   // With attach-offload the veths keep their offloads: segments and partial checksums come with virtio-net headers.
   if (!tapLike) for (const h of HOSTS) lab.vethHost(h.ns, h.nic, h.nic.replace('twt-', 'twp-'), h.mac, [h.v4], [h.v6], mode !== 'attach-offload');
+  const metricsArgs = ['--metrics', '127.0.0.1:0'];
   const modeArgs = mode === 'offload' ? ['--mode', 'tap', '--offload'] : mode === 'attach-offload' ? ['--mode', 'attach', '--offload'] : ['--mode', mode];
-  daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, ...modeArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+  daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, ...modeArgs, ...metricsArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   daemon.stderr!.on('data', (d) => { stderr += String(d); });
   const next = lines(daemon);
@@ -210,6 +211,18 @@ async function scenario(t: Tap.Test, mode: 'tap' | 'offload' | 'attach' | 'attac
     t.equal(outcomes, s.rx, `${port}: ${s.rx} received = ${outcomes} counted outcomes`);
   }
   t.ok(statsAfter['twt-web1'].reject >= 2 && statsAfter['twt-web1'].replies >= 2, 'rejects were answered');
+
+  // Prometheus metrics, read from the same counters.
+  const metricsUrl = ready.metrics as string;
+  t.match(metricsUrl, /^http:\/\/127\.0\.0\.1:\d+\/metrics$/, 'metrics served on loopback');
+  const body = await (await fetch(metricsUrl)).text();
+  const sample = (name: string, labels: string) => Number(new RegExp(`^${name}\\{${labels.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\} (\\S+)$`, 'm').exec(body)?.[1]);
+  const now = await stats();
+  t.equal(sample('tapwall_port_frames_total', 'port="twt-web1",workload="web-1",outcome="spoof"'), now['twt-web1'].spoof, 'spoof drops in Prometheus match the daemon counters');
+  t.ok(sample('tapwall_port_received_packets_total', 'port="twt-app1",workload="app-1"') >= now['twt-app1'].rx, 'received packets exported per port');
+  t.ok(sample('tapwall_flow_events_total', 'event="inserts"') > 0, 'flow table events exported');
+  t.equal(sample('tapwall_port_up', 'port="twt-db1",workload="db-1"'), 1, 'port state exported');
+  t.match(body, /^process_cpu_seconds_total /m, 'with the default process metrics');
 
   // SIGHUP: a broken policy is refused and the running one stays; a good one is taken.
   writeFileSync(policyFile, 'default: sometimes\n');

@@ -52,15 +52,15 @@ export async function runDemo(opts: { policy?: string; out?: (line: string) => v
     const dir = mkdtempSync(join(tmpdir(), 'tw-demo-'));
     const live = join(dir, 'policy.yaml');
     writeFileSync(live, text);
-    daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', live], { stdio: ['ignore', 'pipe', 'ignore'] });
+    daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', live, '--metrics', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'ignore'] });
     const pending: Array<(l: string) => void> = [];
     createInterface({ input: daemon.stdout! }).on('line', (l) => pending.shift()?.(l));
     const nextLine = () => new Promise<string>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error('tapwall did not answer')), 15_000);
       pending.push((l) => { clearTimeout(timer); resolve(l); });
     });
-    await nextLine();
-    out(`tapwall is running with ${policyPath}: one TAP device per VM`);
+    const ready = JSON.parse(await nextLine()) as { metrics: string | null };
+    out(`tapwall is running with ${policyPath}: one TAP device per VM; Prometheus metrics on ${ready.metrics}`);
 
     // The VMs: a namespace each, on the kernel side of its TAP, all in 10.0.0.0/16.
     const nsOf = (w: string) => `twd-${w.replace('-', '')}`;

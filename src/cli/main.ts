@@ -129,10 +129,12 @@ program
   .option('--tap-persist', 'keep the TAP devices when tapwall exits (TUNSETPERSIST), as libvirt does')
   .option('--tap-owner <uid>', 'the user that may open the TAP devices (TUNSETOWNER)', (v) => Number(v))
   .option('--offload', 'virtio-net headers on every port (IFF_VNET_HDR, PACKET_VNET_HDR): checksum and TSO offload pass through (tap and attach modes)')
-  .action(async (opts: { config: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; statsEvery: number; tapPersist?: boolean; tapOwner?: number; offload?: boolean }) => {
+  .option('--metrics <host:port>', 'serve Prometheus metrics on http://HOST:PORT/metrics (loopback by default)', '127.0.0.1:9810')
+  .option('--no-metrics', 'serve no metrics')
+  .action(async (opts: { config: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; statsEvery: number; tapPersist?: boolean; tapOwner?: number; offload?: boolean; metrics?: string | false }) => {
     try {
       const { runDaemon } = await import('./run.js');
-      runDaemon(opts);
+      await runDaemon({ ...opts, metrics: opts.metrics === false ? undefined : opts.metrics });
     } catch (e) {
       fail(e);
     }

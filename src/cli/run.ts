@@ -12,6 +12,7 @@ import { PolicyError, formatProblem } from '../policy/errors.js';
 import { Dataplane, PC, PC_COUNT, type PortSpec } from '../datapath/dataplane.js';
 import type { PortMode } from '../io/ports.js';
 import { OUTCOME_NAMES, OUTCOME_COUNT } from '../packet/verdict.js';
+import { metricsRegistry, metricsServe } from '../metrics/metrics.js';
 
 export interface RunOptions {
   config: string;
@@ -24,9 +25,11 @@ export interface RunOptions {
   tapPersist?: boolean;
   tapOwner?: number;
   offload?: boolean;
+  /** host:port for /metrics (port 0: any free port); unset: no metrics server. */
+  metrics?: string;
 }
 
-export function runDaemon(opts: RunOptions): void {
+export async function runDaemon(opts: RunOptions): Promise<void> {
   const log = pino({ name: 'tapwall' }, pino.destination(2));
   const { policy, warnings } = policyLoad(opts.config);
   for (const w of warnings) log.warn({ problem: w }, formatProblem(w));
@@ -48,10 +51,18 @@ export function runDaemon(opts: RunOptions): void {
     },
   });
   dp.start();
+  let metricsUrl: string | null = null;
+  if (opts.metrics) {
+    const m = /^(.*):(\d+)$/.exec(opts.metrics);
+    if (!m) throw Object.assign(new Error(`--metrics: expected HOST:PORT, like 127.0.0.1:9810, found '${opts.metrics}'`), { code: 'EMETRICS' });
+    const host = m[1].replace(/^\[|\]$/g, '');
+    const { port } = await metricsServe(metricsRegistry(dp), host, Number(m[2]));
+    metricsUrl = `http://${host.includes(':') ? `[${host}]` : host}:${port}/metrics`;
+  }
   const ports = dp.ports.map((p) => ({ name: p.io.name, mode: p.io.mode, workload: p.spec.workload }));
-  log.info({ ports, rules: compiled.stats.rules }, 'tapwall running');
+  log.info({ ports, rules: compiled.stats.rules, metrics: metricsUrl }, 'tapwall running');
   // One machine-readable line on stdout for supervisors and tests.
-  process.stdout.write(`${JSON.stringify({ ready: true, pid: process.pid, ports })}\n`);
+  process.stdout.write(`${JSON.stringify({ ready: true, pid: process.pid, ports, metrics: metricsUrl })}\n`);
 
   // Garbage collections since start: the per-packet path allocates nothing, and this shows it.
   let gcCount = 0;

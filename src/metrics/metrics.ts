@@ -1,0 +1,108 @@
+/**
+ * Prometheus metrics (prom-client), read from the data plane's typed-array
+ * counters at scrape time: the hot path never calls prom-client. Each metric's
+ * collect() copies the current values in; counters are monotonic because the
+ * arrays they mirror only grow.
+ *
+ * Labels are bounded by configuration, never by traffic: port (one per vNIC
+ * and the uplink), workload, outcome (a fixed enum), event (a fixed enum).
+ */
+import { createServer, type Server } from 'node:http';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { Dataplane, PC, PC_COUNT } from '../datapath/dataplane.js';
+import { OUTCOME_COUNT, OUTCOME_NAMES } from '../packet/verdict.js';
+import { FLOW_COUNTER_NAMES } from '../flow/flowTable.js';
+
+export function metricsRegistry(dp: Dataplane): Registry {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const portLabels = (i: number) => ({ port: dp.ports[i].io.name, workload: dp.ports[i].spec.workload ?? 'uplink' });
+
+  const portCounter = (name: string, help: string, pc: PC) => new Counter({
+    name, help, labelNames: ['port', 'workload'], registers: [registry],
+    collect() {
+      this.reset();
+      dp.ports.forEach((_, i) => this.inc(portLabels(i), dp.portCounters[i * PC_COUNT + pc]));
+    },
+  });
+  portCounter('tapwall_port_received_packets_total', 'Frames received on the port.', PC.rxPackets);
+  portCounter('tapwall_port_received_bytes_total', 'Bytes received on the port.', PC.rxBytes);
+  portCounter('tapwall_port_transmitted_packets_total', 'Frames sent out of the port.', PC.txPackets);
+  portCounter('tapwall_port_transmitted_bytes_total', 'Bytes sent out of the port.', PC.txBytes);
+  portCounter('tapwall_port_transmit_dropped_total', 'Frames for the port that the kernel did not take (full queue, port down).', PC.txDropped);
+  portCounter('tapwall_port_receive_errors_total', 'Read or poll failures on the port (the interface went away).', PC.rxErrors);
+  portCounter('tapwall_port_reject_replies_total', 'TCP resets and ICMP errors sent for rejected or cut packets.', PC.replies);
+
+  new Counter({
+    name: 'tapwall_port_frames_total',
+    help: 'Frames received on the port, by the one outcome each ended in (forward, or a drop reason). Their sum is tapwall_port_received_packets_total.',
+    labelNames: ['port', 'workload', 'outcome'], registers: [registry],
+    collect() {
+      this.reset();
+      dp.ports.forEach((_, i) => {
+        for (let o = 0; o < OUTCOME_COUNT; o++) this.inc({ ...portLabels(i), outcome: OUTCOME_NAMES[o] }, dp.outcomes[i * OUTCOME_COUNT + o]);
+      });
+    },
+  });
+  new Gauge({
+    name: 'tapwall_port_up', help: '1 while the port is open and readable, 0 once it failed.', labelNames: ['port', 'workload'], registers: [registry],
+    collect() { dp.ports.forEach((p, i) => this.set(portLabels(i), p.up ? 1 : 0)); },
+  });
+  new Gauge({
+    name: 'tapwall_flow_entries', help: 'Connections in the flow table.', registers: [registry],
+    collect() { this.set(dp.table.live); },
+  });
+  new Gauge({
+    name: 'tapwall_flow_capacity', help: 'Most connections the flow table holds.', registers: [registry],
+    collect() { this.set(dp.table.capacity); },
+  });
+  new Gauge({
+    name: 'tapwall_flow_port_entries', help: 'Connections charged to the port (against its quota).', labelNames: ['port', 'workload'], registers: [registry],
+    collect() { dp.ports.forEach((_, i) => this.set(portLabels(i), dp.table.ownerCount[i])); },
+  });
+  new Gauge({
+    name: 'tapwall_flow_port_quota', help: 'Most connections one port may hold.', registers: [registry],
+    collect() { this.set(dp.table.quota); },
+  });
+  new Counter({
+    name: 'tapwall_flow_events_total', help: 'Flow table events: inserts, removes, expiries, evictions and refusals by reason.', labelNames: ['event'], registers: [registry],
+    collect() {
+      this.reset();
+      FLOW_COUNTER_NAMES.forEach((event, k) => this.inc({ event }, dp.table.counters[k]));
+    },
+  });
+  new Gauge({
+    name: 'tapwall_policy_rules', help: 'Rules in the policy in force.', registers: [registry],
+    collect() { this.set(dp.compiled.stats.rules); },
+  });
+  new Gauge({
+    name: 'tapwall_policy_compiled_bytes', help: 'Memory held by the compiled rule tries.', registers: [registry],
+    collect() { this.set(dp.compiled.stats.bytes); },
+  });
+  new Gauge({
+    name: 'tapwall_policy_generation', help: 'Policies applied since start (a change makes cached decisions stale).', registers: [registry],
+    collect() { this.set(dp.ct.generation); },
+  });
+  return registry;
+}
+
+/** Serve the registry on http://host:port/metrics; resolves with the port it listens on. */
+export function metricsServe(registry: Registry, host: string, port: number): Promise<{ server: Server; port: number }> {
+  const server = createServer((req, res) => {
+    if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('try /metrics\n');
+      return;
+    }
+    registry.metrics().then(
+      (body) => res.writeHead(200, { 'content-type': registry.contentType }).end(body),
+      (e: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${e.message}\n`),
+    );
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      const addr = server.address();
+      resolve({ server, port: typeof addr === 'object' && addr ? addr.port : port });
+    });
+  });
+}
