@@ -18,8 +18,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createInterface } from 'node:readline';
-import { Lab, sh } from '../src/util/lab.js';
+import { Lab, lineReader, sh } from '../src/util/lab.js';
 import { machineInfo, type MachineInfo } from './machine.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
@@ -178,12 +177,7 @@ export async function benchE2e(opts: { rules?: number; seconds?: number; log?: (
     const args = [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, '--flow-capacity', '1048576', '--metrics', '127.0.0.1:0', ...(offload ? ['--offload'] : [])];
     const daemon = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'ignore'] });
     lab.procs.push(daemon);
-    const pending: Array<(line: string) => void> = [];
-    createInterface({ input: daemon.stdout! }).on('line', (l) => pending.shift()?.(l));
-    const nextLine = () => new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('no answer from tapwall')), 30_000);
-      pending.push((l) => { clearTimeout(timer); resolve(l); });
-    });
+    const nextLine = lineReader(daemon, 30_000);
     /** Frames received on all ports, and garbage collections so far (SIGUSR2). */
     const daemonStats = async (): Promise<{ rx: number; gc: number }> => {
       const line = nextLine();

@@ -13,8 +13,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createInterface } from 'node:readline';
-import { Lab, SERVERS, TCP_CLIENT, UDP_CLIENT, sh } from '../src/util/lab.js';
+import { Lab, SERVERS, TCP_CLIENT, UDP_CLIENT, lineReader, sh } from '../src/util/lab.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
@@ -85,19 +84,8 @@ const HOSTS = [
 
 /** Lines from the daemon's stdout, one JSON object each, in order. */
 function lines(p: ChildProcess): () => Promise<Record<string, unknown>> {
-  const queue: Array<Record<string, unknown>> = [];
-  const waiters: Array<(v: Record<string, unknown>) => void> = [];
-  createInterface({ input: p.stdout! }).on('line', (l) => {
-    const v = JSON.parse(l) as Record<string, unknown>;
-    const w = waiters.shift();
-    if (w) w(v); else queue.push(v);
-  });
-  return () => new Promise((resolve, reject) => {
-    const v = queue.shift();
-    if (v) return resolve(v);
-    const timer = setTimeout(() => reject(new Error('no line from tapwall within 10 s')), 10_000);
-    waiters.push((x) => { clearTimeout(timer); resolve(x); });
-  });
+  const next = lineReader(p, 10_000);
+  return async () => JSON.parse(await next()) as Record<string, unknown>;
 }
 
 type Stats = Record<string, Record<string, number>>;

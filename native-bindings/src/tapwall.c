@@ -50,6 +50,15 @@
 static struct mmsghdr g_msgs[MAX_BATCH];
 static struct iovec g_iov[MAX_BATCH];
 
+/* Point message i of the recvmmsg/sendmmsg batch at one frame. */
+static void msg_set(int i, uint8_t* base, size_t len) {
+  g_iov[i].iov_base = base;
+  g_iov[i].iov_len = len;
+  memset(&g_msgs[i].msg_hdr, 0, sizeof g_msgs[i].msg_hdr);
+  g_msgs[i].msg_hdr.msg_iov = &g_iov[i];
+  g_msgs[i].msg_hdr.msg_iovlen = 1;
+}
+
 /*
  * TPACKET_V3 receive rings, by descriptor. The kernel fills blocks of frames;
  * readBatch copies frames out of the block the reader is in, and hands a block
@@ -356,13 +365,7 @@ static napi_value read_batch(napi_env env, napi_callback_info info) {
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err != 0) return make_int(env, -err);
     return make_int(env, ring_read(g_rings[fd], buf, offsets, lengths, start, max, stride));
   }
-  for (int i = 0; i < max; i++) {
-    g_iov[i].iov_base = buf + (size_t)(start + i) * stride;
-    g_iov[i].iov_len = (size_t)stride;
-    memset(&g_msgs[i].msg_hdr, 0, sizeof g_msgs[i].msg_hdr);
-    g_msgs[i].msg_hdr.msg_iov = &g_iov[i];
-    g_msgs[i].msg_hdr.msg_iovlen = 1;
-  }
+  for (int i = 0; i < max; i++) msg_set(i, buf + (size_t)(start + i) * stride, (size_t)stride);
   int r = recvmmsg(fd, g_msgs, (unsigned)max, MSG_DONTWAIT, NULL);
   if (r < 0) return make_int(env, (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -errno);
   for (int i = 0; i < r; i++) {
@@ -403,13 +406,7 @@ static napi_value write_batch(napi_env env, napi_callback_info info) {
     }
     return make_int(env, sent);
   }
-  for (int i = 0; i < count; i++) {
-    g_iov[i].iov_base = buf + offsets[start + i];
-    g_iov[i].iov_len = (size_t)lengths[start + i];
-    memset(&g_msgs[i].msg_hdr, 0, sizeof g_msgs[i].msg_hdr);
-    g_msgs[i].msg_hdr.msg_iov = &g_iov[i];
-    g_msgs[i].msg_hdr.msg_iovlen = 1;
-  }
+  for (int i = 0; i < count; i++) msg_set(i, buf + offsets[start + i], (size_t)lengths[start + i]);
   int r = sendmmsg(fd, g_msgs, (unsigned)count, MSG_DONTWAIT);
   if (r < 0) return make_int(env, (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -errno);
   return make_int(env, r);

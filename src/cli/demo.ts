@@ -12,8 +12,7 @@ import { mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createInterface } from 'node:readline';
-import { Lab, TCP_CLIENT, SERVERS } from '../util/lab.js';
+import { Lab, TCP_CLIENT, SERVERS, lineReader } from '../util/lab.js';
 import { policyParse } from '../policy/load.js';
 import { policyCompile } from '../policy/compile.js';
 import { parsePacketSpec, policyTrace } from '../control/trace.js';
@@ -53,12 +52,7 @@ export async function runDemo(opts: { policy?: string; out?: (line: string) => v
     const live = join(dir, 'policy.yaml');
     writeFileSync(live, text);
     daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', live, '--metrics', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'ignore'] });
-    const pending: Array<(l: string) => void> = [];
-    createInterface({ input: daemon.stdout! }).on('line', (l) => pending.shift()?.(l));
-    const nextLine = () => new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('tapwall did not answer')), 15_000);
-      pending.push((l) => { clearTimeout(timer); resolve(l); });
-    });
+    const nextLine = lineReader(daemon);
     const ready = JSON.parse(await nextLine()) as { metrics: string | null };
     out(`tapwall is running with ${policyPath}: one TAP device per VM; Prometheus metrics on ${ready.metrics}`);
 

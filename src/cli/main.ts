@@ -43,6 +43,17 @@ function fail(e: unknown): never {
   process.exit(1);
 }
 
+/** A command's action, with every failure turned into fail()'s message and exit code. */
+function guarded<A extends unknown[]>(fn: (...args: A) => unknown): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    try {
+      await fn(...args);
+    } catch (e) {
+      fail(e);
+    }
+  };
+}
+
 const program = new Command();
 program
   .name('tapwall')
@@ -56,13 +67,8 @@ program
   .argument('<policy>', 'policy file (YAML or JSON)')
   .option('--json', 'print the problems as JSON')
   .option('-q, --quiet', 'print only errors, not warnings or the summary')
-  .action((file: string, opts: { json?: boolean; quiet?: boolean }) => {
-    let text: string;
-    try {
-      text = readFileSync(file, 'utf8');
-    } catch (e) {
-      fail(e);
-    }
+  .action(guarded((file: string, opts: { json?: boolean; quiet?: boolean }) => {
+    const text = readFileSync(file, 'utf8');
     const { policy, problems } = policyParse(text, file);
     const errors = problems.filter((p) => p.severity === 'error');
     if (opts.json) {
@@ -82,7 +88,7 @@ program
       }
     }
     process.exit(policy ? 0 : EXIT_INVALID);
-  });
+  }));
 
 program
   .command('trace')
@@ -92,29 +98,21 @@ program
   .option('--from <workload>', 'the workload whose vNIC sends it (default: the owner of the source address)')
   .option('--to <workload>', 'the workload whose vNIC receives it (default: the owner of the destination address)')
   .option('--json', 'print the trace as JSON')
-  .action((file: string, packet: string, opts: { from?: string; to?: string; json?: boolean }) => {
-    try {
-      const { policy } = policyLoad(file);
-      const result = policyTrace(policyCompile(policy), parsePacketSpec(packet), { from: opts.from, to: opts.to });
-      process.stdout.write(opts.json ? `${JSON.stringify(result, null, 2)}\n` : `${formatTrace(result)}\n`);
-    } catch (e) {
-      fail(e);
-    }
-  });
+  .action(guarded(async (file: string, packet: string, opts: { from?: string; to?: string; json?: boolean }) => {
+    const { policy } = policyLoad(file);
+    const result = policyTrace(policyCompile(policy), parsePacketSpec(packet), { from: opts.from, to: opts.to });
+    process.stdout.write(opts.json ? `${JSON.stringify(result, null, 2)}\n` : `${formatTrace(result)}\n`);
+  }));
 
 program
   .command('compile')
   .description('Compile a policy and show a pass of the compiler: resolved groups, the rules at each vNIC, or the compiled tables.')
   .argument('<policy>', 'policy file (YAML or JSON)')
   .addOption(new Option('--dump <pass>', 'what to show').choices(['groups', 'points', 'stats']).default('stats'))
-  .action((file: string, opts: { dump: 'groups' | 'points' | 'stats' }) => {
-    try {
-      const { policy } = policyLoad(file);
-      process.stdout.write(dumpCompiled(policyCompile(policy), opts.dump));
-    } catch (e) {
-      fail(e);
-    }
-  });
+  .action(guarded(async (file: string, opts: { dump: 'groups' | 'points' | 'stats' }) => {
+    const { policy } = policyLoad(file);
+    process.stdout.write(dumpCompiled(policyCompile(policy), opts.dump));
+  }));
 
 program
   .command('run')
@@ -131,28 +129,20 @@ program
   .option('--offload', 'virtio-net headers on every port (IFF_VNET_HDR, PACKET_VNET_HDR): checksum and TSO offload pass through (tap and attach modes)')
   .option('--metrics <host:port>', 'serve Prometheus metrics on http://HOST:PORT/metrics (loopback by default)', '127.0.0.1:9810')
   .option('--no-metrics', 'serve no metrics')
-  .action(async (opts: { config: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; statsEvery: number; tapPersist?: boolean; tapOwner?: number; offload?: boolean; metrics?: string | false }) => {
-    try {
-      const { runDaemon } = await import('./run.js');
-      await runDaemon({ ...opts, metrics: opts.metrics === false ? undefined : opts.metrics });
-    } catch (e) {
-      fail(e);
-    }
-  });
+  .action(guarded(async (opts: { config: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; statsEvery: number; tapPersist?: boolean; tapOwner?: number; offload?: boolean; metrics?: string | false }) => {
+    const { runDaemon } = await import('./run.js');
+    await runDaemon({ ...opts, metrics: opts.metrics === false ? undefined : opts.metrics });
+  }));
 
 program
   .command('demo')
   .description('The three-tier example, live: network namespaces as VMs on TAP devices, real connections allowed, rejected and dropped, then web-1 quarantined by a tag. Needs root; removes everything it creates.')
   .option('--policy <file>', 'the policy to run (default: examples/three-tier.yaml)')
-  .action(async (opts: { policy?: string }) => {
-    try {
-      const { runDemo } = await import('./demo.js');
-      await runDemo({ policy: opts.policy });
-      process.exit(0);
-    } catch (e) {
-      fail(e);
-    }
-  });
+  .action(guarded(async (opts: { policy?: string }) => {
+    const { runDemo } = await import('./demo.js');
+    await runDemo({ policy: opts.policy });
+    process.exit(0);
+  }));
 
 const classbench = program.command('classbench').description('Work with ClassBench rule sets and traces.');
 classbench
@@ -160,18 +150,14 @@ classbench
   .description('For each trace line, print the 0-based index of the first rule that matches its 5-tuple, or -1.')
   .argument('<rules>', 'ClassBench rule file')
   .argument('<trace>', 'ClassBench trace file')
-  .action((rulesPath: string, tracePath: string) => {
-    try {
-      const rules = readClassbenchRules(rulesPath);
-      const trace = readClassbenchTrace(tracePath);
-      const t = trieBuild(CLASSBENCH_DIMS, rules.count, rules.lo, rules.hi);
-      const out: string[] = new Array(trace.count);
-      for (let i = 0; i < trace.count; i++) out[i] = String(trieLookup(t, trace.keys, i * CLASSBENCH_DIMS));
-      process.stdout.write(out.length ? `${out.join('\n')}\n` : '');
-    } catch (e) {
-      fail(e);
-    }
-  });
+  .action(guarded(async (rulesPath: string, tracePath: string) => {
+    const rules = readClassbenchRules(rulesPath);
+    const trace = readClassbenchTrace(tracePath);
+    const t = trieBuild(CLASSBENCH_DIMS, rules.count, rules.lo, rules.hi);
+    const out: string[] = new Array(trace.count);
+    for (let i = 0; i < trace.count; i++) out[i] = String(trieLookup(t, trace.keys, i * CLASSBENCH_DIMS));
+    process.stdout.write(out.length ? `${out.join('\n')}\n` : '');
+  }));
 
 classbench
   .command('scale')
@@ -181,16 +167,12 @@ classbench
   .requiredOption('--out <prefix>', 'writes PREFIX.rules and PREFIX.trace')
   .option('--packets <n>', 'trace length', (v) => Number(v), 100_000)
   .option('--seed <n>', 'random seed (same seed, same output)', (v) => Number(v), 1)
-  .action(async (seedRules: string, opts: { rules: number; out: string; packets: number; seed: number }) => {
-    try {
-      if (!(opts.rules > 0) || !(opts.packets >= 0)) throw new TraceSpecError('--rules must be a positive number and --packets a number');
-      const { classbenchScale } = await import('../../bench/classbench-scale.js');
-      const r = classbenchScale(seedRules, opts.rules, opts.packets, opts.out, opts.seed);
-      process.stdout.write(`wrote ${r.rules} rules to ${r.rulesFile} and ${r.packets} packets to ${r.traceFile}\n`);
-    } catch (e) {
-      fail(e);
-    }
-  });
+  .action(guarded(async (seedRules: string, opts: { rules: number; out: string; packets: number; seed: number }) => {
+    if (!(opts.rules > 0) || !(opts.packets >= 0)) throw new TraceSpecError('--rules must be a positive number and --packets a number');
+    const { classbenchScale } = await import('../../bench/classbench-scale.js');
+    const r = classbenchScale(seedRules, opts.rules, opts.packets, opts.out, opts.seed);
+    process.stdout.write(`wrote ${r.rules} rules to ${r.rulesFile} and ${r.packets} packets to ${r.traceFile}\n`);
+  }));
 
 const bench = program.command('bench').description('Benchmarks (each reports ratios against a baseline measured in the same run, and the machine).');
 bench
@@ -200,30 +182,22 @@ bench
   .argument('<trace>', 'ClassBench trace file')
   .option('--json', 'print the result as JSON')
   .option('--rounds <n>', 'alternating rounds of trie and linear scan', (v) => Number(v), 5)
-  .action(async (rulesPath: string, tracePath: string, opts: { json?: boolean; rounds: number }) => {
-    try {
-      const { benchClassify, formatClassifyBench } = await import('../../bench/classify.js');
-      const r = await benchClassify(rulesPath, tracePath, { rounds: opts.rounds });
-      process.stdout.write(opts.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatClassifyBench(r)}\n`);
-    } catch (e) {
-      fail(e);
-    }
-  });
+  .action(guarded(async (rulesPath: string, tracePath: string, opts: { json?: boolean; rounds: number }) => {
+    const { benchClassify, formatClassifyBench } = await import('../../bench/classify.js');
+    const r = await benchClassify(rulesPath, tracePath, { rounds: opts.rounds });
+    process.stdout.write(opts.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatClassifyBench(r)}\n`);
+  }));
 
 bench
   .command('flow')
   .description('The flow cache and connection tracker from raw frames: hit-path packets per second against parsing alone, a Map cache and no cache; inserts; memory for a million connections; garbage collections.')
   .option('--json', 'print the result as JSON')
   .option('--quick', 'fewer flow counts and rounds')
-  .action(async (opts: { json?: boolean; quick?: boolean }) => {
-    try {
-      const { benchFlow, formatFlowBench } = await import('../../bench/flow.js');
-      const r = await benchFlow({ quick: opts.quick });
-      process.stdout.write(opts.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatFlowBench(r)}\n`);
-    } catch (e) {
-      fail(e);
-    }
-  });
+  .action(guarded(async (opts: { json?: boolean; quick?: boolean }) => {
+    const { benchFlow, formatFlowBench } = await import('../../bench/flow.js');
+    const r = await benchFlow({ quick: opts.quick });
+    process.stdout.write(opts.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatFlowBench(r)}\n`);
+  }));
 
 bench
   .command('e2e')
@@ -231,29 +205,21 @@ bench
   .option('--json', 'print the result as JSON')
   .option('--rules <n>', 'policy size for nftables and tapwall', (v) => Number(v), 10000)
   .option('--seconds <n>', 'length of each measurement', (v) => Number(v), 5)
-  .action(async (opts: { json?: boolean; rules: number; seconds: number }) => {
-    try {
-      const { benchE2e, formatE2e } = await import('../../bench/e2e.js');
-      const r = await benchE2e({ rules: opts.rules, seconds: opts.seconds });
-      process.stdout.write(opts.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatE2e(r)}\n`);
-    } catch (e) {
-      fail(e);
-    }
-  });
+  .action(guarded(async (opts: { json?: boolean; rules: number; seconds: number }) => {
+    const { benchE2e, formatE2e } = await import('../../bench/e2e.js');
+    const r = await benchE2e({ rules: opts.rules, seconds: opts.seconds });
+    process.stdout.write(opts.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatE2e(r)}\n`);
+  }));
 
 bench
   .command('classify-scaling')
   .description('bench classify across rule-set sizes: the shipped 1k-4k ClassBench sets and 16k/64k sets grown from them.')
   .option('--quick', 'fewer sizes and shorter rounds')
   .option('--json', 'print the results as JSON after the table')
-  .action(async (opts: { quick?: boolean; json?: boolean }) => {
-    try {
-      const { benchClassifyScaling } = await import('../../bench/classify-scaling.js');
-      const results = await benchClassifyScaling({ quick: opts.quick });
-      if (opts.json) process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
-    } catch (e) {
-      fail(e);
-    }
-  });
+  .action(guarded(async (opts: { quick?: boolean; json?: boolean }) => {
+    const { benchClassifyScaling } = await import('../../bench/classify-scaling.js');
+    const results = await benchClassifyScaling({ quick: opts.quick });
+    if (opts.json) process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
+  }));
 
 program.parseAsync(process.argv).catch(fail);

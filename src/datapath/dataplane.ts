@@ -30,7 +30,7 @@ import { FragmentTable, fragLookup, fragRemember } from '../flow/fragments.js';
 import { OUTCOME_COUNT, Outcome } from '../packet/verdict.js';
 import type { CompiledPolicy } from '../policy/compile.js';
 import type { Workload } from '../policy/model.js';
-import { linkLocalOf } from '../policy/spoofguard.js';
+import { spoofAddresses, spoofSourceAllowed, type SpoofAddresses } from '../policy/spoofguard.js';
 import { PolicyDecider } from './decide.js';
 import { buildReject, ReplyLimiter } from './reject.js';
 
@@ -75,8 +75,7 @@ class Port {
   macHi = -1;
   macLo = -1;
   /** Own IPv4 addresses, and IPv6 addresses (4 words each) including the EUI-64 link-local. */
-  v4 = new Int32Array(0);
-  v6 = new Int32Array(0);
+  spoof: SpoofAddresses = { v4: new Int32Array(0), v6: new Int32Array(0) };
   up = true;
   readonly limiter = new ReplyLimiter();
   constructor(readonly index: number, readonly spec: PortSpec, readonly io: PortIo, readonly workload: Workload | null) {
@@ -103,6 +102,9 @@ export class Dataplane {
   private readonly pkt = new Int32Array(PKT_WORDS);
   private readonly frags = new FragmentTable();
   private uplink = -1;
+  /** [macHi, macLo, port] per slot, port -1 when empty; rebuilt with the policy. */
+  private macTable = new Int32Array(0);
+  private macMask = 0;
   private sweepTimer: NodeJS.Timeout | null = null;
   private policy: CompiledPolicy;
 
@@ -134,11 +136,20 @@ export class Dataplane {
       (port as { workload: Workload | null }).workload = w;
       if (!w) { port.macHi = -1; port.macLo = -1; continue; }
       [port.macHi, port.macLo] = macParts(w.mac);
-      port.v4 = Int32Array.from(w.ips.filter((p) => p.family === 4).map((p) => p.words[0] | 0));
-      const v6 = w.ips.filter((p) => p.family === 6).flatMap((p) => p.words.map((x) => x | 0));
-      v6.push(...linkLocalOf(w.mac).map((x) => x | 0));
-      port.v6 = Int32Array.from(v6);
+      port.spoof = spoofAddresses(w);
     }
+    let slots = 16;
+    while (slots < this.ports.length * 4) slots *= 2;
+    const table = new Int32Array(slots * 3);
+    for (let i = 2; i < table.length; i += 3) table[i] = -1;
+    for (const port of this.ports) {
+      if (port.macHi < 0) continue;
+      let slot = Math.imul(port.macLo ^ port.macHi, 0x9e3779b1) >>> 16 & (slots - 1);
+      while (table[slot * 3 + 2] >= 0) slot = (slot + 1) & (slots - 1);
+      table.set([port.macHi, port.macLo, port.index], slot * 3);
+    }
+    this.macTable = table;
+    this.macMask = slots - 1;
   }
 
   /** Swap in a new compiled policy: cached verdicts become stale and are re-checked. */
@@ -200,29 +211,18 @@ export class Dataplane {
     dest.txCount++;
   }
 
-  /** Is the IPv4/IPv6 source in pkt one of the port's own (or an allowed exception)? */
-  private sourceAllowed(port: Port, pkt: Int32Array): boolean {
-    if (pkt[PKT.family] === 4) {
-      const s = pkt[PKT.src];
-      const v4 = port.v4;
-      for (let i = 0; i < v4.length; i++) if (v4[i] === s) return true;
-      // DHCP discovery from 0.0.0.0, UDP 68 -> 67.
-      return s === 0 && pkt[PKT.proto] === 17 && pkt[PKT.sport] === 68 && pkt[PKT.dport] === 67;
-    }
-    const v6 = port.v6;
-    const s0 = pkt[PKT.src], s1 = pkt[PKT.src + 1], s2 = pkt[PKT.src + 2], s3 = pkt[PKT.src + 3];
-    for (let i = 0; i < v6.length; i += 4) if (v6[i] === s0 && v6[i + 1] === s1 && v6[i + 2] === s2 && v6[i + 3] === s3) return true;
-    // Duplicate address detection comes from ::.
-    return (s0 | s1 | s2 | s3) === 0 && pkt[PKT.proto] === 58;
-  }
-
   /** Destination port for a unicast MAC, -1 for broadcast/multicast (flood), NO_PORT when unknown and no uplink. */
   private destOf(buf: Uint8Array, off: number): number {
     if ((buf[off] & 1) !== 0) return -1;
     const hi = (buf[off] << 8) | buf[off + 1];
     const lo = (buf[off + 2] << 24) | (buf[off + 3] << 16) | (buf[off + 4] << 8) | buf[off + 5];
-    const ports = this.ports;
-    for (let p = 0; p < ports.length; p++) if (ports[p].macHi === hi && ports[p].macLo === lo) return p;
+    // The vNICs' MACs in a small open-addressed table: one probe per frame, not one compare per port.
+    const t = this.macTable, mask = this.macMask;
+    for (let slot = Math.imul(lo ^ hi, 0x9e3779b1) >>> 16 & mask, n = 0; n <= mask; slot = (slot + 1) & mask, n++) {
+      const o = slot * 3;
+      if (t[o + 2] < 0) break;
+      if (t[o] === hi && t[o + 1] === lo) return t[o + 2];
+    }
     return this.uplink >= 0 ? this.uplink : NO_PORT;
   }
 
@@ -257,13 +257,13 @@ export class Dataplane {
           const slo = (buf[l3 + 10] << 24) | (buf[l3 + 11] << 16) | (buf[l3 + 12] << 8) | buf[l3 + 13];
           const sip = (buf[l3 + 14] << 24) | (buf[l3 + 15] << 16) | (buf[l3 + 16] << 8) | buf[l3 + 17];
           let ok = shi === port.macHi && slo === port.macLo && sip === 0;
-          if (!ok && shi === port.macHi && slo === port.macLo) for (let k = 0; k < port.v4.length; k++) if (port.v4[k] === sip) ok = true;
+          if (!ok && shi === port.macHi && slo === port.macLo) for (let k = 0; k < port.spoof.v4.length; k++) if (port.spoof.v4[k] === sip) ok = true;
           if (!ok) { outcomes[P * OUTCOME_COUNT + Outcome.spoof]++; continue; }
         }
         // A broadcast request goes only to the port that owns the address asked for (or the uplink).
         outcome = dest === -1 && buf[pkt[PKT.l3Offset] + 7] === 1 ? this.directTo(port, i, this.ownerOf4(buf, pkt[PKT.l3Offset] + 24)) : this.forwardL2(port, i, dest);
       } else if (kind === PARSE.ip) {
-        if (guard && !this.sourceAllowed(port, pkt)) { outcomes[P * OUTCOME_COUNT + Outcome.spoof]++; continue; }
+        if (guard && !spoofSourceAllowed(port.spoof, pkt)) { outcomes[P * OUTCOME_COUNT + Outcome.spoof]++; continue; }
         const icmp6 = pkt[PKT.family] === 6 && pkt[PKT.proto] === 58;
         const t = pkt[PKT.icmpType];
         const frag = pkt[PKT.fragment];
@@ -316,7 +316,7 @@ export class Dataplane {
     const ip = (buf[o] << 24) | (buf[o + 1] << 16) | (buf[o + 2] << 8) | buf[o + 3];
     const ports = this.ports;
     for (let p = 0; p < ports.length; p++) {
-      const v4 = ports[p].v4;
+      const v4 = ports[p].spoof.v4;
       for (let k = 0; k < v4.length; k++) if (v4[k] === ip) return p;
     }
     return -1;
@@ -330,7 +330,7 @@ export class Dataplane {
     const w3 = (buf[o + 12] << 24) | (buf[o + 13] << 16) | (buf[o + 14] << 8) | buf[o + 15];
     const ports = this.ports;
     for (let p = 0; p < ports.length; p++) {
-      const v6 = ports[p].v6;
+      const v6 = ports[p].spoof.v6;
       for (let k = 0; k < v6.length; k += 4) if (v6[k] === w0 && v6[k + 1] === w1 && v6[k + 2] === w2 && v6[k + 3] === w3) return p;
     }
     return -1;

@@ -4,6 +4,7 @@
  * Traffic only ever goes between these namespaces.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
 
 export function sh(cmd: string[], opts: { allowFail?: boolean } = {}): string {
   try {
@@ -73,6 +74,26 @@ export class Lab {
     for (const ns of this.namespaces) sh(['ip', 'netns', 'del', ns], { allowFail: true });
     for (const l of this.links) sh(['ip', 'link', 'del', l], { allowFail: true });
   }
+}
+
+/**
+ * The lines a child writes to stdout, in order, one per call (a daemon's
+ * ready line, its answers to signals). Lines that arrive before they are
+ * asked for wait in a queue; a call that waits longer than timeoutMs fails.
+ */
+export function lineReader(p: ChildProcess, timeoutMs = 15_000): () => Promise<string> {
+  const queue: string[] = [];
+  const waiters: Array<(line: string) => void> = [];
+  createInterface({ input: p.stdout! }).on('line', (l) => {
+    const w = waiters.shift();
+    if (w) w(l); else queue.push(l);
+  });
+  return () => new Promise((resolve, reject) => {
+    const v = queue.shift();
+    if (v !== undefined) return resolve(v);
+    const timer = setTimeout(() => reject(new Error(`no line from the process within ${timeoutMs} ms`)), timeoutMs);
+    waiters.push((x) => { clearTimeout(timer); resolve(x); });
+  });
 }
 
 /** A TCP client: prints ok:<first line>, refused, timeout or error:<code>. Args: host port timeoutMs [localAddress]. */
