@@ -174,7 +174,7 @@ export async function benchE2e(opts: { rules?: number; seconds?: number; log?: (
   writeFileSync(policyFile, tapwallPolicy(rules));
   for (const offload of [false, true]) {
     lab = new Lab();
-    const args = [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, '--flow-capacity', '1048576', '--metrics', '127.0.0.1:0', ...(offload ? ['--offload'] : [])];
+    const args = [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, '--flow-capacity', '1048576', '--metrics', '127.0.0.1:0', '--state-dir', dir, '--no-api-socket', ...(offload ? ['--offload'] : [])];
     const daemon = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'ignore'] });
     lab.procs.push(daemon);
     const nextLine = lineReader(daemon, 30_000);

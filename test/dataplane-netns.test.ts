@@ -111,7 +111,7 @@ async function scenario(t: Tap.Test, mode: 'tap' | 'offload' | 'attach' | 'attac
   if (!tapLike) for (const h of HOSTS) lab.vethHost(h.ns, h.nic, h.nic.replace('twt-', 'twp-'), h.mac, [h.v4], [h.v6], mode !== 'attach-offload');
   const metricsArgs = ['--metrics', '127.0.0.1:0'];
   const modeArgs = mode === 'offload' ? ['--mode', 'tap', '--offload'] : mode === 'attach-offload' ? ['--mode', 'attach', '--offload'] : ['--mode', mode];
-  daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, ...modeArgs, ...metricsArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+  daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, ...modeArgs, ...metricsArgs, '--state-dir', dir, '--api-socket', join(dir, 'api.sock')], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   daemon.stderr!.on('data', (d) => { stderr += String(d); });
   const next = lines(daemon);

@@ -51,7 +51,7 @@ export async function runDemo(opts: { policy?: string; out?: (line: string) => v
     const dir = mkdtempSync(join(tmpdir(), 'tw-demo-'));
     const live = join(dir, 'policy.yaml');
     writeFileSync(live, text);
-    daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', live, '--metrics', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', live, '--metrics', '127.0.0.1:0', '--state-dir', dir, '--api-socket', join(dir, 'api.sock')], { stdio: ['ignore', 'pipe', 'ignore'] });
     const nextLine = lineReader(daemon);
     const ready = JSON.parse(await nextLine()) as { metrics: string | null };
     out(`tapwall is running with ${policyPath}: one TAP device per VM; Prometheus metrics on ${ready.metrics}`);

@@ -13,6 +13,7 @@ import { trieBuild, trieLookup } from '../classify/ruleTrie.js';
 import { dumpCompiled } from './dump.js';
 
 const EXIT_INVALID = 2;
+const DEFAULT_API_SOCKET = '/run/tapwall/api.sock';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -129,9 +130,23 @@ program
   .option('--offload', 'virtio-net headers on every port (IFF_VNET_HDR, PACKET_VNET_HDR): checksum and TSO offload pass through (tap and attach modes)')
   .option('--metrics <host:port>', 'serve Prometheus metrics on http://HOST:PORT/metrics (loopback by default)', '127.0.0.1:9810')
   .option('--no-metrics', 'serve no metrics')
-  .action(guarded(async (opts: { config: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; statsEvery: number; tapPersist?: boolean; tapOwner?: number; offload?: boolean; metrics?: string | false }) => {
+  .option('--state-dir <dir>', 'where the tags added at run time (tags.json) and the audit log (audit.jsonl) are kept', '/var/lib/tapwall')
+  .option('--api-socket <path>', 'serve the API on this Unix socket (mode 0600)', DEFAULT_API_SOCKET)
+  .option('--no-api-socket', 'no API on a Unix socket')
+  .option('--api-listen <host:port>', 'also serve the API on TCP; needs --api-token-file')
+  .option('--api-token-file <file>', 'the bearer token TCP clients must send (at least 16 characters)')
+  .option('--flow-log <file>', 'write flow log lines (JSON) here; SIGUSR1 reopens it')
+  .option('--flow-log-stdout', 'write flow log lines to stdout')
+  .option('--flow-log-rate <n>', 'most flow log lines per vNIC per second (twice that in a burst)', (v) => Number(v), 100)
+  .action(guarded(async (opts: {
+    config: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; statsEvery: number;
+    tapPersist?: boolean; tapOwner?: number; offload?: boolean; metrics?: string | false; stateDir: string; apiSocket: string | false;
+    apiListen?: string; apiTokenFile?: string; flowLog?: string; flowLogStdout?: boolean; flowLogRate: number;
+  }) => {
     const { runDaemon } = await import('./run.js');
-    await runDaemon({ ...opts, metrics: opts.metrics === false ? undefined : opts.metrics });
+    await runDaemon({
+      ...opts, metrics: opts.metrics === false ? undefined : opts.metrics, apiSocket: opts.apiSocket === false ? null : opts.apiSocket, version: version(),
+    });
   }));
 
 program

@@ -1,14 +1,23 @@
 /**
  * `tapwall run`: the daemon. Loads and compiles the policy, opens a port per
  * workload vNIC (and the uplink, if named), and runs the data plane on the
- * event loop until SIGTERM or SIGINT. SIGHUP reloads the policy file: one
- * that fails validation is logged and the running policy stays in force.
+ * event loop until SIGTERM or SIGINT, with the controller (policy and tags
+ * from the store, the config file watched), the API, the flow log and the
+ * metrics beside it. SIGHUP re-reads the policy file: one that fails
+ * validation is logged and the running policy stays in force. SIGUSR1 reopens
+ * the flow log (for logrotate); SIGUSR2 prints counters.
  */
 import pino from 'pino';
 import { PerformanceObserver } from 'node:perf_hooks';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { policyLoad } from '../policy/load.js';
 import { policyCompile } from '../policy/compile.js';
 import { PolicyError, formatProblem } from '../policy/errors.js';
+import { FileStore } from '../control/store.js';
+import { ControlError, Controller } from '../control/controller.js';
+import { ApiServer } from '../control/api.js';
+import { FlowLogWriter } from '../control/flowLogWriter.js';
 import { Dataplane, PC, PC_COUNT, type PortSpec } from '../datapath/dataplane.js';
 import type { PortMode } from '../io/ports.js';
 import { OUTCOME_NAMES, OUTCOME_COUNT } from '../packet/verdict.js';
@@ -27,6 +36,18 @@ export interface RunOptions {
   offload?: boolean;
   /** host:port for /metrics (port 0: any free port); unset: no metrics server. */
   metrics?: string;
+  /** Directory for the dynamic tags (tags.json) and the audit log (audit.jsonl). */
+  stateDir: string;
+  /** Unix socket for the API; null: none. */
+  apiSocket: string | null;
+  /** host:port for the API over TCP (needs apiTokenFile). */
+  apiListen?: string;
+  apiTokenFile?: string;
+  /** Flow log file; flowLogStdout also (or only) to stdout; rate per vNIC per second. */
+  flowLog?: string;
+  flowLogStdout?: boolean;
+  flowLogRate: number;
+  version: string;
 }
 
 export async function runDaemon(opts: RunOptions): Promise<void> {
@@ -42,6 +63,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
     flowCapacity: opts.flowCapacity,
     perPortQuota: opts.quota,
     tap: { persist: opts.tapPersist, ownerUid: opts.tapOwner, offload: opts.offload },
+    flowLog: opts.flowLog || opts.flowLogStdout ? { rate: opts.flowLogRate, burst: Math.max(1, opts.flowLogRate * 2) } : undefined,
     onError: (port, message) => {
       // At most one log line per port per 10 s; the counters keep the full count.
       const now = Date.now();
@@ -50,19 +72,41 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
       log.error({ port }, message);
     },
   });
+  // The store holds the policy text and the dynamic tags; the controller applies them (the same policy as above, plus tags).
+  mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
+  const store = new FileStore(opts.config, join(opts.stateDir, 'tags.json'));
+  const controller = new Controller(store, dp, { log, auditPath: join(opts.stateDir, 'audit.jsonl') });
+  try {
+    await controller.start();
+  } catch (e) {
+    dp.stop();
+    if (e instanceof ControlError) throw new PolicyError(e.problems);
+    throw e;
+  }
+  let api: ApiServer | null = null;
+  if (opts.apiSocket || opts.apiListen) {
+    if (opts.apiSocket) mkdirSync(dirname(opts.apiSocket), { recursive: true, mode: 0o755 });
+    const token = opts.apiTokenFile ? readFileSync(opts.apiTokenFile, 'utf8').trim() : null;
+    if (opts.apiTokenFile && (!token || token.length < 16)) throw Object.assign(new Error(`${opts.apiTokenFile}: the API token must be at least 16 characters`), { code: 'EAPITOKEN' });
+    api = new ApiServer(controller, dp, { version: opts.version, socketPath: opts.apiSocket, listen: opts.apiListen ?? null, token });
+    await api.start();
+  }
+  const flowLog = dp.ct.flowLog ? new FlowLogWriter(dp, dp.ct.flowLog, opts.flowLog ?? null, opts.flowLogStdout ?? false) : null;
+  flowLog?.start();
   dp.start();
   let metricsUrl: string | null = null;
   if (opts.metrics) {
     const m = /^(.*):(\d+)$/.exec(opts.metrics);
     if (!m) throw Object.assign(new Error(`--metrics: expected HOST:PORT, like 127.0.0.1:9810, found '${opts.metrics}'`), { code: 'EMETRICS' });
     const host = m[1].replace(/^\[|\]$/g, '');
-    const { port } = await metricsServe(metricsRegistry(dp), host, Number(m[2]));
+    const { port } = await metricsServe(metricsRegistry(dp, controller), host, Number(m[2]));
     metricsUrl = `http://${host.includes(':') ? `[${host}]` : host}:${port}/metrics`;
   }
   const ports = dp.ports.map((p) => ({ name: p.io.name, mode: p.io.mode, workload: p.spec.workload }));
-  log.info({ ports, rules: compiled.stats.rules, metrics: metricsUrl }, 'tapwall running');
+  const apiAddr = api ? api.addresses : null;
+  log.info({ ports, rules: compiled.stats.rules, metrics: metricsUrl, api: apiAddr }, 'tapwall running');
   // One machine-readable line on stdout for supervisors and tests.
-  process.stdout.write(`${JSON.stringify({ ready: true, pid: process.pid, ports, metrics: metricsUrl })}\n`);
+  process.stdout.write(`${JSON.stringify({ ready: true, pid: process.pid, ports, metrics: metricsUrl, api: apiAddr })}\n`);
 
   // Garbage collections since start: the per-packet path allocates nothing, and this shows it.
   let gcCount = 0;
@@ -90,19 +134,15 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
     process.stdout.write(`${JSON.stringify({ stats: stats(), flows: dp.table.live, gc: gcCount })}\n`);
   });
   process.on('SIGHUP', () => {
-    try {
-      const next = policyLoad(opts.config);
-      dp.setPolicy(policyCompile(next.policy));
-      log.info({ config: opts.config }, 'policy reloaded');
-      process.stdout.write(`${JSON.stringify({ reloaded: true })}\n`);
-    } catch (e) {
-      const msg = e instanceof PolicyError ? e.problems.map(formatProblem).join('\n') : (e as Error).message;
-      log.error({ config: opts.config }, `reload failed, the running policy stays: ${msg}`);
-      process.stdout.write(`${JSON.stringify({ reloaded: false })}\n`);
-    }
+    void controller.reload().then((ok) => process.stdout.write(`${JSON.stringify({ reloaded: ok })}\n`));
   });
+  process.on('SIGUSR1', () => { flowLog?.reopen(); log.info('flow log reopened'); });
   const stop = (signal: string) => {
     log.info({ signal }, 'stopping');
+    controller.stop();
+    store.close();
+    api?.close();
+    flowLog?.stop();
     dp.stop();
     process.stdout.write(`${JSON.stringify({ stopped: true, stats: stats() })}\n`);
     process.exit(0);

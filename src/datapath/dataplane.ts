@@ -24,7 +24,8 @@
  */
 import { portOpen, type PortIo, type PortMode, type PortOptions } from '../io/ports.js';
 import { FlowTable, NO_PORT } from '../flow/flowTable.js';
-import { Conntrack, ctPolicyChanged, ctProcess, ctSweep, type ConntrackOptions } from '../flow/conntrack.js';
+import { Conntrack, RS_COUNT, ctPolicyChanged, ctProcess, ctSweep, type ConntrackOptions } from '../flow/conntrack.js';
+import { FlowLog } from '../flow/flowLog.js';
 import { FRAG, PARSE, PKT, PKT_WORDS, parseFrame } from '../packet/parse.js';
 import { FragmentTable, fragLookup, fragRemember } from '../flow/fragments.js';
 import { OUTCOME_COUNT, Outcome } from '../packet/verdict.js';
@@ -53,6 +54,8 @@ export interface DataplaneOptions extends ConntrackOptions {
   tap?: PortOptions;
   flowCapacity?: number;
   perPortQuota?: number;
+  /** Flow log: events per second and burst per vNIC; unset: no flow log. */
+  flowLog?: { rate: number; burst: number };
   /** Called for each I/O error worth logging (rate-limited by the caller). */
   onError?: (port: string, message: string) => void;
 }
@@ -127,6 +130,8 @@ export class Dataplane {
       this.ports.push(port);
     });
     this.applyAddresses(compiled);
+    this.ct.ruleStats = new Float64Array((compiled.rules.length + 1) * RS_COUNT);
+    if (opts.flowLog) this.ct.flowLog = new FlowLog(8192, Math.max(1, specs.length), opts.flowLog.rate, opts.flowLog.burst);
   }
 
   /** Per-port MACs and SpoofGuard addresses from the policy. */
@@ -154,10 +159,26 @@ export class Dataplane {
 
   /** Swap in a new compiled policy: cached verdicts become stale and are re-checked. */
   setPolicy(compiled: CompiledPolicy): void {
+    // Rule counters follow their rule (section and id), wherever the new policy puts it.
+    const old = this.ct.ruleStats, oldRules = this.policy.rules;
+    const byId = new Map<string, number>();
+    oldRules.forEach((r, i) => byId.set(`${r.section}\0${r.id}`, i + 1));
+    const stats = new Float64Array((compiled.rules.length + 1) * RS_COUNT);
+    stats.set(old.subarray(0, RS_COUNT));
+    compiled.rules.forEach((r, i) => {
+      const from = byId.get(`${r.section}\0${r.id}`);
+      if (from !== undefined) stats.set(old.subarray(from * RS_COUNT, (from + 1) * RS_COUNT), (i + 1) * RS_COUNT);
+    });
+    this.ct.ruleStats = stats;
     this.decider.setPolicy(compiled);
     this.policy = compiled;
     this.applyAddresses(compiled);
     ctPolicyChanged(this.ct);
+  }
+
+  /** The vNICs (workload ports) this data plane serves. */
+  get nics(): string[] {
+    return this.ports.filter((p) => p.spec.workload !== null).map((p) => p.spec.name);
   }
 
   get compiled(): CompiledPolicy {

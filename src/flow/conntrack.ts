@@ -31,9 +31,18 @@
  *   batch) re-decides it. If the new policy denies it, the entry becomes
  *   `cut`: that packet and the connection's later ones are dropped with the
  *   outcome `cut` (the data plane answers a cut TCP connection with RST).
+ *
+ * Rule counters and flow logs
+ *   `ruleStats` holds packets, bytes and connection decisions per rule
+ *   ([(order + 1) * RS_COUNT + RS.x]; slot 0 is the default action), counted
+ *   at both points a packet crosses. The data plane sizes it for each policy
+ *   and carries the counts over by rule id. Decisions by a rule with
+ *   `log: true`, and every denial by the default, go to `flowLog` (if set),
+ *   as does the end of a logged connection.
  */
 import { Outcome } from '../packet/verdict.js';
 import { FRAG, ICMP, PARSE, PKT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parseFrame } from '../packet/parse.js';
+import { flowLogClose, flowLogDecision, type FlowLog } from './flowLog.js';
 import {
   CT, CT_NAMES, CT_STATES, ENTRY_WORDS, F, FLAG, FlowTable, INSERT_QUOTA, NO_PORT,
   flowCount, flowInsert, flowLookup, flowSweep, type CtStateName,
@@ -84,6 +93,10 @@ export interface ConntrackOptions {
  * Counters the tracker keeps besides the table's. `hits` is counted per
  * batch by ctProcessBatch (a local sum, flushed once), not per packet.
  */
+/** Per-rule counters: [(order + 1) * RS_COUNT + RS.x]. */
+export const enum RS { packets = 0, bytes = 1, connections = 2 }
+export const RS_COUNT = 3;
+
 export const enum CTC { hits = 0, misses = 1, related = 2, revalidated = 3, cut = 4, stateless = 5 }
 export const CTC_COUNT = 6;
 
@@ -99,9 +112,14 @@ export class Conntrack {
   /** Set by ctProcess: the entry and direction of the last packet (-1 if none), for the caller. */
   lastEntry = -1;
   lastDir = 0;
+  /** Per-rule counters (see RS); replaced, with counts carried over, when the policy changes. */
+  ruleStats = new Float64Array(RS_COUNT);
+  /** Where logged decisions go; null: no flow log. */
+  flowLog: FlowLog | null = null;
 
   constructor(readonly table: FlowTable, readonly decider: FlowDecider, opts: ConntrackOptions = {}) {
     this.loose = opts.loose ?? false;
+    table.onRemoveLogged = (ent) => { if (this.flowLog !== null) flowLogClose(this.flowLog, table, ent, Math.floor(performance.now())); };
     this.uplinkPort = opts.uplinkPort ?? -1;
     CT_NAMES.forEach((name, state) => {
       const s = opts.timeouts?.[name] ?? TIMEOUTS_S[name];
@@ -204,6 +222,35 @@ export function ctSweep(ct: Conntrack, now: number, budget: number): number {
   });
 }
 
+/** Count a packet (and maybe a connection decision) for a rule order; -1 is the default, -2 (not checked) counts nowhere. */
+function ruleCount(s: Float64Array, rule: number, bytes: number, connections: number): void {
+  const o = (rule + 1) * RS_COUNT;
+  if (rule < -1 || o >= s.length) return;
+  s[o + RS.packets]++;
+  s[o + RS.bytes] += bytes;
+  s[o + RS.connections] += connections;
+}
+
+/** A packet of a tracked connection: counted for the rules that allowed it. */
+function ruleCountEntry(ct: Conntrack, o: number, bytes: number): void {
+  const e = ct.table.entries;
+  ruleCount(ct.ruleStats, e[o + F.ruleOut], bytes, 0);
+  ruleCount(ct.ruleStats, e[o + F.ruleIn], bytes, 0);
+}
+
+/** Log a decision if its rule asks for it, or if the default denied it. */
+function logDecision(ct: Conntrack, pkt: Int32Array, d: number, origPort: number, replyPort: number, outcome: number, now: number): void {
+  const log = ct.flowLog;
+  if (log === null) return;
+  const out = ct.rules[0], into = ct.rules[1];
+  const denied = (d & DECIDE.verdictMask) !== DECIDE.allow;
+  const deciding = into !== -2 ? into : out;
+  if ((d & DECIDE.log) === 0 && !(denied && deciding === -1)) return;
+  // Charged to the vNIC whose point decided: the receiver when its ingress decided or the sender is no vNIC.
+  const charged = out === -2 || (denied && into !== -2) ? replyPort : origPort;
+  flowLogDecision(log, pkt, charged, origPort, replyPort, out, into, outcome, now);
+}
+
 function isIcmpEcho(pkt: Int32Array): boolean {
   const c = pkt[PKT.icmpClass];
   return c === ICMP.echoRequest || c === ICMP.echoReply;
@@ -214,10 +261,13 @@ function ctNew(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort: nu
   const proto = pkt[PKT.proto];
   const d = ct.decider.decide(pkt, arrivalPort, destPort, ct.rules);
   const verdict = d & DECIDE.verdictMask;
-  if (verdict === DECIDE.drop) return Outcome.policy;
-  if (verdict === DECIDE.reject) return Outcome.reject;
+  ruleCount(ct.ruleStats, ct.rules[0], pkt[PKT.length], 1);
+  ruleCount(ct.ruleStats, ct.rules[1], pkt[PKT.length], 1);
+  if (verdict === DECIDE.drop) { logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.policy, now); return Outcome.policy; }
+  if (verdict === DECIDE.reject) { logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.reject, now); return Outcome.reject; }
   if ((d & DECIDE.stateless) !== 0) {
     ct.counters[CTC.stateless]++;
+    logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.forward, now);
     return Outcome.forward;
   }
   // Stateful allow: only a packet that can open a connection may.
@@ -249,6 +299,7 @@ function ctNew(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort: nu
   e[o + F.ruleOut] = ct.rules[0];
   e[o + F.ruleIn] = ct.rules[1];
   flowCount(ct.table, ent, 0, pkt[PKT.length], now);
+  logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.forward, now);
   ct.lastEntry = ent;
   ct.lastDir = 0;
   return Outcome.forward;
@@ -311,6 +362,7 @@ export function ctProcess(ct: Conntrack, pkt: Int32Array, arrivalPort: number, d
     if (state === CT.established && (flags & (TCP_SYN | TCP_FIN | TCP_RST)) === 0) {
       // The common case: data or an ACK on an open connection, no state change.
       flowCount(t, ent, dir, pkt[PKT.length], now);
+      ruleCountEntry(ct, o, pkt[PKT.length]);
       ct.lastEntry = ent;
       ct.lastDir = dir;
       return Outcome.forward;
@@ -327,6 +379,16 @@ export function ctProcess(ct: Conntrack, pkt: Int32Array, arrivalPort: number, d
       if ((flags & TCP_FIN) !== 0) e[o + F.state] |= (dir === 0 ? FLAG.finOrig : FLAG.finReply) << 8;
       state = next;
       setState(e, o, state);
+      if ((state === CT.closed || state === CT.timeWait) && ((e[o + F.state] >> 8) & FLAG.logged) !== 0) {
+        // The connection is over: its totals (this packet included) go to the log now, not at expiry.
+        flowCount(t, ent, dir, pkt[PKT.length], now);
+        ruleCountEntry(ct, o, pkt[PKT.length]);
+        e[o + F.state] &= ~(FLAG.logged << 8);
+        if (ct.flowLog !== null) flowLogClose(ct.flowLog, t, ent, now);
+        ct.lastEntry = ent;
+        ct.lastDir = dir;
+        return Outcome.forward;
+      }
     }
   } else if (state === CT.icmpNew || state === CT.icmpEstablished) {
     // Requests go the original way, replies come back.
@@ -337,6 +399,7 @@ export function ctProcess(ct: Conntrack, pkt: Int32Array, arrivalPort: number, d
     else if (state === CT.otherNew) setState(e, o, CT.otherEstablished);
   }
   flowCount(t, ent, dir, pkt[PKT.length], now);
+  ruleCountEntry(ct, o, pkt[PKT.length]);
   ct.lastEntry = ent;
   ct.lastDir = dir;
   return Outcome.forward;

@@ -165,6 +165,8 @@ export class FlowTable {
   /** Where the background sweep and the eviction clock continue from. */
   sweepCursor = 0;
   clockHand = 0;
+  /** Called before an entry that was logged when it opened is removed (its close goes to the flow log). */
+  onRemoveLogged: ((ent: number) => void) | null = null;
 
   constructor(opts: FlowTableOptions) {
     if (!(opts.capacity >= 1) || opts.capacity > 1 << 26) throw new RangeError(`flow table capacity must be 1 to ${1 << 26}, got ${opts.capacity}`);
@@ -298,6 +300,7 @@ export function flowRemove(t: FlowTable, ent: number): void {
   const e = t.entries, index = t.index, mask = t.mask;
   const o = ent * ENTRY_WORDS;
   if (e[o + F.meta] < 0) return;
+  if (((e[o + F.state] >> 8) & FLAG.logged) !== 0 && t.onRemoveLogged !== null) t.onRemoveLogged(ent);
   const ports = e[o + F.ports];
   const h = flowHash(e, o + F.src, o + F.dst, ports >>> 16, ports & 0xffff, e[o + F.meta] & 0xff, (e[o + F.meta] & 0x100) !== 0);
   let slot = h & mask;

@@ -12,8 +12,10 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { Dataplane, PC, PC_COUNT } from '../datapath/dataplane.js';
 import { OUTCOME_COUNT, OUTCOME_NAMES } from '../packet/verdict.js';
 import { FLOW_COUNTER_NAMES } from '../flow/flowTable.js';
+import { RS, RS_COUNT } from '../flow/conntrack.js';
+import type { Controller } from '../control/controller.js';
 
-export function metricsRegistry(dp: Dataplane): Registry {
+export function metricsRegistry(dp: Dataplane, controller: Controller | null = null): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const portLabels = (i: number) => ({ port: dp.ports[i].io.name, workload: dp.ports[i].spec.workload ?? 'uplink' });
@@ -83,6 +85,37 @@ export function metricsRegistry(dp: Dataplane): Registry {
     name: 'tapwall_policy_generation', help: 'Policies applied since start (a change makes cached decisions stale).', registers: [registry],
     collect() { this.set(dp.ct.generation); },
   });
+  // Per rule: labelled by section and rule id from the policy (bounded by its size), never by packet fields.
+  const ruleCounter = (name: string, help: string, k: RS) => new Counter({
+    name, help, labelNames: ['section', 'rule', 'action'], registers: [registry],
+    collect() {
+      this.reset();
+      const s = dp.ct.ruleStats, c = dp.compiled;
+      this.inc({ section: '', rule: 'default', action: c.defaultAction }, s[k]);
+      c.rules.forEach((r, i) => this.inc({ section: r.section, rule: r.id, action: r.action }, s[(i + 1) * RS_COUNT + k] ?? 0));
+    },
+  });
+  ruleCounter('tapwall_rule_packets_total', 'Packets matched by the rule at a vNIC (rule "default": the default action).', RS.packets);
+  ruleCounter('tapwall_rule_bytes_total', 'Bytes matched by the rule at a vNIC.', RS.bytes);
+  ruleCounter('tapwall_rule_connections_total', 'Connection decisions made by the rule (allowed or denied).', RS.connections);
+  if (controller) {
+    new Counter({
+      name: 'tapwall_policy_apply_failures_total', help: 'Policy changes refused (invalid, or not compilable); the running policy stayed.', registers: [registry],
+      collect() { this.reset(); this.inc(controller.applyFailures); },
+    });
+    new Gauge({
+      name: 'tapwall_policy_last_apply_success_timestamp_seconds', help: 'When a policy or tag change was last applied.', registers: [registry],
+      collect() { this.set((controller.lastSuccessAt ?? 0) / 1000); },
+    });
+    new Gauge({
+      name: 'tapwall_policy_last_apply_failure_timestamp_seconds', help: 'When a policy change was last refused (0: never).', registers: [registry],
+      collect() { this.set((controller.lastFailureAt ?? 0) / 1000); },
+    });
+    new Gauge({
+      name: 'tapwall_policy_compile_seconds', help: 'How long the last applied policy took to compile.', registers: [registry],
+      collect() { this.set((controller.lastApply?.compileMs ?? 0) / 1000); },
+    });
+  }
   return registry;
 }
 

@@ -14,6 +14,12 @@
  *
  * The result is immutable: a change compiles a new CompiledPolicy off to the
  * side and the caller swaps one reference.
+ *
+ * Incremental recompilation: given the previous CompiledPolicy, a point whose
+ * rules resolve to exactly the same atoms (same rule orders, same resolved
+ * source and destination prefixes, same services) reuses the previous tries
+ * instead of building them again. A tag change therefore rebuilds only the
+ * vNICs whose rules changed; `stats.reused` says how many table sets were kept.
  */
 import { trieBuild, trieLookup, type RuleTrie } from '../classify/ruleTrie.js';
 import { KEY_V4, KEY_V6 } from '../packet/key.js';
@@ -68,7 +74,9 @@ export interface CompiledPolicy {
   defaultAction: Action;
   groups: Map<string, { members: Set<string>; addresses: AddressSet }>;
   points: Map<string, { egress: CompiledPoint; ingress: CompiledPoint }>;
-  stats: { rules: number; atoms: number; tries: number; bytes: number; buildMs: number };
+  stats: { rules: number; atoms: number; tries: number; bytes: number; buildMs: number; reused: number };
+  /** Point tables by content signature, for the next incremental compile. */
+  tablesBySignature: Map<string, PointTables>;
 }
 
 export const ACTION_CODE: Record<Action, number> = { allow: 0, drop: 1, reject: 2 };
@@ -202,25 +210,41 @@ export function buildFamilyTable(atoms: Atom[], family: Family): FamilyTable {
   return { trie, atomRule: Int32Array.from(fit.map((a) => a.rule)), atoms: fit };
 }
 
-export function policyCompile(policy: Policy): CompiledPolicy {
+/** What a rule's atoms depend on, as text: equal keys mean equal atoms. */
+function ruleKey(rule: Rule, policy: Policy, groups: CompiledPolicy['groups']): string {
+  const side = (refs: Rule['from']) => {
+    const a = ruleAddresses(refs, groups);
+    return a.any ? '*' : a.prefixes.map((p) => p.text).join(',');
+  };
+  const services = rule.services.map((s) => (s.kind === 'any' ? '*' : s.kind === 'inline' ? s.text : `${s.name}=${policy.services.get(s.name)?.specs.join('+') ?? ''}`)).join(',');
+  return `${rule.order}|${side(rule.from)}|${side(rule.to)}|${services}`;
+}
+
+export function policyCompile(policy: Policy, previous: CompiledPolicy | null = null): CompiledPolicy {
   const started = performance.now();
   const rules = policy.sections.flatMap((s) => s.rules);
   const groups = resolveGroups(policy);
-  const ruleAtoms = rules.map((r) => (r.disabled ? [] : expandRule(r, policy, groups)));
+  const keys = rules.map((r) => (r.disabled ? '' : ruleKey(r, policy, groups)));
+  const ruleAtoms: Array<Atom[] | null> = rules.map(() => null);
+  const atomsOf = (o: number): Atom[] => (ruleAtoms[o] ??= rules[o].disabled ? [] : expandRule(rules[o], policy, groups));
   const shared = new Map<string, PointTables>();
   const points: CompiledPolicy['points'] = new Map();
-  let atomsTotal = 0, bytes = 0;
+  let atomsTotal = 0, bytes = 0, reused = 0;
   for (const w of policy.workloads.values()) {
     const applicable = rules.filter((r) => ruleAppliesAt(r, w.name, groups)).map((r) => r.order);
-    const signature = applicable.join(',');
+    const signature = applicable.map((o) => keys[o]).join('\n');
     let tables = shared.get(signature);
     if (!tables) {
-      const atoms = applicable.flatMap((o) => ruleAtoms[o]);
-      const ether: number[] = [];
-      for (const a of atoms) if (a.service.kind === 'ether') ether.push(a.service.ethertype, a.rule);
-      tables = { v4: buildFamilyTable(atoms, 4), v6: buildFamilyTable(atoms, 6), ether: Int32Array.from(ether), rules: applicable };
+      tables = previous?.tablesBySignature.get(signature);
+      if (tables) reused++;
+      else {
+        const atoms = applicable.flatMap(atomsOf);
+        const ether: number[] = [];
+        for (const a of atoms) if (a.service.kind === 'ether') ether.push(a.service.ethertype, a.rule);
+        tables = { v4: buildFamilyTable(atoms, 4), v6: buildFamilyTable(atoms, 6), ether: Int32Array.from(ether), rules: applicable };
+      }
       shared.set(signature, tables);
-      atomsTotal += tables.v4.atoms.length + tables.v6.atoms.length + ether.length / 2;
+      atomsTotal += tables.v4.atoms.length + tables.v6.atoms.length + tables.ether.length / 2;
       bytes += tables.v4.trie.stats.bytes + tables.v6.trie.stats.bytes + tables.ether.byteLength;
     }
     // Ingress and egress read the same rule list: from/to pick the direction.
@@ -239,7 +263,8 @@ export function policyCompile(policy: Policy): CompiledPolicy {
     defaultAction: policy.default,
     groups,
     points,
-    stats: { rules: rules.length, atoms: atomsTotal, tries: shared.size * 2, bytes, buildMs: performance.now() - started },
+    stats: { rules: rules.length, atoms: atomsTotal, tries: shared.size * 2, bytes, buildMs: performance.now() - started, reused },
+    tablesBySignature: shared,
   };
 }
 

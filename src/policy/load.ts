@@ -14,7 +14,7 @@ import { ACTIONS, type Action, type AddressRef, type Group, type Policy, type Ru
 import { findShadowedRules } from './shadow.js';
 import { parseServiceObject, parseServiceSpec, RESERVED_SERVICE_NAMES, ServiceSyntaxError, type ServiceAtom } from './services.js';
 
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]*$/;
+export const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]*$/;
 const NIC_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/;
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
 

@@ -1,0 +1,317 @@
+/**
+ * The HTTP API (JSON), served on a Unix socket (mode 0600: only root, or the
+ * user tapwall runs as, can connect, which is its authentication) and, when
+ * configured, on TCP, where every request needs `Authorization: Bearer
+ * <token>` with the token read from a file. Without it: 401, nothing changes.
+ *
+ * Requests are bounded (REQUEST_LIMIT bytes of body, 10 s to send it) and
+ * validated; a bad one gets 400 with problems in the format of `tapwall
+ * check --json` (file "(request)", line, column, path, message, code).
+ * Errors are always `{ error: { code, message }, problems: [...] }`.
+ *
+ * Routes (v1):
+ *   GET  /v1/status                   version, uptime, generation, revisions, ports, last apply/error
+ *   GET  /v1/policy                   the document text; ETag: "<revision>"
+ *   PUT  /v1/policy                   YAML or JSON body; If-Match: "<revision>" (or *) required
+ *   GET  /v1/workloads                workloads, their tags (static and dynamic), port state
+ *   POST /v1/workloads/{name}/tags    { add, remove, reason, ttl, by }
+ *   GET  /v1/flows?workload=&state=&verdict=&limit=
+ *   POST /v1/trace                    { packet, from?, to? }
+ *   GET  /v1/rules                    per-rule packets, bytes, connections
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { chmodSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
+import { timingSafeEqual, createHash } from 'node:crypto';
+import { LineCounter, parseDocument, isMap } from 'yaml';
+import type { Dataplane } from '../datapath/dataplane.js';
+import type { PolicyProblem } from '../policy/errors.js';
+import { PC, PC_COUNT } from '../datapath/dataplane.js';
+import { OUTCOME_COUNT, OUTCOME_NAMES } from '../packet/verdict.js';
+import { CT_NAMES } from '../flow/flowTable.js';
+import { ControlError, type Controller } from './controller.js';
+import { flowList, ruleList } from './views.js';
+import { parsePacketSpec, policyTrace, TraceSpecError } from './trace.js';
+
+export const REQUEST_LIMIT = 1 << 20;
+const REQUEST_SOURCE = '(request)';
+
+export interface ApiOptions {
+  version: string;
+  /** Unix socket path, or null for none. */
+  socketPath: string | null;
+  /** host:port for TCP, or null for none. */
+  listen: string | null;
+  /** Bearer token for TCP (required when listen is set). */
+  token: string | null;
+}
+
+function problem(code: string, path: string, message: string, line = 1, column = 1): PolicyProblem {
+  return { severity: 'error', code, file: REQUEST_SOURCE, line, column, path, message };
+}
+
+/** A JSON request body as a plain object, with problems located by line and column. */
+function parseBody(text: string): { value: Record<string, unknown>; locate: (key: string) => { line: number; column: number } } {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    const pos = lines.linePos(doc.errors[0].pos[0]);
+    throw new ControlError(400, 'bad-request', 'the request body is not valid JSON', [problem('syntax', '(document)', doc.errors[0].message.split('\n')[0], pos.line, pos.col)]);
+  }
+  if (!isMap(doc.contents)) throw new ControlError(400, 'bad-request', 'the request body must be a JSON object', [problem('bad-type', '(document)', 'expected a JSON object')]);
+  const value = doc.toJS() as Record<string, unknown>;
+  const locate = (key: string) => {
+    const node = (doc.contents as { items: Array<{ key: { value?: unknown; range?: [number, number, number] } }> }).items.find((p) => p.key?.value === key);
+    const at = node?.key.range?.[0] ?? 0;
+    const pos = lines.linePos(at);
+    return { line: pos.line, column: pos.col };
+  };
+  return { value, locate };
+}
+
+type Body = ReturnType<typeof parseBody>;
+
+function fieldError(body: Body, key: string, code: string, message: string): ControlError {
+  const { line, column } = body.locate(key);
+  return new ControlError(400, 'bad-request', `${key}: ${message}`, [problem(code, key, message, line, column)]);
+}
+
+function onlyKeys(body: Body, allowed: string[]): void {
+  for (const k of Object.keys(body.value)) {
+    if (!allowed.includes(k)) throw fieldError(body, k, 'unknown-key', `unknown key '${k}'; expected one of ${allowed.join(', ')}`);
+  }
+}
+
+function stringList(body: Body, key: string): string[] {
+  const v = body.value[key];
+  if (v === undefined) return [];
+  if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) throw fieldError(body, key, 'bad-type', 'expected a list of tag names');
+  return v as string[];
+}
+
+/** "90s", "15m", "1h", "2d" or a number of seconds. */
+export function parseTtl(v: unknown): number | null {
+  if (typeof v === 'number') return Number.isFinite(v) && v > 0 ? v : null;
+  if (typeof v !== 'string') return null;
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(v.trim());
+  if (!m) return null;
+  const scale = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h' | 'd'];
+  const s = Number(m[1]) * scale;
+  return s > 0 && s <= 366 * 86400 ? s : null;
+}
+
+function readBody(req: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const declared = Number(req.headers['content-length'] ?? 0);
+    if (declared > REQUEST_LIMIT) return reject(new ControlError(413, 'too-large', `the request body is larger than ${REQUEST_LIMIT} bytes`));
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const timer = setTimeout(() => { req.destroy(); reject(new ControlError(408, 'timeout', 'the request body did not arrive within 10 s')); }, 10_000);
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > REQUEST_LIMIT) {
+        clearTimeout(timer);
+        req.pause();
+        reject(new ControlError(413, 'too-large', `the request body is larger than ${REQUEST_LIMIT} bytes`));
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => { clearTimeout(timer); resolve(Buffer.concat(chunks).toString('utf8')); });
+    req.on('error', (e) => { clearTimeout(timer); reject(e); });
+  });
+}
+
+function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const text = `${JSON.stringify(body, null, 2)}\n`;
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', ...headers });
+  res.end(text);
+}
+
+function sendError(res: ServerResponse, e: unknown): void {
+  if (e instanceof ControlError) {
+    send(res, e.status, { error: { code: e.code, message: e.message }, problems: e.problems });
+    return;
+  }
+  if (e instanceof TraceSpecError) {
+    send(res, 400, { error: { code: 'bad-packet', message: e.message }, problems: [problem('bad-packet', 'packet', e.message)] });
+    return;
+  }
+  send(res, 500, { error: { code: 'internal', message: (e as Error).message }, problems: [] });
+}
+
+/** `"12"` or `12` or `*` from If-Match. */
+function ifMatch(req: IncomingMessage): number | null | undefined {
+  const h = req.headers['if-match'];
+  if (h === undefined) return undefined;
+  if (h.trim() === '*') return null;
+  const m = /^\s*(?:W\/)?"?(\d+)"?\s*$/.exec(h);
+  if (!m) throw new ControlError(400, 'bad-request', `If-Match: expected a revision like "12" (or *), found '${h}'`, [problem('bad-value', 'If-Match', 'expected a revision like "12" or *')]);
+  return Number(m[1]);
+}
+
+export class ApiServer {
+  private readonly servers: Server[] = [];
+  readonly addresses: { socket: string | null; url: string | null } = { socket: null, url: null };
+  private readonly tokenDigest: Buffer | null;
+
+  constructor(private readonly controller: Controller, private readonly dp: Dataplane, private readonly opts: ApiOptions) {
+    this.tokenDigest = opts.token ? createHash('sha256').update(opts.token).digest() : null;
+  }
+
+  async start(): Promise<void> {
+    if (this.opts.socketPath) {
+      const path = this.opts.socketPath;
+      // A socket left by a process that died is stale; anything else at that path is not ours to remove.
+      if (existsSync(path)) {
+        if (!lstatSync(path).isSocket()) throw Object.assign(new Error(`${path} exists and is not a socket`), { code: 'EAPISOCKET' });
+        unlinkSync(path);
+      }
+      const server = createServer((req, res) => { void this.handle(req, res, false); });
+      // Created with no permissions for others: umask is process-wide, so chmod right after listen, before anyone is told.
+      await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(path, () => resolve()); });
+      chmodSync(path, 0o600);
+      this.servers.push(server);
+      this.addresses.socket = path;
+    }
+    if (this.opts.listen) {
+      if (!this.tokenDigest) throw Object.assign(new Error('--api-listen needs --api-token-file: the TCP API never runs without a token'), { code: 'EAPITOKEN' });
+      const m = /^(.*):(\d+)$/.exec(this.opts.listen);
+      if (!m) throw Object.assign(new Error(`--api-listen: expected HOST:PORT, found '${this.opts.listen}'`), { code: 'EAPILISTEN' });
+      const host = m[1].replace(/^\[|\]$/g, '');
+      const server = createServer((req, res) => { void this.handle(req, res, true); });
+      server.headersTimeout = 10_000;
+      await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(Number(m[2]), host, () => resolve()); });
+      const port = (server.address() as { port: number }).port;
+      this.servers.push(server);
+      this.addresses.url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+    }
+  }
+
+  close(): void {
+    for (const s of this.servers) s.close();
+    if (this.addresses.socket && existsSync(this.addresses.socket)) unlinkSync(this.addresses.socket);
+  }
+
+  private authorized(req: IncomingMessage): boolean {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+    if (!m || !this.tokenDigest) return false;
+    // Digests have one length, so the comparison takes the same time whatever the guess.
+    return timingSafeEqual(createHash('sha256').update(m[1]).digest(), this.tokenDigest);
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse, tcp: boolean): Promise<void> {
+    try {
+      if (tcp && !this.authorized(req)) {
+        req.resume();
+        send(res, 401, { error: { code: 'unauthorized', message: 'a valid bearer token is required' }, problems: [] }, { 'www-authenticate': 'Bearer realm="tapwall"' });
+        return;
+      }
+      const url = new URL(req.url ?? '/', 'http://tapwall');
+      const actor = (body?: Body) => {
+        const by = body?.value.by;
+        const who = typeof by === 'string' && by.length > 0 && by.length <= 200 ? by : req.headers['x-tapwall-actor'];
+        const base = tcp ? `token@${req.socket.remoteAddress}` : 'unix-socket';
+        return typeof who === 'string' && who.length > 0 ? `${who.slice(0, 200)} (${base})` : base;
+      };
+      const route = `${req.method} ${url.pathname}`;
+      const tagRoute = /^\/v1\/workloads\/([^/]+)\/tags$/.exec(url.pathname);
+      if (route === 'GET /v1/status') return send(res, 200, this.status());
+      if (route === 'GET /v1/policy') {
+        const rev = this.controller.revision.policy;
+        return send(res, 200, { revision: rev, text: this.controller.policyText }, { etag: `"${rev}"` });
+      }
+      if (route === 'PUT /v1/policy') {
+        const expect = ifMatch(req);
+        const text = await readBody(req);
+        if (expect === undefined) throw new ControlError(428, 'if-match-required', 'PUT /v1/policy needs If-Match: "<revision>" (from GET /v1/policy), or If-Match: * to overwrite whatever is there');
+        const result = await this.controller.putPolicy(text, expect, actor());
+        return send(res, 200, result, { etag: `"${result.revision}"` });
+      }
+      if (route === 'GET /v1/workloads') return send(res, 200, { workloads: this.workloads() });
+      if (tagRoute && req.method === 'POST') {
+        const body = parseBody(await readBody(req));
+        onlyKeys(body, ['add', 'remove', 'reason', 'ttl', 'by', 'revision']);
+        const add = stringList(body, 'add'), remove = stringList(body, 'remove');
+        if (add.length + remove.length === 0) throw fieldError(body, 'add', 'missing-key', 'name at least one tag to add or remove');
+        const reason = body.value.reason;
+        if (typeof reason !== 'string' || reason.trim() === '') throw fieldError(body, 'reason', 'missing-key', 'every tag change needs a reason (it goes to the audit log)');
+        let ttlSeconds: number | null = null;
+        if (body.value.ttl !== undefined && body.value.ttl !== null) {
+          ttlSeconds = parseTtl(body.value.ttl);
+          if (ttlSeconds === null) throw fieldError(body, 'ttl', 'bad-value', `expected a duration like 90s, 15m, 1h or 2d (up to 366d), found ${JSON.stringify(body.value.ttl)}`);
+          if (add.length === 0) throw fieldError(body, 'ttl', 'bad-value', 'a time-to-live applies to added tags; this request adds none');
+        }
+        const revision = body.value.revision;
+        if (revision !== undefined && !(Number.isInteger(revision) && (revision as number) > 0)) throw fieldError(body, 'revision', 'bad-type', 'expected the tags revision as a positive integer');
+        const result = await this.controller.changeTags(decodeURIComponent(tagRoute[1]), {
+          add, remove, reason: reason.trim(), ttlSeconds, by: actor(body), expectRevision: (revision as number | undefined) ?? null,
+        });
+        return send(res, 200, result);
+      }
+      if (route === 'GET /v1/flows') {
+        const limitText = url.searchParams.get('limit') ?? '1000';
+        const limit = Number(limitText);
+        if (!Number.isInteger(limit) || limit < 1 || limit > 100_000) throw new ControlError(400, 'bad-request', `limit: expected 1 to 100000, found '${limitText}'`, [problem('bad-value', 'limit', 'expected 1 to 100000')]);
+        const state = url.searchParams.get('state') ?? undefined;
+        if (state !== undefined && !(CT_NAMES as readonly string[]).includes(state)) throw new ControlError(400, 'bad-request', `state: expected one of ${CT_NAMES.slice(1).join(', ')}`, [problem('bad-value', 'state', `expected one of ${CT_NAMES.slice(1).join(', ')}`)]);
+        const verdict = url.searchParams.get('verdict') ?? undefined;
+        if (verdict !== undefined && verdict !== 'allowed' && verdict !== 'cut') throw new ControlError(400, 'bad-request', 'verdict: expected allowed or cut', [problem('bad-value', 'verdict', 'expected allowed or cut')]);
+        const workload = url.searchParams.get('workload') ?? undefined;
+        if (workload !== undefined && !this.dp.compiled.policy.workloads.has(workload)) throw new ControlError(404, 'unknown-workload', `no workload named '${workload}'`);
+        return send(res, 200, flowList(this.dp, { workload, state, verdict, limit }));
+      }
+      if (route === 'POST /v1/trace') {
+        const body = parseBody(await readBody(req));
+        onlyKeys(body, ['packet', 'from', 'to']);
+        const { packet, from, to } = body.value;
+        if (typeof packet !== 'string') throw fieldError(body, 'packet', 'missing-key', "expected the packet as text, like 'tcp 10.0.0.11:40000 -> 10.0.0.21:5432'");
+        for (const [k, v] of [['from', from], ['to', to]] as const) if (v !== undefined && typeof v !== 'string') throw fieldError(body, k, 'bad-type', 'expected a workload name');
+        return send(res, 200, policyTrace(this.controller.policy, parsePacketSpec(packet), { from: from as string | undefined, to: to as string | undefined }));
+      }
+      if (route === 'GET /v1/rules') return send(res, 200, ruleList(this.dp));
+      const known = ['/v1/status', '/v1/policy', '/v1/workloads', '/v1/flows', '/v1/trace', '/v1/rules'];
+      if (known.includes(url.pathname) || tagRoute) throw new ControlError(405, 'method-not-allowed', `${req.method} is not allowed on ${url.pathname}`);
+      throw new ControlError(404, 'not-found', `no such endpoint: ${url.pathname}`);
+    } catch (e) {
+      req.resume();
+      sendError(res, e);
+    }
+  }
+
+  status(): Record<string, unknown> {
+    const c = this.controller;
+    return {
+      version: this.opts.version,
+      pid: process.pid,
+      uptimeSeconds: Math.round((Date.now() - c.started) / 1000),
+      generation: c.generation,
+      revision: c.revision,
+      rules: c.policy.stats.rules,
+      lastApply: c.lastApply,
+      applyFailures: c.applyFailures,
+      lastError: c.lastError,
+      flows: { live: this.dp.table.live, capacity: this.dp.table.capacity },
+      ports: this.dp.ports.map((p, i) => {
+        const outcomes: Record<string, number> = {};
+        for (let k = 0; k < OUTCOME_COUNT; k++) outcomes[OUTCOME_NAMES[k]] = this.dp.outcomes[i * OUTCOME_COUNT + k];
+        return {
+          name: p.io.name, mode: p.io.mode, workload: p.spec.workload, up: p.up,
+          rx: this.dp.portCounters[i * PC_COUNT + PC.rxPackets], tx: this.dp.portCounters[i * PC_COUNT + PC.txPackets], outcomes,
+        };
+      }),
+    };
+  }
+
+  private workloads(): unknown[] {
+    const compiled = this.controller.policy;
+    const dynamic = this.controller.dynamicTags;
+    return [...compiled.policy.workloads.values()].map((w) => {
+      const port = this.dp.ports.find((p) => p.spec.workload === w.name);
+      const groups = [...compiled.groups].filter(([, g]) => g.members.has(w.name)).map(([n]) => n);
+      return {
+        name: w.name, nic: w.nic, mac: w.mac, ips: w.ips.map((p) => p.text.replace(/\/(32|128)$/, '')),
+        tags: w.tags, dynamicTags: dynamic[w.name] ?? [], groups, port: port ? { up: port.up } : null,
+      };
+    });
+  }
+}

@@ -1,0 +1,322 @@
+/**
+ * The controller: turns what the store holds (the policy document and the
+ * dynamic tags) into the compiled policy the data plane runs, and keeps the
+ * record of every change.
+ *
+ * One path for every change
+ *   policy text + dynamic tags -> validate -> effective policy (each
+ *   workload's tags are its static ones plus its live dynamic ones) ->
+ *   compile off to the side, reusing the previous tries of every vNIC whose
+ *   rules did not change -> one synchronous swap in the data plane. A change
+ *   that fails validation or compilation leaves the running policy as it was
+ *   and is recorded (lastError, applyFailures, the log).
+ *   Writes through the API go to the store first (compare-and-set on the
+ *   revision the caller read), and are applied when the store confirms them;
+ *   changes from outside (the watched file) take the same path.
+ *
+ * Tags with a time-to-live are removed by one timer set for the earliest
+ * expiry; the policy follows like for any other tag change.
+ *
+ * Every change is appended to the audit log (JSON lines): what, who, why.
+ */
+import { appendFileSync } from 'node:fs';
+import type { Logger } from 'pino';
+import { policyParse, NAME_RE } from '../policy/load.js';
+import { policyCompile, type CompiledPolicy } from '../policy/compile.js';
+import type { PolicyProblem } from '../policy/errors.js';
+import type { Policy, Workload } from '../policy/model.js';
+import type { DynamicTag, PolicyStore, StoreState, TagMap } from './store.js';
+
+/** What the controller drives: the data plane (or, in benchmarks, a decider alone). */
+export interface PolicyTarget {
+  setPolicy(compiled: CompiledPolicy): void;
+  /** Interface names the data plane has ports for; a policy must keep this set (ports open at start). */
+  readonly nics: readonly string[];
+}
+
+/** A refused request: an HTTP status, a stable code, a message, and policy problems when there are any. */
+export class ControlError extends Error {
+  constructor(readonly status: number, readonly code: string, message: string, readonly problems: PolicyProblem[] = []) {
+    super(message);
+  }
+}
+
+export interface ApplyRecord {
+  generation: number;
+  revision: number;
+  compileMs: number;
+  swapMs: number;
+  reused: number;
+  rules: number;
+  at: string;
+}
+
+export interface TagChange {
+  add?: string[];
+  remove?: string[];
+  reason: string;
+  /** Seconds; null or undefined: until removed. */
+  ttlSeconds?: number | null;
+  by: string;
+  /** Tags revision the caller read, or null to apply to whatever is current. */
+  expectRevision?: number | null;
+}
+
+export class Controller {
+  /** The validated document (static tags only), its text and store revision. */
+  private document!: Policy;
+  private documentText = '';
+  private documentRevision = 0;
+  private tags: TagMap = {};
+  private tagsRevision = 0;
+  private compiled!: CompiledPolicy;
+  generation = 0;
+  applyFailures = 0;
+  lastApply: ApplyRecord | null = null;
+  lastSuccessAt: number | null = null;
+  lastFailureAt: number | null = null;
+  lastError: { at: string; source: string; problems: PolicyProblem[]; message: string } | null = null;
+  private rejectedText: string | null = null;
+  /** True while this controller writes to the store: it applies its own writes, the watch need not. */
+  private writing = false;
+  private ttlTimer: NodeJS.Timeout | null = null;
+  private unwatch: (() => void) | null = null;
+  readonly started = Date.now();
+
+  constructor(
+    private readonly store: PolicyStore,
+    private readonly target: PolicyTarget,
+    private readonly opts: { log?: Logger; auditPath?: string | null } = {},
+  ) {}
+
+  /** Load what the store holds and apply it; throws ControlError when the stored policy is invalid. */
+  async start(): Promise<void> {
+    const state = await this.store.read();
+    const policy = this.validate(state.policy.text, state.policy.source);
+    this.tags = this.pruneTags(state.tags.value, policy);
+    this.tagsRevision = state.tags.revision;
+    this.install(policy, state.policy.text, state.policy.revision, 'start');
+    this.scheduleExpiry();
+    this.unwatch = this.store.watch((key, s) => this.onStoreChange(key, s));
+  }
+
+  stop(): void {
+    this.unwatch?.();
+    if (this.ttlTimer) clearTimeout(this.ttlTimer);
+  }
+
+  get policy(): CompiledPolicy { return this.compiled; }
+  get revision(): { policy: number; tags: number } { return { policy: this.documentRevision, tags: this.tagsRevision }; }
+  get policyText(): string { return this.documentText; }
+  get dynamicTags(): TagMap { return this.tags; }
+
+  private validate(text: string, source: string): Policy {
+    const { policy, problems } = policyParse(text, source);
+    if (!policy) throw new ControlError(400, 'invalid-policy', `the policy is invalid (${problems.filter((p) => p.severity === 'error').length} errors)`, problems.filter((p) => p.severity === 'error'));
+    const want = [...this.target.nics].sort().join(',');
+    const have = [...policy.workloads.values()].map((w) => w.nic).sort().join(',');
+    if (this.target.nics.length > 0 && want !== have) {
+      throw new ControlError(409, 'ports-changed',
+        `the policy's vNICs (${have || 'none'}) differ from the ports tapwall serves (${want}); adding or removing a vNIC needs a restart`);
+    }
+    return policy;
+  }
+
+  /** Drop dynamic tags of workloads the policy no longer has, and expired ones. */
+  private pruneTags(tags: TagMap, policy: Policy): TagMap {
+    const now = Date.now();
+    const out: TagMap = {};
+    for (const [w, list] of Object.entries(tags)) {
+      if (!policy.workloads.has(w)) continue;
+      const live = list.filter((t) => t.expiresAt === null || t.expiresAt > now);
+      if (live.length > 0) out[w] = live;
+    }
+    return out;
+  }
+
+  /** The document with each workload's dynamic tags added to its own. */
+  private effective(policy: Policy, tags: TagMap): Policy {
+    const workloads = new Map<string, Workload>();
+    for (const [name, w] of policy.workloads) {
+      const extra = tags[name]?.map((t) => t.tag) ?? [];
+      workloads.set(name, extra.length === 0 ? w : { ...w, tags: [...new Set([...w.tags, ...extra])] });
+    }
+    return { ...policy, workloads };
+  }
+
+  /** Compile and swap; the data plane sees the old policy or the new one, nothing between. */
+  private install(policy: Policy, text: string, revision: number, source: string): ApplyRecord {
+    const t0 = performance.now();
+    const compiled = policyCompile(this.effective(policy, this.tags), this.compiled ?? null);
+    const t1 = performance.now();
+    this.target.setPolicy(compiled);
+    const t2 = performance.now();
+    this.document = policy;
+    this.documentText = text;
+    this.documentRevision = revision;
+    this.compiled = compiled;
+    this.generation++;
+    this.lastSuccessAt = Date.now();
+    this.lastApply = {
+      generation: this.generation, revision, compileMs: t1 - t0, swapMs: t2 - t1,
+      reused: compiled.stats.reused, rules: compiled.stats.rules, at: new Date().toISOString(),
+    };
+    this.opts.log?.info({ source, ...this.lastApply }, 'policy applied');
+    return this.lastApply;
+  }
+
+  private fail(source: string, e: unknown): void {
+    this.applyFailures++;
+    this.lastFailureAt = Date.now();
+    const problems = e instanceof ControlError ? e.problems : [];
+    const message = (e as Error).message;
+    this.lastError = { at: new Date().toISOString(), source, problems, message };
+    this.opts.log?.error({ source, problems }, `policy not applied, the running one stays: ${message}`);
+    this.audit({ action: 'policy.refused', by: source, message, problems: problems.length });
+  }
+
+  audit(entry: Record<string, unknown>): void {
+    if (!this.opts.auditPath) return;
+    // Appended synchronously: the record exists before the change is reported as done.
+    appendFileSync(this.opts.auditPath, `${JSON.stringify({ time: new Date().toISOString(), generation: this.generation, ...entry })}\n`, { mode: 0o600 });
+  }
+
+  /** A change in the store, from this process or from outside. */
+  private onStoreChange(key: 'policy' | 'tags', state: StoreState): void {
+    if (this.writing) return;
+    if (key === 'policy') {
+      if (state.policy.revision === this.documentRevision || state.policy.text === this.rejectedText) return;
+      this.applyText(state.policy.text, state.policy.revision, state.policy.source, 'file');
+    } else if (state.tags.revision !== this.tagsRevision) {
+      this.tags = this.pruneTags(state.tags.value, this.document);
+      this.tagsRevision = state.tags.revision;
+      this.install(this.document, this.documentText, this.documentRevision, 'tags');
+      this.scheduleExpiry();
+    }
+  }
+
+  /** Validate and apply a policy text the store now holds; false (recorded) when it is refused. */
+  private applyText(text: string, revision: number, source: string, by: string): boolean {
+    try {
+      const policy = this.validate(text, source);
+      this.tags = this.pruneTags(this.tags, policy);
+      const rec = this.install(policy, text, revision, by);
+      this.rejectedText = null;
+      this.audit({ action: 'policy.applied', by, revision, rules: rec.rules, compileMs: round(rec.compileMs) });
+      return true;
+    } catch (e) {
+      this.rejectedText = text;
+      this.fail(by, e);
+      return false;
+    }
+  }
+
+  /**
+   * SIGHUP: make the running policy the file's. True when the file's policy is
+   * in force afterwards (it may have been already), false when it is refused.
+   */
+  async reload(): Promise<boolean> {
+    (this.store as { refresh?: () => void }).refresh?.();
+    const state = await this.store.read();
+    if (state.policy.text === this.documentText) return true;
+    return this.applyText(state.policy.text, state.policy.revision, state.policy.source, 'reload');
+  }
+
+  /** PUT /v1/policy: validate and compile first, then compare-and-set in the store, then swap. */
+  async putPolicy(text: string, expectRevision: number | null, by: string): Promise<ApplyRecord & { warnings: PolicyProblem[] }> {
+    const source = '(request)';
+    const { problems } = policyParse(text, source);
+    const policy = this.validate(text, source);
+    // Compile before writing: a policy that cannot be compiled must not reach the store.
+    policyCompile(this.effective(policy, this.pruneTags(this.tags, policy)), this.compiled);
+    const cas = await this.own(() => this.store.putPolicy(text, expectRevision));
+    if (!cas.ok) throw new ControlError(412, 'stale-revision', `the policy changed since revision ${expectRevision}: it is now at ${cas.revision}; read it again and reapply`);
+    // The store's watch may already have applied it; if not, apply now.
+    if (this.documentRevision !== cas.revision) {
+      this.tags = this.pruneTags(this.tags, policy);
+      this.install(policy, text, cas.revision, by);
+    }
+    this.rejectedText = null;
+    this.audit({ action: 'policy.applied', by, revision: cas.revision, rules: this.compiled.stats.rules, compileMs: round(this.lastApply!.compileMs) });
+    return { ...this.lastApply!, warnings: problems.filter((p) => p.severity === 'warning') };
+  }
+
+  /** POST /v1/workloads/{name}/tags. */
+  async changeTags(workload: string, change: TagChange): Promise<{ workload: string; tags: string[]; dynamic: DynamicTag[]; revision: number; apply: ApplyRecord }> {
+    const w = this.document.workloads.get(workload);
+    if (!w) throw new ControlError(404, 'unknown-workload', `no workload named '${workload}' in the running policy`);
+    const add = change.add ?? [], remove = change.remove ?? [];
+    for (const t of [...add, ...remove]) {
+      if (!NAME_RE.test(t)) throw new ControlError(400, 'bad-tag', `'${t}' is not a valid tag (letters, digits, _ . : -)`);
+    }
+    for (const t of remove) {
+      if (w.tags.includes(t) && !(this.tags[workload] ?? []).some((d) => d.tag === t)) {
+        throw new ControlError(409, 'static-tag', `'${t}' is a tag of ${workload} in the policy document; change the document to remove it`);
+      }
+    }
+    const now = Date.now();
+    const next = structuredClone(this.tags);
+    let list = (next[workload] ?? []).filter((d) => !remove.includes(d.tag) && !add.includes(d.tag));
+    const expiresAt = change.ttlSeconds ? now + change.ttlSeconds * 1000 : null;
+    for (const tag of add) list.push({ tag, reason: change.reason, by: change.by, added: new Date(now).toISOString(), expiresAt });
+    list = list.filter((d) => d.expiresAt === null || d.expiresAt > now);
+    if (list.length > 0) next[workload] = list; else delete next[workload];
+    const expect = change.expectRevision === undefined || change.expectRevision === null ? this.tagsRevision : change.expectRevision;
+    const cas = await this.own(() => this.store.putTags(next, expect));
+    if (!cas.ok) throw new ControlError(412, 'stale-revision', `the tags changed since revision ${expect}: they are now at ${cas.revision}; read them again and retry`);
+    if (this.tagsRevision !== cas.revision) {
+      this.tags = next;
+      this.tagsRevision = cas.revision;
+      this.install(this.document, this.documentText, this.documentRevision, 'tags');
+      this.scheduleExpiry();
+    }
+    for (const tag of add) this.audit({ action: 'tag.added', by: change.by, workload, tag, reason: change.reason, expiresAt: expiresAt === null ? null : new Date(expiresAt).toISOString(), revision: cas.revision });
+    for (const tag of remove) this.audit({ action: 'tag.removed', by: change.by, workload, tag, reason: change.reason, revision: cas.revision });
+    return { workload, tags: this.compiled.policy.workloads.get(workload)!.tags, dynamic: this.tags[workload] ?? [], revision: cas.revision, apply: this.lastApply! };
+  }
+
+  private async own<T>(write: () => Promise<T>): Promise<T> {
+    this.writing = true;
+    try { return await write(); } finally { this.writing = false; }
+  }
+
+  /** One timer, for the earliest expiring tag. */
+  private scheduleExpiry(): void {
+    if (this.ttlTimer) clearTimeout(this.ttlTimer);
+    this.ttlTimer = null;
+    let earliest = Infinity;
+    for (const list of Object.values(this.tags)) for (const t of list) if (t.expiresAt !== null && t.expiresAt < earliest) earliest = t.expiresAt;
+    if (earliest === Infinity) return;
+    // setTimeout holds at most 2^31-1 ms; a longer TTL re-arms on the way.
+    const delay = Math.min(Math.max(0, earliest - Date.now()), 0x7fffffff);
+    this.ttlTimer = setTimeout(() => { void this.expire(); }, delay);
+    this.ttlTimer.unref();
+  }
+
+  private async expire(): Promise<void> {
+    const now = Date.now();
+    const expired: Array<[string, DynamicTag]> = [];
+    const next: TagMap = {};
+    for (const [w, list] of Object.entries(this.tags)) {
+      const keep = list.filter((t) => {
+        if (t.expiresAt !== null && t.expiresAt <= now) { expired.push([w, t]); return false; }
+        return true;
+      });
+      if (keep.length > 0) next[w] = keep;
+    }
+    if (expired.length === 0) { this.scheduleExpiry(); return; }
+    const cas = await this.own(() => this.store.putTags(next, this.tagsRevision));
+    if (!cas.ok) { this.scheduleExpiry(); return; } // someone changed the tags meanwhile: their change re-arms the timer
+    if (this.tagsRevision !== cas.revision) {
+      this.tags = next;
+      this.tagsRevision = cas.revision;
+      this.install(this.document, this.documentText, this.documentRevision, 'ttl');
+    }
+    for (const [workload, t] of expired) this.audit({ action: 'tag.expired', by: 'ttl', workload, tag: t.tag, reason: t.reason, addedBy: t.by, revision: cas.revision });
+    this.scheduleExpiry();
+  }
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 1000) / 1000;
+}

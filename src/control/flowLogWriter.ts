@@ -1,0 +1,99 @@
+/**
+ * Turns the flow log ring (flow/flowLog.ts) into JSON lines, off the packet
+ * path: every DRAIN_MS it takes the waiting events and writes one line each,
+ * plus one line per vNIC whose events the rate limit suppressed since the
+ * last drain. The file is opened for appending and reopened on reopen()
+ * (SIGUSR1), so logrotate can move it away.
+ *
+ * A line: { time, event: "decision"|"close", vnic, peerPort, from, to, proto,
+ * src, sport, dst, dport, section, rule, point, verdict, reason, packets?,
+ * bytes? }; "suppressed" lines: { time, event, vnic, count }.
+ */
+import { closeSync, openSync, writeSync } from 'node:fs';
+import { FLE, FLK, flowLogTake, type FlowLog } from '../flow/flowLog.js';
+import { addressText, type Family } from '../policy/addresses.js';
+import { OUTCOME_NAMES } from '../packet/verdict.js';
+import type { Dataplane } from '../datapath/dataplane.js';
+import { addressOwners, protoName, ruleRef } from './views.js';
+
+const DRAIN_MS = 200;
+
+export class FlowLogWriter {
+  private fd: number | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private readonly reported: Float64Array;
+  lines = 0;
+
+  constructor(private readonly dp: Dataplane, private readonly log: FlowLog, private readonly path: string | null, private readonly toStdout: boolean) {
+    this.reported = new Float64Array(log.suppressed.length);
+    if (path) this.fd = openSync(path, 'a', 0o640);
+  }
+
+  start(): void {
+    this.timer = setInterval(() => this.drain(), DRAIN_MS);
+    this.timer.unref();
+  }
+
+  /** Close and open the file again: after logrotate moved it, lines go to a new file of the same name. */
+  reopen(): void {
+    if (!this.path) return;
+    this.drain();
+    const fd = openSync(this.path, 'a', 0o640);
+    if (this.fd !== null) closeSync(this.fd);
+    this.fd = fd;
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.drain();
+    if (this.fd !== null) closeSync(this.fd);
+    this.fd = null;
+  }
+
+  drain(): void {
+    const events = flowLogTake(this.log);
+    const out: string[] = [];
+    const compiled = this.dp.compiled;
+    const owners = events.length > 0 ? addressOwners(compiled) : null;
+    const portName = (p: number) => (p >= 0 && p < this.dp.ports.length ? this.dp.ports[p].io.name : null);
+    for (const r of events) {
+      const family = r[FLE.family] as Family;
+      const words = (at: number) => (family === 6 ? [r[at], r[at + 1], r[at + 2], r[at + 3]] : [r[at]]);
+      const src = addressText(family, words(FLE.src)), dst = addressText(family, words(FLE.dst));
+      const ruleOut = r[FLE.ruleOut], ruleIn = r[FLE.ruleIn];
+      // The deciding point: ingress when it was checked, else egress.
+      const point = ruleIn !== -2 ? 'ingress' : 'egress';
+      const ref = ruleRef(compiled, point === 'ingress' ? ruleIn : ruleOut);
+      const closing = r[FLE.kind] === FLK.close;
+      const outcome = OUTCOME_NAMES[r[FLE.outcome]] ?? 'forward';
+      const line: Record<string, unknown> = {
+        time: new Date(r[FLE.time]).toISOString(),
+        event: closing ? 'close' : 'decision',
+        vnic: portName(r[FLE.port]), peerPort: portName(r[FLE.peerPort]),
+        from: owners!.get(src) ?? null, to: owners!.get(dst) ?? null,
+        proto: protoName(r[FLE.proto]), src, sport: r[FLE.sport], dst, dport: r[FLE.dport],
+        section: ref === 'default' || ref === null ? null : ref.section,
+        rule: ref === 'default' ? 'default' : ref === null ? null : ref.id,
+        point,
+        verdict: closing || outcome === 'forward' ? 'allow' : outcome === 'reject' ? 'reject' : 'drop',
+        reason: closing ? 'closed' : outcome === 'forward' ? 'allowed' : outcome,
+      };
+      if (closing) {
+        line.packets = { orig: r[FLE.packetsOrig], reply: r[FLE.packetsReply] };
+        line.bytes = { orig: r[FLE.bytesOrig], reply: r[FLE.bytesReply] };
+      }
+      out.push(JSON.stringify(line));
+    }
+    const s = this.log.suppressed;
+    for (let p = 0; p < s.length; p++) {
+      if (s[p] === this.reported[p]) continue;
+      out.push(JSON.stringify({ time: new Date().toISOString(), event: 'suppressed', vnic: portName(p), count: s[p] - this.reported[p] }));
+      this.reported[p] = s[p];
+    }
+    if (out.length === 0) return;
+    const text = `${out.join('\n')}\n`;
+    this.lines += out.length;
+    if (this.fd !== null) writeSync(this.fd, text);
+    if (this.toStdout) process.stdout.write(text);
+  }
+}

@@ -1,0 +1,157 @@
+/**
+ * The store: where the policy document and the dynamic tags live, behind one
+ * interface so that many hosts can later share them through etcd.
+ *
+ * Model (shaped after etcd's, so an etcd implementation maps one to one)
+ *   Two keys: `policy` (the document text, YAML or JSON) and `tags` (tags
+ *   added at run time, per workload, each with who, why and when it expires).
+ *   `revision` is store-wide and grows by one with every change, like etcd's
+ *   cluster revision; each key remembers the revision of its last change
+ *   (etcd's mod_revision). Writers pass the revision they read: a write whose
+ *   key changed since is refused (compare-and-set), so two writers cannot
+ *   silently lose each other's change. `watch` reports every change, made
+ *   through this store or from outside (an edited file, another host).
+ *   Everything is asynchronous because a networked store is.
+ *
+ * FileStore (this host only)
+ *   policy: the --config file. A write goes to a temporary file renamed over
+ *   it (readers never see half a file). The file is watched: an edit by hand
+ *   or by configuration management becomes a change like any other.
+ *   tags: a JSON file (by default beside the config, `<config>.tags.json`), so
+ *   a quarantine survives a restart. Revisions restart at 1 with the process.
+ */
+import { existsSync, readFileSync, renameSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+
+export interface DynamicTag {
+  tag: string;
+  reason: string;
+  by: string;
+  /** ISO time it was added. */
+  added: string;
+  /** Epoch milliseconds it expires at, or null for never. */
+  expiresAt: number | null;
+}
+
+/** Dynamic tags by workload name. */
+export type TagMap = Record<string, DynamicTag[]>;
+
+export interface StoreState {
+  revision: number;
+  policy: { text: string; source: string; revision: number };
+  tags: { value: TagMap; revision: number };
+}
+
+export type StoreKey = 'policy' | 'tags';
+export type CasResult = { ok: true; revision: number } | { ok: false; revision: number };
+
+export interface PolicyStore {
+  read(): Promise<StoreState>;
+  /** Write the policy text if its revision is still `expect` (null: whatever it is). */
+  putPolicy(text: string, expect: number | null): Promise<CasResult>;
+  /** Write the tag map if its revision is still `expect` (null: whatever it is). */
+  putTags(tags: TagMap, expect: number | null): Promise<CasResult>;
+  /** Call `listener` after every change, with the key that changed; returns a function that stops watching. */
+  watch(listener: (key: StoreKey, state: StoreState) => void): () => void;
+  close(): void;
+}
+
+export class FileStore implements PolicyStore {
+  private revision = 1;
+  private policyText: string;
+  private policyRevision = 1;
+  private tags: TagMap = {};
+  private tagsRevision = 1;
+  private readonly listeners = new Set<(key: StoreKey, state: StoreState) => void>();
+  private watcher: FSWatcher | null = null;
+  private debounce: NodeJS.Timeout | null = null;
+
+  constructor(readonly configPath: string, readonly tagsPath: string = `${configPath}.tags.json`) {
+    this.policyText = readFileSync(configPath, 'utf8');
+    if (existsSync(tagsPath)) {
+      try {
+        this.tags = JSON.parse(readFileSync(tagsPath, 'utf8')) as TagMap;
+      } catch (e) {
+        throw Object.assign(new Error(`cannot read the tags file ${tagsPath}: ${(e as Error).message}`), { code: 'ETAGSFILE' });
+      }
+    }
+  }
+
+  private snapshot(): StoreState {
+    return {
+      revision: this.revision,
+      policy: { text: this.policyText, source: this.configPath, revision: this.policyRevision },
+      tags: { value: structuredClone(this.tags), revision: this.tagsRevision },
+    };
+  }
+
+  private changed(key: StoreKey): void {
+    const state = this.snapshot();
+    for (const l of this.listeners) l(key, state);
+  }
+
+  async read(): Promise<StoreState> {
+    return this.snapshot();
+  }
+
+  async putPolicy(text: string, expect: number | null): Promise<CasResult> {
+    if (expect !== null && expect !== this.policyRevision) return { ok: false, revision: this.policyRevision };
+    const tmp = join(dirname(this.configPath), `.${basename(this.configPath)}.${process.pid}.tmp`);
+    writeFileSync(tmp, text, { mode: 0o600 });
+    renameSync(tmp, this.configPath);
+    this.policyText = text;
+    this.policyRevision = ++this.revision;
+    this.changed('policy');
+    return { ok: true, revision: this.policyRevision };
+  }
+
+  async putTags(tags: TagMap, expect: number | null): Promise<CasResult> {
+    if (expect !== null && expect !== this.tagsRevision) return { ok: false, revision: this.tagsRevision };
+    const tmp = `${this.tagsPath}.${process.pid}.tmp`;
+    writeFileSync(tmp, `${JSON.stringify(tags, null, 2)}\n`, { mode: 0o600 });
+    renameSync(tmp, this.tagsPath);
+    this.tags = structuredClone(tags);
+    this.tagsRevision = ++this.revision;
+    this.changed('tags');
+    return { ok: true, revision: this.tagsRevision };
+  }
+
+  watch(listener: (key: StoreKey, state: StoreState) => void): () => void {
+    this.listeners.add(listener);
+    if (!this.watcher) {
+      // The directory, not the file: editors and `mv` replace the file, which ends a watch on it.
+      this.watcher = watch(dirname(this.configPath), (_event, name) => {
+        if (name !== null && name !== basename(this.configPath)) return;
+        if (this.debounce) clearTimeout(this.debounce);
+        this.debounce = setTimeout(() => this.reread(), 50);
+      });
+    }
+    return () => { this.listeners.delete(listener); };
+  }
+
+  /** The config file may have changed on disk: a different text is a new revision. */
+  private reread(): void {
+    let text: string;
+    try {
+      text = readFileSync(this.configPath, 'utf8');
+    } catch {
+      return; // between an unlink and a rename; the rename fires again
+    }
+    if (text === this.policyText) return;
+    this.policyText = text;
+    this.policyRevision = ++this.revision;
+    this.changed('policy');
+  }
+
+  /** Re-read the config file now (SIGHUP), whether or not the watch saw a change. */
+  refresh(): void {
+    this.reread();
+  }
+
+  close(): void {
+    this.watcher?.close();
+    this.watcher = null;
+    if (this.debounce) clearTimeout(this.debounce);
+    this.listeners.clear();
+  }
+}
