@@ -1,8 +1,10 @@
 // Randomised differential test of the whole compiler: random policies (tags,
 // nested groups, CIDRs, IPv4 and IPv6, services, appliedTo, disabled rules)
-// compiled to tries, against reading the policy top to bottom.
+// compiled to tries, against reading the policy top to bottom; and compiled
+// incrementally from a differently tagged version, which must agree too.
 import t from 'tap';
 import { policyFromData } from '../src/policy/load.js';
+import type { Policy } from '../src/policy/model.js';
 import { parsePrefix } from '../src/policy/addresses.js';
 import { pointClassify, policyCompile } from '../src/policy/compile.js';
 import { keyWrite } from '../src/packet/key.js';
@@ -54,6 +56,12 @@ function randomPolicy(r: () => number) {
   return { policy, ips };
 }
 
+/** The same policy with some workloads' tags changed (what a tag API call does). */
+function retagged(policy: Policy, r: () => number): Policy {
+  const workloads = new Map([...policy.workloads].map(([n, w]) => [n, r() < 0.5 ? { ...w, tags: TAGS.filter(() => r() < 0.3) } : w]));
+  return { ...policy, workloads };
+}
+
 function randomAddress(r: () => number, ips: string[], v6: boolean): string {
   const own = ips.filter((a) => a.includes(':') === v6);
   if (own.length > 0 && r() < 0.6) return pick(r, own);
@@ -61,7 +69,7 @@ function randomAddress(r: () => number, ips: string[], v6: boolean): string {
 }
 
 t.test('compiled tries agree with the policy read top to bottom', async (t) => {
-  let checked = 0;
+  let checked = 0, reusedTotal = 0;
   const key = new Int32Array(16);
   for (let seed = 1; seed <= 150; seed++) {
     const r = rng(seed);
@@ -72,6 +80,9 @@ t.test('compiled tries agree with the policy read top to bottom', async (t) => {
       continue;
     }
     const compiled = policyCompile(policy);
+    // The incremental path: compiled from a differently tagged version of it, reusing what still fits.
+    const incremental = policyCompile(policy, policyCompile(retagged(policy, r)));
+    reusedTotal += incremental.stats.reused;
     let bad = 0, first = '';
     for (let i = 0; i < 200; i++) {
       const v6 = r() < 0.4;
@@ -84,14 +95,16 @@ t.test('compiled tries agree with the policy read top to bottom', async (t) => {
       const w = pick(r, [...policy.workloads.values()]);
       keyWrite(key, 0, src.family, src.words, dst.words, proto, sport, dport);
       const got = pointClassify(compiled.points.get(w.nic)!.egress.tables, src.family, key, 0);
+      const gotIncremental = pointClassify(incremental.points.get(w.nic)!.egress.tables, src.family, key, 0);
       const want = naivePolicyDecide(policy, compiled, w.name, src, dst, proto, sport, dport).order;
       checked++;
-      if (got !== want) {
+      if (got !== want || gotIncremental !== want) {
         bad++;
-        if (!first) first = ` e.g. at ${w.name}: ${proto} ${src.text}:${sport} -> ${dst.text}:${dport}: compiled ${got}, reference ${want}`;
+        if (!first) first = ` e.g. at ${w.name}: ${proto} ${src.text}:${sport} -> ${dst.text}:${dport}: compiled ${got}, incrementally ${gotIncremental}, reference ${want}`;
       }
     }
     if (bad > 0) t.fail(`seed ${seed}: ${bad} of 200 packets disagree${first}`);
   }
   t.equal(checked, 150 * 200, 'every generated policy was valid and every packet was checked');
+  t.ok(reusedTotal > 0, `the incremental compiles reused section tables (${reusedTotal}), so that path was exercised`);
 });

@@ -17,9 +17,10 @@ export function dumpCompiled(c: CompiledPolicy, what: 'groups' | 'points' | 'sta
   } else if (what === 'points') {
     for (const [nic, p] of c.points) {
       const t = p.egress.tables;
-      out.push(`vNIC ${nic} (${p.egress.workload}): ${t.rules.length} rules, ${t.v4.atoms.length} IPv4 + ${t.v6.atoms.length} IPv6 entries`);
+      const count = (list: typeof t.v4) => list.reduce((n, f) => n + f.atoms.length, 0);
+      out.push(`vNIC ${nic} (${p.egress.workload}): ${t.rules.length} rules, ${count(t.v4)} IPv4 + ${count(t.v6)} IPv6 entries`);
       for (const fam of [t.v4, t.v6]) {
-        fam.atoms.forEach((a, i) => {
+        fam.flatMap((f) => f.atoms).forEach((a, i) => {
           const r = c.rules[a.rule];
           out.push(`  ${String(i).padStart(4)}  ${r.section}/${r.id} ${r.action}: ${atomText(a)}`);
         });
@@ -35,7 +36,8 @@ export function dumpCompiled(c: CompiledPolicy, what: 'groups' | 'points' | 'sta
     out.push(`default ${c.defaultAction}; spoofguard ${c.policy.spoofguard ? 'on' : 'off'}`);
     for (const [nic, p] of c.points) {
       const t = p.egress.tables;
-      out.push(`vNIC ${nic} (${p.egress.workload}): ${t.rules.length} rules; IPv4 trie ${t.v4.trie.stats.bytes} bytes depth ${t.v4.trie.stats.maxDepth}; IPv6 trie ${t.v6.trie.stats.bytes} bytes depth ${t.v6.trie.stats.maxDepth}`);
+      const sum = (list: typeof t.v4) => `${list.length} section tries, ${list.reduce((n, f) => n + f.trie.stats.bytes, 0)} bytes, depth ${Math.max(0, ...list.map((f) => f.trie.stats.maxDepth))}`;
+      out.push(`vNIC ${nic} (${p.egress.workload}): ${t.rules.length} rules; IPv4 ${sum(t.v4)}; IPv6 ${sum(t.v6)}`);
     }
   }
   return `${out.join('\n')}\n`;

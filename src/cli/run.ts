@@ -52,7 +52,7 @@ export interface RunOptions {
 
 export async function runDaemon(opts: RunOptions): Promise<void> {
   const log = pino({ name: 'tapwall' }, pino.destination(2));
-  const { policy, warnings } = policyLoad(opts.config);
+  const { policy, warnings } = policyLoad(opts.config, { shadows: false });
   for (const w of warnings) log.warn({ problem: w }, formatProblem(w));
   const compiled = policyCompile(policy);
   const specs: PortSpec[] = [...policy.workloads.values()].map((w) => ({ name: w.nic, mode: opts.mode, workload: w.name }));

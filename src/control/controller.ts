@@ -111,7 +111,7 @@ export class Controller {
   get dynamicTags(): TagMap { return this.tags; }
 
   private validate(text: string, source: string): Policy {
-    const { policy, problems } = policyParse(text, source);
+    const { policy, problems } = policyParse(text, source, { shadows: false });
     if (!policy) throw new ControlError(400, 'invalid-policy', `the policy is invalid (${problems.filter((p) => p.severity === 'error').length} errors)`, problems.filter((p) => p.severity === 'error'));
     const want = [...this.target.nics].sort().join(',');
     const have = [...policy.workloads.values()].map((w) => w.nic).sort().join(',');
@@ -223,9 +223,8 @@ export class Controller {
   }
 
   /** PUT /v1/policy: validate and compile first, then compare-and-set in the store, then swap. */
-  async putPolicy(text: string, expectRevision: number | null, by: string): Promise<ApplyRecord & { warnings: PolicyProblem[] }> {
+  async putPolicy(text: string, expectRevision: number | null, by: string): Promise<ApplyRecord> {
     const source = '(request)';
-    const { problems } = policyParse(text, source);
     const policy = this.validate(text, source);
     // Compile before writing: a policy that cannot be compiled must not reach the store.
     policyCompile(this.effective(policy, this.pruneTags(this.tags, policy)), this.compiled);
@@ -238,7 +237,7 @@ export class Controller {
     }
     this.rejectedText = null;
     this.audit({ action: 'policy.applied', by, revision: cas.revision, rules: this.compiled.stats.rules, compileMs: round(this.lastApply!.compileMs) });
-    return { ...this.lastApply!, warnings: problems.filter((p) => p.severity === 'warning') };
+    return { ...this.lastApply! };
   }
 
   /** POST /v1/workloads/{name}/tags. */

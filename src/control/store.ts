@@ -155,3 +155,51 @@ export class FileStore implements PolicyStore {
     this.listeners.clear();
   }
 }
+
+/** A store in memory only: for benchmarks and tests of the controller, and the simplest reading of the contract. */
+export class MemoryStore implements PolicyStore {
+  private revision = 1;
+  private policyRevision = 1;
+  private tags: TagMap = {};
+  private tagsRevision = 1;
+  private readonly listeners = new Set<(key: StoreKey, state: StoreState) => void>();
+
+  constructor(private policyText: string, private readonly source = '(memory)') {}
+
+  private snapshot(): StoreState {
+    return {
+      revision: this.revision,
+      policy: { text: this.policyText, source: this.source, revision: this.policyRevision },
+      tags: { value: structuredClone(this.tags), revision: this.tagsRevision },
+    };
+  }
+
+  async read(): Promise<StoreState> {
+    return this.snapshot();
+  }
+
+  async putPolicy(text: string, expect: number | null): Promise<CasResult> {
+    if (expect !== null && expect !== this.policyRevision) return { ok: false, revision: this.policyRevision };
+    this.policyText = text;
+    this.policyRevision = ++this.revision;
+    for (const l of this.listeners) l('policy', this.snapshot());
+    return { ok: true, revision: this.policyRevision };
+  }
+
+  async putTags(tags: TagMap, expect: number | null): Promise<CasResult> {
+    if (expect !== null && expect !== this.tagsRevision) return { ok: false, revision: this.tagsRevision };
+    this.tags = structuredClone(tags);
+    this.tagsRevision = ++this.revision;
+    for (const l of this.listeners) l('tags', this.snapshot());
+    return { ok: true, revision: this.tagsRevision };
+  }
+
+  watch(listener: (key: StoreKey, state: StoreState) => void): () => void {
+    this.listeners.add(listener);
+    return () => { this.listeners.delete(listener); };
+  }
+
+  close(): void {
+    this.listeners.clear();
+  }
+}

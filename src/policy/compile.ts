@@ -15,11 +15,12 @@
  * The result is immutable: a change compiles a new CompiledPolicy off to the
  * side and the caller swaps one reference.
  *
- * Incremental recompilation: given the previous CompiledPolicy, a point whose
- * rules resolve to exactly the same atoms (same rule orders, same resolved
- * source and destination prefixes, same services) reuses the previous tries
- * instead of building them again. A tag change therefore rebuilds only the
- * vNICs whose rules changed; `stats.reused` says how many table sets were kept.
+ * Incremental recompilation: given the previous CompiledPolicy, a section of
+ * a point whose rules resolve to exactly the same atoms (same rule orders,
+ * same resolved source and destination prefixes, same services) reuses the
+ * previous tries instead of building them again. A tag change therefore
+ * rebuilds only the sections, at the vNICs, whose rules changed;
+ * `stats.reused` says how many section tables were kept.
  */
 import { trieBuild, trieLookup, type RuleTrie } from '../classify/ruleTrie.js';
 import { KEY_V4, KEY_V6 } from '../packet/key.js';
@@ -47,9 +48,16 @@ export interface FamilyTable {
   atoms: Atom[];
 }
 
+/**
+ * One point's tables: per IP family, one trie per policy section that has
+ * rules here, in precedence order (the first section with a match decides,
+ * as the first matching rule would). Sections are compiled apart so that a
+ * change in one (a tag moving a VM into the quarantine section's groups)
+ * rebuilds that section's small trie and keeps the others.
+ */
 export interface PointTables {
-  v4: FamilyTable;
-  v6: FamilyTable;
+  v4: FamilyTable[];
+  v6: FamilyTable[];
   /** Pairs (ethertype, rule order) in precedence order, for non-IP frames. */
   ether: Int32Array;
   /** Rule orders that apply here, in precedence order. */
@@ -75,8 +83,8 @@ export interface CompiledPolicy {
   groups: Map<string, { members: Set<string>; addresses: AddressSet }>;
   points: Map<string, { egress: CompiledPoint; ingress: CompiledPoint }>;
   stats: { rules: number; atoms: number; tries: number; bytes: number; buildMs: number; reused: number };
-  /** Point tables by content signature, for the next incremental compile. */
-  tablesBySignature: Map<string, PointTables>;
+  /** Section tables by content signature, for the next incremental compile. */
+  segmentsBySignature: Map<string, { v4: FamilyTable; v6: FamilyTable; ether: number[] }>;
 }
 
 export const ACTION_CODE: Record<Action, number> = { allow: 0, drop: 1, reject: 2 };
@@ -210,42 +218,122 @@ export function buildFamilyTable(atoms: Atom[], family: Family): FamilyTable {
   return { trie, atomRule: Int32Array.from(fit.map((a) => a.rule)), atoms: fit };
 }
 
-/** What a rule's atoms depend on, as text: equal keys mean equal atoms. */
-function ruleKey(rule: Rule, policy: Policy, groups: CompiledPolicy['groups']): string {
-  const side = (refs: Rule['from']) => {
-    const a = ruleAddresses(refs, groups);
-    return a.any ? '*' : a.prefixes.map((p) => p.text).join(',');
-  };
+/**
+ * What a rule's atoms depend on, apart from group contents, as text: rule
+ * order, the from/to references (group names, CIDRs) and the services.
+ * Cached per Rule object, which lives as long as its policy document, so a
+ * tag change (same document, new group contents) costs no per-rule work.
+ */
+const ruleKeys = new WeakMap<Rule, { key: string; groups: string[] }>();
+function ruleKey(rule: Rule, policy: Policy): { key: string; groups: string[] } {
+  let k = ruleKeys.get(rule);
+  if (k) return k;
+  const groups: string[] = [];
+  const side = (refs: Rule['from']) => refs.map((r) => {
+    if (r.kind === 'any') return '*';
+    if (r.kind === 'cidr') return r.prefix.text;
+    groups.push(r.name);
+    return `@${r.name}`;
+  }).join(',');
   const services = rule.services.map((s) => (s.kind === 'any' ? '*' : s.kind === 'inline' ? s.text : `${s.name}=${policy.services.get(s.name)?.specs.join('+') ?? ''}`)).join(',');
-  return `${rule.order}|${side(rule.from)}|${side(rule.to)}|${services}`;
+  k = { key: `${rule.order}|${side(rule.from)}|${side(rule.to)}|${services}`, groups };
+  ruleKeys.set(rule, k);
+  return k;
+}
+
+/** A run of rules' keys joined, and the groups they name; cached per first Rule for contiguous runs. */
+const runKeys = new WeakMap<Rule, Map<number, { keys: string; groups: string[] }>>();
+function runKey(rules: Rule[], part: number[], policy: Policy): { keys: string; groups: string[] } {
+  const contiguous = part[part.length - 1] - part[0] + 1 === part.length;
+  const cache = contiguous ? runKeys.get(rules[part[0]]) : undefined;
+  const hit = cache?.get(part.length);
+  if (hit) return hit;
+  const names = new Set<string>();
+  const keys = part.map((o) => {
+    const k = ruleKey(rules[o], policy);
+    for (const g of k.groups) names.add(g);
+    return k.key;
+  });
+  const out = { keys: keys.join('\n'), groups: [...names].sort() };
+  if (contiguous) {
+    let m = runKeys.get(rules[part[0]]);
+    if (!m) runKeys.set(rules[part[0]], (m = new Map()));
+    m.set(part.length, out);
+  }
+  return out;
+}
+
+/** The content signature of some rules (orders, in order): their keys and the addresses of the groups they name. */
+function partSignature(rules: Rule[], part: number[], policy: Policy, groupText: (name: string) => string): string {
+  const r = runKey(rules, part, policy);
+  return `${r.keys}\n#${r.groups.map((n) => `${n}=${groupText(n)}`).join(';')}`;
+}
+
+/** One section's compiled rules at a point: a trie per family and its non-IP EtherType pairs. */
+interface Segment {
+  v4: FamilyTable;
+  v6: FamilyTable;
+  ether: number[];
 }
 
 export function policyCompile(policy: Policy, previous: CompiledPolicy | null = null): CompiledPolicy {
   const started = performance.now();
   const rules = policy.sections.flatMap((s) => s.rules);
   const groups = resolveGroups(policy);
-  const keys = rules.map((r) => (r.disabled ? '' : ruleKey(r, policy, groups)));
-  const ruleAtoms: Array<Atom[] | null> = rules.map(() => null);
-  const atomsOf = (o: number): Atom[] => (ruleAtoms[o] ??= rules[o].disabled ? [] : expandRule(rules[o], policy, groups));
-  const shared = new Map<string, PointTables>();
+  const texts = new Map<string, string>();
+  const groupText = (name: string): string => {
+    let t = texts.get(name);
+    if (t === undefined) {
+      const a = groups.get(name)?.addresses;
+      t = !a ? '' : a.any ? '*' : a.prefixes.map((p) => p.text).join(',');
+      texts.set(name, t);
+    }
+    return t;
+  };
+  const segments = new Map<string, Segment>();
+  // Rules without appliedTo apply at every vNIC: vNICs differ only by the scoped rules that reach them.
+  const scoped = rules.filter((r) => !r.disabled && r.appliedTo.length > 0);
+  const byScope = new Map<string, PointTables>();
   const points: CompiledPolicy['points'] = new Map();
-  let atomsTotal = 0, bytes = 0, reused = 0;
+  let atomsTotal = 0, bytes = 0, reused = 0, tries = 0;
   for (const w of policy.workloads.values()) {
-    const applicable = rules.filter((r) => ruleAppliesAt(r, w.name, groups)).map((r) => r.order);
-    const signature = applicable.map((o) => keys[o]).join('\n');
-    let tables = shared.get(signature);
+    const scope = scoped.filter((r) => ruleAppliesAt(r, w.name, groups)).map((r) => r.order);
+    const scopeKey = scope.join(',');
+    let tables = byScope.get(scopeKey);
     if (!tables) {
-      tables = previous?.tablesBySignature.get(signature);
-      if (tables) reused++;
-      else {
-        const atoms = applicable.flatMap(atomsOf);
-        const ether: number[] = [];
-        for (const a of atoms) if (a.service.kind === 'ether') ether.push(a.service.ethertype, a.rule);
-        tables = { v4: buildFamilyTable(atoms, 4), v6: buildFamilyTable(atoms, 6), ether: Int32Array.from(ether), rules: applicable };
+      const inScope = new Set(scope);
+      const applicable = rules.filter((r) => !r.disabled && (r.appliedTo.length === 0 || inScope.has(r.order))).map((r) => r.order);
+      tables = { v4: [], v6: [], ether: new Int32Array(0), rules: applicable };
+      const ether: number[] = [];
+      // Rule orders are contiguous per section: cut the applicable list where the section changes.
+      for (let from = 0; from < applicable.length;) {
+        let to = from + 1;
+        while (to < applicable.length && rules[applicable[to]].section === rules[applicable[from]].section) to++;
+        const part = applicable.slice(from, to);
+        const signature = partSignature(rules, part, policy, groupText);
+        let seg = segments.get(signature);
+        if (!seg) {
+          seg = previous?.segmentsBySignature.get(signature);
+          if (seg) reused++;
+          else {
+            const atoms = part.flatMap((o) => expandRule(rules[o], policy, groups));
+            const segEther: number[] = [];
+            for (const a of atoms) if (a.service.kind === 'ether') segEther.push(a.service.ethertype, a.rule);
+            seg = { v4: buildFamilyTable(atoms, 4), v6: buildFamilyTable(atoms, 6), ether: segEther };
+          }
+          segments.set(signature, seg);
+        }
+        ether.push(...seg.ether);
+        // An empty trie matches nothing: leave it out of the lookup chain.
+        if (seg.v4.atoms.length > 0) tables.v4.push(seg.v4);
+        if (seg.v6.atoms.length > 0) tables.v6.push(seg.v6);
+        from = to;
       }
-      shared.set(signature, tables);
-      atomsTotal += tables.v4.atoms.length + tables.v6.atoms.length + tables.ether.length / 2;
-      bytes += tables.v4.trie.stats.bytes + tables.v6.trie.stats.bytes + tables.ether.byteLength;
+      tables.ether = Int32Array.from(ether);
+      byScope.set(scopeKey, tables);
+      for (const t of [...tables.v4, ...tables.v6]) { atomsTotal += t.atoms.length; bytes += t.trie.stats.bytes; tries++; }
+      atomsTotal += tables.ether.length / 2;
+      bytes += tables.ether.byteLength;
     }
     // Ingress and egress read the same rule list: from/to pick the direction.
     points.set(w.nic, {
@@ -263,16 +351,20 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
     defaultAction: policy.default,
     groups,
     points,
-    stats: { rules: rules.length, atoms: atomsTotal, tries: shared.size * 2, bytes, buildMs: performance.now() - started, reused },
-    tablesBySignature: shared,
+    stats: { rules: rules.length, atoms: atomsTotal, tries, bytes, buildMs: performance.now() - started, reused },
+    segmentsBySignature: segments,
   };
 }
 
 /** First matching rule order for an IP key at a point, or -1 (then the default applies). */
 export function pointClassify(tables: PointTables, family: Family, key: Int32Array, keyOff: number): number {
-  const t = family === 4 ? tables.v4 : tables.v6;
-  const atom = trieLookup(t.trie, key, keyOff);
-  return atom < 0 ? -1 : t.atomRule[atom];
+  const list = family === 4 ? tables.v4 : tables.v6;
+  for (let i = 0; i < list.length; i++) {
+    const t = list[i];
+    const atom = trieLookup(t.trie, key, keyOff);
+    if (atom >= 0) return t.atomRule[atom];
+  }
+  return -1;
 }
 
 /** First matching rule order for a non-IP EtherType at a point, or -1. */

@@ -473,7 +473,16 @@ function readSections(c: Checker, raw: Json | undefined, groups: Map<string, Gro
 }
 
 /** Validate parsed data (`source` names it in messages); returns the model and every problem. */
-export function policyFromData(data: Json, source: string, c: Checker = new Checker(source, null, null)): { policy: Policy | null; problems: PolicyProblem[] } {
+export interface ParseOptions {
+  /**
+   * Look for shadowed rules (warnings only). It compares rule pairs, so it
+   * grows with the square of the policy: `tapwall check` does it; the daemon,
+   * applying a change on the clock, does not.
+   */
+  shadows?: boolean;
+}
+
+export function policyFromData(data: Json, source: string, c: Checker = new Checker(source, null, null), opts: ParseOptions = {}): { policy: Policy | null; problems: PolicyProblem[] } {
   const top = mapping(c, data, [], TOP_KEYS, 'a policy document');
   if (!top) return { policy: null, problems: c.problems };
   if (top.version !== undefined && top.version !== 1) c.error('bad-value', ['version'], `expected version 1, found ${describe(top.version)}`);
@@ -484,12 +493,12 @@ export function policyFromData(data: Json, source: string, c: Checker = new Chec
   const services = readServices(c, top.services);
   const sections = readSections(c, top.sections, groups, workloads, services);
   const policy: Policy = { source, default: def, spoofguard, workloads, groups, services, sections };
-  if (!c.failed) c.problems.push(...findShadowedRules(policy));
+  if (!c.failed && opts.shadows !== false) c.problems.push(...findShadowedRules(policy));
   return { policy: c.failed ? null : policy, problems: c.problems };
 }
 
 /** Parse YAML or JSON text and validate it. Never throws for bad input. */
-export function policyParse(text: string, file: string): { policy: Policy | null; problems: PolicyProblem[] } {
+export function policyParse(text: string, file: string, opts: ParseOptions = {}): { policy: Policy | null; problems: PolicyProblem[] } {
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
   const c = new Checker(file, doc, lines);
@@ -501,11 +510,11 @@ export function policyParse(text: string, file: string): { policy: Policy | null
     }
     return { policy: null, problems: c.problems };
   }
-  return policyFromData(doc.toJS({ maxAliasCount: 100 }) as Json, file, c);
+  return policyFromData(doc.toJS({ maxAliasCount: 100 }) as Json, file, c, opts);
 }
 
 /** Read and validate a policy file; throws PolicyError listing every problem. */
-export function policyLoad(file: string): { policy: Policy; warnings: PolicyProblem[] } {
+export function policyLoad(file: string, opts: ParseOptions = {}): { policy: Policy; warnings: PolicyProblem[] } {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
@@ -513,7 +522,7 @@ export function policyLoad(file: string): { policy: Policy; warnings: PolicyProb
     const err = e as NodeJS.ErrnoException;
     throw new PolicyError([{ severity: 'error', code: 'unreadable', file, line: 0, column: 0, path: '(document)', message: `cannot read the file: ${err.code ?? err.message}` }]);
   }
-  const { policy, problems } = policyParse(text, file);
+  const { policy, problems } = policyParse(text, file, opts);
   if (!policy) throw new PolicyError(problems);
   return { policy, warnings: problems };
 }
