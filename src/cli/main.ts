@@ -32,6 +32,14 @@ function fail(e: unknown): never {
     process.exit(EXIT_INVALID);
   }
   const err = e as NodeJS.ErrnoException;
+  if (e instanceof ApiError) {
+    process.stderr.write(`${e.describe()}\n`);
+    process.exit(e.status === 400 || e.status === 404 || e.status === 409 || e.status === 412 || e.status === 428 ? EXIT_INVALID : 1);
+  }
+  if (err?.code === 'EUSAGE') {
+    process.stderr.write(`tapwall: ${err.message}\n`);
+    process.exit(EXIT_INVALID);
+  }
   if (err?.code === 'ENOENT' || err?.code === 'EACCES') {
     process.stderr.write(`tapwall: ${err.message}\n`);
     process.exit(EXIT_INVALID);
@@ -40,14 +48,6 @@ function fail(e: unknown): never {
     // The system refused (no permission, no such interface, a TAP already owned): say so, no stack.
     process.stderr.write(`tapwall: ${err.message}\n`);
     process.exit(1);
-  }
-  if (e instanceof ApiError) {
-    process.stderr.write(`${e.describe()}\n`);
-    process.exit(e.status === 400 || e.status === 404 || e.status === 409 || e.status === 412 || e.status === 428 ? EXIT_INVALID : 1);
-  }
-  if (err?.code === 'EUSAGE') {
-    process.stderr.write(`tapwall: ${err.message}\n`);
-    process.exit(EXIT_INVALID);
   }
   process.stderr.write(`tapwall: internal error: ${err?.stack ?? String(e)}\n`);
   process.exit(1);

@@ -1,0 +1,250 @@
+// The control-plane API of a running `tapwall run` (TAP ports it creates and
+// removes itself; no traffic here, that is control-netns.test.ts): the Unix
+// socket's mode, bearer tokens on TCP (401 and nothing changed), bad requests
+// answered 400 with located problems, concurrent PUTs with a stale revision,
+// tags with a time-to-live, the audit log, tags kept across a restart, the
+// watched config file (a broken edit refused and counted), and the CLI.
+import t from 'tap';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { lineReader } from '../src/util/lab.js';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const cli = join(root, 'bin/tapwall.js');
+
+const POLICY = `default: drop
+workloads:
+  web-1: { nic: twc-web1, mac: "02:78:00:00:01:11", ips: [10.78.1.11], tags: [web] }
+  app-1: { nic: twc-app1, mac: "02:78:00:00:02:21", ips: [10.78.2.21], tags: [app] }
+  db-1:  { nic: twc-db1,  mac: "02:78:00:00:03:31", ips: [10.78.3.31], tags: [db] }
+groups:
+  web: { tags: [web] }
+  app: { tags: [app] }
+  db: { tags: [db] }
+  quarantined: { tags: [quarantine] }
+sections:
+  - name: emergency
+    rules:
+      - { id: quarantine-out, from: quarantined, to: any, action: drop, log: true }
+      - { id: quarantine-in, from: any, to: quarantined, action: drop, log: true }
+  - name: application
+    rules:
+      - { id: web-to-app, from: web, to: app, services: [tcp/8080], action: allow }
+      - { id: app-to-db, from: app, to: db, services: [tcp/5432], action: allow }
+`;
+
+const dir = mkdtempSync(join(tmpdir(), 'tw-api-'));
+const policyFile = join(dir, 'policy.yaml');
+const stateDir = join(dir, 'state');
+const socket = join(dir, 'api.sock');
+const tokenFile = join(dir, 'token');
+const TOKEN = 'test-token-0123456789abcdef';
+writeFileSync(policyFile, POLICY);
+writeFileSync(tokenFile, `${TOKEN}\n`);
+
+let daemon: ChildProcess | null = null;
+let apiUrl = '';
+let metricsUrl = '';
+t.teardown(() => { if (daemon && daemon.exitCode === null) daemon.kill('SIGKILL'); });
+
+async function start(): Promise<void> {
+  daemon = spawn(process.execPath, [cli, 'run', '--config', policyFile, '--state-dir', stateDir, '--api-socket', socket,
+    '--api-listen', '127.0.0.1:0', '--api-token-file', tokenFile, '--metrics', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const ready = JSON.parse(await lineReader(daemon, 15_000)()) as { api: { url: string }; metrics: string };
+  apiUrl = ready.api.url;
+  metricsUrl = ready.metrics;
+}
+
+async function stop(): Promise<void> {
+  const d = daemon!;
+  const exited = new Promise((resolve) => d.once('exit', resolve));
+  d.kill('SIGTERM');
+  await exited;
+}
+
+interface Answer { status: number; body: Record<string, any>; headers: Record<string, unknown> }
+
+/** One request, over the Unix socket or (tcp: true) over TCP with the given token. */
+function call(method: string, path: string, body?: string | object, opts: { tcp?: boolean; token?: string | null; headers?: Record<string, string> } = {}): Promise<Answer> {
+  const payload = body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body);
+  const headers: Record<string, string> = { ...opts.headers };
+  if (payload !== undefined) headers['content-length'] = String(Buffer.byteLength(payload));
+  if (opts.tcp && opts.token !== null) headers.authorization = `Bearer ${opts.token ?? TOKEN}`;
+  const u = new URL(apiUrl || 'http://x');
+  const target = opts.tcp ? { hostname: u.hostname, port: u.port } : { socketPath: socket };
+  return new Promise((resolve, reject) => {
+    const req = request({ ...target, path, method, headers }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode!, body: JSON.parse(Buffer.concat(chunks).toString() || '{}'), headers: res.headers }));
+    });
+    req.on('error', reject);
+    if (payload !== undefined) req.write(payload);
+    req.end();
+  });
+}
+
+function audit(): Array<Record<string, unknown>> {
+  return readFileSync(join(stateDir, 'audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+async function until(what: string, cond: () => Promise<boolean>, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await cond()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+const trace = async (packet: string) => (await call('POST', '/v1/trace', { packet })).body as { verdict: string; steps: Array<{ rule: { id: string } | null }> };
+
+t.test('the API of a running daemon', async (t) => {
+  await start();
+
+  t.test('the Unix socket is for root only', async (t) => {
+    t.equal(statSync(socket).mode & 0o777, 0o600, 'mode 0600');
+    const s = await call('GET', '/v1/status');
+    t.equal(s.status, 200);
+    t.equal(s.body.generation, 1, 'one policy applied so far');
+    t.same(s.body.ports.map((p: { name: string }) => p.name), ['twc-web1', 'twc-app1', 'twc-db1'], 'ports listed');
+  });
+
+  t.test('TCP needs the bearer token', async (t) => {
+    for (const token of [null, 'wrong-token-0123456789abcdef', `${TOKEN}x`]) {
+      const r = await call('GET', '/v1/status', undefined, { tcp: true, token });
+      t.equal(r.status, 401, `token ${token === null ? 'missing' : 'wrong'}: 401`);
+      t.equal(r.body.error.code, 'unauthorized');
+    }
+    const denied = await call('POST', '/v1/workloads/web-1/tags', { add: ['quarantine'], reason: 'x' }, { tcp: true, token: 'not-the-token-0123456789' });
+    t.equal(denied.status, 401, 'a tag change without the token is refused');
+    const after = await call('GET', '/v1/workloads');
+    t.same(after.body.workloads.find((w: { name: string }) => w.name === 'web-1').dynamicTags, [], 'and changed nothing');
+    t.equal((await call('GET', '/v1/status')).body.generation, 1, 'no policy was applied');
+    const ok = await call('GET', '/v1/status', undefined, { tcp: true });
+    t.equal(ok.status, 200, 'with the token: 200');
+  });
+
+  t.test('bad requests get 400 with located problems', async (t) => {
+    const ttl = await call('POST', '/v1/workloads/web-1/tags', '{"add": ["quarantine"], "reason": "x",\n  "ttl": "soon"}');
+    t.equal(ttl.status, 400);
+    t.match(ttl.body.problems[0], { file: '(request)', line: 2, column: 3, path: 'ttl', code: 'bad-value' }, 'a bad ttl, with its line and column');
+    const syntax = await call('POST', '/v1/workloads/web-1/tags', '{"add": [\n');
+    t.equal(syntax.status, 400);
+    t.equal(syntax.body.problems[0].code, 'syntax', 'broken JSON');
+    const unknown = await call('POST', '/v1/workloads/web-1/tags', { add: ['x'], reason: 'r', colour: 'red' });
+    t.match(unknown.body.problems[0], { path: 'colour', code: 'unknown-key' }, 'an unknown key');
+    t.match((await call('POST', '/v1/workloads/web-1/tags', { add: ['x'] })).body.problems[0], { path: 'reason', code: 'missing-key' }, 'no reason');
+    t.match((await call('POST', '/v1/workloads/web-1/tags', { add: ['bad tag'], reason: 'r' })).body.error, { code: 'bad-tag' }, 'a bad tag name');
+    t.equal((await call('POST', '/v1/workloads/nobody/tags', { add: ['x'], reason: 'r' })).status, 404, 'an unknown workload: 404');
+    t.equal((await call('POST', '/v1/workloads/web-1/tags', 'x'.repeat(2 << 20))).status, 413, 'a body over 1 MiB: 413');
+    t.equal((await call('GET', '/v1/nothing')).status, 404, 'an unknown endpoint: 404');
+    t.equal((await call('DELETE', '/v1/policy')).status, 405, 'a wrong method: 405');
+    t.equal((await call('POST', '/v1/trace', { packet: 'tcp nowhere' })).status, 400, 'a bad packet to trace: 400');
+    t.equal((await call('GET', '/v1/flows?state=sideways')).status, 400, 'a bad flow filter: 400');
+
+    const rev = (await call('GET', '/v1/policy')).body.revision as number;
+    t.equal((await call('PUT', '/v1/policy', POLICY)).status, 428, 'PUT without If-Match: 428');
+    const broken = POLICY.replace('action: allow }', 'action: permit }');
+    const put = await call('PUT', '/v1/policy', broken, { headers: { 'if-match': `"${rev}"` } });
+    t.equal(put.status, 400, 'an invalid policy: 400');
+    // The same problems `tapwall check --json` reports for the same text.
+    const file = join(dir, 'broken.yaml');
+    writeFileSync(file, broken);
+    const check = JSON.parse(spawnSync(process.execPath, [cli, 'check', '--json', file], { encoding: 'utf8' }).stdout) as { problems: Array<Record<string, unknown>> };
+    const strip = (ps: Array<Record<string, unknown>>) => ps.filter((p) => p.severity === 'error').map(({ file: _f, ...rest }) => rest);
+    t.same(strip(put.body.problems), strip(check.problems), 'problems as tapwall check reports them (line, column, path, code)');
+    const moreNics = POLICY.replace('groups:', '  db-2: { nic: twc-db2, mac: "02:78:00:00:03:32", ips: [10.78.3.32], tags: [db] }\ngroups:');
+    t.equal((await call('PUT', '/v1/policy', moreNics, { headers: { 'if-match': `"${rev}"` } })).status, 409, 'a policy with a new vNIC needs a restart: 409');
+    t.equal((await call('GET', '/v1/policy')).body.revision, rev, 'none of these changed the policy');
+    t.equal((await call('GET', '/v1/status')).body.generation, 1, 'or applied anything');
+  });
+
+  t.test('two writers with the same revision: one wins, the other gets 412', async (t) => {
+    const rev = (await call('GET', '/v1/policy')).body.revision as number;
+    const a = POLICY.replace('tcp/8080', 'tcp/8081'), b = POLICY.replace('tcp/8080', 'tcp/8082');
+    const [ra, rb] = await Promise.all([a, b].map((text) => call('PUT', '/v1/policy', text, { headers: { 'if-match': `"${rev}"` } })));
+    t.same([ra.status, rb.status].sort(), [200, 412], 'exactly one succeeded');
+    const winner = ra.status === 200 ? a : b;
+    const loser = ra.status === 200 ? rb : ra;
+    t.equal(loser.body.error.code, 'stale-revision');
+    const now = await call('GET', '/v1/policy');
+    t.equal(now.body.text, winner, "the winner's policy is in force, the loser's change was not silently mixed in");
+    t.equal(readFileSync(policyFile, 'utf8'), winner, 'and written to the config file');
+    t.equal(now.headers.etag, `"${now.body.revision}"`, 'ETag carries the revision');
+    const back = await call('PUT', '/v1/policy', POLICY, { headers: { 'if-match': `"${now.body.revision}"`, 'x-tapwall-actor': 'test-suite' } });
+    t.equal(back.status, 200, 'a writer with the current revision succeeds');
+    t.match(audit().filter((e) => e.action === 'policy.applied').at(-1), { by: 'test-suite (unix-socket)' }, 'the audit log names who applied it');
+  });
+
+  t.test('a tag with a time-to-live: in force at once, gone when it expires', async (t) => {
+    t.equal((await trace('tcp 10.78.1.11:40000 -> 10.78.2.21:8080')).verdict, 'allow', 'web -> app is allowed');
+    const r = await call('POST', '/v1/workloads/web-1/tags', { add: ['quarantine'], reason: 'malware found', ttl: '1s', by: 'anti-malware' });
+    t.equal(r.status, 200);
+    t.ok(r.body.tags.includes('quarantine'), 'web-1 has the tag');
+    const q = await trace('tcp 10.78.1.11:40000 -> 10.78.2.21:8080');
+    t.equal(q.verdict, 'drop', 'web -> app is dropped while quarantined');
+    t.equal(q.steps.find((s) => s.rule)?.rule?.id, 'quarantine-out', 'by the quarantine rule');
+    t.equal((await trace('tcp 10.78.2.21:40000 -> 10.78.3.31:5432')).verdict, 'allow', 'app -> db is untouched');
+    const w = (await call('GET', '/v1/workloads')).body.workloads.find((x: { name: string }) => x.name === 'web-1');
+    t.match(w.dynamicTags[0], { tag: 'quarantine', reason: 'malware found' });
+    t.ok(w.dynamicTags[0].expiresAt > Date.now(), 'with its expiry');
+    await until('the tag to expire', async () => (await trace('tcp 10.78.1.11:40000 -> 10.78.2.21:8080')).verdict === 'allow');
+    t.pass('after the TTL, web -> app is allowed again');
+    const entries = audit();
+    t.match(entries.find((e) => e.action === 'tag.added'), { workload: 'web-1', tag: 'quarantine', reason: 'malware found', by: 'anti-malware (unix-socket)' }, 'audit: added, by whom and why');
+    t.match(entries.find((e) => e.action === 'tag.expired'), { workload: 'web-1', tag: 'quarantine', by: 'ttl' }, 'audit: expired');
+    t.equal((await call('POST', '/v1/workloads/web-1/tags', { remove: ['web'], reason: 'r' })).status, 409, 'a tag of the document cannot be removed by the API');
+  });
+
+  t.test('a broken edit of the watched config file is refused and counted', async (t) => {
+    const before = (await call('GET', '/v1/status')).body;
+    writeFileSync(policyFile, 'default: sometimes\n');
+    await until('the failure to be reported', async () => (await call('GET', '/v1/status')).body.applyFailures === before.applyFailures + 1);
+    const s = (await call('GET', '/v1/status')).body;
+    t.equal(s.generation, before.generation, 'the running policy stays');
+    t.match(s.lastError.problems[0], { path: 'default', code: 'bad-value' }, 'status says what is wrong');
+    const metrics = await (await fetch(metricsUrl)).text();
+    t.match(metrics, /^tapwall_policy_apply_failures_total 1$/m, 'and a counter says it happened');
+    writeFileSync(policyFile, POLICY.replace('tcp/5432', 'tcp/5433'));
+    await until('the fixed file to be applied', async () => (await call('GET', '/v1/status')).body.generation === before.generation + 1);
+    t.equal((await trace('tcp 10.78.2.21:40000 -> 10.78.3.31:5433')).verdict, 'allow', 'a valid edit is applied');
+    t.match(audit().filter((e) => e.by === 'file').map((e) => e.action), ['policy.refused', 'policy.applied'], 'both in the audit log');
+  });
+
+  t.test('the CLI', async (t) => {
+    const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args, '--api-socket', socket], { encoding: 'utf8' });
+    const status = run('status');
+    t.equal(status.status, 0);
+    t.match(status.stdout, /twc-web1\s+web-1\s+tap\s+up/, 'status lists the ports');
+    const tag = run('tag', 'db-1', '+quarantine', '--reason', 'scan found a rootkit', '--by', 'edr');
+    t.equal(tag.status, 0, tag.stderr);
+    t.match(tag.stdout, /db-1: tags now db, quarantine/);
+    t.equal((await trace('tcp 10.78.2.21:40000 -> 10.78.3.31:5433')).verdict, 'drop', 'db-1 is quarantined');
+    const stale = run('policy', 'apply', policyFile, '--if-revision', '1');
+    t.equal(stale.status, 2, 'policy apply with a stale revision exits 2');
+    t.match(stale.stderr, /stale-revision/);
+    const apply = run('policy', 'apply', policyFile);
+    t.equal(apply.status, 0, apply.stderr);
+    t.match(apply.stdout, /applied: revision \d+/);
+    const rules = JSON.parse(run('rules', '--json').stdout) as { rules: Array<{ id: string }> };
+    t.same(rules.rules.map((r) => r.id), ['quarantine-out', 'quarantine-in', 'web-to-app', 'app-to-db'], 'rules lists the running rules');
+    t.equal(run('tag', 'db-1', 'quarantine', '--reason', 'r').status, 2, 'a change without + or - is a usage error');
+  });
+
+  t.test('run-time tags survive a restart', async (t) => {
+    await stop();
+    await start();
+    const w = (await call('GET', '/v1/workloads')).body.workloads.find((x: { name: string }) => x.name === 'db-1');
+    t.same(w.dynamicTags.map((d: { tag: string }) => d.tag), ['quarantine'], 'db-1 is still quarantined');
+    t.equal((await trace('tcp 10.78.2.21:40000 -> 10.78.3.31:5433')).verdict, 'drop', 'and the policy says so');
+    const untag = await call('POST', '/v1/workloads/db-1/tags', { remove: ['quarantine'], reason: 'cleaned' });
+    t.equal(untag.status, 200);
+    t.equal((await trace('tcp 10.78.2.21:40000 -> 10.78.3.31:5433')).verdict, 'allow', 'lifted');
+    await stop();
+  });
+});
