@@ -12,30 +12,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { lineReader } from '../src/util/lab.js';
+import { tieredPolicy } from './fixtures.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const cli = join(root, 'bin/tapwall.js');
 
-const POLICY = `default: drop
-workloads:
-  web-1: { nic: twc-web1, mac: "02:78:00:00:01:11", ips: [10.78.1.11], tags: [web] }
-  app-1: { nic: twc-app1, mac: "02:78:00:00:02:21", ips: [10.78.2.21], tags: [app] }
-  db-1:  { nic: twc-db1,  mac: "02:78:00:00:03:31", ips: [10.78.3.31], tags: [db] }
-groups:
-  web: { tags: [web] }
-  app: { tags: [app] }
-  db: { tags: [db] }
-  quarantined: { tags: [quarantine] }
-sections:
-  - name: emergency
-    rules:
-      - { id: quarantine-out, from: quarantined, to: any, action: drop, log: true }
-      - { id: quarantine-in, from: any, to: quarantined, action: drop, log: true }
-  - name: application
-    rules:
-      - { id: web-to-app, from: web, to: app, services: [tcp/8080], action: allow }
-      - { id: app-to-db, from: app, to: db, services: [tcp/5432], action: allow }
-`;
+const POLICY = tieredPolicy('twc', 78);
 
 const dir = mkdtempSync(join(tmpdir(), 'tw-api-'));
 const policyFile = join(dir, 'policy.yaml');

@@ -128,3 +128,55 @@ const t = setTimeout(() => { console.log('timeout'); process.exit(0); }, Number(
 u.on('message', (m) => { console.log(m.length === n ? 'ok' : 'short:' + m.length); clearTimeout(t); process.exit(0); });
 u.send(Buffer.alloc(n, 120), Number(port), host);
 `;
+
+/** TCP echo servers (each line back) and UDP echo on the ports given; prints ready. Args: port... */
+export const ECHO_SERVERS = `
+const ports = process.argv.slice(1);
+const net = require('net'), dgram = require('dgram');
+let up = 0;
+for (const p of ports) {
+  net.createServer((s) => { s.on('data', (d) => s.write(d)); s.on('error', () => {}); }).listen(Number(p), '::', () => { if (++up === ports.length * 2) console.log('ready'); });
+  const u = dgram.createSocket({ type: 'udp6' });
+  u.on('message', (m, r) => u.send(m, r.port, r.address));
+  u.bind(Number(p), '::', () => { if (++up === ports.length * 2) console.log('ready'); });
+}
+setTimeout(() => process.exit(0), 120000);
+`;
+
+/**
+ * A long-lived TCP connection: sends a numbered line every intervalMs for
+ * durationMs and prints one line per event: "echo N T", "error CODE T",
+ * "close T" (T: Date.now()), then "done". Args: host port intervalMs durationMs
+ */
+export const TCP_STREAM = `
+const [host, port, every, ms] = process.argv.slice(1).map((v, i) => (i === 0 ? v : Number(v)));
+const s = require('net').connect({ host, port });
+let n = 0, buf = '';
+const timer = setInterval(() => { if (!s.destroyed) s.write((n++) + '\\n'); }, every);
+s.on('data', (d) => { buf += d; let i; while ((i = buf.indexOf('\\n')) >= 0) { console.log('echo ' + buf.slice(0, i) + ' ' + Date.now()); buf = buf.slice(i + 1); } });
+s.on('error', (e) => console.log('error ' + e.code + ' ' + Date.now()));
+s.on('close', () => console.log('close ' + Date.now()));
+setTimeout(() => { clearInterval(timer); s.destroy(); console.log('done'); process.exit(0); }, ms);
+`;
+
+/** UDP datagrams numbered 0..count-1, one every intervalMs; prints "echoed K of N" after a grace period. Args: host port count intervalMs */
+export const UDP_STREAM = `
+const [host, port, count, every] = process.argv.slice(1).map((v, i) => (i === 0 ? v : Number(v)));
+const u = require('dgram').createSocket(host.includes(':') ? 'udp6' : 'udp4');
+const seen = new Set();
+u.on('message', (m) => seen.add(m.readUInt32BE(0)));
+let i = 0;
+const timer = setInterval(() => {
+  const b = Buffer.alloc(64); b.writeUInt32BE(i, 0); u.send(b, port, host);
+  if (++i === count) { clearInterval(timer); setTimeout(() => { console.log('echoed ' + seen.size + ' of ' + count); process.exit(0); }, 1000); }
+}, every);
+`;
+
+/** A TCP connect only: prints connected, refused, timeout or error:<code>. Args: host port timeoutMs */
+export const TCP_CONNECT = `
+const [host, port, ms] = process.argv.slice(1);
+const s = require('net').connect({ host, port: Number(port) });
+const t = setTimeout(() => { console.log('timeout'); process.exit(0); }, Number(ms));
+s.on('connect', () => { console.log('connected'); clearTimeout(t); s.destroy(); process.exit(0); });
+s.on('error', (e) => { console.log(e.code === 'ECONNREFUSED' || e.code === 'ECONNRESET' ? 'refused' : 'error:' + e.code); clearTimeout(t); process.exit(0); });
+`;
