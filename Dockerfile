@@ -11,7 +11,10 @@
 # and CAP_NET_RAW (AF_PACKET, raw sockets), the TUN device, and the host's
 # network namespace, where the VMs' TAP interfaces live:
 #   docker run --network host --cap-add NET_ADMIN --cap-add NET_RAW \
-#     --device /dev/net/tun -v /etc/tapwall:/etc/tapwall:ro tapwall run --config /etc/tapwall/policy.yaml
+#     --device /dev/net/tun -v /etc/tapwall:/etc/tapwall -v tapwall-state:/var/lib/tapwall \
+#     -v /run/tapwall:/run/tapwall tapwall run --config /etc/tapwall/policy.yaml
+# (/etc/tapwall read-write if the API may replace the policy: PUT /v1/policy writes the file;
+# read-only, such a PUT is refused with 503 and nothing changes.)
 # The process runs as the unprivileged `node` user; the two capabilities reach
 # it through file capabilities on the node binary (setcap below), and only if
 # the container is granted them with --cap-add. Commands that only read a
@@ -43,6 +46,9 @@ COPY package.json ./
 COPY bin ./bin
 COPY examples ./examples
 COPY data ./data
+# Run-time tags and the audit log (keep them on a volume: a quarantine must survive a restart), and the API socket.
+RUN mkdir -p /var/lib/tapwall /run/tapwall && chown node:node /var/lib/tapwall /run/tapwall
+VOLUME ["/var/lib/tapwall"]
 USER node
 ENTRYPOINT ["node", "/opt/tapwall/bin/tapwall.js"]
 CMD ["--help"]

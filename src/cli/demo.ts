@@ -3,19 +3,20 @@
  * for the VMs (web-1, web-2, app-1, db-1, jump-1), each on a TAP device that
  * tapwall owns; real connections are tried between them and their fate is
  * shown with the rule that decided it. Midway web-1 is tagged `quarantine`
- * (as an anti-malware integration would), the policy reloads, and the same
- * connections are tried again. Everything it creates is removed at the end,
+ * through the API (as an anti-malware integration would), the policy
+ * follows at once, and the same connections are tried again; then the tag is
+ * lifted. Everything it creates is removed at the end,
  * also on Ctrl-C or failure.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Lab, TCP_CLIENT, SERVERS, lineReader } from '../util/lab.js';
 import { policyParse } from '../policy/load.js';
-import { policyCompile } from '../policy/compile.js';
-import { parsePacketSpec, policyTrace } from '../control/trace.js';
+import type { TraceResult } from '../control/trace.js';
+import { apiCall } from './client.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 
@@ -47,11 +48,12 @@ export async function runDemo(opts: { policy?: string; out?: (line: string) => v
   const onSignal = () => { cleanup(); process.exit(130); };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  let dir = '';
   try {
-    const dir = mkdtempSync(join(tmpdir(), 'tw-demo-'));
+    dir = mkdtempSync(join(tmpdir(), 'tw-demo-'));
     const live = join(dir, 'policy.yaml');
     writeFileSync(live, text);
-    daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', live, '--metrics', '127.0.0.1:0', '--state-dir', dir, '--api-socket', join(dir, 'api.sock')], { stdio: ['ignore', 'pipe', 'ignore'] });
+    daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', live, '--metrics', '127.0.0.1:0', '--state-dir', join(dir, 'state'), '--api-socket', join(dir, 'api.sock')], { stdio: ['ignore', 'pipe', 'ignore'] });
     const nextLine = lineReader(daemon);
     const ready = JSON.parse(await nextLine()) as { metrics: string | null };
     out(`tapwall is running with ${policyPath}: one TAP device per VM; Prometheus metrics on ${ready.metrics}`);
@@ -70,8 +72,8 @@ export async function runDemo(opts: { policy?: string; out?: (line: string) => v
     })));
     out(`VMs up: ${[...policy.workloads.values()].map((w) => `${w.name} (${w.ips[0].text.replace(/\/32$/, '')})`).join(', ')}`);
 
-    const round = (title: string, policyText: string) => {
-      const compiled = policyCompile(policyParse(policyText, policyPath).policy!);
+    const api = { socket: join(dir, 'api.sock') };
+    const round = async (title: string) => {
       out('');
       out(title);
       out(`  ${'connection'.padEnd(32)} ${'result'.padEnd(10)} decided by`);
@@ -79,21 +81,25 @@ export async function runDemo(opts: { policy?: string; out?: (line: string) => v
         const res = lab.runIn(nsOf(c.from), TCP_CLIENT, [c.ip, String(c.port), '1500']);
         const shown = res.startsWith('ok:') ? 'ALLOWED' : res === 'refused' ? 'REJECTED' : res === 'timeout' ? 'DROPPED' : res;
         const fromIp = policy.workloads.get(c.from)!.ips[0].text.replace(/\/32$/, '');
-        const tr = policyTrace(compiled, parsePacketSpec(`tcp ${fromIp}:40000 -> ${c.ip}:${c.port}`), { from: c.from });
+        // The running daemon's own tracer explains the verdict.
+        const tr = (await apiCall<TraceResult>(api, 'POST', '/v1/trace', { packet: `tcp ${fromIp}:40000 -> ${c.ip}:${c.port}`, from: c.from })).body;
         const last = tr.steps[tr.steps.length - 1];
         const by = last.rule ? `${last.point} ${last.rule.section}/${last.rule.id}` : `${last.point} default ${tr.verdict}`;
         out(`  ${`${c.from} -> ${c.to}:${c.port}`.padEnd(32)} ${shown.padEnd(10)} ${by}`);
       }
     };
-    round('Before: the three-tier policy', text);
+    await round('Before: the three-tier policy');
 
-    // The anti-malware tool flags web-1: tag it `quarantine` and reload.
-    const quarantined = text.replace(/(web-1:\s*\{[^}]*tags:\s*\[)([^\]]*)\]/, (_m, head: string, tags: string) => `${head}${tags}, quarantine]`);
-    writeFileSync(live, quarantined);
-    const reloaded = nextLine();
-    daemon.kill('SIGHUP');
-    await reloaded;
-    round('After: web-1 tagged `quarantine` (policy reloaded with SIGHUP)', quarantined);
+    // The anti-malware tool flags web-1: it tags it `quarantine` through the API, and the policy follows at once.
+    const tagged = await apiCall<{ apply: { compileMs: number } }>(api, 'POST', '/v1/workloads/web-1/tags', { add: ['quarantine'], reason: 'anti-malware: trojan found', by: 'demo anti-malware' });
+    await round(`After: web-1 tagged \`quarantine\` through the API (compiled and swapped in ${tagged.body.apply.compileMs.toFixed(1)} ms)`);
+    await apiCall(api, 'POST', '/v1/workloads/web-1/tags', { remove: ['quarantine'], reason: 'cleaned', by: 'demo anti-malware' });
+    out('');
+    out('Tag lifted. The audit log has both changes, with who and why:');
+    for (const line of readFileSync(join(dir, 'state', 'audit.jsonl'), 'utf8').trim().split('\n')) {
+      const e = JSON.parse(line) as Record<string, string>;
+      if (e.action.startsWith('tag.')) out(`  ${e.time}  ${e.action} ${e.workload} ${e.tag}  by ${e.by}: ${e.reason}`);
+    }
 
     const statsLine = nextLine();
     daemon.kill('SIGUSR2');
@@ -108,6 +114,7 @@ export async function runDemo(opts: { policy?: string; out?: (line: string) => v
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
     cleanup();
+    if (dir) rmSync(dir, { recursive: true, force: true });
     out('');
     out('Removed the demo namespaces and TAP devices.');
   }

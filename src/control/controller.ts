@@ -276,7 +276,15 @@ export class Controller {
 
   private async own<T>(write: () => Promise<T>): Promise<T> {
     this.writing = true;
-    try { return await write(); } finally { this.writing = false; }
+    try {
+      return await write();
+    } catch (e) {
+      // A read-only config file, a full disk, an unreachable store: nothing changed, and the caller is told why.
+      const err = e as NodeJS.ErrnoException;
+      throw new ControlError(503, 'store-unavailable', `the change was not stored, nothing was applied: ${err.code ?? ''} ${err.message}`.trim());
+    } finally {
+      this.writing = false;
+    }
   }
 
   /** One timer, for the earliest expiring tag. */
