@@ -10,6 +10,16 @@ if ! npm run build --silent; then
   exit 1
 fi
 
+# A real Prometheus for test/metrics-prometheus.test.ts (Debian's package; the test starts it on loopback
+# with its own data folder and port, and stops it; nothing here starts it as a service).
+if ! command -v prometheus >/dev/null 2>&1; then
+  echo "test: installing Debian's prometheus"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+    || echo "test: could not install prometheus; its test will fail"
+fi
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 npx tap --reporter=tap --no-color "$@" 2>&1 | tee "$log"

@@ -236,6 +236,23 @@ bench
   }));
 
 bench
+  .command('metrics')
+  .description('What Prometheus metrics cost the data plane: forwarding rate on in-memory ports with metrics off, and on with a scrape every second, in alternating rounds.')
+  .option('--rounds <n>', 'rounds of each condition', (v) => Number(v), 3)
+  .option('--seconds <n>', 'length of each round', (v) => Number(v), 5)
+  .option('--json', 'print the result as JSON')
+  .addOption(new Option('--child <mode>', 'run one condition in this process (internal)').choices(['on', 'off']).hideHelp())
+  .action(guarded(async (opts: { rounds: number; seconds: number; json?: boolean; child?: 'on' | 'off' }) => {
+    const m = await import('../../bench/metrics-overhead.js');
+    if (opts.child) {
+      process.stdout.write(`${JSON.stringify(await m.metricsChild(opts.child === 'on', opts.seconds))}\n`);
+      process.exit(0);
+    }
+    const r = await m.benchMetricsOverhead(opts);
+    process.stdout.write(opts.json ? `${JSON.stringify(r, null, 2)}\n` : `${m.formatMetricsOverhead(r)}\n`);
+  }));
+
+bench
   .command('quarantine')
   .description('How fast a quarantine tag cuts an open connection: the API call, and the time from its return to the first dropped packet, with 10,000 rules and 100,000 open connections (in one process, no root needed).')
   .option('--rules <n>', 'policy size', (v) => Number(v), 10000)

@@ -35,7 +35,8 @@
  * Rule counters and flow logs
  *   `ruleStats` holds packets, bytes and connection decisions per rule
  *   ([(order + 1) * RS_COUNT + RS.x]; slot 0 is the default action), counted
- *   at both points a packet crosses. The data plane sizes it for each policy
+ *   for the rules that decided at either point a packet crosses (once when
+ *   one rule decided at both). The data plane sizes it for each policy
  *   and carries the counts over by rule id. Decisions by a rule with
  *   `log: true`, and every denial by the default, go to `flowLog` (if set),
  *   as does the end of a logged connection.
@@ -234,8 +235,10 @@ function ruleCount(s: Float64Array, rule: number, bytes: number, connections: nu
 /** A packet of a tracked connection: counted for the rules that allowed it. */
 function ruleCountEntry(ct: Conntrack, o: number, bytes: number): void {
   const e = ct.table.entries;
-  ruleCount(ct.ruleStats, e[o + F.ruleOut], bytes, 0);
-  ruleCount(ct.ruleStats, e[o + F.ruleIn], bytes, 0);
+  const out = e[o + F.ruleOut], into = e[o + F.ruleIn];
+  ruleCount(ct.ruleStats, out, bytes, 0);
+  // One packet counts once per rule, also when the same rule allowed it at both ends.
+  if (into !== out) ruleCount(ct.ruleStats, into, bytes, 0);
 }
 
 /** Log a decision if its rule asks for it, or if the default denied it. */
@@ -262,7 +265,7 @@ function ctNew(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort: nu
   const d = ct.decider.decide(pkt, arrivalPort, destPort, ct.rules);
   const verdict = d & DECIDE.verdictMask;
   ruleCount(ct.ruleStats, ct.rules[0], pkt[PKT.length], 1);
-  ruleCount(ct.ruleStats, ct.rules[1], pkt[PKT.length], 1);
+  if (ct.rules[1] !== ct.rules[0]) ruleCount(ct.ruleStats, ct.rules[1], pkt[PKT.length], 1);
   if (verdict === DECIDE.drop) { logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.policy, now); return Outcome.policy; }
   if (verdict === DECIDE.reject) { logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.reject, now); return Outcome.reject; }
   if ((d & DECIDE.stateless) !== 0) {

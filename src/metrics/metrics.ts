@@ -14,6 +14,7 @@ import { OUTCOME_COUNT, OUTCOME_NAMES } from '../packet/verdict.js';
 import { FLOW_COUNTER_NAMES } from '../flow/flowTable.js';
 import { RS, RS_COUNT } from '../flow/conntrack.js';
 import type { Controller } from '../control/controller.js';
+import { promHistogram } from './histogram.js';
 
 export function metricsRegistry(dp: Dataplane, controller: Controller | null = null): Registry {
   const registry = new Registry();
@@ -85,6 +86,8 @@ export function metricsRegistry(dp: Dataplane, controller: Controller | null = n
     name: 'tapwall_policy_generation', help: 'Policies applied since start (a change makes cached decisions stale).', registers: [registry],
     collect() { this.set(dp.ct.generation); },
   });
+  promHistogram(registry, 'tapwall_batch_frames', 'Frames per batch read from a port (every batch).', dp.batchSizes);
+  promHistogram(registry, 'tapwall_batch_seconds', 'Time to process one batch: parse, SpoofGuard, conntrack, policy, transmit (one batch in 8 is timed).', dp.batchSeconds);
   // Per rule: labelled by section and rule id from the policy (bounded by its size), never by packet fields.
   const ruleCounter = (name: string, help: string, k: RS) => new Counter({
     name, help, labelNames: ['section', 'rule', 'action'], registers: [registry],
