@@ -238,8 +238,8 @@ bench
 bench
   .command('metrics')
   .description('What Prometheus metrics cost the data plane: forwarding rate on in-memory ports with metrics off, and on with a scrape every second, in alternating rounds.')
-  .option('--rounds <n>', 'rounds of each condition', (v) => Number(v), 3)
-  .option('--seconds <n>', 'length of each round', (v) => Number(v), 5)
+  .option('--rounds <n>', 'rounds of each condition', (v) => Number(v), 5)
+  .option('--seconds <n>', 'length of each round', (v) => Number(v), 4)
   .option('--json', 'print the result as JSON')
   .addOption(new Option('--child <mode>', 'run one condition in this process (internal)').choices(['on', 'off']).hideHelp())
   .action(guarded(async (opts: { rounds: number; seconds: number; json?: boolean; child?: 'on' | 'off' }) => {
