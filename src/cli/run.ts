@@ -71,6 +71,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
       errorsLogged.set(port, now);
       log.error({ port }, message);
     },
+    onInfo: (port, message) => log.info({ port }, message),
   });
   // The store holds the policy text and the dynamic tags; the controller applies them (the same policy as above, plus tags).
   mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
@@ -123,6 +124,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
       o.replies = dp.portCounters[i * PC_COUNT + PC.replies];
       o.rxErrors = dp.portCounters[i * PC_COUNT + PC.rxErrors];
       o.up = p.up ? 1 : 0;
+      o.attaches = dp.portCounters[i * PC_COUNT + PC.attaches];
       out[p.io.name] = o;
     });
     return out;

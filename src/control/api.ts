@@ -295,7 +295,8 @@ export class ApiServer {
         const outcomes: Record<string, number> = {};
         for (let k = 0; k < OUTCOME_COUNT; k++) outcomes[OUTCOME_NAMES[k]] = this.dp.outcomes[i * OUTCOME_COUNT + k];
         return {
-          name: p.io.name, mode: p.io.mode, workload: p.spec.workload, up: p.up,
+          name: p.spec.name, mode: p.spec.mode, workload: p.spec.workload, up: p.up,
+          attaches: this.dp.portCounters[i * PC_COUNT + PC.attaches],
           rx: this.dp.portCounters[i * PC_COUNT + PC.rxPackets], tx: this.dp.portCounters[i * PC_COUNT + PC.txPackets], outcomes,
         };
       }),

@@ -22,6 +22,7 @@
  * reads at most MAX_BATCHES_PER_EVENT batches, so the API and metrics get
  * their turn.
  */
+import { readFileSync } from 'node:fs';
 import { portOpen, type PortIo, type PortMode, type PortOptions } from '../io/ports.js';
 import { FlowTable, NO_PORT } from '../flow/flowTable.js';
 import { Conntrack, RS_COUNT, ctPolicyChanged, ctProcess, ctSweep, type ConntrackOptions } from '../flow/conntrack.js';
@@ -62,13 +63,41 @@ export interface DataplaneOptions extends ConntrackOptions {
   flowLog?: { rate: number; burst: number };
   /** Called for each I/O error worth logging (rate-limited by the caller). */
   onError?: (port: string, message: string) => void;
+  /** Called when a port is attached again (its interface came back). */
+  onInfo?: (port: string, message: string) => void;
   /** Opens a port; by default the real backends (io/ports.ts). Benchmarks pass in-memory ports. */
   portOpener?: (spec: PortSpec) => PortIo;
 }
 
 /** Port counters besides outcomes: [port * PC_COUNT + PC.x]. */
-export const enum PC { rxPackets = 0, rxBytes = 1, txPackets = 2, txBytes = 3, txDropped = 4, rxErrors = 5, replies = 6 }
-export const PC_COUNT = 7;
+export const enum PC { rxPackets = 0, rxBytes = 1, txPackets = 2, txBytes = 3, txDropped = 4, rxErrors = 5, replies = 6, attaches = 7 }
+export const PC_COUNT = 8;
+
+/**
+ * A port whose interface is not there (a guest that is off): reads nothing,
+ * takes nothing. It stands in until the interface appears and is attached.
+ */
+class AbsentPort implements PortIo {
+  constructor(readonly name: string, readonly mode: PortMode, readonly vnetHdr: number) {}
+  start(): void {}
+  read(): number { return 0; }
+  write(): number { return -6; } // -ENXIO: counted as dropped by flush()
+  close(): void {}
+}
+
+/** The interface's index if it exists and is administratively up, else -1 (control path). */
+function ifindexIfUp(name: string): number {
+  try {
+    const flags = parseInt(readFileSync(`/sys/class/net/${name}/flags`, 'utf8'), 16);
+    if ((flags & 1) === 0) return -1;
+    return Number(readFileSync(`/sys/class/net/${name}/ifindex`, 'utf8'));
+  } catch {
+    return -1;
+  }
+}
+
+/** How often attached ports look for their interface (gone, back, replaced). */
+const ATTACH_CHECK_MS = 500;
 
 class Port {
   readonly stride: number;
@@ -86,8 +115,10 @@ class Port {
   /** Own IPv4 addresses, and IPv6 addresses (4 words each) including the EUI-64 link-local. */
   spoof: SpoofAddresses = { v4: new Int32Array(0), v6: new Int32Array(0) };
   up = true;
+  /** Interface index when attached (attach and pcap modes), -1 when absent. */
+  ifindex = -1;
   readonly limiter = new ReplyLimiter();
-  constructor(readonly index: number, readonly spec: PortSpec, readonly io: PortIo, readonly workload: Workload | null) {
+  constructor(readonly index: number, readonly spec: PortSpec, public io: PortIo, readonly workload: Workload | null) {
     this.stride = io.vnetHdr > 0 ? OFFLOAD_STRIDE : FRAME_STRIDE;
     this.rxBuf = new Uint8Array(BATCH * this.stride);
     this.txBuf = this.rxBuf;
@@ -115,6 +146,7 @@ export class Dataplane {
   private macTable = new Int32Array(0);
   private macMask = 0;
   private sweepTimer: NodeJS.Timeout | null = null;
+  private attachTimer: NodeJS.Timeout | null = null;
   /** Frames per batch read (every batch), and seconds to process a batch (sampled). */
   readonly batchSizes = new TypedHistogram(Float64Array.of(1, 2, 4, 8, 16, 32, 64));
   readonly batchSeconds = new TypedHistogram(Float64Array.of(5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2));
@@ -134,9 +166,20 @@ export class Dataplane {
     this.outcomes = new Float64Array(Math.max(1, specs.length) * OUTCOME_COUNT);
     this.portCounters = new Float64Array(Math.max(1, specs.length) * PC_COUNT);
     specs.forEach((spec, i) => {
-      const io = opts.portOpener ? opts.portOpener(spec) : portOpen(spec.name, spec.mode, opts.tap);
       const w = spec.workload ? compiled.policy.workloads.get(spec.workload) ?? null : null;
+      let io: PortIo;
+      let ifindex = -1;
+      if (opts.portOpener) io = opts.portOpener(spec);
+      else if (spec.mode !== 'tap' && spec.workload !== null && ifindexIfUp(spec.name) < 0) {
+        // A guest that is not running: its vNIC is reported absent, and attached when it appears.
+        io = new AbsentPort(spec.name, spec.mode, opts.tap?.offload ? 10 : 0);
+      } else {
+        ifindex = spec.mode === 'tap' ? -1 : ifindexIfUp(spec.name);
+        io = portOpen(spec.name, spec.mode, opts.tap);
+      }
       const port = new Port(i, spec, io, w);
+      port.ifindex = ifindex;
+      port.up = !(io instanceof AbsentPort);
       this.ports.push(port);
     });
     this.applyAddresses(compiled);
@@ -200,11 +243,49 @@ export class Dataplane {
     // Expire and revalidate in the background too, for when no batches arrive.
     this.sweepTimer = setInterval(() => ctSweep(this.ct, this.now(), 4096), 250);
     this.sweepTimer.unref();
+    if (!this.opts.portOpener && this.ports.some((p) => p.spec.mode !== 'tap')) {
+      this.attachTimer = setInterval(() => this.checkAttachments(), ATTACH_CHECK_MS);
+      this.attachTimer.unref();
+    }
   }
 
   stop(): void {
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    if (this.attachTimer) clearInterval(this.attachTimer);
     for (const port of this.ports) port.io.close();
+  }
+
+  /**
+   * Guests stop and start: their TAP goes away and comes back (maybe as a new
+   * interface with the same name). An attached port whose interface is gone
+   * is closed and marked down; one whose interface is there again (or was
+   * replaced) is opened again. Control path, every ATTACH_CHECK_MS.
+   */
+  checkAttachments(): void {
+    for (const port of this.ports) {
+      if (port.spec.mode === 'tap') continue;
+      const now = ifindexIfUp(port.spec.name);
+      if (port.up && now === port.ifindex && now > 0) continue;
+      if (!(port.io instanceof AbsentPort)) {
+        port.io.close();
+        port.io = new AbsentPort(port.spec.name, port.spec.mode, port.io.vnetHdr);
+        if (port.up) this.opts.onError?.(port.spec.name, now < 0 ? 'interface gone: port down' : 'interface replaced: attaching again');
+        port.up = false;
+      }
+      if (now < 0) continue;
+      try {
+        const io = portOpen(port.spec.name, port.spec.mode, this.opts.tap);
+        port.io = io;
+        port.ifindex = now;
+        port.up = true;
+        this.portCounters[port.index * PC_COUNT + PC.attaches]++;
+        io.start((events) => this.onEvent(port, events));
+        this.opts.onInfo?.(port.spec.name, 'interface attached');
+      } catch (e) {
+        this.portCounters[port.index * PC_COUNT + PC.rxErrors]++;
+        this.opts.onError?.(port.spec.name, `cannot attach: ${(e as Error).message}`);
+      }
+    }
   }
 
   private now(): number {
@@ -212,6 +293,7 @@ export class Dataplane {
   }
 
   private onEvent(port: Port, events: number): void {
+    if (!port.up) return; // down: checkAttachments closes it and attaches again when it can
     if (events < 0) {
       // The port's watch failed; the backend has stopped watching it.
       port.up = false;

@@ -35,6 +35,7 @@ export function metricsRegistry(dp: Dataplane, controller: Controller | null = n
   portCounter('tapwall_port_transmit_dropped_total', 'Frames for the port that the kernel did not take (full queue, port down).', PC.txDropped);
   portCounter('tapwall_port_receive_errors_total', 'Read or poll failures on the port (the interface went away).', PC.rxErrors);
   portCounter('tapwall_port_reject_replies_total', 'TCP resets and ICMP errors sent for rejected or cut packets.', PC.replies);
+  portCounter('tapwall_port_attaches_total', 'Times the port was attached again after its interface appeared or came back (a guest started or restarted).', PC.attaches);
 
   new Counter({
     name: 'tapwall_port_frames_total',
