@@ -20,6 +20,9 @@ if ! command -v prometheus >/dev/null 2>&1; then
     || echo "test: could not install prometheus; its test will fail"
 fi
 
+# QEMU, busybox-static and Debian's cloud kernel for test/qemu-guests.test.ts.
+./scripts/guest-assets.sh || echo "test: could not prepare the QEMU guests; their test will fail"
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 npx tap --reporter=tap --no-color "$@" 2>&1 | tee "$log"
