@@ -7,9 +7,10 @@
  * the kernel and its virtio modules, unpacked into /var/tmp/tapwall-guest).
  * The guest's /init loads virtio-net, sets the address given on the kernel
  * command line (tw.ip=, tw.name=), starts busybox httpd on 8080 and 9090
- * (answering its name), prints TW-READY and leaves a shell on ttyS0, with
- * echo off. run() sends one command line and waits for its exit status,
- * marked so that the marker cannot be confused with anything echoed.
+ * (answering its name), prints TW-READY and then runs each line that arrives
+ * on ttyS0 (echo off) as a shell command. run() sends one command line and
+ * waits for its exit status, marked so that the marker cannot be confused
+ * with anything echoed.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -37,9 +38,12 @@ httpd -p 8080 -h /www
 httpd -p 9090 -h /www
 stty -echo
 echo TW-READY
-export PS1=''
-# PID 1 stays this loop: the shell is its child, and a new one starts if it ever ends.
-while :; do setsid cttyhack sh; echo TW-SHELL-RESTART; done
+# Commands arrive one per line on the console. Each runs in its own non-interactive shell with stdin
+# from /dev/null: nothing it starts can read the next commands, and no job control or controlling
+# terminal is involved (an interactive shell here was seen to exit when a background nc got a connection).
+while :; do
+  while IFS= read -r line; do sh -c "$line" < /dev/null; done
+done
 `;
 
 /** The files of a newc cpio archive (what the kernel unpacks as its initramfs). */
