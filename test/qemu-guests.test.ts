@@ -1,5 +1,5 @@
 // Real QEMU guests behind tapwall: two guests (Debian's kernel, a busybox
-// initramfs built here, software emulation) with a virtio-net NIC each on a
+// initramfs built here, KVM where it works, else software emulation) with a virtio-net NIC each on a
 // TAP device that QEMU creates (-netdev tap,ifname=twg-...,script=no), and
 // tapwall attached to those TAPs with AF_PACKET. It shows ping and an allowed
 // TCP connection between the guests working, a denied one not, a guest that
@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Lab, lineReader, sh } from '../src/util/lab.js';
-import { Guest, buildInitramfs, type GuestSpec } from '../src/util/guest.js';
+import { Guest, buildInitramfs, guestAccel, type GuestSpec } from '../src/util/guest.js';
 import { apiCall } from '../src/cli/client.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -55,6 +55,8 @@ t.test('QEMU guests behind tapwall', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'tw-qemu-'));
   const initramfs = join(dir, 'initramfs.cpio');
   buildInitramfs(initramfs);
+  const accel = await guestAccel(initramfs);
+  t.comment(`guests run with ${accel === 'kvm' ? 'KVM' : 'software emulation (KVM does not boot guests here)'}`);
   writeFileSync(join(dir, 'policy.yaml'), POLICY);
   const socket = join(dir, 'api.sock');
   const api = { socket };
@@ -77,7 +79,7 @@ t.test('QEMU guests behind tapwall', async (t) => {
 
   /** Boot a guest; bring its TAP up (QEMU creates it down) with no IPv6 of the host's own on it. */
   const boot = async (spec: GuestSpec): Promise<Guest> => {
-    const g = new Guest(spec, initramfs);
+    const g = new Guest(spec, initramfs, accel);
     guests.push(g);
     if (!lab.links.includes(spec.tap)) lab.links.push(spec.tap);
     await until(`${spec.tap} to appear`, async () => existsSync(`/sys/class/net/${spec.tap}`));

@@ -81,6 +81,28 @@ export function buildInitramfs(out: string, assets = GUEST_ASSETS): void {
   writeFileSync(out, cpio(entries));
 }
 
+/**
+ * KVM if it really boots a guest here, else software emulation (TCG). /dev/kvm
+ * can exist and still fail (seen: MSR errors, or a guest that never prints),
+ * so the probe boots one guest for real; the answer is kept in the assets
+ * folder so the probe runs once per machine.
+ */
+export async function guestAccel(initramfs: string, assets = GUEST_ASSETS): Promise<'kvm' | 'tcg'> {
+  const cache = join(assets, 'accel');
+  if (existsSync(cache)) return readFileSync(cache, 'utf8').trim() === 'kvm' ? 'kvm' : 'tcg';
+  let accel: 'kvm' | 'tcg' = 'tcg';
+  if (existsSync('/dev/kvm')) {
+    const probe = new Guest({ name: 'probe', tap: 'twg-probe', mac: '02:81:00:00:00:ff', ip: '10.81.255.1/24' }, initramfs, 'kvm', assets);
+    try {
+      await probe.ready(15_000);
+      accel = 'kvm';
+    } catch { /* stays tcg */ }
+    await probe.stop();
+  }
+  writeFileSync(cache, `${accel}\n`);
+  return accel;
+}
+
 export interface GuestSpec {
   name: string;
   /** TAP interface QEMU creates for the NIC (tw..., at most 15 characters). */
@@ -96,13 +118,13 @@ export class Guest {
   private seq = 0;
   private waiters: Array<() => void> = [];
 
-  constructor(readonly spec: GuestSpec, initramfs: string, assets = GUEST_ASSETS) {
+  constructor(readonly spec: GuestSpec, initramfs: string, readonly accel: 'kvm' | 'tcg' = 'tcg', assets = GUEST_ASSETS) {
     if (!spec.tap.startsWith('tw') || spec.tap.length > 15) throw new Error(`guest TAPs are named tw..., at most 15 characters: ${spec.tap}`);
     // Offloads off on the virtio NIC: whole, checksummed frames on the TAP (tapwall's --offload is not needed then).
     const nic = ['virtio-net-pci', 'netdev=n0', `mac=${spec.mac}`, 'csum=off', 'gso=off', 'guest_csum=off', 'guest_tso4=off', 'guest_tso6=off',
       'guest_ecn=off', 'guest_ufo=off', 'host_tso4=off', 'host_tso6=off', 'host_ecn=off', 'host_ufo=off', 'mrg_rxbuf=off'].join(',');
     this.proc = spawn('qemu-system-x86_64', [
-      '-machine', 'q35', '-accel', 'tcg', '-m', '192', '-smp', '1',
+      '-machine', 'q35', '-accel', accel, ...(accel === 'kvm' ? ['-cpu', 'host'] : []), '-m', '192', '-smp', '1',
       '-kernel', join(assets, 'vmlinuz'), '-initrd', initramfs,
       '-append', `console=ttyS0 quiet panic=-1 tw.ip=${spec.ip} tw.name=${spec.name}`,
       '-netdev', `tap,id=n0,ifname=${spec.tap},script=no,downscript=no,vnet_hdr=off`, '-device', nic,
@@ -127,7 +149,7 @@ export class Guest {
     for (;;) {
       const m = re.exec(this.out.slice(from));
       if (m) return m;
-      if (this.proc.exitCode !== null) throw new Error(`guest ${this.spec.name} exited; console:\n${this.out.slice(-2000)}`);
+      if (this.exited) throw new Error(`guest ${this.spec.name} exited; console:\n${this.out.slice(-2000)}`);
       const left = end - Date.now();
       if (left <= 0) throw new Error(`guest ${this.spec.name}: no ${re} within ${timeoutMs} ms; console:\n${this.out.slice(-2000)}`);
       await new Promise<void>((resolve) => {
@@ -152,8 +174,13 @@ export class Guest {
     return { code: Number(m[1]), output };
   }
 
+  /** The QEMU process has ended (by itself or by a signal). */
+  get exited(): boolean {
+    return this.proc.exitCode !== null || this.proc.signalCode !== null;
+  }
+
   async stop(): Promise<void> {
-    if (this.proc.exitCode !== null) return;
+    if (this.exited) return;
     const exited = new Promise((r) => this.proc.once('exit', r));
     this.proc.kill('SIGKILL');
     await exited;
