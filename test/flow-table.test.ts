@@ -43,16 +43,17 @@ t.test('random inserts and removes agree with a Map', async (t) => {
   const tb = new FlowTable({ capacity: 2000, maxPorts: 4 });
   const model = new Map<string, number>();
   const r = rng(5);
-  let checks = 0, bad = 0;
+  let checks = 0, bad = 0, inserted = 0, removed = 0;
   for (let step = 0; step < 40000; step++) {
     const src = randInt(r, 1, 60), dst = randInt(r, 1, 60), sp = randInt(r, 1, 20), dp = 80;
     const key = `${src}:${sp}>${dst}:${dp}`;
     const op = r();
     if (op < 0.45 && !model.has(key) && !model.has(`${dst}:${dp}>${src}:${sp}`) && tb.live < tb.capacity) {
       const e = insert(tb, src, dst, sp, dp, 0, 1);
-      if (e >= 0) model.set(key, e); else bad++;
+      if (e >= 0) { model.set(key, e); inserted++; } else bad++;
     } else if (op < 0.7 && model.has(key)) {
       flowRemove(tb, model.get(key)!);
+      removed++;
       model.delete(key);
     } else {
       checks++;
@@ -66,6 +67,7 @@ t.test('random inserts and removes agree with a Map', async (t) => {
   }
   t.equal(bad, 0, `${checks} lookups agree`);
   t.equal(tb.live, model.size, 'live count matches');
+  t.same([tb.counters[FC.inserts], tb.counters[FC.removes]], [inserted, removed], `the insert and remove counters count each on its own (${inserted}, ${removed})`);
   t.equal(tb.counters[FC.refusedProbe], 0, 'no insert ran out of probe window at load <= 1/2');
 });
 

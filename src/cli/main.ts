@@ -160,13 +160,15 @@ program
 
 program
   .command('demo')
-  .description('The three-tier example, live: network namespaces as VMs on TAP devices, real connections allowed, rejected and dropped, then web-1 quarantined by a tag. Needs root; removes everything it creates.')
+  .description('A small data center live: network namespaces as VMs on TAP devices and an internet peer behind an uplink, real traffic, a table refreshing every second, web-1 quarantined through the API midway and released later. Needs root; removes everything it creates.')
   .option('--policy <file>', 'the policy to run (default: examples/three-tier.yaml)')
-  .action(guarded(async (opts: { policy?: string }) => {
+  .option('--duration <seconds>', 'stop after this long (default: run until Ctrl-C)', (v) => Number(v))
+  .action(guarded(async (opts: { policy?: string; duration?: number }) => {
     const { runDemo } = await import('./demo.js');
-    await runDemo({ policy: opts.policy });
+    await runDemo({ policy: opts.policy, duration: opts.duration ?? null });
     process.exit(0);
   }));
+
 
 const classbench = program.command('classbench').description('Work with ClassBench rule sets and traces.');
 classbench

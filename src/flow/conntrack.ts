@@ -46,7 +46,7 @@ import { FRAG, ICMP, PARSE, PKT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parseFrame 
 import { flowLogClose, flowLogDecision, type FlowLog } from './flowLog.js';
 import {
   CT, CT_NAMES, CT_STATES, ENTRY_WORDS, F, FLAG, FlowTable, INSERT_QUOTA, NO_PORT,
-  flowCount, flowInsert, flowLookup, flowSweep, type CtStateName,
+  flowCount, flowInsert, flowLookup, flowRemove, flowSweep, type CtStateName,
 } from './flowTable.js';
 
 /** What FlowDecider.decide returns: a verdict, with flag bits. */
@@ -219,7 +219,12 @@ export function ctSweep(ct: Conntrack, now: number, budget: number): number {
   const e = ct.table.entries, gen = ct.generation;
   return flowSweep(ct.table, now, budget, (ent) => {
     const o = ent * ENTRY_WORDS;
-    if (e[o + F.generation] !== gen && (e[o + F.state] & 0xff) !== CT.cut) revalidate(ct, ent);
+    if (e[o + F.generation] === gen) return;
+    const state = e[o + F.state] & 0xff;
+    if (state === CT.cut) return;
+    // A connection that is already over has nothing to cut: forget it, and a new one is decided afresh.
+    if (state === CT.closed || state === CT.timeWait) flowRemove(ct.table, ent);
+    else revalidate(ct, ent);
   });
 }
 

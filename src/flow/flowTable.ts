@@ -118,7 +118,7 @@ for (const s of [CT.synSent, CT.synRecv, CT.udpNew, CT.icmpNew, CT.otherNew]) ST
 /** Counters the table keeps (flushed to metrics elsewhere). */
 export const enum FC {
   inserts = 0,
-  removes = 0,
+  removes = 1,
   expired = 2,
   evictedClosed = 3,
   evictedHalfOpen = 4,

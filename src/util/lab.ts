@@ -180,3 +180,44 @@ const t = setTimeout(() => { console.log('timeout'); process.exit(0); }, Number(
 s.on('connect', () => { console.log('connected'); clearTimeout(t); s.destroy(); process.exit(0); });
 s.on('error', (e) => { console.log(e.code === 'ECONNREFUSED' || e.code === 'ECONNRESET' ? 'refused' : 'error:' + e.code); clearTimeout(t); process.exit(0); });
 `;
+
+/** TCP servers that send their name on connect and then echo every line, on each port given. Args: name port... */
+export const NAMED_ECHO_SERVERS = `
+const [name, ...ports] = process.argv.slice(1);
+const net = require('net');
+let up = 0;
+for (const p of ports) {
+  net.createServer((s) => { s.write(name + '\\n'); s.on('data', (d) => s.write(d)); s.on('error', () => {}); })
+    .listen(Number(p), '::', () => { if (++up === ports.length) console.log('ready'); });
+}
+setTimeout(() => process.exit(0), 3600000);
+`;
+
+/** Opens a TCP connection every intervalMs (closing it after its first line or timeoutMs) until killed. Args: host port intervalMs timeoutMs */
+export const CONNECT_LOOP = `
+const [host, port, every, ms] = process.argv.slice(1).map((v, i) => (i === 0 ? v : Number(v)));
+setInterval(() => {
+  const s = require('net').connect({ host, port });
+  const t = setTimeout(() => s.destroy(), ms);
+  s.on('data', () => { clearTimeout(t); s.destroy(); });
+  s.on('error', () => clearTimeout(t));
+}, every);
+`;
+
+/** A TCP connect scan of ports from..to, 50 at a time, timeoutMs each; prints "open N closed N filtered N". Args: host from to timeoutMs */
+export const PORT_SCAN = `
+const [host, from, to, ms] = process.argv.slice(1).map((v, i) => (i === 0 ? v : Number(v)));
+const net = require('net');
+const r = { open: 0, closed: 0, filtered: 0 };
+let next = from, running = 0;
+const one = () => {
+  if (next > to) { if (running === 0) { console.log('open ' + r.open + ' closed ' + r.closed + ' filtered ' + r.filtered); process.exit(0); } return; }
+  const port = next++; running++;
+  const s = net.connect({ host, port });
+  const done = (k) => { if (!s.done) { s.done = true; r[k]++; running--; s.destroy(); one(); } };
+  const t = setTimeout(() => done('filtered'), ms);
+  s.on('connect', () => { clearTimeout(t); done('open'); });
+  s.on('error', (e) => { clearTimeout(t); done(e.code === 'ECONNREFUSED' || e.code === 'ECONNRESET' ? 'closed' : 'filtered'); });
+};
+for (let i = 0; i < 50; i++) one();
+`;
