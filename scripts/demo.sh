@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The demo: the three-tier example live between network namespaces (with a
-# quarantine midway), then the policy checker and tracer on the example
-# policies, and the classifier and flow-cache benchmarks.
+# The demo: a small data center live between network namespaces (traffic, a
+# refreshing table, a quarantine through the API midway), then the policy
+# checker and tracer on the example policies, and the classifier and
+# flow-cache benchmarks. DEMO_SECONDS sets the live part's length (default 60;
+# `npx tapwall demo` alone runs until Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tw() {
@@ -12,7 +14,7 @@ tw() {
 }
 
 echo "== 0. Live: VMs as network namespaces on TAP devices, tapwall between them"
-tw demo
+tw demo --duration "${DEMO_SECONDS:-60}"
 
 echo; echo "== 1. Check the example policies"
 tw check examples/three-tier.yaml

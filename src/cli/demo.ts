@@ -146,8 +146,8 @@ export async function runDemo(opts: DemoOptions = {}): Promise<void> {
       events.push(`${clock()}  ${e}`);
       if (!tty) out(`${clock()}  ${e}`);
     };
-    const scan = lab.spawnIn(nsOf('web-2'), PORT_SCAN, ['10.0.2.21', '1', '1024', '400']);
-    event('web-2 starts a TCP port scan of app-1, ports 1-1024');
+    const scan = lab.spawnIn(nsOf('web-2'), PORT_SCAN, ['10.0.2.21', '7500', '8523', '400']);
+    event('web-2 starts a TCP port scan of app-1, ports 7500-8523');
     scan.stdout!.on('data', (d) => event(`web-2's port scan of app-1 ended: ${String(d).trim()} (only 8080 is allowed from web)`));
 
     const render = async (): Promise<string[]> => {
