@@ -12,12 +12,12 @@ import { machineLine } from './machine.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 
-export interface ScalingOptions { quick?: boolean; families?: string[]; log?: (line: string) => void }
+export interface ScalingOptions { quick?: boolean; families?: string[]; sizes?: string[]; log?: (line: string) => void }
 
 export async function benchClassifyScaling(opts: ScalingOptions = {}): Promise<ClassifyBenchResult[]> {
   const log = opts.log ?? ((l: string) => process.stdout.write(`${l}\n`));
   const families = opts.families ?? ['acl1', 'fw1', 'ipc1'];
-  const sizes = opts.quick ? ['1k', '4k', '16k'] : ['1k', '2k', '4k', '16k', '64k'];
+  const sizes = opts.sizes ?? (opts.quick ? ['1k', '4k', '16k'] : ['1k', '2k', '4k', '16k', '64k']);
   const dataDir = `${root}bench/data`;
   mkdirSync(dataDir, { recursive: true });
   const results: ClassifyBenchResult[] = [];

@@ -25,13 +25,64 @@ const root = fileURLToPath(new URL('../../', import.meta.url));
 const MAC_A = '02:7b:00:00:00:0a', MAC_B = '02:7b:00:00:00:0b';
 const IP_A = '10.123.0.1', IP_B = '10.123.0.2';
 
+export type E2ePath = 'bridge' | 'nft-linear' | 'nft-set' | 'tapwall' | 'tapwall-offload';
+
+export interface E2eVariant {
+  name: string;
+  path: E2ePath;
+  rules: number;
+  oneFlowPps: number;
+  newFlowsPps: number;
+  tcpGbps: number;
+  gcPerMillionPackets?: number;
+  /** Round-trip times of sequential 64-byte UDP echoes, in microseconds. */
+  rttUs?: { p50: number; p90: number; p99: number; max: number };
+}
+
 export interface E2eResult {
   machine: MachineInfo;
   rules: number;
   seconds: number;
-  variants: Array<{ name: string; oneFlowPps: number; newFlowsPps: number; tcpGbps: number; gcPerMillionPackets?: number }>;
+  variants: E2eVariant[];
   ratios: { tapwallVsBridgeOneFlow: number; tapwallVsNftNewFlows: number; tapwallTcpGbps: number };
 }
+
+export interface E2eOptions {
+  rules?: number;
+  seconds?: number;
+  log?: (l: string) => void;
+  /** Which paths to measure (default: bridge, nftables linear, tapwall, tapwall --offload). */
+  paths?: E2ePath[];
+  /** Measure one-flow pps and TCP too (default true); new-flows pps is always measured. */
+  full?: boolean;
+  /** UDP echo round trips to time (0: none). */
+  rttSamples?: number;
+}
+
+/** Inside a namespace: `count` sequential UDP echoes to host:port; prints the round-trip percentiles in microseconds as JSON. */
+const RTT_PROBE = `
+const [host, port, count] = process.argv.slice(1).map((v, i) => (i === 0 ? v : Number(v)));
+const u = require('dgram').createSocket('udp4');
+const rtts = [];
+let sent = 0, t0 = 0, timer = null;
+const next = () => {
+  if (sent === count) { u.close(); rtts.sort((a, b) => a - b); const q = (p) => rtts[Math.min(rtts.length - 1, Math.floor(p * rtts.length))] || 0;
+    console.log(JSON.stringify({ p50: q(0.5), p90: q(0.9), p99: q(0.99), max: rtts[rtts.length - 1] || 0, answered: rtts.length })); return; }
+  sent++; t0 = process.hrtime.bigint();
+  timer = setTimeout(next, 200); // a lost echo does not stop the probe
+  u.send(Buffer.alloc(18), port, host);
+};
+u.on('message', () => { clearTimeout(timer); rtts.push(Number(process.hrtime.bigint() - t0) / 1000); next(); });
+u.bind(0, () => next());
+`;
+
+/** Inside a namespace: a UDP echo on a port. */
+const UDP_ECHO = `
+const u = require('dgram').createSocket('udp4');
+u.on('message', (m, r) => u.send(m, r.port, r.address));
+u.bind(Number(process.argv[1]), () => console.log('ready'));
+setTimeout(() => process.exit(0), 600000);
+`;
 
 function need(cmd: string, pkg: string): void {
   try { execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }); } catch {
@@ -93,12 +144,20 @@ function bridgeTopology(lab: Lab): void {
   sh(['ip', 'link', 'set', 'twb-br0', 'up']);
 }
 
-function nftRules(rules: number): string {
+function nftRules(rules: number, asSet = false): string {
   // The usual stateful layout: established traffic is accepted first, so only
-  // a connection's first packet walks the linear rules.
-  const lines = ['table inet twbench {', '  chain forward {', '    type filter hook forward priority 0; policy drop;'];
+  // a connection's first packet walks the linear rules (or, as a set, one lookup).
+  const lines = ['table inet twbench {'];
+  if (asSet && rules > 1) {
+    lines.push('  set blocked {', '    type ipv4_addr . inet_service', '    elements = {');
+    const el: string[] = [];
+    for (let i = 0; i < rules - 1; i++) el.push(`      10.3.${(i >> 8) & 255}.${i & 255} . ${1000 + (i % 20000)}`);
+    lines.push(el.join(',\n'), '    }', '  }');
+  }
+  lines.push('  chain forward {', '    type filter hook forward priority 0; policy drop;');
   lines.push('    ct state established,related accept');
-  for (let i = 0; i < rules - 1; i++) lines.push(`    ip saddr 10.3.${(i >> 8) & 255}.${i & 255} udp dport ${1000 + (i % 20000)} drop`);
+  if (asSet && rules > 1) lines.push('    ip saddr . udp dport @blocked drop');
+  else for (let i = 0; i < rules - 1; i++) lines.push(`    ip saddr 10.3.${(i >> 8) & 255}.${i & 255} udp dport ${1000 + (i % 20000)} drop`);
   lines.push('    ip saddr 10.123.0.0/16 accept');
   lines.push('    ip saddr 10.123.0.2 accept', '  }', '}');
   return lines.join('\n');
@@ -123,9 +182,12 @@ function tapwallPolicy(rules: number): string {
   return `${out.join('\n')}\n`;
 }
 
-export async function benchE2e(opts: { rules?: number; seconds?: number; log?: (l: string) => void } = {}): Promise<E2eResult> {
+export async function benchE2e(opts: E2eOptions = {}): Promise<E2eResult> {
   const rules = opts.rules ?? 10_000;
   const seconds = opts.seconds ?? 5;
+  const paths = new Set<E2ePath>(opts.paths ?? ['bridge', 'nft-linear', 'tapwall', 'tapwall-offload']);
+  const full = opts.full ?? true;
+  const rttSamples = opts.rttSamples ?? 0;
   const log = opts.log ?? ((l: string) => process.stderr.write(`${l}\n`));
   if (process.getuid?.() !== 0) throw new Error('bench e2e needs root (namespaces, TAPs, nftables)');
   need('trafgen', 'netsniff-ng');
@@ -136,43 +198,61 @@ export async function benchE2e(opts: { rules?: number; seconds?: number; log?: (
   const oneFlow = join(dir, 'one.cfg'), newFlows = join(dir, 'new.cfg');
   writeFileSync(oneFlow, trafgenConfig(false));
   writeFileSync(newFlows, trafgenConfig(true));
-  const variants: E2eResult['variants'] = [];
-  const measure = (name: string, lab: Lab, devA: string, devB: string) => {
+  const variants: E2eVariant[] = [];
+  const measure = async (name: string, path: E2ePath, lab: Lab, devA: string, devB: string) => {
     // Teach B's neighbour table A's MAC, so B's replies need no ARP round trip.
     sh(['ip', '-n', 'twb-b', 'neigh', 'replace', IP_A, 'lladdr', MAC_A, 'dev', devB]);
     sh(['ip', '-n', 'twb-a', 'neigh', 'replace', IP_B, 'lladdr', MAC_B, 'dev', devA]);
-    const r = { name, oneFlowPps: ppsRun(lab, oneFlow, devA, devB, seconds), newFlowsPps: ppsRun(lab, newFlows, devA, devB, seconds), tcpGbps: tcpRun(lab, seconds) };
-    log(`${name}: ${r.oneFlowPps} pps one flow, ${r.newFlowsPps} pps new flows, ${r.tcpGbps} Gbit/s TCP`);
+    const r: E2eVariant = {
+      name, path, rules: path === 'bridge' ? 0 : rules,
+      oneFlowPps: full ? ppsRun(lab, oneFlow, devA, devB, seconds) : 0,
+      newFlowsPps: ppsRun(lab, newFlows, devA, devB, seconds),
+      tcpGbps: full ? tcpRun(lab, seconds) : 0,
+    };
+    if (rttSamples > 0) {
+      const echo = lab.spawnIn('twb-b', UDP_ECHO, ['7']);
+      await new Promise<void>((resolve) => { echo.stdout!.on('data', () => resolve()); setTimeout(resolve, 3000); });
+      const j = JSON.parse(lab.runIn('twb-a', RTT_PROBE, [IP_B, '7', String(rttSamples)], 60_000) || '{}') as { p50?: number; p90?: number; p99?: number; max?: number };
+      if (j.p50 !== undefined) r.rttUs = { p50: Math.round(j.p50), p90: Math.round(j.p90!), p99: Math.round(j.p99!), max: Math.round(j.max!) };
+      echo.kill('SIGKILL');
+    }
+    log(`${name}: ${r.oneFlowPps} pps one flow, ${r.newFlowsPps} pps new flows, ${r.tcpGbps} Gbit/s TCP${r.rttUs ? `, UDP round trip p50 ${r.rttUs.p50} us p99 ${r.rttUs.p99} us` : ''}`);
     variants.push(r);
   };
 
   // 1. The bridge.
   let lab = new Lab();
-  try {
-    bridgeTopology(lab);
-    measure('bridge', lab, 'twb-a1', 'twb-b1');
-  } finally { lab.cleanup(); }
+  if (paths.has('bridge')) {
+    try {
+      bridgeTopology(lab);
+      await measure('bridge', 'bridge', lab, 'twb-a1', 'twb-b1');
+    } finally { lab.cleanup(); }
+  }
 
-  // 2. The bridge filtered by nftables, linear rules.
-  lab = new Lab();
-  const brnf = sh(['sysctl', '-n', 'net.bridge.bridge-nf-call-iptables'], { allowFail: true }).trim();
-  try {
-    bridgeTopology(lab);
-    sh(['sysctl', '-qw', 'net.bridge.bridge-nf-call-iptables=1']);
-    const nftFile = join(dir, 'rules.nft');
-    writeFileSync(nftFile, nftRules(rules));
-    sh(['nft', '-f', nftFile]);
-    measure(`nftables, ${rules} linear rules`, lab, 'twb-a1', 'twb-b1');
-  } finally {
-    sh(['nft', 'delete', 'table', 'inet', 'twbench'], { allowFail: true });
-    if (brnf !== '') sh(['sysctl', '-qw', `net.bridge.bridge-nf-call-iptables=${brnf}`], { allowFail: true });
-    lab.cleanup();
+  // 2. The bridge filtered by nftables: linear rules, and the same rules as one set.
+  for (const asSet of [false, true]) {
+    if (!paths.has(asSet ? 'nft-set' : 'nft-linear')) continue;
+    lab = new Lab();
+    const brnf = sh(['sysctl', '-n', 'net.bridge.bridge-nf-call-iptables'], { allowFail: true }).trim();
+    try {
+      bridgeTopology(lab);
+      sh(['sysctl', '-qw', 'net.bridge.bridge-nf-call-iptables=1']);
+      const nftFile = join(dir, 'rules.nft');
+      writeFileSync(nftFile, nftRules(rules, asSet));
+      sh(['nft', '-f', nftFile]);
+      await measure(`nftables, ${rules} ${asSet ? 'rules as one set' : 'linear rules'}`, asSet ? 'nft-set' : 'nft-linear', lab, 'twb-a1', 'twb-b1');
+    } finally {
+      sh(['nft', 'delete', 'table', 'inet', 'twbench'], { allowFail: true });
+      if (brnf !== '') sh(['sysctl', '-qw', `net.bridge.bridge-nf-call-iptables=${brnf}`], { allowFail: true });
+      lab.cleanup();
+    }
   }
 
   // 3. tapwall, TAP ports; 4. the same with virtio-net headers (checksum and TSO offload through).
   const policyFile = join(dir, 'policy.yaml');
   writeFileSync(policyFile, tapwallPolicy(rules));
   for (const offload of [false, true]) {
+    if (!paths.has(offload ? 'tapwall-offload' : 'tapwall')) continue;
     lab = new Lab();
     const args = [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, '--flow-capacity', '1048576', '--metrics', '127.0.0.1:0', '--state-dir', dir, '--no-api-socket', ...(offload ? ['--offload'] : [])];
     const daemon = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'ignore'] });
@@ -190,7 +270,7 @@ export async function benchE2e(opts: { rules?: number; seconds?: number; log?: (
       lab.host('twb-a', 'twb-ta', MAC_A, [`${IP_A}/24`]);
       lab.host('twb-b', 'twb-tb', MAC_B, [`${IP_B}/24`]);
       const before = await daemonStats();
-      measure(`tapwall${offload ? ' --offload' : ''}, ${rules} rules`, lab, 'twb-ta', 'twb-tb');
+      await measure(`tapwall${offload ? ' --offload' : ''}, ${rules} rules`, offload ? 'tapwall-offload' : 'tapwall', lab, 'twb-ta', 'twb-tb');
       const after = await daemonStats();
       const rx = after.rx - before.rx;
       variants[variants.length - 1].gcPerMillionPackets = Number((((after.gc - before.gc) * 1e6) / Math.max(1, rx)).toFixed(2));
@@ -201,13 +281,14 @@ export async function benchE2e(opts: { rules?: number; seconds?: number; log?: (
     }
   }
 
-  const [bridge, nft, tw, twOffload] = variants;
+  const of = (p: E2ePath) => variants.find((v) => v.path === p);
+  const bridge = of('bridge'), nft = of('nft-linear'), tw = of('tapwall'), twOffload = of('tapwall-offload');
   return {
     machine: machineInfo(), rules, seconds, variants,
     ratios: {
-      tapwallVsBridgeOneFlow: Number((tw.oneFlowPps / Math.max(1, bridge.oneFlowPps)).toFixed(2)),
-      tapwallVsNftNewFlows: Number((tw.newFlowsPps / Math.max(1, nft.newFlowsPps)).toFixed(1)),
-      tapwallTcpGbps: Math.max(tw.tcpGbps, twOffload.tcpGbps),
+      tapwallVsBridgeOneFlow: tw && bridge ? Number((tw.oneFlowPps / Math.max(1, bridge.oneFlowPps)).toFixed(2)) : NaN,
+      tapwallVsNftNewFlows: tw && nft ? Number((tw.newFlowsPps / Math.max(1, nft.newFlowsPps)).toFixed(1)) : NaN,
+      tapwallTcpGbps: Math.max(tw?.tcpGbps ?? 0, twOffload?.tcpGbps ?? 0),
     },
   };
 }
@@ -222,6 +303,6 @@ export function formatE2e(r: E2eResult): string {
     ...r.variants.map((v) => `| ${v.name} | ${v.oneFlowPps} | ${v.newFlowsPps} | ${v.tcpGbps} |`),
     `tapwall / bridge, one flow: ${r.ratios.tapwallVsBridgeOneFlow}`,
     `tapwall / nftables linear, new flows: ${r.ratios.tapwallVsNftNewFlows}x`,
-    `tapwall garbage collections per million frames received: ${r.variants.slice(2).map((v) => v.gcPerMillionPackets).join(', ')}`,
+    `tapwall garbage collections per million frames received: ${r.variants.filter((v) => v.path.startsWith('tapwall')).map((v) => v.gcPerMillionPackets).join(', ')}`,
   ].join('\n');
 }

@@ -238,6 +238,17 @@ bench
   }));
 
 bench
+  .command('report')
+  .description('Every benchmark in one run (classifier, flow cache, quarantine, metrics overhead, end to end against the Linux bridge and nftables as a chain and as a set, round-trip latency), written to bench/results/REPORT.md with SVG charts. Needs root. --quick: under two minutes.')
+  .option('--quick', 'fewer sizes and shorter rounds')
+  .option('--out <dir>', 'where to write the report', 'bench/results')
+  .action(guarded(async (opts: { quick?: boolean; out: string }) => {
+    const { benchReport } = await import('../../bench/report.js');
+    const file = await benchReport({ quick: opts.quick, out: opts.out });
+    process.stdout.write(`${file}\n`);
+  }));
+
+bench
   .command('metrics')
   .description('What Prometheus metrics cost the data plane: forwarding rate on in-memory ports with metrics off, and on with a scrape every second, in alternating rounds.')
   .option('--rounds <n>', 'rounds of each condition', (v) => Number(v), 5)
