@@ -9,7 +9,8 @@
  *   metrics      forwarding rate with metrics scraped every second vs off
  *   end to end   new-flow packets/s against rule count through tapwall, the
  *                Linux bridge (no rules), nftables as a linear chain and as a
- *                set; at the largest size also one-flow pps and TCP; UDP
+ *                set, Open vSwitch's userspace datapath with conntrack (when it
+ *                installs and starts); at the largest size also one-flow pps and TCP; UDP
  *                round-trip percentiles for each path
  * Every comparison is measured side by side in the same run, and the report
  * prints the machine, the kernel and the versions used. --quick shrinks every
@@ -30,16 +31,21 @@ import { lineChart } from './svg.js';
 const root = fileURLToPath(new URL('../../', import.meta.url));
 
 function version(cmd: string[], pattern: RegExp): string {
+  let out: string;
   try {
-    const out = execFileSync(cmd[0], cmd.slice(1), { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-    return pattern.exec(out)?.[0] ?? out.split('\n')[0].trim();
-  } catch {
-    return 'not installed';
+    out = execFileSync(cmd[0], cmd.slice(1), { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (e) {
+    // Some tools (trafgen) print their version and exit non-zero.
+    const err = e as { stdout?: string; code?: string };
+    if (err.code === 'ENOENT' || !err.stdout) return `${cmd[0]}: not installed`;
+    out = err.stdout;
   }
+  return pattern.exec(out)?.[0] ?? out.split('\n')[0].trim();
 }
 
 const PATH_NAMES: Record<E2ePath, string> = {
-  bridge: 'Linux bridge, no rules', 'nft-linear': 'nftables, linear chain', 'nft-set': 'nftables, one set', tapwall: 'tapwall', 'tapwall-offload': 'tapwall --offload',
+  bridge: 'Linux bridge, no rules', 'nft-linear': 'nftables, linear chain', 'nft-set': 'nftables, one set', ovs: 'Open vSwitch userspace + ct',
+  tapwall: 'tapwall', 'tapwall-offload': 'tapwall --offload',
 };
 
 export async function benchReport(opts: { quick?: boolean; out?: string; log?: (l: string) => void } = {}): Promise<string> {
@@ -69,17 +75,21 @@ export async function benchReport(opts: { quick?: boolean; out?: string; log?: (
   const sizes = quick ? [1000] : [100, 1000, 10_000];
   const seconds = quick ? 2 : 4;
   const e2e: E2eVariant[] = [];
+  const skipped: Array<{ path: E2ePath; why: string }> = [];
   for (const [i, rules] of sizes.entries()) {
     const last = i === sizes.length - 1;
-    const paths: E2ePath[] = [...(i === 0 ? ['bridge' as const] : []), 'nft-linear', 'nft-set', 'tapwall', ...(last && !quick ? ['tapwall-offload' as const] : [])];
-    const r = await benchE2e({ rules, seconds, paths, full: last && !quick, rttSamples: last ? (quick ? 300 : 2000) : 0, log });
+    const paths: E2ePath[] = [...(last ? ['bridge' as const] : []), 'nft-linear', 'nft-set', 'ovs', 'tapwall', ...(last && !quick ? ['tapwall-offload' as const] : [])];
+    // Once Open vSwitch failed to install or start, do not try again at the next size.
+    const r = await benchE2e({ rules, seconds, paths: paths.filter((p) => !skipped.some((s) => s.path === p)), full: last && !quick, rttSamples: last ? (quick ? 300 : 2000) : 0, log });
     e2e.push(...r.variants);
+    skipped.push(...r.skipped);
   }
   raw.e2e = e2e;
+  raw.skipped = skipped;
 
   // Charts.
   const bridge = e2e.find((v) => v.path === 'bridge');
-  const series = (['tapwall', 'nft-linear', 'nft-set'] as E2ePath[]).map((p) => ({ name: PATH_NAMES[p], points: e2e.filter((v) => v.path === p).map((v) => [v.rules, v.newFlowsPps] as [number, number]) }));
+  const series = (['tapwall', 'nft-linear', 'nft-set', 'ovs'] as E2ePath[]).filter((p) => e2e.some((v) => v.path === p)).map((p) => ({ name: PATH_NAMES[p], points: e2e.filter((v) => v.path === p).map((v) => [v.rules, v.newFlowsPps] as [number, number]) }));
   if (bridge) series.push({ name: PATH_NAMES.bridge, points: sizes.map((n) => [n, bridge.newFlowsPps] as [number, number]) });
   writeFileSync(join(outDir, 'e2e-new-flows.svg'), lineChart({ title: 'New connections: 64-byte UDP packets/s, each a new flow', xLabel: 'rules in the policy', yLabel: 'packets per second', logX: true, logY: true, series }));
   const fams = [...new Set(classify.map((c) => c.rules.split('/').pop()!.split('_')[0]))];
@@ -106,7 +116,8 @@ export async function benchReport(opts: { quick?: boolean; out?: string; log?: (
     '## Machine and versions', '',
     `- ${machineLine(m)}`,
     `- tapwall ${pkg.version}; ${version(['nft', '--version'], /nftables v[\d.]+/)}; ${version(['trafgen', '-v'], /trafgen [\d.]+/)} (netsniff-ng); ${version(['iperf3', '--version'], /iperf [\d.]+/)}`,
-    '- Open vSwitch: not measured (its userspace datapath comparison is not part of this benchmark yet).', '');
+    `- Open vSwitch ${version(['ovs-vswitchd', '--version'], /\d+\.\d+\.\d+/)} (userspace datapath: this kernel has no openvswitch module)`,
+    ...skipped.map((s) => `- not measured: ${PATH_NAMES[s.path]}: ${s.why}`), '');
 
   md.push('## End to end', '',
     `Two namespaces; trafgen sends 64-byte UDP on one core (new flows: random source address and port, every packet a new connection); ${seconds} s per figure. The policy is N rules that do not match followed by one that allows (nftables: \`ct state established accept\` first, then the same rules).`, '',
@@ -117,8 +128,13 @@ export async function benchReport(opts: { quick?: boolean; out?: string; log?: (
   }
   md.push('');
   for (const n of sizes) {
-    const tw = e2e.find((v) => v.path === 'tapwall' && v.rules === n), lin = e2e.find((v) => v.path === 'nft-linear' && v.rules === n), set = e2e.find((v) => v.path === 'nft-set' && v.rules === n);
-    if (tw && lin && set) md.push(`- ${n} rules, new flows: tapwall / nftables linear = ${(tw.newFlowsPps / Math.max(1, lin.newFlowsPps)).toFixed(1)}x; tapwall / nftables set = ${(tw.newFlowsPps / Math.max(1, set.newFlowsPps)).toFixed(2)}x${bridge ? `; tapwall / bridge = ${(tw.newFlowsPps / Math.max(1, bridge.newFlowsPps)).toFixed(2)}` : ''}`);
+    const at = (p: E2ePath) => e2e.find((v) => v.path === p && v.rules === n);
+    const tw = at('tapwall');
+    if (!tw) continue;
+    const ratio = (p: E2ePath, label: string) => { const v = at(p); return v ? `tapwall / ${label} = ${(tw.newFlowsPps / Math.max(1, v.newFlowsPps)).toFixed(2)}x` : null; };
+    const parts = [ratio('nft-linear', 'nftables linear'), ratio('nft-set', 'nftables set'), ratio('ovs', 'Open vSwitch'),
+      bridge ? `tapwall / bridge = ${(tw.newFlowsPps / Math.max(1, bridge.newFlowsPps)).toFixed(2)}` : null].filter(Boolean);
+    md.push(`- ${n} rules, new flows: ${parts.join('; ')}`);
   }
   md.push('', '![latency](latency.svg)', '');
 

@@ -45,8 +45,8 @@ export function lineChart(spec: ChartSpec): string {
   if (pts.length === 0) return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}"><text x="20" y="40">${esc(spec.title)}: no data</text></svg>\n`;
   let [x0, x1] = [Math.min(...pts.map((p) => p[0])), Math.max(...pts.map((p) => p[0]))];
   let [y0, y1] = [Math.min(...pts.map((p) => p[1])), Math.max(...pts.map((p) => p[1]))];
-  if (spec.logX) { x0 = 10 ** Math.floor(Math.log10(x0)); x1 = 10 ** Math.ceil(Math.log10(x1)); } else if (x0 === x1) { x0 -= 1; x1 += 1; }
-  if (spec.logY) { y0 = 10 ** Math.floor(Math.log10(y0)); y1 = 10 ** Math.ceil(Math.log10(y1)); } else { y0 = 0; y1 *= 1.1; }
+  if (spec.logX) { x0 = 10 ** Math.floor(Math.log10(x0)); x1 = 10 ** Math.ceil(Math.log10(x1)); if (x0 === x1) { x0 /= 10; x1 *= 10; } } else if (x0 === x1) { x0 -= 1; x1 += 1; }
+  if (spec.logY) { y0 = 10 ** Math.floor(Math.log10(y0)); y1 = 10 ** Math.ceil(Math.log10(y1)); if (y0 === y1) { y0 /= 10; y1 *= 10; } } else { y0 = 0; y1 = y1 > 0 ? y1 * 1.1 : 1; }
   const fx = (x: number) => L + ((spec.logX ? Math.log10(x) - Math.log10(x0) : x - x0) / (spec.logX ? Math.log10(x1) - Math.log10(x0) : x1 - x0)) * (W - L - R);
   const fy = (y: number) => H - B - ((spec.logY ? Math.log10(y) - Math.log10(y0) : y - y0) / (spec.logY ? Math.log10(y1) - Math.log10(y0) : y1 - y0)) * (H - T - B);
   const out: string[] = [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`,

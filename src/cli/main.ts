@@ -227,13 +227,18 @@ bench
 
 bench
   .command('e2e')
-  .description('Packets per second (64-byte UDP, one flow and new flows) and single-stream TCP between two namespaces: through a Linux bridge, a bridge filtered by nftables with a linear chain, and tapwall, in one run. Needs root; installs trafgen, iperf3 and nft if missing.')
+  .description('Packets per second (64-byte UDP, one flow and new flows) and single-stream TCP between two namespaces: through a Linux bridge, the bridge filtered by nftables (a linear chain, and the rules as one set), Open vSwitch\'s userspace datapath with conntrack, and tapwall (without and with --offload), in one run. Needs root; installs trafgen, iperf3, nft and Open vSwitch if missing.')
   .option('--json', 'print the result as JSON')
-  .option('--rules <n>', 'policy size for nftables and tapwall', (v) => Number(v), 10000)
+  .option('--rules <n>', 'policy size for every filtering path', (v) => Number(v), 10000)
   .option('--seconds <n>', 'length of each measurement', (v) => Number(v), 5)
-  .action(guarded(async (opts: { json?: boolean; rules: number; seconds: number }) => {
+  .option('--paths <list>', 'which paths, comma-separated', 'bridge,nft-linear,nft-set,ovs,tapwall,tapwall-offload')
+  .action(guarded(async (opts: { json?: boolean; rules: number; seconds: number; paths: string }) => {
     const { benchE2e, formatE2e } = await import('../../bench/e2e.js');
-    const r = await benchE2e({ rules: opts.rules, seconds: opts.seconds });
+    const known = ['bridge', 'nft-linear', 'nft-set', 'ovs', 'tapwall', 'tapwall-offload'] as const;
+    const paths = opts.paths.split(',').map((p) => p.trim());
+    const bad = paths.filter((p) => !(known as readonly string[]).includes(p));
+    if (bad.length) throw Object.assign(new Error(`--paths: unknown ${bad.join(', ')}; known: ${known.join(', ')}`), { code: 'EUSAGE' });
+    const r = await benchE2e({ rules: opts.rules, seconds: opts.seconds, paths: paths as Array<(typeof known)[number]> });
     process.stdout.write(opts.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatE2e(r)}\n`);
   }));
 
