@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { lineReader } from '../src/util/lab.js';
-import { tieredPolicy } from './fixtures.js';
+import { tieredPolicy, until } from './fixtures.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const cli = join(root, 'bin/tapwall.js');
@@ -74,14 +74,6 @@ function audit(): Array<Record<string, unknown>> {
   return readFileSync(join(stateDir, 'audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
 }
 
-async function until(what: string, cond: () => Promise<boolean>, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await cond()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 const trace = async (packet: string) => (await call('POST', '/v1/trace', { packet })).body as { verdict: string; steps: Array<{ rule: { id: string } | null }> };
 

@@ -12,9 +12,9 @@ import { existsSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ECHO_SERVERS, Lab, TCP_CONNECT, TCP_STREAM, UDP_STREAM, lineReader } from '../src/util/lab.js';
+import { Lab, SERVERS, TCP_CONNECT, TCP_STREAM, UDP_STREAM, lineReader } from '../src/util/lab.js';
 import { apiCall } from '../src/cli/client.js';
-import { tieredPolicy } from './fixtures.js';
+import { tieredPolicy, until } from './fixtures.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
@@ -51,14 +51,6 @@ function collect(p: ChildProcess): { lines: string[]; done: Promise<void> } {
 const echoes = (lines: string[], after = 0) => lines.filter((l) => l.startsWith('echo ') && Number(l.split(' ')[2]) > after).length;
 const errors = (lines: string[]) => lines.filter((l) => l.startsWith('error ') || l.startsWith('close '));
 
-async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await cond()) return;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 t.test('quarantine, flows, rule counters, flow logs and hitless updates with real traffic', async (t) => {
   const lab = new Lab();
@@ -79,7 +71,7 @@ t.test('quarantine, flows, rule counters, flow logs and hitless updates with rea
   const ready = JSON.parse(await lineReader(daemon, 15_000)()) as { metrics: string };
   for (const h of HOSTS) lab.host(h.ns, h.nic, h.mac, [h.v4]);
   const api = { socket };
-  const servers = [lab.spawnIn('twn-app', ECHO_SERVERS, ['8080', '5353']), lab.spawnIn('twn-db', ECHO_SERVERS, ['5432'])];
+  const servers = [lab.spawnIn('twn-app', SERVERS, ['app', '8080', '5353']), lab.spawnIn('twn-db', SERVERS, ['db', '5432'])];
   await Promise.all(servers.map((s) => new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('echo servers did not start')), 10_000);
     s.stdout!.on('data', (d) => { if (String(d).includes('ready')) { clearTimeout(timer); resolve(); } });

@@ -10,8 +10,9 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ECHO_SERVERS, Lab, TCP_CONNECT, lineReader, sh } from '../src/util/lab.js';
+import { Lab, SERVERS, TCP_CONNECT, lineReader, sh } from '../src/util/lab.js';
 import { apiCall } from '../src/cli/client.js';
+import { untilValue } from './fixtures.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const POLICY = `default: drop
@@ -44,14 +45,7 @@ t.test('a vNIC that is absent, appears, vanishes and comes back', async (t) => {
   const ready = JSON.parse(await lineReader(daemon, 15_000)()) as { ready: boolean; metrics: string };
   t.equal(ready.ready, true, 'tapwall starts although twl-b does not exist');
   const port = async (name: string) => (await apiCall<{ ports: Port[] }>({ socket }, 'GET', '/v1/status')).body.ports.find((p) => p.name === name)!;
-  const waitPort = async (name: string, want: (p: Port) => boolean) => {
-    const end = Date.now() + 5000;
-    while (Date.now() < end) {
-      if (want(await port(name))) return true;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    return false;
-  };
+  const waitPort = (name: string, want: (p: Port) => boolean) => untilValue(`port ${name}`, () => port(name), want).then(() => true, () => false);
   t.match(await port('twl-b'), { up: false, attaches: 0 }, 'status reports twl-b down');
   t.match(await (await fetch(ready.metrics)).text(), /^tapwall_port_up\{port="twl-b",workload="b"\} 0$/m, 'and so do the metrics');
   t.match(stderr, /twl-a|running/, 'the daemon logged its start');
@@ -59,7 +53,7 @@ t.test('a vNIC that is absent, appears, vanishes and comes back', async (t) => {
   let server: ChildProcess | null = null;
   const bring = () => {
     lab.vethHost('twl-nb', 'twl-b', 'twl-pb', '02:82:00:00:00:0b', ['10.82.0.2/24']);
-    server = lab.spawnIn('twl-nb', ECHO_SERVERS, ['8080']);
+    server = lab.spawnIn('twl-nb', SERVERS, ['b', '8080']);
   };
   const connect = () => lab.runIn('twl-na', TCP_CONNECT, ['10.82.0.2', '8080', '1500']);
 

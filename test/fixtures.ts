@@ -31,3 +31,29 @@ export function tieredPolicy(prefix: string, net: number, opts: { web2?: boolean
     '',
   ].join('\n');
 }
+
+/**
+ * Poll `get` (every 50 ms) until `ok` accepts its value, and return that value. An error while polling
+ * counts as "not yet" (a server still starting). After `ms` it throws, naming what it waited for and the
+ * last value or error seen.
+ */
+export async function untilValue<T>(what: string, get: () => T | Promise<T>, ok: (v: T) => boolean, ms = 5000): Promise<T> {
+  const end = Date.now() + ms;
+  let last: unknown;
+  while (Date.now() < end) {
+    try {
+      const v = await get();
+      if (ok(v)) return v;
+      last = v;
+    } catch (e) {
+      last = (e as Error).message;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
+}
+
+/** Poll a condition until it holds; throws after `ms` (see untilValue). */
+export async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
+  await untilValue(what, cond, (v) => v, ms);
+}

@@ -12,11 +12,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
-import { ECHO_SERVERS, Lab, UDP_STREAM, lineReader } from '../src/util/lab.js';
+import { Lab, SERVERS, UDP_STREAM, lineReader } from '../src/util/lab.js';
 import { apiCall } from '../src/cli/client.js';
-import { tieredPolicy } from './fixtures.js';
+import { tieredPolicy, untilValue } from './fixtures.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
+/** Prometheus scrapes and evaluates once a second: allow it 20 s by default. */
+const wait = <T>(what: string, get: () => T | Promise<T>, ok: (v: T) => boolean, ms = 20_000) => untilValue(what, get, ok, ms);
 const POLICY = tieredPolicy('twx', 80, { webServices: 'tcp/8080, udp/5353' });
 const HOSTS = [
   { ns: 'twx-web', nic: 'twx-web1', mac: '02:80:00:00:01:11', v4: '10.80.1.11/16' },
@@ -35,18 +37,6 @@ function freePort(): Promise<number> {
   });
 }
 
-async function until<T>(what: string, get: () => Promise<T>, ok: (v: T) => boolean, ms = 20_000): Promise<T> {
-  const end = Date.now() + ms;
-  let last: T | undefined;
-  while (Date.now() < end) {
-    try {
-      last = await get();
-      if (ok(last)) return last;
-    } catch { /* not up yet */ }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
-}
 
 /** Metric names and, per name, the label names tapwall exports (from its /metrics text). */
 export function exportedMetrics(text: string): Map<string, Set<string>> {
@@ -112,7 +102,7 @@ t.test('a real Prometheus scraping tapwall', async (t) => {
   prom = spawn('prometheus', [`--config.file=${join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${join(dir, 'data')}`,
     `--web.listen-address=127.0.0.1:${promPort}`], { stdio: 'ignore' });
   const promUrl = `http://127.0.0.1:${promPort}`;
-  await until('Prometheus to be ready', async () => (await fetch(`${promUrl}/-/ready`)).status, (s) => s === 200);
+  await wait('Prometheus to be ready', async () => (await fetch(`${promUrl}/-/ready`)).status, (s) => s === 200);
   const query = async (expr: string) => {
     const r = await (await fetch(`${promUrl}/api/v1/query?query=${encodeURIComponent(expr)}`)).json() as { status: string; error?: string; data: { result: Array<{ metric: Record<string, string>; value: [number, string] }> } };
     return r;
@@ -121,16 +111,16 @@ t.test('a real Prometheus scraping tapwall', async (t) => {
     const r = await query(expr);
     return r.data.result.length === 1 ? Number(r.data.result[0].value[1]) : NaN;
   };
-  await until('the first scrape', () => scalar('up{job="tapwall"}'), (v) => v === 1);
+  await wait('the first scrape', () => scalar('up{job="tapwall"}'), (v) => v === 1);
 
   await t.test('the counters Prometheus stored match the traffic sent and the drops provoked', async (t) => {
-    const server = lab.spawnIn('twx-app', ECHO_SERVERS, ['5353']);
+    const server = lab.spawnIn('twx-app', SERVERS, ['app', '5353']);
     await new Promise<void>((resolve) => server.stdout!.on('data', (d) => { if (String(d).includes('ready')) resolve(); }));
     // 50 datagrams on one socket that the policy allows (each echoed), and 20 that it denies.
     t.equal(lab.runIn('twx-web', UDP_STREAM, ['10.80.2.21', '5353', '50', '5'], 15_000), 'echoed 50 of 50', 'web -> app: 50 datagrams and their echoes');
     t.equal(lab.runIn('twx-web', UDP_STREAM, ['10.80.3.31', '5353', '20', '5'], 15_000), 'echoed 0 of 20', 'web -> db: 20 datagrams dropped');
 
-    const rulePackets = await until('Prometheus to scrape the rule counters', () => scalar('tapwall_rule_packets_total{rule="web-to-app"}'), (v) => v === 100);
+    const rulePackets = await wait('Prometheus to scrape the rule counters', () => scalar('tapwall_rule_packets_total{rule="web-to-app"}'), (v) => v === 100);
     t.equal(rulePackets, 100, 'web-to-app matched 100 packets (50 each way) in Prometheus');
     t.equal(await scalar('tapwall_rule_connections_total{rule="web-to-app"}'), 1, 'as one connection');
     t.equal(await scalar('tapwall_port_frames_total{port="twx-web1",outcome="policy"}'), 20, "web-1's port: 20 frames dropped by policy");
@@ -143,7 +133,7 @@ t.test('a real Prometheus scraping tapwall', async (t) => {
         return s.body.ports.find((p) => p.name === h.nic)!;
       };
       const mine = await own();
-      const stored = await until(`Prometheus to catch up on ${h.nic}`, () => scalar(`tapwall_port_received_packets_total{port="${h.nic}"}`), (v) => v === mine.rx, 10_000)
+      const stored = await wait(`Prometheus to catch up on ${h.nic}`, () => scalar(`tapwall_port_received_packets_total{port="${h.nic}"}`), (v) => v === mine.rx, 10_000)
         .catch(async () => scalar(`tapwall_port_received_packets_total{port="${h.nic}"}`));
       t.equal(stored, (await own()).rx, `${h.nic}: frames received, Prometheus = tapwall (${stored})`);
     }
@@ -175,7 +165,7 @@ t.test('a real Prometheus scraping tapwall', async (t) => {
       const r = await query(rule.expr);
       t.equal(r.status, 'success', `alert ${rule.alert}: Prometheus evaluates it`);
     }
-    const loaded = await until('the alerting rules to be evaluated', async () =>
+    const loaded = await wait('the alerting rules to be evaluated', async () =>
       (await (await fetch(`${promUrl}/api/v1/rules`)).json()) as { data: { groups: Array<{ rules: Array<{ name: string; health: string; lastError?: string }> }> } },
     (j) => j.data.groups.flatMap((g) => g.rules).every((r) => r.health === 'ok'));
     t.equal(loaded.data.groups.flatMap((g) => g.rules).length, rules.groups.flatMap((g) => g.rules).length, 'Prometheus loaded every alerting rule, all healthy');

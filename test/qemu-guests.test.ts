@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { Lab, lineReader, sh } from '../src/util/lab.js';
 import { Guest, buildInitramfs, guestAccel, type GuestSpec } from '../src/util/guest.js';
 import { apiCall } from '../src/cli/client.js';
+import { until } from './fixtures.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const A: GuestSpec = { name: 'a', tap: 'twg-a', mac: '02:81:00:00:00:0a', ip: '10.81.0.11/24' };
@@ -68,21 +69,14 @@ t.test('QEMU guests behind tapwall', async (t) => {
   const ports = async () => (await apiCall<{ ports: Port[] }>(api, 'GET', '/v1/status')).body.ports;
   const port = async (name: string) => (await ports()).find((p) => p.name === name)!;
   t.same((await ports()).map((p) => p.up), [false, false], 'both vNICs are reported down before the guests start');
-  const until = async (what: string, ok: () => Promise<boolean>, ms = 15_000) => {
-    const end = Date.now() + ms;
-    while (Date.now() < end) {
-      if (await ok()) return;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    throw new Error(`timed out: ${what}`);
-  };
+  const waitUntil = (what: string, ok: () => Promise<boolean>, ms = 15_000) => until(what, ok, ms);
 
   /** Boot a guest; bring its TAP up (QEMU creates it down) with no IPv6 of the host's own on it. */
   const boot = async (spec: GuestSpec): Promise<Guest> => {
     const g = new Guest(spec, initramfs, accel);
     guests.push(g);
     if (!lab.links.includes(spec.tap)) lab.links.push(spec.tap);
-    await until(`${spec.tap} to appear`, async () => existsSync(`/sys/class/net/${spec.tap}`));
+    await waitUntil(`${spec.tap} to appear`, async () => existsSync(`/sys/class/net/${spec.tap}`));
     sh(['sysctl', '-qw', `net.ipv6.conf.${spec.tap}.disable_ipv6=1`], { allowFail: true });
     sh(['ip', 'link', 'set', spec.tap, 'up']);
     await g.ready();
@@ -90,7 +84,7 @@ t.test('QEMU guests behind tapwall', async (t) => {
   };
   const [a, b0] = await Promise.all([boot(A), boot(B)]);
   let b = b0;
-  await until('tapwall to attach both TAPs', async () => (await ports()).every((p) => p.up));
+  await waitUntil('tapwall to attach both TAPs', async () => (await ports()).every((p) => p.up));
   t.pass('both guests booted and tapwall attached to their TAPs');
 
   t.equal((await a.run('ping -c 2 -W 2 10.81.0.12')).code, 0, 'a pings b (allowed, replies pass)');
@@ -120,7 +114,7 @@ t.test('QEMU guests behind tapwall', async (t) => {
   await b.run("setsid sh -c 'sleep 600 | nc -l -p 7777 > /tmp/recv' < /dev/null > /dev/null 2>&1 &");
   await a.run("setsid sh -c 'while :; do echo x; sleep 0.2; done | nc 10.81.0.12 7777' < /dev/null > /dev/null 2>&1 &");
   const received = async () => Number(/(\d+)\s*$/.exec((await b.run('wc -l < /tmp/recv')).output)?.[1] ?? -1);
-  await until('the connection to carry data', async () => (await received()) >= 5, 20_000);
+  await waitUntil('the connection to carry data', async () => (await received()) >= 5, 20_000);
   t.pass('a has an open connection to b:7777 carrying data');
   await apiCall(api, 'POST', '/v1/workloads/guest-a/tags', { add: ['quarantine'], reason: 'test: guest flagged', by: 'qemu-test' });
   await new Promise((r) => setTimeout(r, 1000));
@@ -135,11 +129,11 @@ t.test('QEMU guests behind tapwall', async (t) => {
   // b shuts down (its TAP goes away with QEMU) and boots again (a new TAP of the same name).
   await b.stop();
   guests.splice(guests.indexOf(b), 1);
-  await until('twg-b to be reported down', async () => !(await port('twg-b')).up);
+  await waitUntil('twg-b to be reported down', async () => !(await port('twg-b')).up);
   t.pass('b stopped: its port is reported down, tapwall keeps running');
   t.not((await a.run('ping -c 1 -W 1 10.81.0.12')).code, 0, 'nothing reaches b while it is off');
   b = await boot(B);
-  await until('tapwall to attach the new twg-b', async () => { const p = await port('twg-b'); return p.up && p.attaches >= 2; });
+  await waitUntil('tapwall to attach the new twg-b', async () => { const p = await port('twg-b'); return p.up && p.attaches >= 2; });
   t.equal((await a.run('ping -c 2 -W 2 10.81.0.12')).code, 0, 'b is back: a reaches it, tapwall never restarted');
   t.equal(daemon.exitCode, null, 'the daemon is still running');
 });

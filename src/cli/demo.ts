@@ -19,7 +19,7 @@ import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CONNECT_LOOP, Lab, NAMED_ECHO_SERVERS, PORT_SCAN, TCP_CLIENT, TCP_STREAM, lineReader, sh } from '../util/lab.js';
+import { CONNECT_LOOP, Lab, PORT_SCAN, SERVERS, TCP_CLIENT, TCP_STREAM, lineReader, sh } from '../util/lab.js';
 import { policyParse } from '../policy/load.js';
 import type { TraceResult } from '../control/trace.js';
 import { apiCall } from './client.js';
@@ -99,7 +99,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<void> {
       lab.host(nsOf(w.name), w.nic, w.mac, v4);
       sh(['ip', '-n', nsOf(w.name), 'route', 'add', 'default', 'via', INTERNET.gateway]);
     }
-    const servers = Object.entries(SERVICES).map(([w, ports]) => lab.spawnIn(nsOf(w), NAMED_ECHO_SERVERS, [w, ...ports]));
+    const servers = Object.entries(SERVICES).map(([w, ports]) => lab.spawnIn(nsOf(w), SERVERS, [w, ...ports]));
     await Promise.all(servers.map((s) => new Promise<void>((resolve) => {
       s.stdout!.on('data', (d) => { if (String(d).includes('ready')) resolve(); });
       setTimeout(resolve, 5000);

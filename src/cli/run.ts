@@ -18,9 +18,9 @@ import { FileStore } from '../control/store.js';
 import { ControlError, Controller } from '../control/controller.js';
 import { ApiServer } from '../control/api.js';
 import { FlowLogWriter } from '../control/flowLogWriter.js';
-import { Dataplane, PC, PC_COUNT, type PortSpec } from '../datapath/dataplane.js';
+import { portCounts } from '../control/views.js';
+import { Dataplane, type PortSpec } from '../datapath/dataplane.js';
 import type { PortMode } from '../io/ports.js';
-import { OUTCOME_NAMES, OUTCOME_COUNT } from '../packet/verdict.js';
 import { metricsRegistry, metricsServe } from '../metrics/metrics.js';
 
 export interface RunOptions {
@@ -116,15 +116,10 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   const stats = () => {
     const out: Record<string, Record<string, number>> = {};
     dp.ports.forEach((p, i) => {
-      const o: Record<string, number> = {};
-      for (let k = 0; k < OUTCOME_COUNT; k++) { const v = dp.outcomes[i * OUTCOME_COUNT + k]; if (v) o[OUTCOME_NAMES[k]] = v; }
-      o.rx = dp.portCounters[i * PC_COUNT + PC.rxPackets];
-      o.tx = dp.portCounters[i * PC_COUNT + PC.txPackets];
-      o.txDropped = dp.portCounters[i * PC_COUNT + PC.txDropped];
-      o.replies = dp.portCounters[i * PC_COUNT + PC.replies];
-      o.rxErrors = dp.portCounters[i * PC_COUNT + PC.rxErrors];
-      o.up = p.up ? 1 : 0;
-      o.attaches = dp.portCounters[i * PC_COUNT + PC.attaches];
+      const c = portCounts(dp, i);
+      // Outcomes that happened, then the port's own counters, flat.
+      const o: Record<string, number> = Object.fromEntries(Object.entries(c.outcomes).filter(([, v]) => v !== 0));
+      Object.assign(o, { rx: c.rx, tx: c.tx, txDropped: c.txDropped, replies: c.replies, rxErrors: c.rxErrors, up: c.up ? 1 : 0, attaches: c.attaches });
       out[p.io.name] = o;
     });
     return out;

@@ -25,11 +25,9 @@ import { timingSafeEqual, createHash } from 'node:crypto';
 import { LineCounter, parseDocument, isMap } from 'yaml';
 import type { Dataplane } from '../datapath/dataplane.js';
 import type { PolicyProblem } from '../policy/errors.js';
-import { PC, PC_COUNT } from '../datapath/dataplane.js';
-import { OUTCOME_COUNT, OUTCOME_NAMES } from '../packet/verdict.js';
 import { CT_NAMES } from '../flow/flowTable.js';
 import { ControlError, type Controller } from './controller.js';
-import { flowList, ruleList } from './views.js';
+import { flowList, portCounts, ruleList } from './views.js';
 import { parsePacketSpec, policyTrace, TraceSpecError } from './trace.js';
 
 export const REQUEST_LIMIT = 1 << 20;
@@ -292,13 +290,8 @@ export class ApiServer {
       lastError: c.lastError,
       flows: { live: this.dp.table.live, capacity: this.dp.table.capacity },
       ports: this.dp.ports.map((p, i) => {
-        const outcomes: Record<string, number> = {};
-        for (let k = 0; k < OUTCOME_COUNT; k++) outcomes[OUTCOME_NAMES[k]] = this.dp.outcomes[i * OUTCOME_COUNT + k];
-        return {
-          name: p.spec.name, mode: p.spec.mode, workload: p.spec.workload, up: p.up,
-          attaches: this.dp.portCounters[i * PC_COUNT + PC.attaches],
-          rx: this.dp.portCounters[i * PC_COUNT + PC.rxPackets], tx: this.dp.portCounters[i * PC_COUNT + PC.txPackets], outcomes,
-        };
+        const c = portCounts(this.dp, i);
+        return { name: p.spec.name, mode: p.spec.mode, workload: p.spec.workload, up: c.up, attaches: c.attaches, rx: c.rx, tx: c.tx, outcomes: c.outcomes };
       }),
     };
   }

@@ -145,10 +145,11 @@ export class Controller {
   }
 
   /** Compile and swap; the data plane sees the old policy or the new one, nothing between. */
-  private install(policy: Policy, text: string, revision: number, source: string): ApplyRecord {
+  private install(policy: Policy, text: string, revision: number, source: string, precompiled?: { compiled: CompiledPolicy; compileMs: number }): ApplyRecord {
     const t0 = performance.now();
-    const compiled = policyCompile(this.effective(policy, this.tags), this.compiled ?? null);
+    const compiled = precompiled?.compiled ?? policyCompile(this.effective(policy, this.tags), this.compiled ?? null);
     const t1 = performance.now();
+    const compileMs = precompiled?.compileMs ?? t1 - t0;
     this.target.setPolicy(compiled);
     const t2 = performance.now();
     this.document = policy;
@@ -158,7 +159,7 @@ export class Controller {
     this.generation++;
     this.lastSuccessAt = Date.now();
     this.lastApply = {
-      generation: this.generation, revision, compileMs: t1 - t0, swapMs: t2 - t1,
+      generation: this.generation, revision, compileMs, swapMs: t2 - t1,
       reused: compiled.stats.reused, rules: compiled.stats.rules, at: new Date().toISOString(),
     };
     this.opts.log?.info({ source, ...this.lastApply }, 'policy applied');
@@ -216,7 +217,7 @@ export class Controller {
    * in force afterwards (it may have been already), false when it is refused.
    */
   async reload(): Promise<boolean> {
-    (this.store as { refresh?: () => void }).refresh?.();
+    await this.store.refresh();
     const state = await this.store.read();
     if (state.policy.text === this.documentText) return true;
     return this.applyText(state.policy.text, state.policy.revision, state.policy.source, 'reload');
@@ -226,14 +227,20 @@ export class Controller {
   async putPolicy(text: string, expectRevision: number | null, by: string): Promise<ApplyRecord> {
     const source = '(request)';
     const policy = this.validate(text, source);
-    // Compile before writing: a policy that cannot be compiled must not reach the store.
-    policyCompile(this.effective(policy, this.pruneTags(this.tags, policy)), this.compiled);
+    // Compile before writing: a policy that cannot be compiled must not reach the store. What is
+    // compiled here is what gets swapped in, unless the tags changed while the store was written.
+    const tagsBefore = this.tags;
+    const tags = this.pruneTags(tagsBefore, policy);
+    const t0 = performance.now();
+    const compiled = policyCompile(this.effective(policy, tags), this.compiled);
+    const compileMs = performance.now() - t0;
     const cas = await this.own(() => this.store.putPolicy(text, expectRevision));
     if (!cas.ok) throw new ControlError(412, 'stale-revision', `the policy changed since revision ${expectRevision}: it is now at ${cas.revision}; read it again and reapply`);
     // The store's watch may already have applied it; if not, apply now.
     if (this.documentRevision !== cas.revision) {
-      this.tags = this.pruneTags(this.tags, policy);
-      this.install(policy, text, cas.revision, by);
+      const same = this.tags === tagsBefore;
+      this.tags = same ? tags : this.pruneTags(this.tags, policy);
+      this.install(policy, text, cas.revision, by, same ? { compiled, compileMs } : undefined);
     }
     this.rejectedText = null;
     this.audit({ action: 'policy.applied', by, revision: cas.revision, rules: this.compiled.stats.rules, compileMs: round(this.lastApply!.compileMs) });

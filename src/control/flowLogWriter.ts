@@ -11,10 +11,10 @@
  */
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { FLE, FLK, flowLogTake, type FlowLog } from '../flow/flowLog.js';
-import { addressText, type Family } from '../policy/addresses.js';
+import type { Family } from '../policy/addresses.js';
 import { OUTCOME_NAMES } from '../packet/verdict.js';
 import type { Dataplane } from '../datapath/dataplane.js';
-import { addressOwners, protoName, ruleRef } from './views.js';
+import { addressOwners, portNameOf, protoName, ruleRef, wordsAddress } from './views.js';
 
 const DRAIN_MS = 200;
 
@@ -55,11 +55,10 @@ export class FlowLogWriter {
     const out: string[] = [];
     const compiled = this.dp.compiled;
     const owners = events.length > 0 ? addressOwners(compiled) : null;
-    const portName = (p: number) => (p >= 0 && p < this.dp.ports.length ? this.dp.ports[p].io.name : null);
+    const portName = (p: number) => portNameOf(this.dp, p);
     for (const r of events) {
       const family = r[FLE.family] as Family;
-      const words = (at: number) => (family === 6 ? [r[at], r[at + 1], r[at + 2], r[at + 3]] : [r[at]]);
-      const src = addressText(family, words(FLE.src)), dst = addressText(family, words(FLE.dst));
+      const src = wordsAddress(r, FLE.src, family), dst = wordsAddress(r, FLE.dst, family);
       const ruleOut = r[FLE.ruleOut], ruleIn = r[FLE.ruleIn];
       // The deciding point: ingress when it was checked, else egress.
       const point = ruleIn !== -2 ? 'ingress' : 'egress';

@@ -51,6 +51,8 @@ export interface PolicyStore {
   putPolicy(text: string, expect: number | null): Promise<CasResult>;
   /** Write the tag map if its revision is still `expect` (null: whatever it is). */
   putTags(tags: TagMap, expect: number | null): Promise<CasResult>;
+  /** Look at the backing store now (SIGHUP): a change found there is reported through watch like any other. */
+  refresh(): Promise<void>;
   /** Call `listener` after every change, with the key that changed; returns a function that stops watching. */
   watch(listener: (key: StoreKey, state: StoreState) => void): () => void;
   close(): void;
@@ -144,7 +146,7 @@ export class FileStore implements PolicyStore {
   }
 
   /** Re-read the config file now (SIGHUP), whether or not the watch saw a change. */
-  refresh(): void {
+  async refresh(): Promise<void> {
     this.reread();
   }
 
@@ -193,6 +195,9 @@ export class MemoryStore implements PolicyStore {
     for (const l of this.listeners) l('tags', this.snapshot());
     return { ok: true, revision: this.tagsRevision };
   }
+
+  /** Nothing backs it: what it holds is always current. */
+  async refresh(): Promise<void> {}
 
   watch(listener: (key: StoreKey, state: StoreState) => void): () => void {
     this.listeners.add(listener);

@@ -5,8 +5,9 @@
  */
 import { addressText, type Family } from '../policy/addresses.js';
 import type { CompiledPolicy } from '../policy/compile.js';
-import type { Dataplane } from '../datapath/dataplane.js';
-import { CT, CT_NAMES, ENTRY_WORDS, F, NO_PORT } from '../flow/flowTable.js';
+import { PC, PC_COUNT, type Dataplane } from '../datapath/dataplane.js';
+import { OUTCOME_COUNT, OUTCOME_NAMES } from '../packet/verdict.js';
+import { CT, CT_NAMES, ENTRY_WORDS, F, flowBytes } from '../flow/flowTable.js';
 import { RS, RS_COUNT } from '../flow/conntrack.js';
 import { PROTO } from '../policy/services.js';
 
@@ -21,6 +22,39 @@ export function ruleRef(compiled: CompiledPolicy, order: number): { section: str
   if (order === -1) return 'default';
   const r = compiled.rules[order];
   return r ? { section: r.section, id: r.id } : null;
+}
+
+/** The address held in words a[at..] (one word for IPv4, four for IPv6) as text. */
+export function wordsAddress(a: ArrayLike<number>, at: number, family: Family): string {
+  return addressText(family, family === 6 ? [a[at], a[at + 1], a[at + 2], a[at + 3]] : [a[at]]);
+}
+
+/** The interface name of port p, or null for none (NO_PORT, out of range). */
+export function portNameOf(dp: Dataplane, p: number): string | null {
+  return p >= 0 && p < dp.ports.length ? dp.ports[p].io.name : null;
+}
+
+export interface PortCounts {
+  /** Frames received, by the outcome each ended in (every outcome, zeros included). */
+  outcomes: Record<string, number>;
+  rx: number;
+  tx: number;
+  txDropped: number;
+  replies: number;
+  rxErrors: number;
+  attaches: number;
+  up: boolean;
+}
+
+/** Port i's counters, read from the data plane's arrays. */
+export function portCounts(dp: Dataplane, i: number): PortCounts {
+  const pc = (k: PC) => dp.portCounters[i * PC_COUNT + k];
+  const outcomes: Record<string, number> = {};
+  for (let k = 0; k < OUTCOME_COUNT; k++) outcomes[OUTCOME_NAMES[k]] = dp.outcomes[i * OUTCOME_COUNT + k];
+  return {
+    outcomes, rx: pc(PC.rxPackets), tx: pc(PC.txPackets), txDropped: pc(PC.txDropped), replies: pc(PC.replies),
+    rxErrors: pc(PC.rxErrors), attaches: pc(PC.attaches), up: dp.ports[i].up,
+  };
 }
 
 /** IP address text -> workload name, for naming the two ends of a connection. */
@@ -63,14 +97,11 @@ export function flowList(dp: Dataplane, filter: FlowFilter): { total: number; ma
   const now = Math.floor(performance.now());
   const flows: FlowView[] = [];
   let matched = 0;
-  const word = (lo: number, hi: number) => (lo >>> 0) + (hi >>> 0) * 4294967296;
   for (let ent = 0; ent < t.capacity; ent++) {
     const o = ent * ENTRY_WORDS;
     if (e[o + F.meta] < 0) continue;
     const family: Family = (e[o + F.meta] & 0x100) !== 0 ? 6 : 4;
-    const srcWords = family === 6 ? [e[o + F.src], e[o + F.src + 1], e[o + F.src + 2], e[o + F.src + 3]] : [e[o + F.src]];
-    const dstWords = family === 6 ? [e[o + F.dst], e[o + F.dst + 1], e[o + F.dst + 2], e[o + F.dst + 3]] : [e[o + F.dst]];
-    const src = addressText(family, srcWords), dst = addressText(family, dstWords);
+    const src = wordsAddress(e, o + F.src, family), dst = wordsAddress(e, o + F.dst, family);
     const state = e[o + F.state] & 0xff;
     const from = owners.get(src) ?? null, to = owners.get(dst) ?? null;
     const verdict = state === CT.cut ? 'cut' : 'allowed';
@@ -80,14 +111,13 @@ export function flowList(dp: Dataplane, filter: FlowFilter): { total: number; ma
     matched++;
     if (flows.length >= filter.limit) continue;
     const nics = e[o + F.nics];
-    const portName = (p: number) => (p === NO_PORT || p >= dp.ports.length ? null : dp.ports[p].io.name);
     flows.push({
-      vnic: portName(nics & 0xffff), peerPort: portName(nics >>> 16), from, to,
+      vnic: portNameOf(dp, nics & 0xffff), peerPort: portNameOf(dp, nics >>> 16), from, to,
       proto: protoName(e[o + F.meta] & 0xff), src, dst, sport: e[o + F.ports] >>> 16, dport: e[o + F.ports] & 0xffff,
       state: CT_NAMES[state], verdict,
       egressRule: ruleRef(compiled, e[o + F.ruleOut]), ingressRule: ruleRef(compiled, e[o + F.ruleIn]),
       packets: { orig: e[o + F.packetsOrig], reply: e[o + F.packetsReply] },
-      bytes: { orig: word(e[o + F.bytesOrig], e[o + F.bytesOrig + 1]), reply: word(e[o + F.bytesReply], e[o + F.bytesReply + 1]) },
+      bytes: { orig: flowBytes(t, ent, 0), reply: flowBytes(t, ent, 1) },
       idleMs: Math.max(0, now - e[o + F.lastSeen]),
     });
   }

@@ -23,7 +23,7 @@
  *   flowLogTake runs in the control path.
  */
 import { PKT } from '../packet/parse.js';
-import { ENTRY_WORDS, F, type FlowTable } from './flowTable.js';
+import { ENTRY_WORDS, F, flowBytes, type FlowTable } from './flowTable.js';
 
 export const enum FLE {
   kind = 0, time = 1, port = 2, peerPort = 3, family = 4, proto = 5,
@@ -121,8 +121,8 @@ export function flowLogClose(log: FlowLog, t: FlowTable, ent: number, now: numbe
   r[o + FLE.outcome] = 0;
   r[o + FLE.packetsOrig] = e[eo + F.packetsOrig];
   r[o + FLE.packetsReply] = e[eo + F.packetsReply];
-  r[o + FLE.bytesOrig] = (e[eo + F.bytesOrig] >>> 0) + (e[eo + F.bytesOrig + 1] >>> 0) * 4294967296;
-  r[o + FLE.bytesReply] = (e[eo + F.bytesReply] >>> 0) + (e[eo + F.bytesReply + 1] >>> 0) * 4294967296;
+  r[o + FLE.bytesOrig] = flowBytes(t, ent, 0);
+  r[o + FLE.bytesReply] = flowBytes(t, ent, 1);
 }
 
 /** Control path: copy out the waiting events (oldest first) and empty the ring. */

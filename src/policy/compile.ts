@@ -84,7 +84,7 @@ export interface CompiledPolicy {
   points: Map<string, { egress: CompiledPoint; ingress: CompiledPoint }>;
   stats: { rules: number; atoms: number; tries: number; bytes: number; buildMs: number; reused: number };
   /** Section tables by content signature, for the next incremental compile. */
-  segmentsBySignature: Map<string, { v4: FamilyTable; v6: FamilyTable; ether: number[] }>;
+  segmentsBySignature: SegmentCache;
 }
 
 export const ACTION_CODE: Record<Action, number> = { allow: 0, drop: 1, reject: 2 };
@@ -263,17 +263,28 @@ function runKey(rules: Rule[], part: number[], policy: Policy): { keys: string; 
   return out;
 }
 
-/** The content signature of some rules (orders, in order): their keys and the addresses of the groups they name. */
-function partSignature(rules: Rule[], part: number[], policy: Policy, groupText: (name: string) => string): string {
-  const r = runKey(rules, part, policy);
-  return `${r.keys}\n#${r.groups.map((n) => `${n}=${groupText(n)}`).join(';')}`;
-}
-
 /** One section's compiled rules at a point: a trie per family and its non-IP EtherType pairs. */
-interface Segment {
+export interface Segment {
   v4: FamilyTable;
   v6: FamilyTable;
   ether: number[];
+}
+
+/**
+ * Segments by content: the rules' keys (one cached string per run of rules,
+ * whose hash V8 keeps, so a lookup does not rehash the long text), then the
+ * addresses of the groups those rules name.
+ */
+export class SegmentCache {
+  private readonly byKeys = new Map<string, Map<string, Segment>>();
+  get(keys: string, groups: string): Segment | undefined {
+    return this.byKeys.get(keys)?.get(groups);
+  }
+  set(keys: string, groups: string, seg: Segment): void {
+    let m = this.byKeys.get(keys);
+    if (!m) this.byKeys.set(keys, (m = new Map()));
+    m.set(groups, seg);
+  }
 }
 
 export function policyCompile(policy: Policy, previous: CompiledPolicy | null = null): CompiledPolicy {
@@ -290,7 +301,7 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
     }
     return t;
   };
-  const segments = new Map<string, Segment>();
+  const segments = new SegmentCache();
   // Rules without appliedTo apply at every vNIC: vNICs differ only by the scoped rules that reach them.
   const scoped = rules.filter((r) => !r.disabled && r.appliedTo.length > 0);
   const byScope = new Map<string, PointTables>();
@@ -310,10 +321,11 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
         let to = from + 1;
         while (to < applicable.length && rules[applicable[to]].section === rules[applicable[from]].section) to++;
         const part = applicable.slice(from, to);
-        const signature = partSignature(rules, part, policy, groupText);
-        let seg = segments.get(signature);
+        const run = runKey(rules, part, policy);
+        const groupsText = run.groups.map((n) => `${n}=${groupText(n)}`).join(';');
+        let seg = segments.get(run.keys, groupsText);
         if (!seg) {
-          seg = previous?.segmentsBySignature.get(signature);
+          seg = previous?.segmentsBySignature.get(run.keys, groupsText);
           if (seg) reused++;
           else {
             const atoms = part.flatMap((o) => expandRule(rules[o], policy, groups));
@@ -321,7 +333,7 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
             for (const a of atoms) if (a.service.kind === 'ether') segEther.push(a.service.ethertype, a.rule);
             seg = { v4: buildFamilyTable(atoms, 4), v6: buildFamilyTable(atoms, 6), ether: segEther };
           }
-          segments.set(signature, seg);
+          segments.set(run.keys, groupsText, seg);
         }
         ether.push(...seg.ether);
         // An empty trie matches nothing: leave it out of the lookup chain.

@@ -105,18 +105,26 @@ s.on('data', (d) => { console.log('ok:' + String(d).trim()); clearTimeout(t); s.
 s.on('error', (e) => { console.log(e.code === 'ECONNREFUSED' || e.code === 'ECONNRESET' ? 'refused' : 'error:' + e.code); clearTimeout(t); process.exit(0); });
 `;
 
-/** TCP servers that answer their name on each port given, and a UDP echo on the same ports. Args: name port... */
+/**
+ * Servers for the "VMs": on each port given, TCP that sends the server's name
+ * as its first line and then echoes what it receives, and a UDP echo. Prints
+ * ready when all listen. Lives as long as the process that started it (at
+ * most an hour). Args: name port...
+ */
 export const SERVERS = `
 const [name, ...ports] = process.argv.slice(1);
 const net = require('net'), dgram = require('dgram');
 let up = 0;
+const listening = () => { if (++up === ports.length * 2) console.log('ready'); };
 for (const p of ports) {
-  net.createServer((s) => { s.end(name + '\\n'); }).listen(Number(p), '::', () => { if (++up === ports.length * 2) console.log('ready'); });
+  net.createServer((s) => { s.write(name + '\\n'); s.on('data', (d) => s.write(d)); s.on('error', () => {}); }).listen(Number(p), '::', listening);
   const u = dgram.createSocket({ type: 'udp6' });
   u.on('message', (m, r) => u.send(m, r.port, r.address));
-  u.bind(Number(p), '::', () => { if (++up === ports.length * 2) console.log('ready'); });
+  u.bind(Number(p), '::', listening);
 }
-setTimeout(() => process.exit(0), 120000);
+const parent = process.ppid;
+setInterval(() => { if (process.ppid !== parent) process.exit(0); }, 1000);
+setTimeout(() => process.exit(0), 3600000);
 `;
 
 /** A UDP client: sends one datagram (of `size` bytes) and prints ok when the whole echo comes back, or timeout. Args: host port timeoutMs [size] */
@@ -127,20 +135,6 @@ const u = require('dgram').createSocket(host.includes(':') ? 'udp6' : 'udp4');
 const t = setTimeout(() => { console.log('timeout'); process.exit(0); }, Number(ms));
 u.on('message', (m) => { console.log(m.length === n ? 'ok' : 'short:' + m.length); clearTimeout(t); process.exit(0); });
 u.send(Buffer.alloc(n, 120), Number(port), host);
-`;
-
-/** TCP echo servers (each line back) and UDP echo on the ports given; prints ready. Args: port... */
-export const ECHO_SERVERS = `
-const ports = process.argv.slice(1);
-const net = require('net'), dgram = require('dgram');
-let up = 0;
-for (const p of ports) {
-  net.createServer((s) => { s.on('data', (d) => s.write(d)); s.on('error', () => {}); }).listen(Number(p), '::', () => { if (++up === ports.length * 2) console.log('ready'); });
-  const u = dgram.createSocket({ type: 'udp6' });
-  u.on('message', (m, r) => u.send(m, r.port, r.address));
-  u.bind(Number(p), '::', () => { if (++up === ports.length * 2) console.log('ready'); });
-}
-setTimeout(() => process.exit(0), 120000);
 `;
 
 /**
@@ -179,18 +173,6 @@ const s = require('net').connect({ host, port: Number(port) });
 const t = setTimeout(() => { console.log('timeout'); process.exit(0); }, Number(ms));
 s.on('connect', () => { console.log('connected'); clearTimeout(t); s.destroy(); process.exit(0); });
 s.on('error', (e) => { console.log(e.code === 'ECONNREFUSED' || e.code === 'ECONNRESET' ? 'refused' : 'error:' + e.code); clearTimeout(t); process.exit(0); });
-`;
-
-/** TCP servers that send their name on connect and then echo every line, on each port given. Args: name port... */
-export const NAMED_ECHO_SERVERS = `
-const [name, ...ports] = process.argv.slice(1);
-const net = require('net');
-let up = 0;
-for (const p of ports) {
-  net.createServer((s) => { s.write(name + '\\n'); s.on('data', (d) => s.write(d)); s.on('error', () => {}); })
-    .listen(Number(p), '::', () => { if (++up === ports.length) console.log('ready'); });
-}
-setTimeout(() => process.exit(0), 3600000);
 `;
 
 /** Opens a TCP connection every intervalMs (closing it after its first line or timeoutMs) until killed. Args: host port intervalMs timeoutMs */
