@@ -85,7 +85,8 @@ export function metricsRegistry(dp: Dataplane, controller: Controller | null = n
   });
   new Gauge({
     name: 'tapwall_policy_generation', help: 'Policies applied since start (a change makes cached decisions stale).', registers: [registry],
-    collect() { this.set(dp.ct.generation); },
+    // The controller's count, the one `tapwall status` shows; without a controller, the tracker's epoch.
+    collect() { this.set(controller ? controller.generation : dp.ct.generation); },
   });
   promHistogram(registry, 'tapwall_batch_frames', 'Frames per batch read from a port (every batch).', dp.batchSizes);
   promHistogram(registry, 'tapwall_batch_seconds', 'Time to process one batch: parse, SpoofGuard, conntrack, policy, transmit (one batch in 8 is timed).', dp.batchSeconds);
