@@ -21,8 +21,8 @@ const POLICY = `
 default: drop
 spoofguard: true
 workloads:
-  web-1: { nic: twt-web1, mac: "02:77:00:00:01:11", ips: [10.77.1.11, "fd77::1:11"], tags: [web] }
-  app-1: { nic: twt-app1, mac: "02:77:00:00:02:21", ips: [10.77.2.21, "fd77::2:21"], tags: [app] }
+  web-1: { nic: twt-web1, mac: "02:77:00:00:01:11", ips: [10.77.1.11, "fd77::1:11"], tags: [web], vlans: [100] }
+  app-1: { nic: twt-app1, mac: "02:77:00:00:02:21", ips: [10.77.2.21, "fd77::2:21"], tags: [app], vlans: [100] }
   db-1:  { nic: twt-db1,  mac: "02:77:00:00:03:31", ips: [10.77.3.31, "fd77::3:31"], tags: [db] }
   jump-1: { nic: twt-jump1, mac: "02:77:00:00:09:05", ips: [10.77.9.5, "fd77::9:5"], tags: [admin] }
 groups:

@@ -5,7 +5,8 @@
 import t from 'tap';
 import { FLE, FLK, FlowLog, flowLogDecision, flowLogTake } from '../src/flow/flowLog.js';
 import { FlowTable } from '../src/flow/flowTable.js';
-import { Conntrack, DECIDE, ctProcess, type FlowDecider } from '../src/flow/conntrack.js';
+import { Conntrack, ctProcess, type FlowDecider } from '../src/flow/conntrack.js';
+import { Verdict } from '../src/packet/verdict.js';
 import { frameBuild } from '../src/packet/build.js';
 import { PKT, PKT_WORDS, TCP_ACK, TCP_FIN, TCP_SYN, parseFrame } from '../src/packet/parse.js';
 import { Outcome } from '../src/packet/verdict.js';
@@ -45,7 +46,7 @@ t.test('the tracker logs decisions and the close of a logged connection', async 
       const dport = pkt[PKT.dport];
       rules[0] = dport === 80 ? 0 : dport === 81 ? 1 : -1;
       rules[1] = -2;
-      return dport === 80 ? DECIDE.allow | DECIDE.log : dport === 81 ? DECIDE.allow : DECIDE.drop;
+      return dport === 80 ? Verdict.allow | Verdict.log : dport === 81 ? Verdict.allow : Verdict.drop;
     },
   };
   const ct = new Conntrack(new FlowTable({ capacity: 64, maxPorts: 2 }), decider);

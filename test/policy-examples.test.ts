@@ -75,8 +75,8 @@ t.test('dual-stack (IPv6)', async (t) => {
     ['icmpv6 fd00:98::7 -> fd00:6::31 echo-request', 'drop', 'default'],
     ['icmp 10.99.0.3 -> 10.6.0.21 echo-request', 'allow', 'monitoring-ping'],
     ['icmp 10.99.0.3 -> 10.6.0.21 3/4', 'drop', 'default'],
-    // The link-local address derived from front-1's MAC passes SpoofGuard.
-    ['tcp [fe80::ff:fe00:601]:40000 -> [fd00:6::21]:8443', 'drop', 'default', { from: 'front-1' }],
+    // The link-local address derived from front-1's MAC passes SpoofGuard and is in front-1's groups.
+    ['tcp [fe80::ff:fe00:601]:40000 -> [fd00:6::21]:8443', 'allow', 'front-to-api', { from: 'front-1' }], // its link-local address is front-1's everywhere
     ['tcp [fe80::ff:fe00:602]:40000 -> [fd00:6::21]:8443', 'drop', 'spoofguard', { from: 'front-1' }],
   ]);
 });

@@ -103,7 +103,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
     const { port } = await metricsServe(metricsRegistry(dp, controller), host, Number(m[2]));
     metricsUrl = `http://${host.includes(':') ? `[${host}]` : host}:${port}/metrics`;
   }
-  const ports = dp.ports.map((p) => ({ name: p.io.name, mode: p.io.mode, workload: p.spec.workload }));
+  const ports = dp.ports.map((p) => ({ name: p.io.name, mode: p.io.mode, workload: dp.workloadOf(p.index) }));
   const apiAddr = api ? api.addresses : null;
   log.info({ ports, rules: compiled.stats.rules, metrics: metricsUrl, api: apiAddr }, 'tapwall running');
   // One machine-readable line on stdout for supervisors and tests.

@@ -1,18 +1,26 @@
 /**
- * The tracer: what the policy does with one packet, and why.
+ * The tracer: what the data plane does with one packet, and why.
  *
- * It runs the packet through the same compiled tables the data plane uses
- * (policy/compile.ts and the rule trie), at each point the packet crosses:
- * SpoofGuard and egress at the sending workload's vNIC, then ingress at the
- * receiving workload's vNIC. An address no workload owns is outside, and
- * traffic to or from it is checked only at the one vNIC it crosses.
+ * A packet description (`tcp 10.0.1.11:40000 -> 10.0.2.21:8080`) becomes the
+ * frame its sender's vNIC would send as the first packet of a connection
+ * (a TCP SYN, an ICMP message of the given type, a well-formed neighbour
+ * solicitation...), and that frame goes through the data plane's own
+ * decision path (datapath/frameDecide.ts) on a fresh switch with the same
+ * ports, with an explain hook recording each step. The outcome is the data
+ * plane's by construction; this file only puts it into words (which rule,
+ * which group or CIDR, which service). An address no workload owns is
+ * outside, behind the uplink, and traffic to or from it crosses one vNIC.
  */
 import { addressText, parsePrefix, prefixContains, type Family, type Prefix } from '../policy/addresses.js';
-import { pointClassify, ruleServices, type CompiledPolicy, type Direction } from '../policy/compile.js';
-import { keyWrite } from '../packet/key.js';
+import { ruleServices, type CompiledPolicy, type Direction } from '../policy/compile.js';
 import type { Action, Rule } from '../policy/model.js';
 import { ICMP_TYPES, ICMPV6_TYPES, PROTO, isPorted, serviceAtomText } from '../policy/services.js';
-import { spoofCheck } from '../policy/spoofguard.js';
+import { spoofCheck, workloadPrefixes } from '../policy/spoofguard.js';
+import { FlowTable } from '../flow/flowTable.js';
+import { frameBuild, ndFrame } from '../packet/build.js';
+import { ICMP, PKT, TCP_SYN } from '../packet/parse.js';
+import { OUTCOME_NAMES, Outcome, type OutcomeName } from '../packet/verdict.js';
+import { Switch, frameDecide, type Explain, type SwitchPort } from '../datapath/frameDecide.js';
 
 export interface PacketSpec {
   family: Family;
@@ -92,7 +100,8 @@ export function parsePacketSpec(text: string): PacketSpec {
 }
 
 export interface TraceStep {
-  point: 'spoofguard' | Direction;
+  /** Where: spoofguard, egress, ingress (policy points), or a stage of the decision path (parse, vlan, switch, arp, nd, rate, policy, fragments, conntrack). */
+  point: string;
   workload: string;
   nic: string;
   verdict: Action;
@@ -108,13 +117,17 @@ export interface TraceResult {
   to: string | null;
   steps: TraceStep[];
   verdict: Action;
+  /** What the data plane counts it as: forward, or the named drop reason. */
+  outcome: OutcomeName;
+  /** The port it leaves by, when forwarded. */
+  port: string | null;
   /** What happens to the replies. */
   replies: string;
 }
 
 function ownerOf(compiled: CompiledPolicy, addr: Prefix): string | null {
   for (const w of compiled.policy.workloads.values()) {
-    if (w.ips.some((p) => prefixContains(p, addr))) return w.name;
+    if (workloadPrefixes(w).some((p) => prefixContains(p, addr))) return w.name;
   }
   return null;
 }
@@ -128,7 +141,7 @@ function explainSide(compiled: CompiledPolicy, refs: Rule['from'], addr: Prefix,
     if (r.kind === 'group') {
       const g = compiled.groups.get(r.name);
       if (!g || !g.addresses.any && !g.addresses.prefixes.some((p) => prefixContains(p, addr))) continue;
-      const member = [...g.members].find((m) => compiled.policy.workloads.get(m)!.ips.some((p) => prefixContains(p, addr)));
+      const member = [...g.members].find((m) => workloadPrefixes(compiled.policy.workloads.get(m)!).some((p) => prefixContains(p, addr)));
       if (member) {
         const def = compiled.policy.groups.get(r.name)!;
         const w = compiled.policy.workloads.get(member)!;
@@ -152,13 +165,8 @@ function explainService(compiled: CompiledPolicy, rule: Rule, spec: PacketSpec):
   return `service: ${ruleServices(rule, compiled.policy).map(serviceAtomText).join(', ')}`;
 }
 
-const scratchKey = new Int32Array(16);
-
-function decide(compiled: CompiledPolicy, workload: string, direction: Direction, spec: PacketSpec): TraceStep {
+function ruleStep(compiled: CompiledPolicy, workload: string, direction: Direction, order: number, spec: PacketSpec | null): TraceStep {
   const w = compiled.policy.workloads.get(workload)!;
-  const point = compiled.points.get(w.nic)![direction];
-  keyWrite(scratchKey, 0, spec.family, spec.src.words, spec.dst.words, spec.proto, spec.sport, spec.dport);
-  const order = pointClassify(point.tables, spec.family, scratchKey, 0);
   if (order < 0) {
     return {
       point: direction, workload, nic: w.nic, verdict: compiled.defaultAction, rule: null,
@@ -170,7 +178,7 @@ function decide(compiled: CompiledPolicy, workload: string, direction: Direction
     point: direction, workload, nic: w.nic, verdict: rule.action,
     rule: { section: rule.section, id: rule.id, path: rule.path, stateless: rule.stateless, log: rule.log, comment: rule.comment },
     reason: `rule ${rule.id} in section ${rule.section} (${rule.path})`,
-    why: [explainSide(compiled, rule.from, spec.src, 'from'), explainSide(compiled, rule.to, spec.dst, 'to'), explainService(compiled, rule, spec)],
+    why: spec === null ? [] : [explainSide(compiled, rule.from, spec.src, 'from'), explainSide(compiled, rule.to, spec.dst, 'to'), explainService(compiled, rule, spec)],
   };
 }
 
@@ -179,6 +187,141 @@ export interface TraceOptions {
   from?: string;
   /** The receiving workload; by default the owner of the destination address. */
   to?: string;
+  /**
+   * The ports of the data plane being explained (the daemon passes its own);
+   * by default every workload's vNIC and an uplink.
+   */
+  ports?: SwitchPort[];
+}
+
+/** The MAC the tracer gives the far side of the uplink (a router): one no workload uses. */
+function outsideMac(compiled: CompiledPolicy): string {
+  const used = new Set([...compiled.policy.workloads.values()].map((w) => w.mac));
+  for (let i = 0xfe; ; i--) {
+    const mac = `02:ff:ff:ff:ff:${i.toString(16).padStart(2, '0')}`;
+    if (!used.has(mac)) return mac;
+  }
+}
+
+const OUTCOME_WORDS: Partial<Record<OutcomeName, string>> = {
+  forward: 'forwarded',
+  invalid_state: 'no connection: only a packet that opens one (TCP SYN, UDP, ICMP echo request, other IP) may pass without a tracked connection, and ICMP errors must quote one',
+  table_full: 'the flow table is full',
+  quota: "the vNIC's flow quota is used up",
+};
+
+/** Collects the decision path's steps. */
+class TraceExplain implements Explain {
+  readonly steps: Array<{ stage: string; outcome: number; why: string }> = [];
+  step(stage: string, outcome: number, why: string): void {
+    this.steps.push({ stage, outcome, why });
+  }
+}
+
+function defaultPorts(compiled: CompiledPolicy): SwitchPort[] {
+  return [...[...compiled.policy.workloads.values()].map((w) => ({ name: w.nic, workload: w.name })), { name: 'uplink', workload: null }];
+}
+
+function traceSwitch(compiled: CompiledPolicy, ports: SwitchPort[]): Switch {
+  return new Switch(compiled, ports, new FlowTable({ capacity: 64, maxPorts: Math.max(1, ports.length) }));
+}
+
+/**
+ * Run one frame through the decision path of a fresh switch (no connections
+ * yet), as the data plane would for a frame arriving on `arrival`. The
+ * result is the data plane's outcome, by construction.
+ */
+export function frameTrace(compiled: CompiledPolicy, frame: Uint8Array, arrival: string, opts: { ports?: SwitchPort[]; spec?: PacketSpec | null; text?: string } = {}): TraceResult {
+  const ports = opts.ports ?? defaultPorts(compiled);
+  const P = ports.findIndex((p) => p.name === arrival);
+  if (P < 0) throw new TraceSpecError(`no port named '${arrival}' (ports: ${ports.map((p) => p.name).join(', ')})`);
+  const sw = traceSwitch(compiled, ports);
+  return runTrace(compiled, sw, ports, frame, P, opts.spec ?? null, opts.text ?? `frame of ${frame.length} bytes on ${arrival}`);
+}
+
+function runTrace(compiled: CompiledPolicy, sw: Switch, ports: SwitchPort[], frame: Uint8Array, P: number, spec: PacketSpec | null, text: string): TraceResult {
+  const ex = new TraceExplain();
+  sw.ct.rules[0] = -3;
+  sw.ct.rules[1] = -3;
+  const now = 1000;
+  const outcome = frameDecide(sw, frame, 0, frame.length, P, now, ex);
+  const name = OUTCOME_NAMES[outcome];
+  const from = sw.workloads[P]?.name ?? null;
+  const dest = outcome === Outcome.forward ? sw.dest : -1;
+  const pkt = sw.pkt;
+  // The receiving workload: where it went, else the owner of the destination address.
+  let toPort = dest;
+  if (toPort < 0 && pkt[PKT.family] !== 0 && (sw.ct.rules[1] !== -3)) {
+    toPort = sw.addrOwner(pkt[PKT.family], pkt, PKT.dst, false);
+  }
+  const to = toPort >= 0 ? sw.workloads[toPort]?.name ?? null : null;
+  const steps: TraceStep[] = [];
+  const spoofFailed = ex.steps.some((s) => s.stage === 'spoofguard');
+  if (from !== null && compiled.policy.spoofguard && spec !== null && !spoofFailed) {
+    const w = compiled.policy.workloads.get(from)!;
+    const s = spoofCheck(w, spec.family, spec.src.words, spec.proto, spec.sport, spec.dport);
+    steps.push({ point: 'spoofguard', workload: from, nic: w.nic, verdict: 'allow', rule: null, reason: 'source address belongs to the vNIC', why: [s.why] });
+  }
+  const rules = sw.ct.rules;
+  if (rules[0] >= -1 && from !== null) steps.push(ruleStep(compiled, from, 'egress', rules[0], spec));
+  if (rules[1] >= -1) {
+    const ingressAt = sw.workloads[dest >= 0 ? dest : toPort >= 0 ? toPort : -1]?.name ?? to;
+    if (ingressAt !== null) steps.push(ruleStep(compiled, ingressAt, 'ingress', rules[1], spec));
+  }
+  for (const s of ex.steps) {
+    if (s.stage === 'conntrack' && (outcome === Outcome.policy || outcome === Outcome.reject)) continue; // the rule steps say it
+    const at = from ?? to;
+    const w = at === null ? null : compiled.policy.workloads.get(at)!;
+    const words = OUTCOME_WORDS[OUTCOME_NAMES[s.outcome]];
+    steps.push({
+      point: s.stage, workload: w?.name ?? 'uplink', nic: w?.nic ?? ports[P].name, verdict: s.outcome === Outcome.reject ? 'reject' : 'drop', rule: null,
+      reason: `${s.stage === 'spoofguard' ? 'spoof: dropped by SpoofGuard' : OUTCOME_NAMES[s.outcome]}: ${s.stage === 'conntrack' && words ? words : s.why}`, why: [],
+    });
+  }
+  const verdict: Action = outcome === Outcome.forward ? 'allow' : outcome === Outcome.reject ? 'reject' : 'drop';
+  let replies: string;
+  if (outcome !== Outcome.forward) replies = 'none: the packet does not pass';
+  else if (sw.ct.lastEntry < 0) {
+    replies = pkt[PKT.family] !== 0 && (pkt[PKT.proto] === 6 || pkt[PKT.proto] === 17 || pkt[PKT.icmpClass] === ICMP.echoRequest)
+      ? 'a stateless rule decided: replies are checked against the policy on their own'
+      : 'not tracked: replies are checked against the policy on their own';
+  } else replies = 'stateful: replies of this connection pass';
+  return { packet: text, from, to, steps, verdict, outcome: name, port: dest >= 0 ? ports[dest].name : null, replies };
+}
+
+function macOfGroup(family: Family, words: readonly number[]): string | null {
+  if (family === 4) {
+    const w = words[0] >>> 0;
+    if (w === 0xffffffff) return 'ff:ff:ff:ff:ff:ff';
+    if (w >>> 28 !== 0xe) return null;
+    return `01:00:5e:${((w >>> 16) & 0x7f).toString(16).padStart(2, '0')}:${((w >>> 8) & 255).toString(16).padStart(2, '0')}:${(w & 255).toString(16).padStart(2, '0')}`;
+  }
+  if (words[0] >>> 24 !== 0xff) return null;
+  const w = words[3] >>> 0;
+  return `33:33:${[w >>> 24, (w >>> 16) & 255, (w >>> 8) & 255, w & 255].map((x) => x.toString(16).padStart(2, '0')).join(':')}`;
+}
+
+/** The frame a packet description stands for: the first packet of its connection, as the sender's vNIC would send it. */
+export function specFrame(compiled: CompiledPolicy, spec: PacketSpec, from: string | null, to: string | null): Uint8Array {
+  const workloads = compiled.policy.workloads;
+  const outside = outsideMac(compiled);
+  const srcMac = from !== null ? workloads.get(from)!.mac : outside;
+  const dstMac = to !== null ? workloads.get(to)!.mac : macOfGroup(spec.family, spec.dst.words) ?? outside;
+  const src = addressText(spec.family, spec.src.words), dst = addressText(spec.family, spec.dst.words);
+  if (spec.family === 6 && spec.proto === PROTO.icmpv6 && (spec.sport === 135 || spec.sport === 136)) {
+    // Neighbour discovery: a solicitation for the destination address, or an advertisement of the source's.
+    const ns = spec.sport === 135;
+    return ndFrame({ type: ns ? 135 : 136, srcMac, dstMac, src, dst, target: ns ? dst : src, flags: ns ? 0 : 0x60 });
+  }
+  const icmp = spec.proto === PROTO.icmp || spec.proto === PROTO.icmpv6;
+  const ndHop = spec.family === 6 && icmp && spec.sport >= 130 && spec.sport <= 143 ? (spec.sport === 133 || spec.sport === 134 || spec.sport === 137 ? 255 : 1) : undefined;
+  return frameBuild({
+    family: spec.family, proto: spec.proto, src, dst, srcMac, dstMac,
+    sport: icmp ? undefined : spec.sport, dport: icmp ? undefined : spec.dport,
+    flags: spec.proto === PROTO.tcp ? TCP_SYN : undefined,
+    icmpType: icmp ? spec.sport : undefined, icmpCode: icmp ? spec.dport : undefined, id: icmp ? 7 : undefined,
+    ttl: ndHop,
+  });
 }
 
 export function policyTrace(compiled: CompiledPolicy, spec: PacketSpec, opts: TraceOptions = {}): TraceResult {
@@ -191,36 +334,13 @@ export function policyTrace(compiled: CompiledPolicy, spec: PacketSpec, opts: Tr
   if (from === null && to === null) {
     throw new TraceSpecError(`neither ${addressText(spec.src.family, spec.src.words)} nor ${addressText(spec.dst.family, spec.dst.words)} belongs to a workload, so the packet crosses no vNIC: name one with --from or --to`);
   }
-  const steps: TraceStep[] = [];
-  let verdict: Action = 'allow';
-  let statefulAllow = true;
-  if (from !== null) {
-    const w = workloads.get(from)!;
-    if (compiled.policy.spoofguard) {
-      const s = spoofCheck(w, spec.family, spec.src.words, spec.proto, spec.sport, spec.dport);
-      steps.push({ point: 'spoofguard', workload: from, nic: w.nic, verdict: s.ok ? 'allow' : 'drop', rule: null, reason: s.ok ? 'source address belongs to the vNIC' : 'spoof: dropped by SpoofGuard', why: [s.why] });
-      if (!s.ok) verdict = 'drop';
-    }
-    if (verdict === 'allow') {
-      const step = decide(compiled, from, 'egress', spec);
-      steps.push(step);
-      verdict = step.verdict;
-      if (step.rule?.stateless) statefulAllow = false;
-    }
-  }
-  if (to !== null && verdict === 'allow' && to !== from) {
-    const step = decide(compiled, to, 'ingress', spec);
-    steps.push(step);
-    verdict = step.verdict;
-    if (step.rule?.stateless) statefulAllow = false;
-  }
-  let replies: string;
-  if (verdict !== 'allow') replies = 'none: the connection is not allowed';
-  else if (!statefulAllow) replies = 'a stateless rule decided: replies are checked against the policy on their own';
-  else if (spec.proto === PROTO.tcp || spec.proto === PROTO.udp || spec.proto === PROTO.sctp || spec.proto === PROTO.icmp || spec.proto === PROTO.icmpv6) {
-    replies = 'stateful: replies of this connection pass';
-  } else replies = 'stateful: replies with the addresses swapped pass';
-  return { packet: spec.text, from, to, steps, verdict, replies };
+  const ports = opts.ports ?? defaultPorts(compiled);
+  const arrival = from !== null ? workloads.get(from)!.nic : ports.find((p) => p.workload === null)?.name;
+  if (arrival === undefined) throw new TraceSpecError('the packet comes from outside, but this data plane has no uplink');
+  const P = ports.findIndex((p) => p.name === arrival);
+  if (P < 0) throw new TraceSpecError(`${from}'s vNIC ${arrival} is not one of the data plane's ports`);
+  const sw = traceSwitch(compiled, ports);
+  return runTrace(compiled, sw, ports, specFrame(compiled, spec, from, to), P, spec, spec.text);
 }
 
 export function formatTrace(r: TraceResult): string {

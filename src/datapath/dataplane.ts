@@ -1,18 +1,15 @@
 /**
  * The data plane: an L2 switch between ports (vNICs and an optional uplink)
- * that runs every frame through SpoofGuard, connection tracking and the
- * policy. It needs no MAC learning: every vNIC's MAC is declared in the
- * policy (and enforced by SpoofGuard), and any other unicast MAC can only be
- * behind the uplink.
+ * that runs every frame through the one decision path (frameDecide.ts:
+ * parse, SpoofGuard, steering, ARP/ND, conntrack and policy). It needs no
+ * MAC learning: every vNIC's MAC is declared in the policy (and enforced by
+ * SpoofGuard), and any other unicast MAC can only be behind the uplink.
  *
- * The per-packet loop (processBatch) runs once per batch read from one port:
- *   parse -> SpoofGuard (source MAC, IP source, ARP sender) -> destination
- *   port by MAC (a workload's port, else the uplink, else no_route) ->
- *   ARP / neighbour discovery: unicast, or a broadcast request delivered only
- *   to the port owning the address asked for (the uplink when none does), so
- *   a VM learns nothing of the others by asking; IP: conntrack + policy;
- *   other EtherTypes: the policy's ether/ rules -> queue on the destination
- *   port -> at the end of the batch, one writeBatch per destination port.
+ * This file owns the ports and their I/O: the per-packet loop
+ * (processBatch) runs once per batch read from one port, asks frameDecide
+ * for each frame's Outcome and destination, queues forwarded frames on
+ * their destination port, answers rejects, and at the end of the batch
+ * makes one writeBatch per destination port.
  * Every received frame ends in exactly one Outcome, counted per port in
  * `outcomes` (port * OUTCOME_COUNT + outcome); rx = sum of outcomes.
  *
@@ -24,16 +21,14 @@
  */
 import { readFileSync } from 'node:fs';
 import { portOpen, type PortIo, type PortMode, type PortOptions } from '../io/ports.js';
-import { FlowTable, NO_PORT } from '../flow/flowTable.js';
-import { Conntrack, RS_COUNT, ctPolicyChanged, ctProcess, ctSweep, type ConntrackOptions } from '../flow/conntrack.js';
+import { FlowTable } from '../flow/flowTable.js';
+import { Conntrack, RS_COUNT, ctSweep } from '../flow/conntrack.js';
 import { FlowLog } from '../flow/flowLog.js';
-import { FRAG, PARSE, PKT, PKT_WORDS, parseFrame } from '../packet/parse.js';
-import { FragmentTable, fragLookup, fragRemember } from '../flow/fragments.js';
+import { FRAG, PKT } from '../packet/parse.js';
 import { OUTCOME_COUNT, Outcome } from '../packet/verdict.js';
 import type { CompiledPolicy } from '../policy/compile.js';
-import type { Workload } from '../policy/model.js';
-import { spoofAddresses, spoofSourceAllowed, type SpoofAddresses } from '../policy/spoofguard.js';
 import { PolicyDecider } from './decide.js';
+import { Switch, frameDecide, type SwitchOptions } from './frameDecide.js';
 import { buildReject, ReplyLimiter } from './reject.js';
 import { TypedHistogram } from '../metrics/histogram.js';
 
@@ -54,7 +49,7 @@ export interface PortSpec {
   workload: string | null;
 }
 
-export interface DataplaneOptions extends ConntrackOptions {
+export interface DataplaneOptions extends SwitchOptions {
   /** Port options: TAP persistence and owner; virtio-net headers (offload). */
   tap?: PortOptions;
   flowCapacity?: number;
@@ -109,29 +104,23 @@ class Port {
   txCount = 0;
   /** Where queued frames live: the arrival port's buffer of the batch being handled. */
   txBuf: Uint8Array;
-  /** MAC as two numbers (high 16 bits, low 32 bits), -1 when none (the uplink). */
-  macHi = -1;
-  macLo = -1;
-  /** Own IPv4 addresses, and IPv6 addresses (4 words each) including the EUI-64 link-local. */
-  spoof: SpoofAddresses = { v4: new Int32Array(0), v6: new Int32Array(0) };
-  up = true;
   /** Interface index when attached (attach and pcap modes), -1 when absent. */
   ifindex = -1;
   readonly limiter = new ReplyLimiter();
-  constructor(readonly index: number, readonly spec: PortSpec, public io: PortIo, readonly workload: Workload | null) {
+  constructor(readonly index: number, readonly spec: PortSpec, public io: PortIo, private readonly upFlags: Uint8Array) {
     this.stride = io.vnetHdr > 0 ? OFFLOAD_STRIDE : FRAME_STRIDE;
     this.rxBuf = new Uint8Array(BATCH * this.stride);
     this.txBuf = this.rxBuf;
   }
-}
-
-function macParts(mac: string): [number, number] {
-  const b = mac.split(':').map((h) => parseInt(h, 16));
-  return [(b[0] << 8) | b[1], ((b[2] << 24) | (b[3] << 16) | (b[4] << 8) | b[5]) | 0];
+  /** Up: the decision path may send to it (kept in the switch's typed array). */
+  get up(): boolean { return this.upFlags[this.index] === 1; }
+  set up(v: boolean) { this.upFlags[this.index] = v ? 1 : 0; }
 }
 
 export class Dataplane {
   readonly ports: Port[] = [];
+  /** The decision path's state: port addresses, policy decider, conntrack, fragments. */
+  readonly sw: Switch;
   readonly decider: PolicyDecider;
   readonly table: FlowTable;
   readonly ct: Conntrack;
@@ -139,12 +128,6 @@ export class Dataplane {
   readonly outcomes: Float64Array;
   /** Port counters: [port * PC_COUNT + PC.x]. */
   readonly portCounters: Float64Array;
-  private readonly pkt = new Int32Array(PKT_WORDS);
-  private readonly frags = new FragmentTable();
-  private uplink = -1;
-  /** [macHi, macLo, port] per slot, port -1 when empty; rebuilt with the policy. */
-  private macTable = new Int32Array(0);
-  private macMask = 0;
   private sweepTimer: NodeJS.Timeout | null = null;
   private attachTimer: NodeJS.Timeout | null = null;
   /** Frames per batch read (every batch), and seconds to process a batch (sampled). */
@@ -160,13 +143,12 @@ export class Dataplane {
     }
     this.policy = compiled;
     this.table = new FlowTable({ capacity: opts.flowCapacity ?? 262_144, perPortQuota: opts.perPortQuota, maxPorts: Math.max(1, specs.length) });
-    this.decider = new PolicyDecider(compiled, specs.map((s) => (s.workload ? compiled.policy.workloads.get(s.workload)?.nic ?? '' : '')));
-    this.uplink = specs.findIndex((s) => s.workload === null);
-    this.ct = new Conntrack(this.table, this.decider, { ...opts, uplinkPort: this.uplink });
+    this.sw = new Switch(compiled, specs, this.table, opts);
+    this.decider = this.sw.decider;
+    this.ct = this.sw.ct;
     this.outcomes = new Float64Array(Math.max(1, specs.length) * OUTCOME_COUNT);
     this.portCounters = new Float64Array(Math.max(1, specs.length) * PC_COUNT);
     specs.forEach((spec, i) => {
-      const w = spec.workload ? compiled.policy.workloads.get(spec.workload) ?? null : null;
       let io: PortIo;
       let ifindex = -1;
       if (opts.portOpener) io = opts.portOpener(spec);
@@ -177,37 +159,18 @@ export class Dataplane {
         ifindex = spec.mode === 'tap' ? -1 : ifindexIfUp(spec.name);
         io = portOpen(spec.name, spec.mode, opts.tap);
       }
-      const port = new Port(i, spec, io, w);
+      const port = new Port(i, spec, io, this.sw.up);
       port.ifindex = ifindex;
       port.up = !(io instanceof AbsentPort);
       this.ports.push(port);
     });
-    this.applyAddresses(compiled);
     this.ct.ruleStats = new Float64Array((compiled.rules.length + 1) * RS_COUNT);
     if (opts.flowLog) this.ct.flowLog = new FlowLog(8192, Math.max(1, specs.length), opts.flowLog.rate, opts.flowLog.burst);
   }
 
-  /** Per-port MACs and SpoofGuard addresses from the policy. */
-  private applyAddresses(compiled: CompiledPolicy): void {
-    for (const port of this.ports) {
-      const w = port.spec.workload ? compiled.policy.workloads.get(port.spec.workload) ?? null : null;
-      (port as { workload: Workload | null }).workload = w;
-      if (!w) { port.macHi = -1; port.macLo = -1; continue; }
-      [port.macHi, port.macLo] = macParts(w.mac);
-      port.spoof = spoofAddresses(w);
-    }
-    let slots = 16;
-    while (slots < this.ports.length * 4) slots *= 2;
-    const table = new Int32Array(slots * 3);
-    for (let i = 2; i < table.length; i += 3) table[i] = -1;
-    for (const port of this.ports) {
-      if (port.macHi < 0) continue;
-      let slot = Math.imul(port.macLo ^ port.macHi, 0x9e3779b1) >>> 16 & (slots - 1);
-      while (table[slot * 3 + 2] >= 0) slot = (slot + 1) & (slots - 1);
-      table.set([port.macHi, port.macLo, port.index], slot * 3);
-    }
-    this.macTable = table;
-    this.macMask = slots - 1;
+  /** The workload behind port i now (a hot update may rename it), or the uplink. */
+  workloadOf(i: number): string | null {
+    return this.sw.workloads[i]?.name ?? this.ports[i].spec.workload;
   }
 
   /** Swap in a new compiled policy: cached verdicts become stale and are re-checked. */
@@ -223,10 +186,8 @@ export class Dataplane {
       if (from !== undefined) stats.set(old.subarray(from * RS_COUNT, (from + 1) * RS_COUNT), (i + 1) * RS_COUNT);
     });
     this.ct.ruleStats = stats;
-    this.decider.setPolicy(compiled);
+    this.sw.setPolicy(compiled);
     this.policy = compiled;
-    this.applyAddresses(compiled);
-    ctPolicyChanged(this.ct);
   }
 
   /** The vNICs (workload ports) this data plane serves. */
@@ -324,32 +285,16 @@ export class Dataplane {
     dest.txCount++;
   }
 
-  /** Destination port for a unicast MAC, -1 for broadcast/multicast (flood), NO_PORT when unknown and no uplink. */
-  private destOf(buf: Uint8Array, off: number): number {
-    if ((buf[off] & 1) !== 0) return -1;
-    const hi = (buf[off] << 8) | buf[off + 1];
-    const lo = (buf[off + 2] << 24) | (buf[off + 3] << 16) | (buf[off + 4] << 8) | buf[off + 5];
-    // The vNICs' MACs in a small open-addressed table: one probe per frame, not one compare per port.
-    const t = this.macTable, mask = this.macMask;
-    for (let slot = Math.imul(lo ^ hi, 0x9e3779b1) >>> 16 & mask, n = 0; n <= mask; slot = (slot + 1) & mask, n++) {
-      const o = slot * 3;
-      if (t[o + 2] < 0) break;
-      if (t[o] === hi && t[o + 1] === lo) return t[o + 2];
-    }
-    return this.uplink >= 0 ? this.uplink : NO_PORT;
-  }
-
   /** Read and process what port `index` has waiting, as on a readable event (benchmarks drive this directly). */
   pump(index: number): void {
     this.onEvent(this.ports[index], 1);
   }
 
   processBatch(port: Port, count: number): void {
-    const pkt = this.pkt, buf = port.rxBuf, ports = this.ports;
+    const sw = this.sw, buf = port.rxBuf, ports = this.ports;
     const P = port.index;
     const outcomes = this.outcomes, pc = this.portCounters;
     const now = this.now();
-    const guard = port.workload !== null && this.policy.policy.spoofguard;
     const hdr = port.io.vnetHdr;
     this.batchSizes.observe(count);
     const timed = ++this.batchSeq % BATCH_TIME_SAMPLE === 0;
@@ -360,119 +305,17 @@ export class Dataplane {
       pc[P * PC_COUNT + PC.rxPackets]++;
       pc[P * PC_COUNT + PC.rxBytes] += len;
       let outcome: number;
-      const kind = len > port.stride - hdr || len < 0 ? PARSE.malformed : parseFrame(buf, off, len, pkt);
-      if (kind === PARSE.malformed) { outcomes[P * OUTCOME_COUNT + Outcome.malformed]++; continue; }
-      // SpoofGuard, source MAC: a vNIC sends only from its own MAC.
-      if (guard) {
-        const hi = (buf[off + 6] << 8) | buf[off + 7];
-        const lo = (buf[off + 8] << 24) | (buf[off + 9] << 16) | (buf[off + 10] << 8) | buf[off + 11];
-        if (hi !== port.macHi || lo !== port.macLo) { outcomes[P * OUTCOME_COUNT + Outcome.spoof]++; continue; }
-      }
-      const dest = this.destOf(buf, off);
-      if (dest === P) { outcomes[P * OUTCOME_COUNT + Outcome.no_route]++; continue; } // hairpin: not for us to bounce back
-      if (kind === PARSE.arp) {
-        if (guard) {
-          // ARP sender MAC and IP must be the vNIC's own (0.0.0.0 for a probe).
-          const l3 = pkt[PKT.l3Offset];
-          const shi = (buf[l3 + 8] << 8) | buf[l3 + 9];
-          const slo = (buf[l3 + 10] << 24) | (buf[l3 + 11] << 16) | (buf[l3 + 12] << 8) | buf[l3 + 13];
-          const sip = (buf[l3 + 14] << 24) | (buf[l3 + 15] << 16) | (buf[l3 + 16] << 8) | buf[l3 + 17];
-          let ok = shi === port.macHi && slo === port.macLo && sip === 0;
-          if (!ok && shi === port.macHi && slo === port.macLo) for (let k = 0; k < port.spoof.v4.length; k++) if (port.spoof.v4[k] === sip) ok = true;
-          if (!ok) { outcomes[P * OUTCOME_COUNT + Outcome.spoof]++; continue; }
-        }
-        // A broadcast request goes only to the port that owns the address asked for (or the uplink).
-        outcome = dest === -1 && buf[pkt[PKT.l3Offset] + 7] === 1 ? this.directTo(port, i, this.ownerOf4(buf, pkt[PKT.l3Offset] + 24)) : this.forwardL2(port, i, dest);
-      } else if (kind === PARSE.ip) {
-        if (guard && !spoofSourceAllowed(port.spoof, pkt)) { outcomes[P * OUTCOME_COUNT + Outcome.spoof]++; continue; }
-        const icmp6 = pkt[PKT.family] === 6 && pkt[PKT.proto] === 58;
-        const t = pkt[PKT.icmpType];
-        const frag = pkt[PKT.fragment];
-        // IP broadcast and multicast go only towards the uplink, and only as the policy allows.
-        const target = dest === -1 ? (this.uplink >= 0 && this.uplink !== P ? this.uplink : NO_PORT) : dest;
-        if (frag === FRAG.later) {
-          // No ports to look at: follow the first fragment of the datagram.
-          const first = fragLookup(this.frags, pkt, now);
-          if (first < 0) outcome = Outcome.invalid_state;
-          else {
-            outcome = first >> 16;
-            const to = first & 0xffff;
-            if (outcome === Outcome.forward) {
-              if (to < ports.length) this.enqueue(ports[to], port, i); else outcome = Outcome.no_route;
-            }
-          }
-        } else if (icmp6 && ((t >= 133 && t <= 137) || (t >= 130 && t <= 132) || t === 143)) {
-          // Neighbour discovery and multicast listener messages: link-local plumbing, past SpoofGuard only.
-          if (guard && (t === 134 || t === 137)) outcome = Outcome.spoof; // RA guard: a VM is not a router
-          else if (dest !== -1) outcome = this.forwardL2(port, i, dest);
-          else if (t === 135) outcome = this.directTo(port, i, this.ownerOf6(buf, pkt[PKT.l4Offset] + 8)); // solicitation: to the target's owner
-          else if (t === 136) outcome = this.forwardL2(port, i, dest); // unsolicited advertisement: everyone
-          else outcome = this.directTo(port, i, -1); // router solicitation, MLD: towards the uplink
-
-        } else if (target === NO_PORT) {
-          outcome = Outcome.no_route;
-        } else {
-          outcome = ctProcess(this.ct, pkt, P, target, now);
-          if (outcome === Outcome.forward) this.enqueue(ports[target], port, i);
-          else if (outcome === Outcome.reject || outcome === Outcome.cut) this.reply(port, i, pkt, now);
-          if (frag === FRAG.first) fragRemember(this.frags, pkt, outcome, target, now);
-        }
-      } else {
-        // Another EtherType: the policy's ether/ rules at both ends, else dropped.
-        const target = dest < 0 ? (this.uplink >= 0 && this.uplink !== P ? this.uplink : NO_PORT) : dest;
-        if (target === NO_PORT) outcome = Outcome.no_route;
-        else if (this.decider.decideEther(pkt[PKT.ethertype], P, target)) {
-          this.enqueue(ports[target], port, i);
-          outcome = Outcome.forward;
-        } else outcome = Outcome.ethertype;
+      if (len > port.stride - hdr || len < 0) outcome = Outcome.malformed;
+      else {
+        outcome = frameDecide(sw, buf, off, len, P, now, null);
+        if (outcome === Outcome.forward) this.enqueue(ports[sw.dest], port, i);
+        else if ((outcome === Outcome.reject || outcome === Outcome.cut) && sw.pkt[PKT.fragment] !== FRAG.later) this.reply(port, i, sw.pkt, now);
       }
       outcomes[P * OUTCOME_COUNT + outcome]++;
     }
     this.flush();
     ctSweep(this.ct, now, 64);
     if (timed) this.batchSeconds.observe((performance.now() - started) / 1000);
-  }
-
-  /** The port whose workload owns the IPv4 address at buf[o..o+4), or -1. */
-  private ownerOf4(buf: Uint8Array, o: number): number {
-    const ip = (buf[o] << 24) | (buf[o + 1] << 16) | (buf[o + 2] << 8) | buf[o + 3];
-    const ports = this.ports;
-    for (let p = 0; p < ports.length; p++) {
-      const v4 = ports[p].spoof.v4;
-      for (let k = 0; k < v4.length; k++) if (v4[k] === ip) return p;
-    }
-    return -1;
-  }
-
-  /** The port whose workload owns the IPv6 address at buf[o..o+16), or -1. */
-  private ownerOf6(buf: Uint8Array, o: number): number {
-    const w0 = (buf[o] << 24) | (buf[o + 1] << 16) | (buf[o + 2] << 8) | buf[o + 3];
-    const w1 = (buf[o + 4] << 24) | (buf[o + 5] << 16) | (buf[o + 6] << 8) | buf[o + 7];
-    const w2 = (buf[o + 8] << 24) | (buf[o + 9] << 16) | (buf[o + 10] << 8) | buf[o + 11];
-    const w3 = (buf[o + 12] << 24) | (buf[o + 13] << 16) | (buf[o + 14] << 8) | buf[o + 15];
-    const ports = this.ports;
-    for (let p = 0; p < ports.length; p++) {
-      const v6 = ports[p].spoof.v6;
-      for (let k = 0; k < v6.length; k += 4) if (v6[k] === w0 && v6[k + 1] === w1 && v6[k + 2] === w2 && v6[k + 3] === w3) return p;
-    }
-    return -1;
-  }
-
-  /** Deliver to one port (the owner of an address), else to the uplink, else nowhere. */
-  private directTo(port: Port, i: number, owner: number): number {
-    const to = owner >= 0 && owner !== port.index ? owner : this.uplink >= 0 && this.uplink !== port.index ? this.uplink : -1;
-    if (to < 0 || !this.ports[to].up) return Outcome.no_route;
-    this.enqueue(this.ports[to], port, i);
-    return Outcome.forward;
-  }
-
-  /** ARP and ND: to the destination port, or flooded to every other port that is up. */
-  private forwardL2(port: Port, i: number, dest: number): number {
-    if (dest === NO_PORT) return Outcome.no_route;
-    if (dest >= 0) { this.enqueue(this.ports[dest], port, i); return Outcome.forward; }
-    const ports = this.ports;
-    for (let p = 0; p < ports.length; p++) if (p !== port.index && ports[p].up) this.enqueue(ports[p], port, i);
-    return Outcome.forward;
   }
 
   private reply(port: Port, i: number, pkt: Int32Array, now: number): void {

@@ -7,12 +7,19 @@
  *
  * Hot-ish path: runs once per new connection (and for untracked packets);
  * allocation-free. setPolicy swaps in a new compiled policy in one step.
+ *
+ * Address resolution (ARP, IPv6 neighbour discovery) is decided here too
+ * (resolveAllowed): two addresses may resolve each other when the policy
+ * lets some traffic pass between them in either direction, at every vNIC
+ * on the way, by the resolution tables the compiler builds beside the
+ * rule tries (policy/compile.ts, PointTables.r4/r6).
  */
 import { bias } from '../classify/ruleTrie.js';
-import { pointClassify, pointClassifyEther, RULE_FLAG, ACTION_CODE, type CompiledPolicy, type PointTables } from '../policy/compile.js';
+import { pointClassify, pointClassifyEther, pointClassifyResolution, RULE_FLAG, type CompiledPolicy, type PointTables } from '../policy/compile.js';
 import { PKT } from '../packet/parse.js';
 import { KEY_V4, KEY_V6 } from '../packet/key.js';
-import { DECIDE, type FlowDecider } from '../flow/conntrack.js';
+import { Verdict, VERDICT_OF_ACTION } from '../packet/verdict.js';
+import type { FlowDecider } from '../flow/conntrack.js';
 
 /** rules[i] when a point did not check the packet (no vNIC there). */
 export const RULE_NOT_CHECKED = -2;
@@ -38,7 +45,7 @@ export class PolicyDecider implements FlowDecider {
    */
   setPolicy(compiled: CompiledPolicy, portNics: readonly string[] = this.portNics): void {
     const portTables = portNics.map((nic) => compiled.points.get(nic)?.egress.tables ?? null);
-    const defaultCode = ACTION_CODE[compiled.defaultAction];
+    const defaultCode = VERDICT_OF_ACTION[compiled.defaultAction];
     this.portNics = portNics;
     this.portTables = portTables;
     this.defaultCode = defaultCode;
@@ -49,15 +56,15 @@ export class PolicyDecider implements FlowDecider {
     return this.compiled;
   }
 
-  /** The verdict at one point: writes the rule into rules[slot]; returns DECIDE bits. */
+  /** The verdict at one point: writes the rule into rules[slot]; returns a Verdict with its flags. */
   private point(tables: PointTables, family: number, rules: Int32Array, slot: number): number {
     const order = pointClassify(tables, family === 6 ? 6 : 4, this.key, 0);
     rules[slot] = order;
     if (order < 0) return this.defaultCode;
     const flags = this.compiled.ruleFlags[order];
     return this.compiled.ruleAction[order] |
-      ((flags & RULE_FLAG.stateless) !== 0 ? DECIDE.stateless : 0) |
-      ((flags & RULE_FLAG.log) !== 0 ? DECIDE.log : 0);
+      ((flags & RULE_FLAG.stateless) !== 0 ? Verdict.stateless : 0) |
+      ((flags & RULE_FLAG.log) !== 0 ? Verdict.log : 0);
   }
 
   decide(pkt: Int32Array, origPort: number, replyPort: number, rules: Int32Array): number {
@@ -88,18 +95,52 @@ export class PolicyDecider implements FlowDecider {
     const out = origPort >= 0 && origPort < this.portTables.length ? this.portTables[origPort] : null;
     if (out !== null) {
       const d = this.point(out, family, rules, 0);
-      if ((d & DECIDE.verdictMask) !== DECIDE.allow) return d;
+      if ((d & Verdict.mask) !== Verdict.allow) return d;
       flags |= d;
     }
     const into = replyPort >= 0 && replyPort < this.portTables.length ? this.portTables[replyPort] : null;
     if (into !== null) {
       const d = this.point(into, family, rules, 1);
-      if ((d & DECIDE.verdictMask) !== DECIDE.allow) return d;
+      if ((d & Verdict.mask) !== Verdict.allow) return d;
       flags |= d;
     }
     // Neither end is a vNIC we serve: no point allowed it, and nothing passes unchecked.
-    if (out === null && into === null) return DECIDE.drop;
+    if (out === null && into === null) return Verdict.drop;
     return flags;
+  }
+
+  /** Resolution verdict at one point for the key in this.key: true when allowed. */
+  private resolvePoint(tables: PointTables | null, family: number): boolean {
+    if (tables === null) return true;
+    const order = pointClassifyResolution(tables, family === 6 ? 6 : 4, this.key, 0);
+    return (order < 0 ? this.defaultCode : this.compiled.ruleAction[order]) === Verdict.allow;
+  }
+
+  private keyAddresses(family: number, a: Int32Array, ao: number, b: Int32Array, bo: number): void {
+    const k = this.key;
+    if (family === 4) {
+      k[KEY_V4.src] = bias(a[ao]); k[KEY_V4.dst] = bias(b[bo]);
+      k[KEY_V4.proto] = bias(0); k[KEY_V4.sport] = bias(0); k[KEY_V4.dport] = bias(0);
+      return;
+    }
+    for (let i = 0; i < 4; i++) { k[KEY_V6.src + i] = bias(a[ao + i]); k[KEY_V6.dst + i] = bias(b[bo + i]); }
+    k[KEY_V6.proto] = bias(0); k[KEY_V6.sport] = bias(0); k[KEY_V6.dport] = bias(0);
+  }
+
+  /**
+   * May the address at a[ao] (on port portA) and the address at b[bo] (on
+   * port portB) resolve each other? Yes when the policy passes the pair in
+   * one direction at both ports' points (a port with no vNIC has none).
+   * Addresses are raw words: one for IPv4, four for IPv6.
+   */
+  resolveAllowed(family: number, a: Int32Array, ao: number, portA: number, b: Int32Array, bo: number, portB: number): boolean {
+    const ta = portA >= 0 && portA < this.portTables.length ? this.portTables[portA] : null;
+    const tb = portB >= 0 && portB < this.portTables.length ? this.portTables[portB] : null;
+    if (ta === null && tb === null) return false;
+    this.keyAddresses(family, a, ao, b, bo);
+    if (this.resolvePoint(ta, family) && this.resolvePoint(tb, family)) return true;
+    this.keyAddresses(family, b, bo, a, ao);
+    return this.resolvePoint(tb, family) && this.resolvePoint(ta, family);
   }
 
   /**
@@ -116,6 +157,6 @@ export class PolicyDecider implements FlowDecider {
   private etherAllowed(tables: PointTables | null, ethertype: number): boolean {
     if (tables === null) return true;
     const order = pointClassifyEther(tables, ethertype);
-    return order >= 0 && this.compiled.ruleAction[order] === DECIDE.allow;
+    return order >= 0 && this.compiled.ruleAction[order] === Verdict.allow;
   }
 }

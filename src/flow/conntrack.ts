@@ -41,7 +41,7 @@
  *   `log: true`, and every denial by the default, go to `flowLog` (if set),
  *   as does the end of a logged connection.
  */
-import { Outcome } from '../packet/verdict.js';
+import { Outcome, Verdict } from '../packet/verdict.js';
 import { FRAG, ICMP, PARSE, PKT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parseFrame } from '../packet/parse.js';
 import { flowLogClose, flowLogDecision, type FlowLog } from './flowLog.js';
 import {
@@ -49,15 +49,13 @@ import {
   flowCount, flowInsert, flowLookup, flowRemove, flowSweep, type CtStateName,
 } from './flowTable.js';
 
-/** What FlowDecider.decide returns: a verdict, with flag bits. */
-export const enum DECIDE { allow = 0, drop = 1, reject = 2, verdictMask = 3, stateless = 4, log = 8 }
 
 export interface FlowDecider {
   /**
    * Decide a packet with no connection, or re-decide a stale one, by the
    * current policy. `origPort` is where it came in, `replyPort` where it goes
    * (NO_PORT when unknown). Writes the deciding rule orders at egress and
-   * ingress into rules[0] and rules[1]. Returns DECIDE flags.
+   * ingress into rules[0] and rules[1]. Returns a Verdict with its flags.
    */
   decide(pkt: Int32Array, origPort: number, replyPort: number, rules: Int32Array): number;
 }
@@ -208,7 +206,7 @@ function revalidate(ct: Conntrack, ent: number): boolean {
   e[o + F.generation] = ct.generation;
   e[o + F.ruleOut] = ct.rules[0];
   e[o + F.ruleIn] = ct.rules[1];
-  if ((d & DECIDE.verdictMask) === DECIDE.allow && (d & DECIDE.stateless) === 0) return true;
+  if ((d & Verdict.mask) === Verdict.allow && (d & Verdict.stateless) === 0) return true;
   setState(e, o, CT.cut);
   ct.counters[CTC.cut]++;
   return false;
@@ -251,9 +249,9 @@ function logDecision(ct: Conntrack, pkt: Int32Array, d: number, origPort: number
   const log = ct.flowLog;
   if (log === null) return;
   const out = ct.rules[0], into = ct.rules[1];
-  const denied = (d & DECIDE.verdictMask) !== DECIDE.allow;
+  const denied = (d & Verdict.mask) !== Verdict.allow;
   const deciding = into !== -2 ? into : out;
-  if ((d & DECIDE.log) === 0 && !(denied && deciding === -1)) return;
+  if ((d & Verdict.log) === 0 && !(denied && deciding === -1)) return;
   // Charged to the vNIC whose point decided: the receiver when its ingress decided or the sender is no vNIC.
   const charged = out === -2 || (denied && into !== -2) ? replyPort : origPort;
   flowLogDecision(log, pkt, charged, origPort, replyPort, out, into, outcome, now);
@@ -268,12 +266,12 @@ function isIcmpEcho(pkt: Int32Array): boolean {
 function ctNew(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort: number, now: number): number {
   const proto = pkt[PKT.proto];
   const d = ct.decider.decide(pkt, arrivalPort, destPort, ct.rules);
-  const verdict = d & DECIDE.verdictMask;
+  const verdict = d & Verdict.mask;
   ruleCount(ct.ruleStats, ct.rules[0], pkt[PKT.length], 1);
   if (ct.rules[1] !== ct.rules[0]) ruleCount(ct.ruleStats, ct.rules[1], pkt[PKT.length], 1);
-  if (verdict === DECIDE.drop) { logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.policy, now); return Outcome.policy; }
-  if (verdict === DECIDE.reject) { logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.reject, now); return Outcome.reject; }
-  if ((d & DECIDE.stateless) !== 0) {
+  if (verdict === Verdict.drop) { logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.policy, now); return Outcome.policy; }
+  if (verdict === Verdict.reject) { logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.reject, now); return Outcome.reject; }
+  if ((d & Verdict.stateless) !== 0) {
     ct.counters[CTC.stateless]++;
     logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.forward, now);
     return Outcome.forward;
@@ -302,7 +300,7 @@ function ctNew(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort: nu
   if (ent < 0) return ent === INSERT_QUOTA ? Outcome.quota : Outcome.table_full;
   const e = ct.table.entries;
   const o = ent * ENTRY_WORDS;
-  e[o + F.state] |= state | (midstream ? FLAG.midstream << 8 : 0) | ((d & DECIDE.log) !== 0 ? FLAG.logged << 8 : 0);
+  e[o + F.state] |= state | (midstream ? FLAG.midstream << 8 : 0) | ((d & Verdict.log) !== 0 ? FLAG.logged << 8 : 0);
   e[o + F.generation] = ct.generation;
   e[o + F.ruleOut] = ct.rules[0];
   e[o + F.ruleIn] = ct.rules[1];
@@ -334,8 +332,8 @@ function ctRelated(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort
   if (!ct.loose) {
     // Still subject to the policy first: a stateless allow passes it.
     const d = ct.decider.decide(pkt, arrivalPort, destPort, ct.rules);
-    if ((d & DECIDE.verdictMask) !== DECIDE.allow) return (d & DECIDE.verdictMask) === DECIDE.reject ? Outcome.reject : Outcome.policy;
-    return (d & DECIDE.stateless) !== 0 ? Outcome.forward : Outcome.invalid_state;
+    if ((d & Verdict.mask) !== Verdict.allow) return (d & Verdict.mask) === Verdict.reject ? Outcome.reject : Outcome.policy;
+    return (d & Verdict.stateless) !== 0 ? Outcome.forward : Outcome.invalid_state;
   }
   return ctNew(ct, pkt, arrivalPort, destPort, now);
 }

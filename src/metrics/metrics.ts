@@ -19,7 +19,7 @@ import { promHistogram } from './histogram.js';
 export function metricsRegistry(dp: Dataplane, controller: Controller | null = null): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
-  const portLabels = (i: number) => ({ port: dp.ports[i].io.name, workload: dp.ports[i].spec.workload ?? 'uplink' });
+  const portLabels = (i: number) => ({ port: dp.ports[i].io.name, workload: dp.workloadOf(i) ?? 'uplink' });
 
   const portCounter = (name: string, help: string, pc: PC) => new Counter({
     name, help, labelNames: ['port', 'workload'], registers: [registry],

@@ -28,6 +28,8 @@ export interface FrameSpec {
   id?: number;
   /** L4 payload (for ICMP errors: the quoted packet, from its IP header on). */
   payload?: Uint8Array;
+  /** ICMP/ICMPv6: the whole message after type, code and checksum (replaces id/seq and payload). */
+  icmpBody?: Uint8Array;
   ttl?: number;
   /** IPv4: set More Fragments / a fragment offset (in 8-byte units). */
   moreFragments?: boolean;
@@ -79,6 +81,8 @@ export function ipPacket(spec: FrameSpec): Uint8Array {
   } else if (proto === 17 || proto === 132) {
     const len = 8 + payload.length;
     l4 = [(spec.sport ?? 0) >> 8, (spec.sport ?? 0) & 255, (spec.dport ?? 0) >> 8, (spec.dport ?? 0) & 255, len >> 8, len & 255, 0, 0];
+  } else if ((proto === 1 || proto === 58) && spec.icmpBody) {
+    l4 = [spec.icmpType ?? 8, spec.icmpCode ?? 0, 0, 0, ...spec.icmpBody];
   } else if (proto === 1 || proto === 58) {
     const id = spec.id ?? 0;
     l4 = [spec.icmpType ?? 8, spec.icmpCode ?? 0, 0, 0, id >> 8, id & 255, 0, 1];
@@ -130,4 +134,44 @@ export function frameBuild(spec: FrameSpec): Uint8Array {
   out.set(head);
   out.set(ip, head.length);
   return out;
+}
+
+/** An Ethernet/IPv4 ARP frame (request: op 1, reply: op 2), padded with zeros to 60 bytes. */
+export function arpFrame(spec: { srcMac: string; dstMac?: string; op: 1 | 2; sha?: string; spa: string; tha?: string; tpa: string; vlan?: number }): Uint8Array {
+  const head: number[] = [...macBytes(spec.dstMac ?? 'ff:ff:ff:ff:ff:ff'), ...macBytes(spec.srcMac)];
+  if (spec.vlan !== undefined) head.push(0x81, 0x00, (spec.vlan >> 8) & 0x0f, spec.vlan & 255);
+  head.push(0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, spec.op,
+    ...macBytes(spec.sha ?? spec.srcMac), ...ipv4Bytes(spec.spa), ...macBytes(spec.tha ?? '00:00:00:00:00:00'), ...ipv4Bytes(spec.tpa));
+  while (head.length < 60) head.push(0);
+  return Uint8Array.from(head);
+}
+
+/** The solicited-node multicast group of an IPv6 address (ff02::1:ffXX:XXXX), as text. */
+export function solicitedNode(addr: string): string {
+  const b = ipv6Bytes(addr);
+  return `ff02::1:ff${b[13].toString(16).padStart(2, '0')}:${((b[14] << 8) | b[15]).toString(16)}`;
+}
+
+/** The Ethernet multicast MAC of an IPv6 multicast address (33:33 and its last four bytes). */
+export function multicastMac6(addr: string): string {
+  const b = ipv6Bytes(addr);
+  return ['33', '33', ...b.slice(12).map((x) => x.toString(16).padStart(2, '0'))].join(':');
+}
+
+/**
+ * A neighbour solicitation (135) or advertisement (136) with hop limit 255:
+ * target address, one link-layer address option (the sender's MAC unless
+ * `lla` says otherwise; null for none), NA flags (router 0x80, solicited 0x40,
+ * override 0x20).
+ */
+export function ndFrame(spec: { type: 135 | 136; srcMac: string; dstMac?: string; src: string; dst: string; target: string; lla?: string | null; flags?: number; vlan?: number; extra?: number[] }): Uint8Array {
+  const body = [spec.type === 136 ? spec.flags ?? 0 : 0, 0, 0, 0, ...ipv6Bytes(spec.target)];
+  const lla = spec.lla === undefined ? spec.srcMac : spec.lla;
+  if (lla !== null) body.push(spec.type === 135 ? 1 : 2, 1, ...macBytes(lla));
+  if (spec.extra) body.push(...spec.extra);
+  return frameBuild({
+    family: 6, proto: 58, src: spec.src, dst: spec.dst, srcMac: spec.srcMac, vlan: spec.vlan,
+    dstMac: spec.dstMac ?? (spec.dst.startsWith('ff') ? multicastMac6(spec.dst) : undefined),
+    icmpType: spec.type, icmpCode: 0, icmpBody: Uint8Array.from(body), ttl: 255,
+  });
 }

@@ -7,9 +7,17 @@
  *
  * What it reads: up to two VLAN tags (802.1Q, 802.1ad); IPv4 (options, IHL and
  * total-length checks, fragments); IPv6 (extension headers: hop-by-hop,
- * routing, destination options, fragment; at most 8 of them); TCP ports and
- * flags, UDP and SCTP ports, ICMP and ICMPv6 type, code and echo identifier;
- * for ICMP and ICMPv6 errors, the quoted inner header's addresses and ports.
+ * routing, destination options, fragment, authentication; at most
+ * MAX_EXT_HEADERS of them); TCP ports and flags, UDP and SCTP ports, ICMP
+ * and ICMPv6 type, code and echo identifier; for ICMP and ICMPv6 errors, the
+ * quoted inner header's addresses and ports.
+ *
+ * Fail closed: a frame it cannot read to the end is malformed, never
+ * classified on a guess. That covers truncated headers of every kind, a TCP
+ * data offset below 5, more than MAX_EXT_HEADERS extension headers, an
+ * extension header it does not know (mobility, HIP, shim6, experimental), a
+ * type-0 routing header (RFC 5095), a third VLAN tag, and a later fragment
+ * that would overlap the first fragment's TCP header (RFC 1858).
  *
  * Addresses are stored as raw 32-bit words (`| 0`), IPv4 in the first word
  * with the other three 0. Ports: for ICMP echo both hold the identifier (so
@@ -46,8 +54,12 @@ export const enum PKT {
   innerDport = 32,
   /** ICMP class, ICMP below. */
   icmpClass = 33,
+  /** How many VLAN tags the frame carries (0, 1 or 2). */
+  vlanCount = 34,
+  /** Offset just past the IP packet (its total or payload length; padding after it is not part of it). */
+  ipEnd = 35,
 }
-export const PKT_WORDS = 34;
+export const PKT_WORDS = 36;
 
 /** parseFrame results. */
 export const enum PARSE { ip = 0, arp = 1, otherEther = 2, malformed = -1 }
@@ -56,6 +68,9 @@ export const enum FRAG { none = 0, first = 1, later = 2 }
 export const enum ICMP { notIcmp = 0, echoRequest = 1, echoReply = 2, error = 3, other = 4 }
 
 export const TCP_FIN = 0x01, TCP_SYN = 0x02, TCP_RST = 0x04, TCP_PSH = 0x08, TCP_ACK = 0x10;
+
+/** More extension headers than this in one IPv6 packet: malformed (real stacks send two or three). */
+export const MAX_EXT_HEADERS = 8;
 
 const ETH_IPV4 = 0x0800, ETH_IPV6 = 0x86dd, ETH_ARP = 0x0806, ETH_VLAN = 0x8100, ETH_QINQ = 0x88a8;
 
@@ -67,6 +82,8 @@ function word(b: Uint8Array, o: number): number {
 function parseL4(b: Uint8Array, l4: number, avail: number, proto: number, pkt: Int32Array, v6: boolean): boolean {
   if (proto === 6) {
     if (avail < 20) return false;
+    const doff = (b[l4 + 12] >> 4) << 2;
+    if (doff < 20 || doff > avail) return false;
     pkt[PKT.sport] = (b[l4] << 8) | b[l4 + 1];
     pkt[PKT.dport] = (b[l4 + 2] << 8) | b[l4 + 3];
     pkt[PKT.tcpFlags] = b[l4 + 13];
@@ -148,13 +165,16 @@ export function parseFrame(b: Uint8Array, off: number, len: number, pkt: Int32Ar
   let o = off + 12;
   let ethertype = (b[o] << 8) | b[o + 1];
   let vlan = -1;
-  for (let tags = 0; (ethertype === ETH_VLAN || ethertype === ETH_QINQ) && tags < 2; tags++) {
-    if (o + 6 > end) return PARSE.malformed;
+  let tags = 0;
+  for (; ethertype === ETH_VLAN || ethertype === ETH_QINQ; tags++) {
+    if (tags === 2 || o + 6 > end) return PARSE.malformed;
     if (vlan < 0) vlan = ((b[o + 2] << 8) | b[o + 3]) & 0xfff;
     o += 4;
     ethertype = (b[o] << 8) | b[o + 1];
   }
   o += 2;
+  pkt[PKT.vlanCount] = tags;
+  pkt[PKT.ipEnd] = end;
   pkt[PKT.ethertype] = ethertype;
   pkt[PKT.vlan] = vlan;
   pkt[PKT.l3Offset] = o;
@@ -184,7 +204,9 @@ export function parseFrame(b: Uint8Array, off: number, len: number, pkt: Int32Ar
     const fragField = (b[o + 6] << 8) | b[o + 7];
     const l4 = o + ihl;
     pkt[PKT.l4Offset] = l4;
+    pkt[PKT.ipEnd] = o + total;
     if ((fragField & 0x1fff) !== 0) {
+      if (proto === 6 && (fragField & 0x1fff) < 3) return PARSE.malformed; // would rewrite the TCP header
       pkt[PKT.fragment] = FRAG.later;
       pkt[PKT.fragmentId] = (b[o + 4] << 8) | b[o + 5];
       return PARSE.ip; // no L4 header in a later fragment
@@ -206,29 +228,38 @@ export function parseFrame(b: Uint8Array, off: number, len: number, pkt: Int32Ar
       pkt[PKT.src + i] = word(b, o + 8 + 4 * i);
       pkt[PKT.dst + i] = word(b, o + 24 + 4 * i);
     }
+    pkt[PKT.ipEnd] = ipEnd;
     let next = b[o + 6];
     let p = o + 40;
-    for (let ext = 0; ext < 8; ext++) {
+    for (let ext = 0; ; ext++) {
+      if (next === 0 || next === 43 || next === 60 || next === 51 || next === 44) {
+        if (ext === MAX_EXT_HEADERS || p + 8 > ipEnd) return PARSE.malformed;
+      }
       if (next === 0 || next === 43 || next === 60) {
-        if (p + 8 > ipEnd) return PARSE.malformed;
+        if (next === 43 && b[p + 2] === 0) return PARSE.malformed; // type-0 routing header
         next = b[p];
         p += (b[p + 1] + 1) << 3;
+      } else if (next === 51) {
+        next = b[p];
+        p += (b[p + 1] + 2) << 2;
       } else if (next === 44) {
-        if (p + 8 > ipEnd) return PARSE.malformed;
         const fragField = (b[p + 2] << 8) | b[p + 3];
         pkt[PKT.fragmentId] = word(b, p + 4);
         next = b[p];
         p += 8;
         if ((fragField & 0xfff8) !== 0) {
+          if (next === 6 && (fragField >> 3) < 3) return PARSE.malformed; // would rewrite the TCP header
           pkt[PKT.fragment] = FRAG.later;
           pkt[PKT.proto] = next;
           pkt[PKT.l4Offset] = p;
           return PARSE.ip;
         }
         if ((fragField & 1) !== 0) pkt[PKT.fragment] = FRAG.first;
+      } else if (next === 135 || next === 139 || next === 140 || next === 253 || next === 254) {
+        return PARSE.malformed; // extension headers we cannot read past: never guess what follows
       } else break;
+      if (p > ipEnd) return PARSE.malformed;
     }
-    if (p > ipEnd) return PARSE.malformed;
     pkt[PKT.proto] = next;
     pkt[PKT.l4Offset] = p;
     return parseL4(b, p, ipEnd - p, next, pkt, true) ? PARSE.ip : PARSE.malformed;

@@ -27,6 +27,8 @@ import { KEY_V4, KEY_V6 } from '../packet/key.js';
 import { prefixAggregate, prefixWordRange, type Family, type Prefix } from './addresses.js';
 import type { Action, Group, Policy, Rule, Workload } from './model.js';
 import { ANY_SERVICE, type IpServiceAtom, type ServiceAtom } from './services.js';
+import { workloadPrefixes } from './spoofguard.js';
+import { VERDICT_OF_ACTION } from '../packet/verdict.js';
 
 export type Direction = 'egress' | 'ingress';
 
@@ -58,6 +60,14 @@ export interface FamilyTable {
 export interface PointTables {
   v4: FamilyTable[];
   v6: FamilyTable[];
+  /**
+   * Address resolution (ARP, neighbour discovery) per family: the same
+   * sections' rules over addresses only. A rule takes part when it allows
+   * some service, names every service, or names `arp` / `nd`; the first that
+   * matches (source, target) decides whether the two may resolve each other.
+   */
+  r4: FamilyTable[];
+  r6: FamilyTable[];
   /** Pairs (ethertype, rule order) in precedence order, for non-IP frames. */
   ether: Int32Array;
   /** Rule orders that apply here, in precedence order. */
@@ -87,7 +97,6 @@ export interface CompiledPolicy {
   segmentsBySignature: SegmentCache;
 }
 
-export const ACTION_CODE: Record<Action, number> = { allow: 0, drop: 1, reject: 2 };
 export const RULE_FLAG = { stateless: 1, log: 2 } as const;
 
 /** Pass 1: group membership and addresses, with nested groups flattened. */
@@ -113,7 +122,8 @@ export function resolveGroups(policy: Policy): CompiledPolicy['groups'] {
       if (r.addresses.any) prefixes.push(...ANY_PREFIXES);
       else prefixes.push(...r.addresses.prefixes);
     }
-    for (const m of members) prefixes.push(...(policy.workloads.get(m) as Workload).ips);
+    // A workload's addresses everywhere: its ips and the link-local address its MAC gives it.
+    for (const m of members) prefixes.push(...workloadPrefixes(policy.workloads.get(m) as Workload));
     const result = { members, addresses: { any: false as const, prefixes: prefixAggregate(prefixes) } };
     resolving.delete(name);
     out.set(name, result);
@@ -168,6 +178,7 @@ export function expandRule(rule: Rule, policy: Policy, groups: CompiledPolicy['g
   const dstList: Array<Prefix | null> = dst.any ? [null] : dst.prefixes;
   const atoms: Atom[] = [];
   for (const service of services) {
+    if (service.kind === 'resolve') continue; // only in the resolution tables (expandRuleResolution)
     if (service.kind === 'ether') {
       atoms.push({ rule: rule.order, src: null, dst: null, service });
       continue;
@@ -178,6 +189,39 @@ export function expandRule(rule: Rule, policy: Policy, groups: CompiledPolicy['g
         const fam = s?.family ?? d?.family ?? 0;
         if (s && d && s.family !== d.family) continue;
         if (fam !== 0 && service.family !== 0 && service.family !== fam) continue;
+        atoms.push({ rule: rule.order, src: s, dst: d, service });
+      }
+    }
+  }
+  return atoms;
+}
+
+/**
+ * Pass 2 for address resolution: the rule's address pairs of each family,
+ * with every protocol and port, when the rule takes part in resolution at
+ * all (it allows something, names every service, or names arp / nd).
+ */
+export function expandRuleResolution(rule: Rule, policy: Policy, groups: CompiledPolicy['groups']): Atom[] {
+  const services = ruleServices(rule, policy);
+  const families = new Set<number>();
+  for (const s of services) {
+    if (s.kind === 'resolve') families.add(s.family);
+    else if (s.kind === 'ip' && (rule.action === 'allow' || s.proto < 0)) {
+      if (s.family === 0) { families.add(4); families.add(6); } else families.add(s.family);
+    }
+  }
+  if (families.size === 0) return [];
+  const src = ruleAddresses(rule.from, groups);
+  const dst = ruleAddresses(rule.to, groups);
+  const srcList: Array<Prefix | null> = src.any ? [null] : src.prefixes;
+  const dstList: Array<Prefix | null> = dst.any ? [null] : dst.prefixes;
+  const atoms: Atom[] = [];
+  for (const family of families) {
+    const service: IpServiceAtom = { kind: 'ip', family: family as Family, proto: -1, sport: [0, 65535], dport: [0, 65535] };
+    for (const s of srcList) {
+      if (s && s.family !== family) continue;
+      for (const d of dstList) {
+        if (d && d.family !== family) continue;
         atoms.push({ rule: rule.order, src: s, dst: d, service });
       }
     }
@@ -267,6 +311,8 @@ function runKey(rules: Rule[], part: number[], policy: Policy): { keys: string; 
 export interface Segment {
   v4: FamilyTable;
   v6: FamilyTable;
+  r4: FamilyTable;
+  r6: FamilyTable;
   ether: number[];
 }
 
@@ -314,7 +360,7 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
     if (!tables) {
       const inScope = new Set(scope);
       const applicable = rules.filter((r) => !r.disabled && (r.appliedTo.length === 0 || inScope.has(r.order))).map((r) => r.order);
-      tables = { v4: [], v6: [], ether: new Int32Array(0), rules: applicable };
+      tables = { v4: [], v6: [], r4: [], r6: [], ether: new Int32Array(0), rules: applicable };
       const ether: number[] = [];
       // Rule orders are contiguous per section: cut the applicable list where the section changes.
       for (let from = 0; from < applicable.length;) {
@@ -331,7 +377,11 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
             const atoms = part.flatMap((o) => expandRule(rules[o], policy, groups));
             const segEther: number[] = [];
             for (const a of atoms) if (a.service.kind === 'ether') segEther.push(a.service.ethertype, a.rule);
-            seg = { v4: buildFamilyTable(atoms, 4), v6: buildFamilyTable(atoms, 6), ether: segEther };
+            const resolution = part.flatMap((o) => expandRuleResolution(rules[o], policy, groups));
+            seg = {
+              v4: buildFamilyTable(atoms, 4), v6: buildFamilyTable(atoms, 6),
+              r4: buildFamilyTable(resolution, 4), r6: buildFamilyTable(resolution, 6), ether: segEther,
+            };
           }
           segments.set(run.keys, groupsText, seg);
         }
@@ -339,11 +389,13 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
         // An empty trie matches nothing: leave it out of the lookup chain.
         if (seg.v4.atoms.length > 0) tables.v4.push(seg.v4);
         if (seg.v6.atoms.length > 0) tables.v6.push(seg.v6);
+        if (seg.r4.atoms.length > 0) tables.r4.push(seg.r4);
+        if (seg.r6.atoms.length > 0) tables.r6.push(seg.r6);
         from = to;
       }
       tables.ether = Int32Array.from(ether);
       byScope.set(scopeKey, tables);
-      for (const t of [...tables.v4, ...tables.v6]) { atomsTotal += t.atoms.length; bytes += t.trie.stats.bytes; tries++; }
+      for (const t of [...tables.v4, ...tables.v6, ...tables.r4, ...tables.r6]) { atomsTotal += t.atoms.length; bytes += t.trie.stats.bytes; tries++; }
       atomsTotal += tables.ether.length / 2;
       bytes += tables.ether.byteLength;
     }
@@ -353,7 +405,7 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
       ingress: { workload: w.name, nic: w.nic, direction: 'ingress', tables },
     });
   }
-  const ruleAction = Uint8Array.from(rules.map((r) => ACTION_CODE[r.action]));
+  const ruleAction = Uint8Array.from(rules.map((r) => VERDICT_OF_ACTION[r.action]));
   const ruleFlags = Uint8Array.from(rules.map((r) => (r.stateless ? RULE_FLAG.stateless : 0) | (r.log ? RULE_FLAG.log : 0)));
   return {
     policy,
@@ -370,13 +422,22 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
 
 /** First matching rule order for an IP key at a point, or -1 (then the default applies). */
 export function pointClassify(tables: PointTables, family: Family, key: Int32Array, keyOff: number): number {
-  const list = family === 4 ? tables.v4 : tables.v6;
+  return firstMatch(family === 4 ? tables.v4 : tables.v6, key, keyOff);
+}
+
+/** The first section table (in precedence order) with a match decides. */
+function firstMatch(list: FamilyTable[], key: Int32Array, keyOff: number): number {
   for (let i = 0; i < list.length; i++) {
     const t = list[i];
     const atom = trieLookup(t.trie, key, keyOff);
     if (atom >= 0) return t.atomRule[atom];
   }
   return -1;
+}
+
+/** First rule order that decides address resolution for a key (proto and ports ignored) at a point, or -1. */
+export function pointClassifyResolution(tables: PointTables, family: Family, key: Int32Array, keyOff: number): number {
+  return firstMatch(family === 4 ? tables.r4 : tables.r6, key, keyOff);
 }
 
 /** First matching rule order for a non-IP EtherType at a point, or -1. */

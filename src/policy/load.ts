@@ -155,7 +155,7 @@ function prefixOf(c: Checker, text: string, path: PathSegment[], allowLength: bo
 }
 
 const TOP_KEYS = ['version', 'default', 'spoofguard', 'workloads', 'groups', 'services', 'sections'] as const;
-const WORKLOAD_KEYS = ['nic', 'mac', 'ips', 'tags', 'comment'] as const;
+const WORKLOAD_KEYS = ['nic', 'mac', 'ips', 'tags', 'vlans', 'comment'] as const;
 const GROUP_KEYS = ['tags', 'workloads', 'cidrs', 'groups', 'comment'] as const;
 const SECTION_KEYS = ['name', 'rules', 'comment'] as const;
 const RULE_KEYS = ['id', 'from', 'to', 'services', 'action', 'appliedTo', 'log', 'stateless', 'disabled', 'comment'] as const;
@@ -214,7 +214,18 @@ function readWorkloads(c: Checker, raw: Json | undefined): Map<string, Workload>
       if (owner !== undefined) c.error('duplicate-mac', [...path, 'mac'], `MAC ${mac} is already claimed by workload '${owner}'`);
       else byMac.set(mac, name);
     }
-    out.set(name, { name, nic: nic ?? '', mac: mac ?? '', ips, tags });
+    const vlans: number[] = [];
+    if (w.vlans !== undefined) {
+      if (!Array.isArray(w.vlans)) c.error('bad-type', [...path, 'vlans'], `expected a list of VLAN ids 1-4094, found ${describe(w.vlans)}`);
+      else {
+        w.vlans.forEach((v, i) => {
+          if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 4094) {
+            c.error('bad-value', [...path, 'vlans', i], `expected a VLAN id 1-4094 (an 802.1Q tag this workload's frames may carry), found ${describe(v)}`);
+          } else vlans.push(v);
+        });
+      }
+    }
+    out.set(name, { name, nic: nic ?? '', mac: mac ?? '', ips, tags, vlans });
   }
   return out;
 }

@@ -17,6 +17,8 @@ export interface Workload {
   /** Single addresses, as full-length prefixes. */
   ips: Prefix[];
   tags: string[];
+  /** VLAN ids (802.1Q) its frames may carry besides untagged ones; empty: untagged only. */
+  vlans: number[];
 }
 
 export interface Group {

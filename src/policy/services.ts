@@ -5,6 +5,8 @@
  *   icmp  icmp/echo-request  icmp/8  icmp/3/4 (type/code)  icmpv6/...
  *   ip/47  ip/gre            an IP protocol number, any ports
  *   ether/0x88cc  ether/lldp a non-IP EtherType
+ *   arp  nd                  address resolution (ARP; IPv6 neighbour solicitation
+ *                            and advertisement) between the rule's addresses
  *   { proto: tcp, ports: "443", sourcePorts: "1024-65535" }  (object form)
  *
  * Each spec expands to atoms that the compiler puts in the rule trie: ports
@@ -28,7 +30,13 @@ export interface EtherServiceAtom {
   ethertype: number;
 }
 
-export type ServiceAtom = IpServiceAtom | EtherServiceAtom;
+/** Address resolution: ARP (family 4) or neighbour solicitation and advertisement (family 6). */
+export interface ResolveServiceAtom {
+  kind: 'resolve';
+  family: 4 | 6;
+}
+
+export type ServiceAtom = IpServiceAtom | EtherServiceAtom | ResolveServiceAtom;
 
 export const ANY_SERVICE: IpServiceAtom = { kind: 'ip', family: 0, proto: -1, sport: [0, 65535], dport: [0, 65535] };
 
@@ -75,7 +83,7 @@ export const ETHERTYPES: Record<string, number> = {
 };
 
 /** Words a service must not be named with, since they read as specs. */
-export const RESERVED_SERVICE_NAMES = new Set(['any', ...Object.keys(PROTO_NAMES), 'ip', 'ether']);
+export const RESERVED_SERVICE_NAMES = new Set(['any', ...Object.keys(PROTO_NAMES), 'ip', 'ether', 'arp', 'nd']);
 
 export class ServiceSyntaxError extends Error {
   constructor(message: string) {
@@ -112,6 +120,8 @@ function parseNumberOrName(text: string, names: Record<string, number>, max: num
 /** Parse one string spec into atoms; throws ServiceSyntaxError with a precise message. */
 export function parseServiceSpec(spec: string): ServiceAtom[] {
   if (spec === 'any') return [ANY_SERVICE];
+  if (spec === 'arp') return [{ kind: 'resolve', family: 4 }];
+  if (spec === 'nd') return [{ kind: 'resolve', family: 6 }];
   const slash = spec.indexOf('/');
   const head = (slash < 0 ? spec : spec.slice(0, slash)).toLowerCase();
   const rest = slash < 0 ? '' : spec.slice(slash + 1);
@@ -147,7 +157,7 @@ export function parseServiceSpec(spec: string): ServiceAtom[] {
       throw new ServiceSyntaxError(`EtherType ${rest} is IP: name IP traffic with tcp/..., udp/..., icmp, ip/N or any`);
     }
     if (ethertype === 0x0806) {
-      throw new ServiceSyntaxError('ARP is always passed subject to SpoofGuard and cannot be named in a rule');
+      throw new ServiceSyntaxError("ARP is address resolution: name it with the service 'arp' (and IPv6 neighbour discovery with 'nd')");
     }
     return [{ kind: 'ether', ethertype }];
   }
@@ -174,6 +184,7 @@ export function parseServiceObject(proto: string, ports?: string, sourcePorts?: 
 
 export function serviceAtomText(a: ServiceAtom): string {
   if (a.kind === 'ether') return `ether/0x${a.ethertype.toString(16).padStart(4, '0')}`;
+  if (a.kind === 'resolve') return a.family === 4 ? 'arp' : 'nd';
   if (a.proto < 0) return 'any';
   const name = Object.keys(PROTO_NAMES).find((k) => PROTO_NAMES[k] === a.proto) ?? String(a.proto);
   const range = (r: [number, number], full: number) => (r[0] === 0 && r[1] === full ? '' : r[0] === r[1] ? `${r[0]}` : `${r[0]}-${r[1]}`);

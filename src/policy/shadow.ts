@@ -64,6 +64,8 @@ function sideCovers(policy: Policy, earlier: AddressRef[], later: AddressRef[]):
 
 function serviceCovers(e: ServiceAtom, l: ServiceAtom): boolean {
   if (e.kind === 'ether' || l.kind === 'ether') return e.kind === 'ether' && l.kind === 'ether' && e.ethertype === l.ethertype;
+  if (l.kind === 'resolve') return e.kind === 'resolve' ? e.family === l.family : e.proto < 0 && (e.family === 0 || e.family === l.family);
+  if (e.kind === 'resolve') return false;
   if (e.proto >= 0 && e.proto !== l.proto) return false;
   if (e.family !== 0 && e.family !== l.family) return false;
   return e.sport[0] <= l.sport[0] && e.sport[1] >= l.sport[1] && e.dport[0] <= l.dport[0] && e.dport[1] >= l.dport[1];

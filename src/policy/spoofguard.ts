@@ -5,7 +5,7 @@
  * link-local address as the kernel derives it from the MAC (modified EUI-64,
  * RFC 4291 appendix A), plus :: for duplicate address detection.
  */
-import type { Prefix } from './addresses.js';
+import { addressText, type Prefix } from './addresses.js';
 import type { Workload } from './model.js';
 import { PKT, PKT_WORDS } from '../packet/parse.js';
 
@@ -16,6 +16,14 @@ export function linkLocalOf(mac: string): [number, number, number, number] {
   const w2 = ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | 0xff) >>> 0;
   const w3 = ((0xfe << 24) | (b[3] << 16) | (b[4] << 8) | b[5]) >>> 0;
   return [0xfe800000, 0, w2, w3];
+}
+
+/** Every address of a workload as a /128 or /32 prefix: its ips and the link-local address of its MAC. */
+export function workloadPrefixes(w: Workload): Prefix[] {
+  const ll = linkLocalOf(w.mac);
+  const text = addressText(6, ll);
+  if (w.ips.some((p) => p.family === 6 && p.words.every((x, i) => x === ll[i]))) return w.ips;
+  return [...w.ips, { family: 6, words: ll, len: 128, text: `${text}/128` }];
 }
 
 /** A vNIC's own source addresses, as the data plane checks them: IPv4 words; IPv6 four words each, link-local included. */

@@ -1,0 +1,71 @@
+// The real data plane on in-memory ports: no devices, no root. A frame is
+// pushed into one port, the port is pumped, and the result is the outcome
+// counted for that frame and the ports it was sent out of.
+import { Dataplane, type DataplaneOptions, type PortSpec } from '../src/datapath/dataplane.js';
+import { MemoryPort } from '../src/io/memoryPort.js';
+import { policyCompile, type CompiledPolicy } from '../src/policy/compile.js';
+import { policyParse } from '../src/policy/load.js';
+import { OUTCOME_COUNT, OUTCOME_NAMES, type OutcomeName } from '../src/packet/verdict.js';
+
+export interface SendResult { outcome: OutcomeName; to: string[] }
+
+export class MemLab {
+  readonly dp: Dataplane;
+  readonly ports = new Map<string, MemoryPort>();
+  readonly specs: PortSpec[];
+  compiled: CompiledPolicy;
+
+  constructor(policyText: string, opts: { uplink?: string | null; dataplane?: DataplaneOptions } = {}) {
+    const { policy } = policyParse(policyText, '(test)', { shadows: false });
+    this.compiled = policyCompile(policy);
+    this.specs = [...policy.workloads.values()].map((w) => ({ name: w.nic, mode: 'tap' as const, workload: w.name }));
+    const uplink = opts.uplink === undefined ? 'twu-up' : opts.uplink;
+    if (uplink !== null) this.specs.push({ name: uplink, mode: 'tap', workload: null });
+    this.dp = new Dataplane(this.compiled, this.specs, {
+      flowCapacity: 4096,
+      ...opts.dataplane,
+      portOpener: (s) => {
+        const p = new MemoryPort(s.name);
+        this.ports.set(s.name, p);
+        return p;
+      },
+    });
+  }
+
+  /** Swap in a new policy document, as the controller does. */
+  apply(policyText: string): void {
+    const { policy } = policyParse(policyText, '(test)', { shadows: false });
+    this.compiled = policyCompile(policy, this.compiled);
+    this.dp.setPolicy(this.compiled);
+  }
+
+  /** Frames counted per outcome on one port so far. */
+  outcomesOf(port: string): number[] {
+    const i = this.specs.findIndex((s) => s.name === port);
+    return Array.from(this.dp.outcomes.subarray(i * OUTCOME_COUNT, (i + 1) * OUTCOME_COUNT));
+  }
+
+  /** Send one frame in on `port`; the outcome it was counted as and where it went. */
+  send(port: string, frame: Uint8Array): SendResult {
+    const i = this.specs.findIndex((s) => s.name === port);
+    if (i < 0) throw new Error(`no port ${port}`);
+    const before = this.outcomesOf(port);
+    for (const p of this.ports.values()) p.sent.length = 0;
+    this.ports.get(port)!.push(frame);
+    this.dp.pump(i);
+    const after = this.outcomesOf(port);
+    const changed = after.map((v, k) => v - before[k]).map((d, k) => [d, k]).filter(([d]) => d !== 0);
+    if (changed.length !== 1 || changed[0][0] !== 1) throw new Error(`one frame should add one outcome, saw ${JSON.stringify(changed)}`);
+    const to = [...this.ports.entries()].filter(([, p]) => p.sent.length > 0).map(([n]) => n);
+    return { outcome: OUTCOME_NAMES[changed[0][1]], to };
+  }
+
+  /** The frames port `name` sent out in the last send(). */
+  sentBy(name: string): Uint8Array[] {
+    return this.ports.get(name)!.sent;
+  }
+
+  stop(): void {
+    this.dp.stop();
+  }
+}
