@@ -173,6 +173,14 @@ t.test('a real Prometheus scraping tapwall', async (t) => {
     t.same(pressure.data.result.map((x) => x.metric.alertname), [], 'and none fires on a healthy tapwall');
   });
 
+  await t.test('a dead tapwall is not silent: TapwallDown goes pending as soon as a scrape fails', async (t) => {
+    daemon!.kill('SIGKILL');
+    const down = await wait('Prometheus to see tapwall down', () => scalar('up{job="tapwall"}'), (v) => v === 0);
+    t.equal(down, 0, 'up{job="tapwall"} is 0');
+    const pending = await wait('the TapwallDown alert', async () => (await query('ALERTS{alertname="TapwallDown"}')).data.result.map((x) => x.metric.alertstate), (s) => s.length > 0);
+    t.same(pending, ['pending'], 'TapwallDown is pending (it fires after a minute of this)');
+  });
+
   prom.kill('SIGTERM');
   daemon.kill('SIGTERM');
 });

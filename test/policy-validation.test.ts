@@ -1,6 +1,7 @@
 // Every validation error, with its exact file, line, column and path.
 import t from 'tap';
 import { policyParse } from '../src/policy/load.js';
+import { parsePrefix } from '../src/policy/addresses.js';
 
 const BASE_WORKLOADS = `workloads:
   web-1: { nic: tw-web1, mac: "02:00:00:00:01:11", ips: [10.0.1.11], tags: [web] }
@@ -138,4 +139,51 @@ sections:
   t.equal(policy!.default, 'reject');
   t.equal(policy!.spoofguard, false);
   t.same(policy!.sections.map((s) => s.rules.map((r) => r.order)), [[0, 1, 2], []]);
+});
+
+t.test('silent no-ops get a located warning (the policy stays valid)', async (t) => {
+  const text = `workloads:
+  a: { nic: twv-a, mac: "02:00:00:00:00:0a", ips: [10.1.0.1] }
+groups:
+  spaced: { tags: ["web "] }
+  nobody: { tags: [db] }
+  v6net: { cidrs: ["fd00::/16"] }
+  v4net: { cidrs: [10.0.0.0/8] }
+  just-a: { workloads: [a] }
+sections:
+  - name: s
+    rules:
+      - { id: scoped, from: any, to: any, services: [tcp/22], action: drop, appliedTo: [nobody] }
+      - { id: six-to-four, from: v6net, to: v4net, action: allow }
+      - { id: ping6-on-v4, from: v4net, to: 10.2.0.0/16, services: [icmpv6/echo-request], action: allow }
+      - { id: fine, from: v6net, to: just-a, action: allow }
+`;
+  const { policy, problems } = policyParse(text, 'noop.yaml');
+  t.ok(policy, 'still valid');
+  const w = (code: string) => problems.filter((p) => p.code === code).map((p) => `${p.line}:${p.column} ${p.path}`);
+  t.same(w('impossible-tag'), ['4:20 groups.spaced.tags[0]'], 'a tag no workload can carry');
+  t.same(w('applied-to-nobody'), ['12:89 sections[0].rules[0].appliedTo[0]'], 'appliedTo a group with no workloads');
+  t.same(w('families-never-meet'), ['13:9 sections[0].rules[1]', '14:9 sections[0].rules[2]'], 'families that cannot meet: IPv6 from, IPv4 to; IPv4 addresses with icmpv6');
+  t.match(problems.find((p) => p.code === 'families-never-meet')!.message, /from holds IPv6 addresses, to holds IPv4/);
+  t.notOk(problems.some((p) => p.path === 'sections[0].rules[3]'), "a workload's link-local address meets an IPv6 CIDR");
+});
+
+t.test('IPv6 addresses in every RFC 4291 text form; zone indexes refused', async (t) => {
+  const cases: Array<[string, string | null]> = [
+    ['64:ff9b::10.0.0.1', '64:ff9b::a00:1/128'],
+    ['::ffff:10.0.0.1', '::ffff:a00:1/128'],
+    ['1:2:3:4:5:6:1.2.3.4', '1:2:3:4:5:6:102:304/128'],
+    ['FD00:0:0::1', 'fd00::1/128'],
+    ['2001:DB8::/32', '2001:db8::/32'],
+    ['64:ff9b::10.0.0.1/96', '64:ff9b::/96'],
+    ['fe80::1%eth0', null],
+    ['::ffff:1.2.3', null],
+    ['1::2::3', null],
+    ['1:2:3:4:5:6:7:1.2.3.4', null],
+    ['fd00::1/129', null],
+  ];
+  for (const [text, want] of cases) t.equal(parsePrefix(text)?.text ?? null, want, text);
+  t.same(parsePrefix('64:ff9b::10.0.0.1')!.words, [0x0064ff9b, 0, 0, 0x0a000001], 'the top 96 bits are kept');
+  const { problems } = policyParse('workloads:\n  a: { nic: twv-a, mac: "02:00:00:00:00:0a", ips: ["fe80::1%eth0"] }\nsections: []\n', 'zone.yaml');
+  t.match(problems, [{ severity: 'error', line: 2, path: 'workloads.a.ips[0]' }], 'a zone index is a located error');
 });

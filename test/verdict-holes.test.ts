@@ -37,6 +37,8 @@ sections:
       - { id: app-to-db, from: app, to: db, services: [tcp/5432], action: allow }
       - { id: web-out, from: web, to: 203.0.113.0/24, services: [tcp/443], action: allow }
       - { id: web-out6, from: web, to: "2001:db8::/32", services: [tcp/443], action: allow }
+      - { id: no-web-db, from: web, to: db, action: drop }
+      - { id: no-db-web, from: db, to: web, action: drop }
 `;
 
 type Row = [name: string, port: string, frame: Uint8Array, outcome: string, to: string[]];
@@ -70,7 +72,7 @@ t.test('1. neighbour discovery and MLD obey the policy and the quarantine', asyn
     ['NS from a for b (web -> app allowed): to b only', 'twu-a', ndFrame({ type: 135, srcMac: MAC.a, src: LL.a, dst: solicitedNode('fd50::2'), target: 'fd50::2' }), 'forward', ['twu-b']],
     ['NS with hop limit 64', 'twu-a', frameBuild({ family: 6, proto: 58, srcMac: MAC.a, dstMac: '33:33:ff:00:00:02', src: LL.a, dst: solicitedNode('fd50::2'), icmpType: 135, icmpBody: new Uint8Array(20), ttl: 64 }), 'malformed', []],
     ['NS to a multicast group that is not the target\'s', 'twu-a', ndFrame({ type: 135, srcMac: MAC.a, src: LL.a, dst: 'ff02::1', target: 'fd50::2' }), 'malformed', []],
-    ['NS from a for c (no traffic allowed between web and db)', 'twu-a', ndFrame({ type: 135, srcMac: MAC.a, src: LL.a, dst: solicitedNode('fd50::3'), target: 'fd50::3' }), 'policy', []],
+    ['NS from a for c (drop rules for every service cut web and db off, both ways)', 'twu-a', ndFrame({ type: 135, srcMac: MAC.a, src: LL.a, dst: solicitedNode('fd50::3'), target: 'fd50::3' }), 'policy', []],
     ['MLD report with no rule allowing it (default drop)', 'twu-a', frameBuild({ family: 6, proto: 58, srcMac: MAC.a, dstMac: '33:33:00:00:00:16', src: LL.a, dst: 'ff02::16', icmpType: 143, icmpBody: new Uint8Array(4), ttl: 1 }), 'policy', []],
     ['a router advertisement from a VM (RA guard)', 'twu-a', frameBuild({ family: 6, proto: 58, srcMac: MAC.a, dstMac: '33:33:00:00:00:01', src: LL.a, dst: 'ff02::1', icmpType: 134, icmpBody: new Uint8Array(12), ttl: 255 }), 'spoof', []],
     ['duplicate address detection: to the uplink only', 'twu-a', ndFrame({ type: 135, srcMac: MAC.a, src: '::', dst: solicitedNode('fd50::1'), target: 'fd50::1', lla: null }), 'forward', ['twu-up']],
@@ -171,7 +173,8 @@ t.test('8. ARP is checked, rate-limited and obeys the quarantine', async (t) => 
   lab.apply(policy());
   rows(t, lab, [
     ['ARP request from a for b (web -> app allowed): to b only', 'twu-a', arpFrame({ srcMac: MAC.a, op: 1, spa: '10.50.0.1', tpa: '10.50.0.2' }), 'forward', ['twu-b']],
-    ['ARP request from a for c (nothing allowed between them)', 'twu-a', arpFrame({ srcMac: MAC.a, op: 1, spa: '10.50.0.1', tpa: '10.50.0.3' }), 'policy', []],
+    ['ARP request from a for c (drop rules for every service cut them off, both ways)', 'twu-a', arpFrame({ srcMac: MAC.a, op: 1, spa: '10.50.0.1', tpa: '10.50.0.3' }), 'policy', []],
+    ['ARP request from outside for c (no rule between them: resolution passes, what follows meets the default)', 'twu-up', arpFrame({ srcMac: MAC.out, op: 1, spa: '10.50.0.254', tpa: '10.50.0.3' }), 'forward', ['twu-c']],
     ['a gratuitous ARP: to the uplink only, never flooded to VMs', 'twu-a', arpFrame({ srcMac: MAC.a, op: 2, spa: '10.50.0.1', tpa: '10.50.0.1' }), 'forward', ['twu-up']],
     ["ARP from a claiming b's address", 'twu-a', arpFrame({ srcMac: MAC.a, op: 2, spa: '10.50.0.2', tpa: '10.50.0.2' }), 'spoof', []],
     ['an ARP reply unicast to b that asks about c', 'twu-a', arpFrame({ srcMac: MAC.a, dstMac: MAC.b, op: 2, spa: '10.50.0.1', tpa: '10.50.0.3' }), 'misdirected', []],

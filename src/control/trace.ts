@@ -272,10 +272,12 @@ function runTrace(compiled: CompiledPolicy, sw: Switch, ports: SwitchPort[], fra
     if (s.stage === 'conntrack' && (outcome === Outcome.policy || outcome === Outcome.reject)) continue; // the rule steps say it
     const at = from ?? to;
     const w = at === null ? null : compiled.policy.workloads.get(at)!;
+    const where = { workload: w?.name ?? 'uplink', nic: w?.nic ?? ports[P].name, rule: null, why: [] };
+    if (s.outcome < 0) { steps.push({ point: s.stage, ...where, verdict: 'allow', reason: s.why }); continue; }
     const words = OUTCOME_WORDS[OUTCOME_NAMES[s.outcome]];
     steps.push({
-      point: s.stage, workload: w?.name ?? 'uplink', nic: w?.nic ?? ports[P].name, verdict: s.outcome === Outcome.reject ? 'reject' : 'drop', rule: null,
-      reason: `${s.stage === 'spoofguard' ? 'spoof: dropped by SpoofGuard' : OUTCOME_NAMES[s.outcome]}: ${s.stage === 'conntrack' && words ? words : s.why}`, why: [],
+      point: s.stage, ...where, verdict: s.outcome === Outcome.reject ? 'reject' : 'drop',
+      reason: `${s.stage === 'spoofguard' ? 'spoof: dropped by SpoofGuard' : OUTCOME_NAMES[s.outcome]}: ${s.stage === 'conntrack' && words ? words : s.why}`,
     });
   }
   const verdict: Action = outcome === Outcome.forward ? 'allow' : outcome === Outcome.reject ? 'reject' : 'drop';
@@ -351,7 +353,7 @@ export function formatTrace(r: TraceResult): string {
     for (const w of s.why) lines.push(`     ${w}`);
     if (s.rule?.comment) lines.push(`     comment: ${s.rule.comment}`);
   });
-  lines.push(`verdict  ${r.verdict.toUpperCase()}`);
+  lines.push(`verdict  ${r.verdict.toUpperCase()} (outcome ${r.outcome}${r.port ? `, out of ${r.port}` : ''})`);
   lines.push(`replies  ${r.replies}`);
   return lines.join('\n');
 }

@@ -9,10 +9,12 @@
  * allocation-free. setPolicy swaps in a new compiled policy in one step.
  *
  * Address resolution (ARP, IPv6 neighbour discovery) is decided here too
- * (resolveAllowed): two addresses may resolve each other when the policy
- * lets some traffic pass between them in either direction, at every vNIC
- * on the way, by the resolution tables the compiler builds beside the
- * rule tries (policy/compile.ts, PointTables.r4/r6).
+ * (resolveAllowed): two addresses may resolve each other unless, in both
+ * directions, a drop rule that names every service (or arp / nd) cuts them
+ * off at a vNIC on the way before any rule that allows or rejects traffic
+ * between them (a quarantine's pair of rules does exactly that); by the
+ * resolution tables the compiler builds beside the rule tries
+ * (policy/compile.ts, PointTables.r4/r6).
  */
 import { bias } from '../classify/ruleTrie.js';
 import { pointClassify, pointClassifyEther, pointClassifyResolution, RULE_FLAG, type CompiledPolicy, type PointTables } from '../policy/compile.js';
@@ -113,7 +115,7 @@ export class PolicyDecider implements FlowDecider {
   private resolvePoint(tables: PointTables | null, family: number): boolean {
     if (tables === null) return true;
     const order = pointClassifyResolution(tables, family === 6 ? 6 : 4, this.key, 0);
-    return (order < 0 ? this.defaultCode : this.compiled.ruleAction[order]) === Verdict.allow;
+    return order < 0 || this.compiled.ruleAction[order] !== Verdict.drop;
   }
 
   private keyAddresses(family: number, a: Int32Array, ao: number, b: Int32Array, bo: number): void {

@@ -26,9 +26,10 @@
  *      link-layer options are the vNIC's MAC, the sender address and an NA's
  *      target its own; from the uplink no workload address); a per-port rate
  *      limit (`rate_limit`); steered to the one port that owns the address
- *      asked about (else the uplink); and allowed only between addresses the
- *      policy lets talk to each other at all (decide.ts resolveAllowed), so a
- *      quarantine holds for them too (`policy`). A probe or gratuitous ARP and
+ *      asked about (else the uplink); and refused between addresses that
+ *      drop rules for every service cut off from each other in both
+ *      directions (decide.ts resolveAllowed), so a quarantine holds for them
+ *      too (`policy`). A probe or gratuitous ARP and
  *      duplicate address detection go to the uplink only.
  *   5. IP: SpoofGuard on the source address (vNIC: its own; uplink: no
  *      workload's); router advertisements and redirects from a vNIC are
@@ -383,7 +384,10 @@ function arpDecide(sw: Switch, buf: Uint8Array, off: number, len: number, P: num
   }
   if (!sw.resolutionToken(P, now)) return say(ex, 'rate', Outcome.rate_limit, 'above the port\'s ARP and neighbour discovery rate');
   // A probe (sender 0.0.0.0) or a gratuitous ARP concerns the sender's own address: the uplink only.
-  if (vnic && (spa === 0 || spa === tpa)) return deliver(sw, towardsUplink(sw, P), ex);
+  if (vnic && (spa === 0 || spa === tpa)) {
+    say(ex, 'resolution', -1, 'a probe or gratuitous ARP about its own address: to the uplink only');
+    return deliver(sw, towardsUplink(sw, P), ex);
+  }
   let to: number;
   if (dest >= 0) {
     to = dest;
@@ -393,7 +397,8 @@ function arpDecide(sw: Switch, buf: Uint8Array, off: number, len: number, P: num
     to = owner >= 0 && owner !== P ? owner : towardsUplink(sw, P);
   }
   if (to === NO_PORT || to < 0) return say(ex, 'switch', Outcome.no_route, 'no port owns the address asked about');
-  if (!sw.resolutionAllowed(4, buf, l3 + 14, P, l3 + 24, to)) return say(ex, 'policy', Outcome.policy, 'the policy lets no traffic pass between these two addresses, so they may not resolve each other');
+  if (!sw.resolutionAllowed(4, buf, l3 + 14, P, l3 + 24, to)) return say(ex, 'policy', Outcome.policy, 'a drop rule cuts these two addresses off from each other, so they may not resolve each other');
+  say(ex, 'resolution', -1, 'ARP between addresses no drop rule cuts off from each other');
   return deliver(sw, to, ex);
 }
 
@@ -514,7 +519,10 @@ function ndDecide(sw: Switch, buf: Uint8Array, P: number, dest: number, now: num
   }
   if (!sw.resolutionToken(P, now)) return say(ex, 'rate', Outcome.rate_limit, 'above the port\'s ARP and neighbour discovery rate');
   // Duplicate address detection and unsolicited advertisements concern the sender's own address: the uplink only.
-  if (vnic && (srcUnspecified || (t === 136 && dstMulticast))) return deliver(sw, towardsUplink(sw, P), ex);
+  if (vnic && (srcUnspecified || (t === 136 && dstMulticast))) {
+    say(ex, 'resolution', -1, 'duplicate address detection or an unsolicited advertisement of its own address: to the uplink only');
+    return deliver(sw, towardsUplink(sw, P), ex);
+  }
   let to: number;
   if (dest >= 0) {
     to = dest;
@@ -529,7 +537,8 @@ function ndDecide(sw: Switch, buf: Uint8Array, P: number, dest: number, now: num
   // Solicitation: the sender and the target; advertisement: the target (the sender's own) and the destination.
   const a = t === 135 ? l3 + 8 : target, b = t === 135 ? target : l3 + 24;
   if (!(t === 136 && dstMulticast) && !sw.resolutionAllowed(6, buf, a, P, b, to)) {
-    return say(ex, 'policy', Outcome.policy, 'the policy lets no traffic pass between these two addresses, so they may not resolve each other');
+    return say(ex, 'policy', Outcome.policy, 'a drop rule cuts these two addresses off from each other, so they may not resolve each other');
   }
+  say(ex, 'resolution', -1, 'neighbour discovery between addresses no drop rule cuts off from each other');
   return deliver(sw, to, ex);
 }

@@ -1,10 +1,15 @@
 /**
  * IP addresses and prefixes as the compiler needs them: a family and four
  * unsigned 32-bit words (IPv4 uses word 0 only), plus a prefix length.
- * Parsing and validation are ip-cidr's (and its ip-address); this file only
- * turns its answers into words and does prefix arithmetic.
+ * IPv4 parsing and validation are ip-cidr's. IPv6 text goes through the
+ * WHATWG URL host parser that Node.js carries (every RFC 4291 form,
+ * embedded IPv4 included, normalised to RFC 5952 text), since ip-cidr reads
+ * `64:ff9b::10.0.0.1` as `10.0.0.1`; a zone index (`%eth0`) is refused, as
+ * it names no address a policy could hold. This file turns the answers into
+ * words and does prefix arithmetic.
  */
 import IPCIDR from 'ip-cidr';
+import { isIPv6 } from 'node:net';
 
 export type Family = 4 | 6;
 
@@ -31,10 +36,39 @@ function wordsOf(big: bigint, family: Family): [number, number, number, number] 
   ];
 }
 
+/** The four words of an IPv6 address in any RFC 4291 text form, or null. */
+function ipv6Words(text: string): [number, number, number, number] | null {
+  if (!isIPv6(text) || text.includes('%')) return null;
+  let host: string;
+  try {
+    host = new URL(`http://[${text}]/`).hostname;
+  } catch {
+    return null;
+  }
+  // Canonical now: lower-case hex groups, at most one '::', no embedded IPv4.
+  const inner = host.slice(1, -1);
+  const [head, tail] = inner.includes('::') ? inner.split('::') : [inner, null];
+  const h = head === '' ? [] : head.split(':');
+  const t = tail === null || tail === '' ? [] : tail.split(':');
+  const groups = tail === null ? h : [...h, ...Array(8 - h.length - t.length).fill('0'), ...t];
+  if (groups.length !== 8) return null;
+  const g = groups.map((x) => parseInt(x, 16));
+  return [((g[0] << 16) | g[1]) >>> 0, ((g[2] << 16) | g[3]) >>> 0, ((g[4] << 16) | g[5]) >>> 0, ((g[6] << 16) | g[7]) >>> 0];
+}
+
 /** Parse `a.b.c.d`, an IPv6 address, or either with `/len`. Returns null if invalid. */
 export function parsePrefix(text: string): Prefix | null {
   if (typeof text !== 'string' || text.trim() !== text || text === '') return null;
   const family = familyOf(text);
+  if (family === 6) {
+    const slash = text.indexOf('/');
+    const lenText = slash < 0 ? '128' : text.slice(slash + 1);
+    if (!/^\d{1,3}$/.test(lenText) || Number(lenText) > 128) return null;
+    const words = ipv6Words(slash < 0 ? text : text.slice(0, slash));
+    if (words === null) return null;
+    const p = prefixTruncate({ family: 6, words, len: 128, text: '' }, Number(lenText));
+    return p;
+  }
   const max = family === 4 ? 32 : 128;
   let cidr = text;
   if (!text.includes('/')) cidr = `${text}/${max}`;

@@ -62,9 +62,12 @@ export interface PointTables {
   v6: FamilyTable[];
   /**
    * Address resolution (ARP, neighbour discovery) per family: the same
-   * sections' rules over addresses only. A rule takes part when it allows
-   * some service, names every service, or names `arp` / `nd`; the first that
-   * matches (source, target) decides whether the two may resolve each other.
+   * sections' rules over addresses only. A rule takes part when it allows or
+   * rejects some service (the peers must reach each other for that), names
+   * every service, or names `arp` / `nd`; the first that matches (source,
+   * target) decides: a drop denies resolution, allow and reject permit it.
+   * When none matches, resolution is permitted (the packets that follow
+   * still meet the policy and its default).
    */
   r4: FamilyTable[];
   r6: FamilyTable[];
@@ -199,14 +202,14 @@ export function expandRule(rule: Rule, policy: Policy, groups: CompiledPolicy['g
 /**
  * Pass 2 for address resolution: the rule's address pairs of each family,
  * with every protocol and port, when the rule takes part in resolution at
- * all (it allows something, names every service, or names arp / nd).
+ * all (it allows or rejects something, names every service, or names arp / nd).
  */
 export function expandRuleResolution(rule: Rule, policy: Policy, groups: CompiledPolicy['groups']): Atom[] {
   const services = ruleServices(rule, policy);
   const families = new Set<number>();
   for (const s of services) {
     if (s.kind === 'resolve') families.add(s.family);
-    else if (s.kind === 'ip' && (rule.action === 'allow' || s.proto < 0)) {
+    else if (s.kind === 'ip' && (rule.action !== 'drop' || s.proto < 0)) {
       if (s.family === 0) { families.add(4); families.add(6); } else families.add(s.family);
     }
   }

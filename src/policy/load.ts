@@ -243,13 +243,18 @@ function readGroups(c: Checker, raw: Json | undefined, workloads: Map<string, Wo
     if (!g) continue;
     const group: Group = { name, tagsAnyOf: [], tagsAllOf: [], workloads: [], cidrs: [], groups: [] };
     if (g.tags !== undefined) {
+      // A tag that is no valid tag name can never be carried (the API refuses it too): say so.
+      const tagList = (list: Array<{ value: string; path: PathSegment[] }>) => list.map((x) => {
+        if (!NAME_RE.test(x.value)) c.warn('impossible-tag', x.path, `no workload can ever carry the tag '${x.value}' (tags are letters, digits, _ . : -), so it never matches`);
+        return x.value;
+      });
       if (typeof g.tags === 'string' || Array.isArray(g.tags)) {
-        group.tagsAnyOf = strList(c, g.tags, [...path, 'tags'], 'tags').map((t) => t.value);
+        group.tagsAnyOf = tagList(strList(c, g.tags, [...path, 'tags'], 'tags'));
       } else {
         const t = mapping(c, g.tags, [...path, 'tags'], ['anyOf', 'allOf'], 'a tag list, or { anyOf: [...] } or { allOf: [...] }');
         if (t) {
-          group.tagsAnyOf = strList(c, t.anyOf, [...path, 'tags', 'anyOf'], 'tags').map((x) => x.value);
-          group.tagsAllOf = strList(c, t.allOf, [...path, 'tags', 'allOf'], 'tags').map((x) => x.value);
+          group.tagsAnyOf = tagList(strList(c, t.anyOf, [...path, 'tags', 'anyOf'], 'tags'));
+          group.tagsAllOf = tagList(strList(c, t.allOf, [...path, 'tags', 'allOf'], 'tags'));
         }
       }
     }
@@ -402,6 +407,77 @@ function serviceRefs(c: Checker, v: Json | undefined, path: PathSegment[], servi
   return out;
 }
 
+/** Where each rule stands in the document, for the checks that run on the whole model. */
+const rulePaths = new WeakMap<Rule, PathSegment[]>();
+
+/** Families an address side can ever hold: a tag group may gain any workload at run time. */
+function sideFamilies(policy: Policy, refs: Rule['from']): Set<number> {
+  const out = new Set<number>();
+  const workloadFamilies = (w: Workload) => { for (const p of w.ips) out.add(p.family); out.add(6); }; // link-local
+  const group = (name: string, seen: Set<string>): void => {
+    const g = policy.groups.get(name);
+    if (!g || seen.has(name)) return;
+    seen.add(name);
+    for (const p of g.cidrs) out.add(p.family);
+    for (const w of g.workloads) { const wl = policy.workloads.get(w); if (wl) workloadFamilies(wl); }
+    if (g.tagsAnyOf.some((t) => NAME_RE.test(t)) || (g.tagsAllOf.length > 0 && g.tagsAllOf.every((t) => NAME_RE.test(t)))) {
+      for (const w of policy.workloads.values()) workloadFamilies(w);
+    }
+    for (const sub of g.groups) group(sub, seen);
+  };
+  for (const r of refs) {
+    if (r.kind === 'any') { out.add(4); out.add(6); } else if (r.kind === 'cidr') out.add(r.prefix.family);
+    else group(r.name, new Set());
+  }
+  return out;
+}
+
+/** Workloads a group holds by the document alone (named, static tags, nested groups). */
+function staticMembers(policy: Policy, name: string, seen = new Set<string>()): number {
+  const g = policy.groups.get(name);
+  if (!g || seen.has(name)) return 0;
+  seen.add(name);
+  let n = g.workloads.length;
+  for (const w of policy.workloads.values()) {
+    const anyOf = g.tagsAnyOf.length > 0 && g.tagsAnyOf.some((t) => w.tags.includes(t));
+    const allOf = g.tagsAllOf.length > 0 && g.tagsAllOf.every((t) => w.tags.includes(t));
+    if (anyOf || allOf) n++;
+  }
+  for (const sub of g.groups) n += staticMembers(policy, sub, seen);
+  return n;
+}
+
+/**
+ * Rules that compile to nothing without a word otherwise: appliedTo groups
+ * with no workloads, and rules whose sides and services share no IP family.
+ */
+function lintRules(c: Checker, policy: Policy): void {
+  for (const section of policy.sections) {
+    for (const rule of section.rules) {
+      const path = rulePaths.get(rule);
+      if (!path || rule.disabled) continue;
+      rule.appliedTo.forEach((g, i) => {
+        if (policy.groups.has(g) && staticMembers(policy, g) === 0) {
+          c.warn('applied-to-nobody', [...path, 'appliedTo', i], `appliedTo group '${g}' has no workloads now, so the rule applies nowhere until a tag set at run time gives it members`);
+        }
+      });
+      const services = rule.services.flatMap((s) => (s.kind === 'any' ? [null] : s.kind === 'inline' ? s.atoms : policy.services.get(s.name)?.atoms ?? []));
+      if (services.some((a) => a !== null && a.kind === 'ether')) continue;
+      const from = sideFamilies(policy, rule.from), to = sideFamilies(policy, rule.to);
+      const svc = new Set<number>();
+      for (const a of services) {
+        if (a === null || (a.kind === 'ip' && a.family === 0)) { svc.add(4); svc.add(6); } else if (a.kind !== 'ether') svc.add(a.family);
+      }
+      if (from.size === 0 || to.size === 0 || svc.size === 0) continue; // empty groups are reported on their own
+      const meet = [4, 6].filter((f) => from.has(f) && to.has(f) && svc.has(f));
+      if (meet.length === 0) {
+        const fam = (s: Set<number>) => [...s].map((f) => `IPv${f}`).join(' and ');
+        c.warn('families-never-meet', path, `rule '${rule.id}' can never match: from holds ${fam(from)} addresses, to holds ${fam(to)}, and the services are ${fam(svc)}`);
+      }
+    }
+  }
+}
+
 function readSections(c: Checker, raw: Json | undefined, groups: Map<string, Group>, workloads: Map<string, Workload>, services: Policy['services']): Section[] {
   if (raw === undefined) {
     c.error('missing-key', [], `the policy has no 'sections' (use an empty list for none)`);
@@ -478,6 +554,7 @@ function readSections(c: Checker, raw: Json | undefined, groups: Map<string, Gro
         c.error('ether-needs-any', [...path, 'services'], `an EtherType service matches non-IP frames, which have no IP address: this rule needs from: any and to: any`);
       }
       section.rules.push(rule);
+      rulePaths.set(rule, path);
     });
   });
   return sections;
@@ -504,6 +581,7 @@ export function policyFromData(data: Json, source: string, c: Checker = new Chec
   const services = readServices(c, top.services);
   const sections = readSections(c, top.sections, groups, workloads, services);
   const policy: Policy = { source, default: def, spoofguard, workloads, groups, services, sections };
+  if (!c.failed) lintRules(c, policy);
   if (!c.failed && opts.shadows !== false) c.problems.push(...findShadowedRules(policy));
   return { policy: c.failed ? null : policy, problems: c.problems };
 }
