@@ -15,9 +15,10 @@ export class MemLab {
   readonly specs: PortSpec[];
   compiled: CompiledPolicy;
 
-  constructor(policyText: string, opts: { uplink?: string | null; dataplane?: DataplaneOptions } = {}) {
-    const { policy } = policyParse(policyText, '(test)', { shadows: false });
-    this.compiled = policyCompile(policy);
+  /** A policy document, or one compiled already (many labs from one policy). */
+  constructor(policyText: string | CompiledPolicy, opts: { uplink?: string | null; dataplane?: DataplaneOptions } = {}) {
+    this.compiled = typeof policyText === 'string' ? policyCompile(policyParse(policyText, '(test)', { shadows: false }).policy!) : policyText;
+    const policy = this.compiled.policy;
     this.specs = [...policy.workloads.values()].map((w) => ({ name: w.nic, mode: 'tap' as const, workload: w.name }));
     const uplink = opts.uplink === undefined ? 'twu-up' : opts.uplink;
     if (uplink !== null) this.specs.push({ name: uplink, mode: 'tap', workload: null });

@@ -202,6 +202,18 @@ classbench
 
 const bench = program.command('bench').description('Benchmarks (each reports ratios against a baseline measured in the same run, and the machine).');
 bench
+  .command('fuzz')
+  .description('Fuzz the data plane: generated and mutated frames of every kind through in-memory ports under a one-service policy; fails if anything not allowed is forwarded or a counter does not add up.')
+  .option('--frames <n>', 'how many frames', (v) => Number(v), 5_000_000)
+  .option('--seed <n>', 'the seed (a failure replays with the same one)', (v) => Number(v), 1)
+  .action(async (opts: { frames: number; seed: number }) => {
+    const { fuzzFrames, formatFuzz } = await import('../../bench/fuzz.js');
+    const r = fuzzFrames({ frames: opts.frames, seed: opts.seed });
+    process.stdout.write(`${formatFuzz(r)}\n`);
+    if (r.problems.length > 0 || r.unbalanced.length > 0) process.exitCode = 1;
+  });
+
+bench
   .command('classify')
   .description("The rule trie's lookups per second against a linear scan on the same packets, build time and compiled size.")
   .argument('<rules>', 'ClassBench rule file')

@@ -384,6 +384,7 @@ function arpDecide(sw: Switch, buf: Uint8Array, off: number, len: number, P: num
   }
   if (!sw.resolutionToken(P, now)) return say(ex, 'rate', Outcome.rate_limit, 'above the port\'s ARP and neighbour discovery rate');
   // A probe (sender 0.0.0.0) or a gratuitous ARP concerns the sender's own address: the uplink only.
+  if (vnic && sw.spoofguard && spa === 0 && !sw.ownsAddress(P, 4, buf, l3 + 24, true)) return say(ex, 'spoofguard', Outcome.spoof, "an ARP probe for an address that is not the vNIC's");
   if (vnic && (spa === 0 || spa === tpa)) {
     say(ex, 'resolution', -1, 'a probe or gratuitous ARP about its own address: to the uplink only');
     return deliver(sw, towardsUplink(sw, P), ex);
@@ -391,7 +392,8 @@ function arpDecide(sw: Switch, buf: Uint8Array, off: number, len: number, P: num
   let to: number;
   if (dest >= 0) {
     to = dest;
-    if (sw.isVnic[to] === 1 && !sw.ownsAddress(to, 4, buf, l3 + 24, true)) return say(ex, 'switch', Outcome.misdirected, "the ARP target address is not the receiving vNIC's");
+    const owner = sw.addrOwner(4, buf, l3 + 24, true);
+    if (sw.isVnic[to] === 1 ? owner !== to : owner >= 0) return say(ex, 'switch', Outcome.misdirected, "the ARP target address is not the receiving port's");
   } else {
     const owner = sw.addrOwner(4, buf, l3 + 24, true);
     to = owner >= 0 && owner !== P ? owner : towardsUplink(sw, P);
@@ -440,8 +442,12 @@ function ipDecide(sw: Switch, buf: Uint8Array, P: number, dest: number, now: num
   }
   let to = dest >= 0 ? dest : dest === NO_PORT ? NO_PORT : towardsUplink(sw, P);
   if (to === NO_PORT) return say(ex, 'switch', Outcome.no_route, 'there is no port to send it to');
-  if (sw.isVnic[to] === 1 && !dstIsGroup(pkt) && !sw.ownsAddress(to, family, pkt, PKT.dst, false)) {
-    return say(ex, 'switch', Outcome.misdirected, "sent to a vNIC's MAC with a destination address that is not the vNIC's");
+  if (!dstIsGroup(pkt)) {
+    if (sw.isVnic[to] === 1) {
+      if (!sw.ownsAddress(to, family, pkt, PKT.dst, false)) return say(ex, 'switch', Outcome.misdirected, "sent to a vNIC's MAC with a destination address that is not the vNIC's");
+    } else if (sw.addrOwner(family, pkt, PKT.dst, false) >= 0) {
+      return say(ex, 'switch', Outcome.misdirected, "a local workload's address sent towards the uplink (it would skip that workload's ingress check)");
+    }
   }
   let outcome: number;
   if (pkt[PKT.fragment] === FRAG.later) {
@@ -497,6 +503,7 @@ function ndDecide(sw: Switch, buf: Uint8Array, P: number, dest: number, now: num
   }
   const dstMulticast = isMulticast6(buf, l3 + 24);
   if (t === 135) {
+    if (srcUnspecified && vnic && sw.spoofguard && !sw.ownsAddress(P, 6, buf, target, true)) return say(ex, 'spoofguard', Outcome.spoof, "duplicate address detection for an address that is not the vNIC's");
     if (srcUnspecified && lla !== 0) return say(ex, 'nd', Outcome.malformed, 'duplicate address detection with a link-layer option');
     if (dstMulticast) {
       // Must be the solicited-node group of the target: ff02::1:ffXX:XXXX.
@@ -526,8 +533,11 @@ function ndDecide(sw: Switch, buf: Uint8Array, P: number, dest: number, now: num
   let to: number;
   if (dest >= 0) {
     to = dest;
-    if (sw.isVnic[to] === 1 && !sw.ownsAddress(to, 6, buf, l3 + 24, true) && !(t === 135 && sw.ownsAddress(to, 6, buf, target, true))) {
-      return say(ex, 'switch', Outcome.misdirected, "the destination address is not the receiving vNIC's");
+    // Unicast: the destination address (and a solicitation's target) belongs to the receiving port.
+    const owner = sw.addrOwner(6, buf, l3 + 24, true);
+    const targetOwner = t === 135 ? sw.addrOwner(6, buf, target, true) : owner;
+    if (sw.isVnic[to] === 1 ? owner !== to || targetOwner !== to : owner >= 0 || targetOwner >= 0) {
+      return say(ex, 'switch', Outcome.misdirected, "the destination address is not the receiving port's");
     }
   } else if (t === 135) {
     const owner = sw.addrOwner(6, buf, target, true);

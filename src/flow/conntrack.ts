@@ -311,10 +311,13 @@ function ctNew(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort: nu
   return Outcome.forward;
 }
 
-/** An ICMP error: passes when it quotes a packet of a tracked, allowed connection, going back to its sender. */
+/** An ICMP error: passes when it quotes a packet of a tracked, allowed connection and goes back to that packet's sender. */
 function ctRelated(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort: number, now: number): number {
   const innerProto = pkt[PKT.innerProto];
-  if (innerProto >= 0) {
+  // An error goes back to the sender of the packet it quotes: its destination is that packet's source.
+  const toSender = pkt[PKT.dst] === pkt[PKT.innerSrc] && pkt[PKT.dst + 1] === pkt[PKT.innerSrc + 1] &&
+    pkt[PKT.dst + 2] === pkt[PKT.innerSrc + 2] && pkt[PKT.dst + 3] === pkt[PKT.innerSrc + 3];
+  if (innerProto >= 0 && toSender) {
     // The quoted packet went from its source (inner src) to inner dst; the
     // error comes back from inner dst's side, so look it up as if sent from there.
     const hit = flowLookup(ct.table, pkt, PKT.innerDst, PKT.innerSrc, pkt[PKT.innerDport], pkt[PKT.innerSport],
