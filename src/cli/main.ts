@@ -202,6 +202,18 @@ classbench
 
 const bench = program.command('bench').description('Benchmarks (each reports ratios against a baseline measured in the same run, and the machine).');
 bench
+  .command('fuzz-policy')
+  .description('Fuzz the policy loader: mutated YAML and JSON policies and hostile documents (alias bombs, deep nesting, long chains); fails if one throws or is refused without a located error.')
+  .option('--docs <n>', 'how many documents', (v) => Number(v), 20_000)
+  .option('--seed <n>', 'the seed (a failure replays with the same one)', (v) => Number(v), 1)
+  .action(async (opts: { docs: number; seed: number }) => {
+    const { fuzzPolicies, formatPolicyFuzz } = await import('../../bench/fuzz-policy.js');
+    const r = fuzzPolicies({ documents: opts.docs, seed: opts.seed });
+    process.stdout.write(`${formatPolicyFuzz(r)}\n`);
+    if (r.problems.length > 0) process.exitCode = 1;
+  });
+
+bench
   .command('fuzz')
   .description('Fuzz the data plane: generated and mutated frames of every kind through in-memory ports under a one-service policy; fails if anything not allowed is forwarded or a counter does not add up.')
   .option('--frames <n>', 'how many frames', (v) => Number(v), 5_000_000)

@@ -7,7 +7,7 @@
  * document and collects every problem before it returns.
  */
 import { readFileSync } from 'node:fs';
-import { LineCounter, parseDocument, isMap, isSeq, isScalar, isPair, type Document, type Node } from 'yaml';
+import { LineCounter, parseDocument, isMap, isSeq, isScalar, isPair, visit, type Alias, type Document, type Node } from 'yaml';
 import { parsePrefix, hasHostBits, type Prefix } from './addresses.js';
 import { formatPath, PolicyError, type PathSegment, type PolicyProblem, type Severity } from './errors.js';
 import { ACTIONS, type Action, type AddressRef, type Group, type Policy, type Rule, type Section, type ServiceRef, type Workload } from './model.js';
@@ -81,7 +81,7 @@ function describe(v: Json | undefined): string {
   if (Array.isArray(v)) return 'a list';
   if (typeof v === 'object') return 'a mapping';
   if (typeof v === 'string') return `the string '${v}'`;
-  return `${typeof v} ${JSON.stringify(v)}`;
+  return `${typeof v} ${typeof v === 'number' ? String(v) : JSON.stringify(v)}`;
 }
 
 function isObject(v: Json | undefined): v is { [k: string]: Json } {
@@ -272,31 +272,53 @@ function readGroups(c: Checker, raw: Json | undefined, workloads: Map<string, Wo
     }
     out.set(name, group);
   }
-  // Nested groups must exist and must not form a cycle.
+  // Nested groups must exist, must not form a cycle, and nest at most MAX_GROUP_DEPTH deep.
   for (const g of out.values()) {
     g.groups.forEach((sub, i) => {
       if (!out.has(sub)) c.error('unknown-group', ['groups', g.name, 'groups', i], `no group named '${sub}'${suggest(sub, out.keys())}`);
     });
   }
+  // Depth-first with an explicit stack (a 20,000-group chain must not overflow the call stack).
   const state = new Map<string, 'active' | 'done'>();
-  const stack: string[] = [];
-  const visit = (name: string): void => {
-    state.set(name, 'active');
-    stack.push(name);
-    const g = out.get(name)!;
-    g.groups.forEach((sub, i) => {
-      if (!out.has(sub)) return;
-      if (state.get(sub) === 'active') {
-        const cycle = [...stack.slice(stack.indexOf(sub)), sub].join(' -> ');
-        c.error('group-cycle', ['groups', name, 'groups', i], `groups form a cycle: ${cycle}`);
-      } else if (!state.has(sub)) visit(sub);
-    });
-    stack.pop();
-    state.set(name, 'done');
-  };
-  for (const name of out.keys()) if (!state.has(name)) visit(name);
+  const height = new Map<string, number>(); // levels of nesting below a group
+  for (const root of out.keys()) {
+    if (state.has(root)) continue;
+    const stack: Array<{ name: string; next: number }> = [{ name: root, next: 0 }];
+    state.set(root, 'active');
+    while (stack.length > 0) {
+      const top = stack[stack.length - 1];
+      const g = out.get(top.name)!;
+      if (top.next < g.groups.length) {
+        const i = top.next++;
+        const sub = g.groups[i];
+        if (!out.has(sub)) continue;
+        if (state.get(sub) === 'active') {
+          const names = stack.map((f) => f.name);
+          const cycle = [...names.slice(names.indexOf(sub)), sub];
+          const shown = cycle.length > 12 ? [...cycle.slice(0, 5), `... ${cycle.length - 10} more ...`, ...cycle.slice(-5)] : cycle;
+          c.error('group-cycle', ['groups', top.name, 'groups', i], `groups form a cycle: ${shown.join(' -> ')}`);
+        } else if (!state.has(sub)) {
+          state.set(sub, 'active');
+          stack.push({ name: sub, next: 0 });
+        }
+        continue;
+      }
+      let h = 0;
+      for (const sub of g.groups) h = Math.max(h, (height.get(sub) ?? 0) + 1);
+      height.set(top.name, h);
+      // Reported once, where the nesting first goes past the limit (not again at every group above it).
+      if (h === MAX_GROUP_DEPTH + 1) {
+        c.error('group-depth', ['groups', top.name, 'groups'], `groups nest ${h} levels deep below '${top.name}'; at most ${MAX_GROUP_DEPTH} are allowed`);
+      }
+      state.set(top.name, 'done');
+      stack.pop();
+    }
+  }
   return out;
 }
+
+/** Groups nest at most this deep (NSX allows 5; deeper is a generated policy gone wrong). */
+export const MAX_GROUP_DEPTH = 32;
 
 function suggest(name: string, known: Iterable<string>): string {
   const list = [...known];
@@ -588,10 +610,14 @@ export function policyFromData(data: Json, source: string, c: Checker = new Chec
 
 /** Parse YAML or JSON text and validate it. Never throws for bad input. */
 export function policyParse(text: string, file: string, opts: ParseOptions = {}): { policy: Policy | null; problems: PolicyProblem[] } {
+  const early = textProblem(text, file);
+  if (early) return { policy: null, problems: [early] };
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  // The parser's own duplicate-key check compares every pair of keys (seconds at 20,000 groups): ours is linear.
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: false });
   const c = new Checker(file, doc, lines);
-  if (doc.errors.length > 0) {
+  if (doc.errors.length === 0) duplicateKeys(doc, lines, file, c.problems);
+  if (doc.errors.length > 0 || c.problems.length > 0) {
     for (const e of doc.errors) {
       const pos = lines.linePos(e.pos[0]);
       const msg = e.code === 'DUPLICATE_KEY' ? 'a key is repeated in the same mapping' : e.message.split('\n')[0];
@@ -599,7 +625,97 @@ export function policyParse(text: string, file: string, opts: ParseOptions = {})
     }
     return { policy: null, problems: c.problems };
   }
-  return policyFromData(doc.toJS({ maxAliasCount: 100 }) as Json, file, c, opts);
+  let data: Json;
+  try {
+    data = doc.toJS({ maxAliasCount: 100 }) as Json;
+  } catch (e) {
+    // Aliases: one whose anchor is missing, or more expansion than a policy needs (a "billion laughs").
+    return { policy: null, problems: [aliasProblem(doc, lines, file, e as Error)] };
+  }
+  return policyFromData(data, file, c, opts);
+}
+
+/** Largest policy text accepted (a data center's policy is a few MiB). */
+export const MAX_POLICY_BYTES = 64 * 1024 * 1024;
+/** Deepest nesting of flow collections, and widest indentation, accepted (a policy needs 6 levels). */
+export const MAX_NESTING = 64;
+
+/**
+ * Checks on the raw text before the YAML parser sees it: the size, and
+ * how deep brackets nest or lines indent (the parser recurses, and very deep
+ * nesting exhausts its stack or memory). One linear pass.
+ */
+function textProblem(text: string, file: string): PolicyProblem | null {
+  const problem = (line: number, column: number, code: string, message: string): PolicyProblem =>
+    ({ severity: 'error', code, file, line, column, path: '(document)', message });
+  if (text.length > MAX_POLICY_BYTES) return problem(1, 1, 'too-large', `the document is ${text.length} characters; at most ${MAX_POLICY_BYTES} are accepted`);
+  let depth = 0, line = 1, lineStart = 0, quote = '';
+  for (let i = 0; i < text.length; i++) {
+    const ch = text.charCodeAt(i);
+    if (ch === 10) {
+      line++;
+      lineStart = i + 1;
+      let j = lineStart;
+      while (j < text.length && (text.charCodeAt(j) === 32 || text.charCodeAt(j) === 45)) j++; // spaces and '- '
+      if (j - lineStart > MAX_NESTING * 4) return problem(line, j - lineStart + 1, 'too-deep', `indented ${j - lineStart} columns: nesting deeper than ${MAX_NESTING} levels is refused`);
+      continue;
+    }
+    if (quote !== '') {
+      if ((ch === 34 && quote === '"' && text.charCodeAt(i - 1) !== 92) || (ch === 39 && quote === "'")) quote = '';
+      continue;
+    }
+    if ((ch === 34 || ch === 39) && (i === 0 || /[\s[{,:]/.test(text[i - 1]))) quote = text[i];
+    else if (ch === 35 && (i === 0 || /\s/.test(text[i - 1]))) { while (i + 1 < text.length && text.charCodeAt(i + 1) !== 10) i++; }
+    else if (ch === 91 || ch === 123) {
+      if (++depth > MAX_NESTING) return problem(line, i - lineStart + 1, 'too-deep', `brackets nest deeper than ${MAX_NESTING} levels`);
+    } else if (ch === 93 || ch === 125) depth--;
+  }
+  return null;
+}
+
+/** Every key repeated in one mapping, and every key that is not a name, located; one pass with a set per mapping. */
+function duplicateKeys(doc: Document, lines: LineCounter, file: string, out: PolicyProblem[]): void {
+  visit(doc, {
+    Map(_, map) {
+      const seen = new Set<unknown>();
+      for (const pair of map.items) {
+        if (pair.key !== null && !isScalar(pair.key)) {
+          // A list or mapping as a key: no policy key is one (and JavaScript objects cannot hold it).
+          const pos = lines.linePos((pair.key as Node).range?.[0] ?? 0);
+          out.push({ severity: 'error', code: 'bad-key', file, line: pos.line, column: pos.col, path: '(document)', message: 'a key must be a name, not a list or a mapping' });
+          continue;
+        }
+        const key = isScalar(pair.key) ? pair.key.value : null;
+        if (key === null) continue;
+        if (seen.has(key)) {
+          const pos = lines.linePos((pair.key as Node).range?.[0] ?? 0);
+          out.push({ severity: 'error', code: 'duplicate-key', file, line: pos.line, column: pos.col, path: '(document)', message: `the key '${String(key)}' is repeated in the same mapping` });
+        }
+        seen.add(key);
+      }
+    },
+  });
+}
+
+/** A located error for an alias that the YAML parser could not expand. */
+function aliasProblem(doc: Document, lines: LineCounter, file: string, e: Error): PolicyProblem {
+  let first: { alias: Alias; unresolved: boolean } | null = null;
+  visit(doc, {
+    Alias(_, node) {
+      const unresolved = node.resolve(doc) === undefined;
+      if (first === null || (unresolved && !first.unresolved)) first = { alias: node, unresolved };
+      if (unresolved) return visit.BREAK;
+      return undefined;
+    },
+  });
+  const found = first as { alias: Alias; unresolved: boolean } | null;
+  const pos = found?.alias.range ? lines.linePos(found.alias.range[0]) : { line: 1, col: 1 };
+  const message = found?.unresolved
+    ? `the alias *${found.alias.source} names no anchor set before it`
+    : /alias count/i.test(e.message)
+      ? 'aliases expand to too much: more than 100 alias expansions are refused (a policy does not need them)'
+      : `an alias cannot be expanded: ${e.message.split('\n')[0]}`;
+  return { severity: 'error', code: 'alias', file, line: pos.line, column: pos.col, path: '(document)', message };
 }
 
 /** Read and validate a policy file; throws PolicyError listing every problem. */
