@@ -9,7 +9,7 @@ import { arpFrame, frameBuild, ndFrame, solicitedNode } from '../src/packet/buil
 import { TCP_SYN } from '../src/packet/parse.js';
 import { addressText } from '../src/policy/addresses.js';
 import { linkLocalOf } from '../src/policy/spoofguard.js';
-import { frameTrace } from '../src/control/trace.js';
+import { frameTrace, parsePacketSpec, policyTrace, specFrame } from '../src/control/trace.js';
 
 const MAC = { a: '02:50:00:00:00:01', b: '02:50:00:00:00:02', c: '02:50:00:00:00:03', out: '02:50:00:00:00:99' };
 const LL = { a: addressText(6, linkLocalOf(MAC.a)), b: addressText(6, linkLocalOf(MAC.b)) };
@@ -219,5 +219,39 @@ t.test('10. later fragments follow the policy in force, not their first fragment
   lab.apply(policy({ webToApp: 'tcp/80, udp/5353' }));
   const later2 = frameBuild({ family: 4, proto: 17, srcMac: MAC.a, dstMac: MAC.b, src: '10.50.0.1', dst: '10.50.0.2', fragmentOffset: 9, ipId: 78, payload: new Uint8Array(64) });
   t.same(lab.send('twu-a', later2), { outcome: 'forward', to: ['twu-b'] }, 'a policy that still allows it: decided again, still forwarded');
+  lab.stop();
+});
+
+t.test('the tracer said ALLOW where the data plane dropped: now they run the same path', async (t) => {
+  const lab = new MemLab(`
+default: drop
+workloads:
+  a: { nic: twu-a, mac: "${MAC.a}", ips: [10.50.0.1, "fd50::1"] }
+  b: { nic: twu-b, mac: "${MAC.b}", ips: [10.50.0.2, "fd50::2"] }
+sections:
+  - name: s
+    rules:
+      - { id: replies, from: any, to: any, services: [icmp/echo-reply, icmp/3/4], action: allow }
+      - { id: vrrp, from: any, to: any, services: [ip/vrrp], action: allow }
+      - { id: nd, from: any, to: any, services: [icmpv6], action: allow }
+`);
+  const cases: Array<[string, string, string | null]> = [
+    ['icmp 10.50.0.1 -> 10.50.0.2 echo-reply', 'invalid_state', null],
+    ['icmp 10.50.0.1 -> 10.50.0.2 3/4', 'invalid_state', null],
+    ['ip/112 10.50.0.1 -> 224.0.0.18', 'forward', 'twu-up'],
+    ['icmpv6 fd50::1 -> fd50::2 135', 'forward', 'twu-b'],
+    ['icmpv6 fe80::1 -> ff02::1 134', 'forward', 'twu-a'],
+  ];
+  const ports = lab.specs.map((s) => ({ name: s.name, workload: s.workload }));
+  for (const [text, outcome, port] of cases) {
+    const spec = parsePacketSpec(text);
+    // A router advertisement from the router behind the uplink, sent to a's MAC; the rest from a.
+    const traced = policyTrace(lab.compiled, spec, text.includes('fe80::1') ? { to: 'a', ports } : { from: 'a', ports });
+    t.same([traced.outcome, traced.port], [outcome, port], `${text}: the tracer says ${outcome}`);
+    const from = traced.from;
+    const frame = specFrame(lab.compiled, spec, from, traced.to);
+    const got = lab.send(from === null ? 'twu-up' : 'twu-a', frame);
+    t.same([got.outcome, got.to[0] ?? null], [outcome, port], `${text}: and so does the data plane`);
+  }
   lab.stop();
 });

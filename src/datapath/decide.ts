@@ -16,10 +16,9 @@
  * resolution tables the compiler builds beside the rule tries
  * (policy/compile.ts, PointTables.r4/r6).
  */
-import { bias } from '../classify/ruleTrie.js';
 import { pointClassify, pointClassifyEther, pointClassifyResolution, RULE_FLAG, type CompiledPolicy, type PointTables } from '../policy/compile.js';
 import { PKT } from '../packet/parse.js';
-import { KEY_V4, KEY_V6 } from '../packet/key.js';
+import { KEY_V6, keyFromAddresses, keyFromPacket } from '../packet/key.js';
 import { Verdict, VERDICT_OF_ACTION } from '../packet/verdict.js';
 import type { FlowDecider } from '../flow/conntrack.js';
 
@@ -71,26 +70,7 @@ export class PolicyDecider implements FlowDecider {
 
   decide(pkt: Int32Array, origPort: number, replyPort: number, rules: Int32Array): number {
     const family = pkt[PKT.family];
-    const proto = pkt[PKT.proto];
-    const icmp = (proto === 1 && family === 4) || (proto === 58 && family === 6);
-    const sport = icmp ? pkt[PKT.icmpType] : pkt[PKT.sport];
-    const dport = icmp ? pkt[PKT.icmpCode] : pkt[PKT.dport];
-    const k = this.key;
-    if (family === 4) {
-      k[KEY_V4.src] = bias(pkt[PKT.src]);
-      k[KEY_V4.dst] = bias(pkt[PKT.dst]);
-      k[KEY_V4.proto] = bias(proto);
-      k[KEY_V4.sport] = bias(sport);
-      k[KEY_V4.dport] = bias(dport);
-    } else {
-      for (let i = 0; i < 4; i++) {
-        k[KEY_V6.src + i] = bias(pkt[PKT.src + i]);
-        k[KEY_V6.dst + i] = bias(pkt[PKT.dst + i]);
-      }
-      k[KEY_V6.proto] = bias(proto);
-      k[KEY_V6.sport] = bias(sport);
-      k[KEY_V6.dport] = bias(dport);
-    }
+    keyFromPacket(this.key, pkt);
     rules[0] = RULE_NOT_CHECKED;
     rules[1] = RULE_NOT_CHECKED;
     let flags = 0;
@@ -118,17 +98,6 @@ export class PolicyDecider implements FlowDecider {
     return order < 0 || this.compiled.ruleAction[order] !== Verdict.drop;
   }
 
-  private keyAddresses(family: number, a: Int32Array, ao: number, b: Int32Array, bo: number): void {
-    const k = this.key;
-    if (family === 4) {
-      k[KEY_V4.src] = bias(a[ao]); k[KEY_V4.dst] = bias(b[bo]);
-      k[KEY_V4.proto] = bias(0); k[KEY_V4.sport] = bias(0); k[KEY_V4.dport] = bias(0);
-      return;
-    }
-    for (let i = 0; i < 4; i++) { k[KEY_V6.src + i] = bias(a[ao + i]); k[KEY_V6.dst + i] = bias(b[bo + i]); }
-    k[KEY_V6.proto] = bias(0); k[KEY_V6.sport] = bias(0); k[KEY_V6.dport] = bias(0);
-  }
-
   /**
    * May the address at a[ao] (on port portA) and the address at b[bo] (on
    * port portB) resolve each other? Yes when the policy passes the pair in
@@ -139,9 +108,9 @@ export class PolicyDecider implements FlowDecider {
     const ta = portA >= 0 && portA < this.portTables.length ? this.portTables[portA] : null;
     const tb = portB >= 0 && portB < this.portTables.length ? this.portTables[portB] : null;
     if (ta === null && tb === null) return false;
-    this.keyAddresses(family, a, ao, b, bo);
+    keyFromAddresses(this.key, family, a, ao, b, bo);
     if (this.resolvePoint(ta, family) && this.resolvePoint(tb, family)) return true;
-    this.keyAddresses(family, b, bo, a, ao);
+    keyFromAddresses(this.key, family, b, bo, a, ao);
     return this.resolvePoint(tb, family) && this.resolvePoint(ta, family);
   }
 

@@ -11,6 +11,7 @@
  * protocols without ports both are 0.
  */
 import { bias } from '../classify/ruleTrie.js';
+import { PKT } from './parse.js';
 
 export const KEY_V4 = { dims: 5, src: 0, dst: 1, proto: 2, sport: 3, dport: 4 } as const;
 export const KEY_V6 = { dims: 11, src: 0, dst: 4, proto: 8, sport: 9, dport: 10 } as const;
@@ -41,4 +42,38 @@ export function keyWrite(
   out[off + KEY_V6.proto] = bias(proto);
   out[off + KEY_V6.sport] = bias(sport);
   out[off + KEY_V6.dport] = bias(dport);
+}
+
+/** The key of a parsed packet (packet/parse.ts layout) into k; for ICMP the type and code stand in the ports. Hot path. */
+export function keyFromPacket(k: Int32Array, pkt: Int32Array): void {
+  const family = pkt[PKT.family], proto = pkt[PKT.proto];
+  const icmp = (proto === 1 && family === 4) || (proto === 58 && family === 6);
+  const sport = icmp ? pkt[PKT.icmpType] : pkt[PKT.sport];
+  const dport = icmp ? pkt[PKT.icmpCode] : pkt[PKT.dport];
+  if (family === 4) {
+    k[KEY_V4.src] = bias(pkt[PKT.src]);
+    k[KEY_V4.dst] = bias(pkt[PKT.dst]);
+    k[KEY_V4.proto] = bias(proto);
+    k[KEY_V4.sport] = bias(sport);
+    k[KEY_V4.dport] = bias(dport);
+    return;
+  }
+  for (let i = 0; i < 4; i++) {
+    k[KEY_V6.src + i] = bias(pkt[PKT.src + i]);
+    k[KEY_V6.dst + i] = bias(pkt[PKT.dst + i]);
+  }
+  k[KEY_V6.proto] = bias(proto);
+  k[KEY_V6.sport] = bias(sport);
+  k[KEY_V6.dport] = bias(dport);
+}
+
+/** A key of two addresses (raw words at a[ao..], b[bo..]) with protocol and ports 0: for address resolution. */
+export function keyFromAddresses(k: Int32Array, family: number, a: Int32Array, ao: number, b: Int32Array, bo: number): void {
+  if (family === 4) {
+    k[KEY_V4.src] = bias(a[ao]); k[KEY_V4.dst] = bias(b[bo]);
+    k[KEY_V4.proto] = bias(0); k[KEY_V4.sport] = bias(0); k[KEY_V4.dport] = bias(0);
+    return;
+  }
+  for (let i = 0; i < 4; i++) { k[KEY_V6.src + i] = bias(a[ao + i]); k[KEY_V6.dst + i] = bias(b[bo + i]); }
+  k[KEY_V6.proto] = bias(0); k[KEY_V6.sport] = bias(0); k[KEY_V6.dport] = bias(0);
 }
