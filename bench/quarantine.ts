@@ -83,7 +83,7 @@ export async function benchQuarantine(opts: { rules?: number; flows?: number; ro
   const decider = new PolicyDecider(compiled, nics);
   const table = new FlowTable({ capacity: Math.max(1024, flowCount * 2), maxPorts: nics.length });
   const ct = new Conntrack(table, decider);
-  const target: PolicyTarget = { nics, setPolicy(c) { decider.setPolicy(c); compiled = c; ctPolicyChanged(ct); } };
+  const target: PolicyTarget = { setPolicy(c) { decider.setPolicy(c); compiled = c; ctPolicyChanged(ct); } };
   const controller = new Controller(new MemoryStore(text, '(bench)'), target);
   await controller.start();
   const dir = mkdtempSync(join(tmpdir(), 'tw-bq-'));

@@ -132,10 +132,24 @@ t.test('the API of a running daemon', async (t) => {
     const check = JSON.parse(spawnSync(process.execPath, [cli, 'check', '--json', file], { encoding: 'utf8' }).stdout) as { problems: Array<Record<string, unknown>> };
     const strip = (ps: Array<Record<string, unknown>>) => ps.filter((p) => p.severity === 'error').map(({ file: _f, ...rest }) => rest);
     t.same(strip(put.body.problems), strip(check.problems), 'problems as tapwall check reports them (line, column, path, code)');
-    const moreNics = POLICY.replace('groups:', '  db-2: { nic: twc-db2, mac: "02:78:00:00:03:32", ips: [10.78.3.32], tags: [db] }\ngroups:');
-    t.equal((await call('PUT', '/v1/policy', moreNics, { headers: { 'if-match': `"${rev}"` } })).status, 409, 'a policy with a new vNIC needs a restart: 409');
     t.equal((await call('GET', '/v1/policy')).body.revision, rev, 'none of these changed the policy');
     t.equal((await call('GET', '/v1/status')).body.generation, 1, 'or applied anything');
+  });
+
+  t.test('a workload added or removed: its vNIC is attached or detached without a restart', async (t) => {
+    const ports = async () => ((await call('GET', '/v1/status')).body.ports as Array<{ name: string; workload: string; up: boolean }>);
+    const rev = (await call('GET', '/v1/policy')).body.revision as number;
+    const moreNics = POLICY.replace('groups:', '  db-2: { nic: twc-db2, mac: "02:78:00:00:03:32", ips: [10.78.3.32], tags: [db] }\ngroups:');
+    const put = await call('PUT', '/v1/policy', moreNics, { headers: { 'if-match': `"${rev}"` } });
+    t.equal(put.status, 200, 'a policy with a new vNIC is applied');
+    t.match((await ports()).find((p) => p.name === 'twc-db2'), { workload: 'db-2', up: true }, 'its TAP port is open');
+    t.equal(spawnSync('ip', ['link', 'show', 'twc-db2']).status, 0, 'the TAP device exists');
+    t.equal((await trace('tcp 10.78.2.21:40000 -> 10.78.3.32:5432')).verdict, 'allow', 'and the policy covers it (app -> db)');
+    const back = await call('PUT', '/v1/policy', POLICY, { headers: { 'if-match': `"${put.body.revision}"` } });
+    t.equal(back.status, 200, 'the policy without it is applied');
+    t.notOk((await ports()).some((p) => p.name === 'twc-db2'), 'its port is gone from the status');
+    t.not(spawnSync('ip', ['link', 'show', 'twc-db2']).status, 0, 'and its TAP device was closed');
+    t.equal((await call('GET', '/v1/status')).body.ports.length, 3, 'the other ports stayed');
   });
 
   t.test('two writers with the same revision: one wins, the other gets 412', async (t) => {

@@ -190,8 +190,9 @@ async function scenario(t: Tap.Test, mode: 'tap' | 'offload' | 'attach' | 'attac
   t.equal(tcp('twt-web', '10.77.2.21', 8080), 'ok:app', 'web -> app again, after forgetting its neighbours');
   const afterArp = await stats();
   t.ok(afterArp['twt-app1'].tx > beforeArp['twt-app1'].tx, 'app received the ARP request and the connection');
-  t.equal(afterArp['twt-db1'].tx, beforeArp['twt-db1'].tx, "db received nothing: web's ARP request for app was not flooded to it");
-  t.equal(afterArp['twt-jump1'].tx, beforeArp['twt-jump1'].tx, 'nor to jump');
+  // That the request reached app alone (never flooded) is shown frame by frame in verdict-holes.test.ts:
+  // here other ports' counters cannot show it, since their own neighbours' unicast probes (NUD) may
+  // arrive at any time.
 
   // Every received frame ends in exactly one counted outcome.
   for (const [port, s] of Object.entries(statsAfter)) {

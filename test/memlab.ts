@@ -40,15 +40,20 @@ export class MemLab {
     this.dp.setPolicy(this.compiled);
   }
 
+  /** The slot of the live port with this name, or -1. */
+  indexOf(port: string): number {
+    return this.dp.ports.findIndex((p) => !p.retired && p.spec.name === port);
+  }
+
   /** Frames counted per outcome on one port so far. */
   outcomesOf(port: string): number[] {
-    const i = this.specs.findIndex((s) => s.name === port);
+    const i = this.indexOf(port);
     return Array.from(this.dp.outcomes.subarray(i * OUTCOME_COUNT, (i + 1) * OUTCOME_COUNT));
   }
 
   /** Send one frame in on `port`; the outcome it was counted as and where it went. */
   send(port: string, frame: Uint8Array): SendResult {
-    const i = this.specs.findIndex((s) => s.name === port);
+    const i = this.indexOf(port);
     if (i < 0) throw new Error(`no port ${port}`);
     const before = this.outcomesOf(port);
     for (const p of this.ports.values()) p.sent.length = 0;

@@ -264,7 +264,7 @@ export class ApiServer {
         const { packet, from, to } = body.value;
         if (typeof packet !== 'string') throw fieldError(body, 'packet', 'missing-key', "expected the packet as text, like 'tcp 10.0.0.11:40000 -> 10.0.0.21:5432'");
         for (const [k, v] of [['from', from], ['to', to]] as const) if (v !== undefined && typeof v !== 'string') throw fieldError(body, k, 'bad-type', 'expected a workload name');
-        return send(res, 200, policyTrace(this.controller.policy, parsePacketSpec(packet), { from: from as string | undefined, to: to as string | undefined, ports: this.dp.ports.map((p) => ({ name: p.spec.name, workload: p.spec.workload })) }));
+        return send(res, 200, policyTrace(this.controller.policy, parsePacketSpec(packet), { from: from as string | undefined, to: to as string | undefined, ports: this.dp.switchPorts() }));
       }
       if (route === 'GET /v1/rules') return send(res, 200, ruleList(this.dp));
       const known = ['/v1/status', '/v1/policy', '/v1/workloads', '/v1/flows', '/v1/trace', '/v1/rules'];
@@ -289,8 +289,8 @@ export class ApiServer {
       applyFailures: c.applyFailures,
       lastError: c.lastError,
       flows: { live: this.dp.table.live, capacity: this.dp.table.capacity },
-      ports: this.dp.ports.map((p, i) => {
-        const c = portCounts(this.dp, i);
+      ports: this.dp.ports.filter((p) => !p.retired).map((p) => {
+        const c = portCounts(this.dp, p.index);
         return { name: p.spec.name, mode: p.spec.mode, workload: this.dp.workloadOf(p.index), up: c.up, attaches: c.attaches, rx: c.rx, tx: c.tx, outcomes: c.outcomes };
       }),
     };
@@ -300,7 +300,7 @@ export class ApiServer {
     const compiled = this.controller.policy;
     const dynamic = this.controller.dynamicTags;
     return [...compiled.policy.workloads.values()].map((w) => {
-      const port = this.dp.ports.find((p) => this.dp.workloadOf(p.index) === w.name);
+      const port = this.dp.ports.find((p) => !p.retired && this.dp.workloadOf(p.index) === w.name);
       const groups = [...compiled.groups].filter(([, g]) => g.members.has(w.name)).map(([n]) => n);
       return {
         name: w.name, nic: w.nic, mac: w.mac, ips: w.ips.map((p) => p.text.replace(/\/(32|128)$/, '')),

@@ -27,11 +27,14 @@ import type { PolicyProblem } from '../policy/errors.js';
 import type { Policy, Workload } from '../policy/model.js';
 import type { DynamicTag, PolicyStore, StoreState, TagMap } from './store.js';
 
-/** What the controller drives: the data plane (or, in benchmarks, a decider alone). */
+/**
+ * What the controller drives: the data plane (or, in benchmarks, a decider
+ * alone). setPolicy also makes the vNIC ports the ones the compiled policy
+ * has points for: a workload added, removed or moved is attached or
+ * detached without a restart.
+ */
 export interface PolicyTarget {
   setPolicy(compiled: CompiledPolicy): void;
-  /** Interface names the data plane has ports for; a policy must keep this set (ports open at start). */
-  readonly nics: readonly string[];
 }
 
 /** A refused request: an HTTP status, a stable code, a message, and policy problems when there are any. */
@@ -113,12 +116,6 @@ export class Controller {
   private validate(text: string, source: string): Policy {
     const { policy, problems } = policyParse(text, source, { shadows: false });
     if (!policy) throw new ControlError(400, 'invalid-policy', `the policy is invalid (${problems.filter((p) => p.severity === 'error').length} errors)`, problems.filter((p) => p.severity === 'error'));
-    const want = [...this.target.nics].sort().join(',');
-    const have = [...policy.workloads.values()].map((w) => w.nic).sort().join(',');
-    if (this.target.nics.length > 0 && want !== have) {
-      throw new ControlError(409, 'ports-changed',
-        `the policy's vNICs (${have || 'none'}) differ from the ports tapwall serves (${want}); adding or removing a vNIC needs a restart`);
-    }
     return policy;
   }
 

@@ -21,7 +21,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { portOpen, type PortIo, type PortMode, type PortOptions } from '../io/ports.js';
-import { FlowTable } from '../flow/flowTable.js';
+import { FlowTable, flowRemovePort } from '../flow/flowTable.js';
 import { Conntrack, RS_COUNT, ctSweep } from '../flow/conntrack.js';
 import { FlowLog } from '../flow/flowLog.js';
 import { FRAG, PKT } from '../packet/parse.js';
@@ -49,6 +49,9 @@ export interface PortSpec {
   workload: string | null;
 }
 
+/** Port slots a data plane has room for by default (vNICs come and go; a slot is reused). */
+export const DEFAULT_MAX_PORTS = 1024;
+
 export interface DataplaneOptions extends SwitchOptions {
   /** Port options: TAP persistence and owner; virtio-net headers (offload). */
   tap?: PortOptions;
@@ -62,6 +65,10 @@ export interface DataplaneOptions extends SwitchOptions {
   onInfo?: (port: string, message: string) => void;
   /** Opens a port; by default the real backends (io/ports.ts). Benchmarks pass in-memory ports. */
   portOpener?: (spec: PortSpec) => PortIo;
+  /** Port slots (vNICs and uplink) there can ever be; DEFAULT_MAX_PORTS by default. */
+  maxPorts?: number;
+  /** How vNICs that a new policy adds are opened; by default the mode of the first vNIC at start (else tap). */
+  vnicMode?: PortMode;
 }
 
 /** Port counters besides outcomes: [port * PC_COUNT + PC.x]. */
@@ -95,6 +102,8 @@ function ifindexIfUp(name: string): number {
 const ATTACH_CHECK_MS = 500;
 
 class Port {
+  /** Its vNIC left this host (moved or deleted): closed, counters kept until the slot is reused. */
+  retired = false;
   readonly stride: number;
   readonly rxBuf: Uint8Array;
   readonly rxOff = new Int32Array(BATCH);
@@ -107,7 +116,7 @@ class Port {
   /** Interface index when attached (attach and pcap modes), -1 when absent. */
   ifindex = -1;
   readonly limiter = new ReplyLimiter();
-  constructor(readonly index: number, readonly spec: PortSpec, public io: PortIo, private readonly upFlags: Uint8Array) {
+  constructor(readonly index: number, public spec: PortSpec, public io: PortIo, private readonly upFlags: Uint8Array) {
     this.stride = io.vnetHdr > 0 ? OFFLOAD_STRIDE : FRAME_STRIDE;
     this.rxBuf = new Uint8Array(BATCH * this.stride);
     this.txBuf = this.rxBuf;
@@ -135,6 +144,9 @@ export class Dataplane {
   readonly batchSeconds = new TypedHistogram(Float64Array.of(5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2));
   private batchSeq = 0;
   private policy: CompiledPolicy;
+  private readonly capacity: number;
+  private readonly vnicMode: PortMode;
+  private started = false;
 
   constructor(compiled: CompiledPolicy, specs: PortSpec[], private readonly opts: DataplaneOptions = {}) {
     // Frames with virtio-net headers are forwarded with them: every port must carry them (TAP, AF_PACKET; not libpcap).
@@ -142,15 +154,31 @@ export class Dataplane {
       throw Object.assign(new Error('offload (virtio-net headers) needs TAP or attach ports, not pcap'), { code: 'EOFFLOAD' });
     }
     this.policy = compiled;
-    this.table = new FlowTable({ capacity: opts.flowCapacity ?? 262_144, perPortQuota: opts.perPortQuota, maxPorts: Math.max(1, specs.length) });
-    this.sw = new Switch(compiled, specs, this.table, opts);
+    this.capacity = Math.max(1, opts.maxPorts ?? DEFAULT_MAX_PORTS, specs.length);
+    this.vnicMode = opts.vnicMode ?? specs.find((s) => s.workload !== null)?.mode ?? 'tap';
+    this.table = new FlowTable({ capacity: opts.flowCapacity ?? 262_144, perPortQuota: opts.perPortQuota, maxPorts: this.capacity });
+    this.sw = new Switch(compiled, specs, this.table, opts, this.capacity);
     this.decider = this.sw.decider;
     this.ct = this.sw.ct;
-    this.outcomes = new Float64Array(Math.max(1, specs.length) * OUTCOME_COUNT);
-    this.portCounters = new Float64Array(Math.max(1, specs.length) * PC_COUNT);
+    this.outcomes = new Float64Array(this.capacity * OUTCOME_COUNT);
+    this.portCounters = new Float64Array(this.capacity * PC_COUNT);
     specs.forEach((spec, i) => {
-      let io: PortIo;
-      let ifindex = -1;
+      const port = new Port(i, spec, new AbsentPort(spec.name, spec.mode, 0), this.sw.up);
+      this.openPort(port);
+      this.ports.push(port);
+    });
+    // The ports the policy's points name, if they differ from the specs (a policy that moved vNICs since).
+    this.reconcilePorts(compiled);
+    this.ct.ruleStats = new Float64Array((compiled.rules.length + 1) * RS_COUNT);
+    if (opts.flowLog) this.ct.flowLog = new FlowLog(8192, this.capacity, opts.flowLog.rate, opts.flowLog.burst);
+  }
+
+  /** Open (or find absent) the interface of a port; its state says which (control path). */
+  private openPort(port: Port): void {
+    const spec = port.spec, opts = this.opts;
+    let io: PortIo;
+    let ifindex = -1;
+    try {
       if (opts.portOpener) io = opts.portOpener(spec);
       else if (spec.mode !== 'tap' && spec.workload !== null && ifindexIfUp(spec.name) < 0) {
         // A guest that is not running: its vNIC is reported absent, and attached when it appears.
@@ -159,13 +187,74 @@ export class Dataplane {
         ifindex = spec.mode === 'tap' ? -1 : ifindexIfUp(spec.name);
         io = portOpen(spec.name, spec.mode, opts.tap);
       }
-      const port = new Port(i, spec, io, this.sw.up);
-      port.ifindex = ifindex;
-      port.up = !(io instanceof AbsentPort);
-      this.ports.push(port);
-    });
-    this.ct.ruleStats = new Float64Array((compiled.rules.length + 1) * RS_COUNT);
-    if (opts.flowLog) this.ct.flowLog = new FlowLog(8192, Math.max(1, specs.length), opts.flowLog.rate, opts.flowLog.burst);
+    } catch (e) {
+      // At start this is fatal (the caller sees it); later a vNIC that cannot be opened stays absent, counted and reported.
+      if (!this.started) throw e;
+      this.portCounters[port.index * PC_COUNT + PC.rxErrors]++;
+      opts.onError?.(spec.name, `cannot open: ${(e as Error).message}`);
+      io = new AbsentPort(spec.name, spec.mode, opts.tap?.offload ? 10 : 0);
+    }
+    port.io = io;
+    port.ifindex = ifindex;
+    port.up = !(io instanceof AbsentPort);
+    if (this.started && port.up) io.start((events) => this.onEvent(port, events));
+  }
+
+  /**
+   * Make the vNIC ports the ones the compiled policy has points for (control
+   * path, before its swap): a vNIC that left is closed and its connections
+   * forgotten; a new one gets a slot (its own old one if it comes back, else a
+   * free one, else a new one) and is opened. The uplink stays.
+   */
+  private reconcilePorts(compiled: CompiledPolicy): void {
+    const want = new Map<string, string>();
+    for (const [nic, pt] of compiled.points) want.set(nic, pt.egress.workload);
+    for (const port of this.ports) {
+      if (port.spec.workload === null || port.retired) continue;
+      const w = want.get(port.spec.name);
+      if (w === undefined) this.retirePort(port);
+      else { port.spec = { ...port.spec, workload: w }; want.delete(port.spec.name); }
+    }
+    for (const [nic, workload] of want) this.addPort({ name: nic, mode: this.vnicMode, workload });
+  }
+
+  private retirePort(port: Port): void {
+    port.io.close();
+    port.io = new AbsentPort(port.spec.name, port.spec.mode, port.io.vnetHdr);
+    port.up = false;
+    port.retired = true;
+    port.txCount = 0;
+    this.sw.clearPort(port.index);
+    const forgotten = flowRemovePort(this.table, port.index);
+    this.opts.onInfo?.(port.spec.name, `vNIC detached (${forgotten} connections forgotten)`);
+  }
+
+  private addPort(spec: PortSpec): void {
+    let port = this.ports.find((p) => p.retired && p.spec.name === spec.name) ?? null;
+    if (port === null) {
+      port = this.ports.find((p) => p.retired) ?? null;
+      if (port !== null) {
+        // Another vNIC's old slot: its counters start again from zero under the new name.
+        this.outcomes.fill(0, port.index * OUTCOME_COUNT, (port.index + 1) * OUTCOME_COUNT);
+        this.portCounters.fill(0, port.index * PC_COUNT, (port.index + 1) * PC_COUNT);
+      } else if (this.ports.length < this.capacity) {
+        port = new Port(this.ports.length, spec, new AbsentPort(spec.name, spec.mode, 0), this.sw.up);
+        this.ports.push(port);
+      } else {
+        this.opts.onError?.(spec.name, `no port slot left (${this.capacity}): vNIC not attached`);
+        return;
+      }
+    }
+    port.spec = spec;
+    port.retired = false;
+    this.sw.setPort(port.index, spec.name);
+    this.openPort(port);
+    this.opts.onInfo?.(spec.name, `vNIC attached for ${spec.workload}`);
+  }
+
+  /** The ports as the decision path numbers them (free slots keep their place, with no name), for the tracer. */
+  switchPorts(): Array<{ name: string; workload: string | null }> {
+    return this.ports.map((p) => ({ name: p.retired ? '' : p.spec.name, workload: p.retired ? '' : p.spec.workload }));
   }
 
   /** The workload behind port i now (a hot update may rename it), or the uplink. */
@@ -186,13 +275,14 @@ export class Dataplane {
       if (from !== undefined) stats.set(old.subarray(from * RS_COUNT, (from + 1) * RS_COUNT), (i + 1) * RS_COUNT);
     });
     this.ct.ruleStats = stats;
+    this.reconcilePorts(compiled);
     this.sw.setPolicy(compiled);
     this.policy = compiled;
   }
 
-  /** The vNICs (workload ports) this data plane serves. */
+  /** The vNICs (workload ports) this data plane serves now. */
   get nics(): string[] {
-    return this.ports.filter((p) => p.spec.workload !== null).map((p) => p.spec.name);
+    return this.ports.filter((p) => p.spec.workload !== null && !p.retired).map((p) => p.spec.name);
   }
 
   get compiled(): CompiledPolicy {
@@ -200,11 +290,12 @@ export class Dataplane {
   }
 
   start(): void {
-    for (const port of this.ports) port.io.start((events) => this.onEvent(port, events));
+    this.started = true;
+    for (const port of this.ports) if (port.up) port.io.start((events) => this.onEvent(port, events));
     // Expire and revalidate in the background too, for when no batches arrive.
     this.sweepTimer = setInterval(() => ctSweep(this.ct, this.now(), 4096), 250);
     this.sweepTimer.unref();
-    if (!this.opts.portOpener && this.ports.some((p) => p.spec.mode !== 'tap')) {
+    if (!this.opts.portOpener && (this.vnicMode !== 'tap' || this.ports.some((p) => p.spec.mode !== 'tap'))) {
       this.attachTimer = setInterval(() => this.checkAttachments(), ATTACH_CHECK_MS);
       this.attachTimer.unref();
     }
@@ -224,7 +315,7 @@ export class Dataplane {
    */
   checkAttachments(): void {
     for (const port of this.ports) {
-      if (port.spec.mode === 'tap') continue;
+      if (port.spec.mode === 'tap' || port.retired) continue;
       const now = ifindexIfUp(port.spec.name);
       if (port.up && now === port.ifindex && now > 0) continue;
       if (!(port.io instanceof AbsentPort)) {

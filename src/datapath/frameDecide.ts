@@ -100,8 +100,11 @@ function say(ex: Explain | null, stage: string, outcome: number, why: string): n
  * typed and indexed by port number; the uplink is a port with no workload.
  */
 export class Switch {
-  readonly portCount: number;
-  readonly names: readonly string[];
+  /** Port slots in use (0 .. portCount-1); arrays below have room for `capacity`. */
+  portCount: number;
+  readonly capacity: number;
+  /** Interface name per port slot ('' for a slot no port holds). */
+  readonly names: string[];
   readonly uplink: number;
   readonly isVnic: Uint8Array;
   /** 1 while the port can send (the data plane keeps it in step with its ports). */
@@ -134,32 +137,69 @@ export class Switch {
   private readonly addrScratch = new Int32Array(4);
   private readonly addrScratch2 = new Int32Array(4);
 
-  constructor(compiled: CompiledPolicy, specs: readonly SwitchPort[], table: FlowTable, opts: SwitchOptions = {}) {
-    const n = Math.max(1, specs.length);
+  private readonly rate: number;
+  private readonly burst: number;
+
+  /**
+   * `specs` are the ports at start; `capacity` bounds how many port slots
+   * there can ever be (vNICs come and go with setPort/clearPort; the uplink,
+   * if any, is among the first specs and stays).
+   */
+  constructor(compiled: CompiledPolicy, specs: readonly SwitchPort[], table: FlowTable, opts: SwitchOptions = {}, capacity = Math.max(1, specs.length)) {
+    const n = Math.max(1, capacity, specs.length);
+    this.capacity = n;
     this.portCount = specs.length;
-    this.names = specs.map((s) => s.name);
+    this.names = Array.from({ length: n }, (_, i) => specs[i]?.name ?? '');
     this.uplink = specs.findIndex((s) => s.workload === null);
-    this.isVnic = Uint8Array.from(specs.map((s) => (s.workload === null ? 0 : 1)));
+    this.isVnic = new Uint8Array(n);
+    specs.forEach((s, i) => { this.isVnic[i] = s.workload === null ? 0 : 1; });
     this.up = new Uint8Array(n).fill(1);
     this.macHi = new Int32Array(n).fill(-1);
     this.macLo = new Int32Array(n).fill(-1);
-    this.vlans = specs.map(() => null);
-    this.spoof = specs.map(() => ({ v4: new Int32Array(0), v6: new Int32Array(0) }));
-    this.workloads = specs.map(() => null);
-    const rate = opts.resolutionRate ?? 100, burst = opts.resolutionBurst ?? 200;
-    this.l2Rate = Float64Array.from(specs.map((s) => (s.workload === null ? rate * UPLINK_RESOLUTION_FACTOR : rate)));
-    this.l2Burst = Float64Array.from(specs.map((s) => (s.workload === null ? burst * UPLINK_RESOLUTION_FACTOR : burst)));
-    this.l2Tokens = Float64Array.from(this.l2Burst);
+    this.vlans = Array.from({ length: n }, () => null);
+    this.spoof = Array.from({ length: n }, () => ({ v4: new Int32Array(0), v6: new Int32Array(0) }));
+    this.workloads = Array.from({ length: n }, () => null);
+    this.rate = opts.resolutionRate ?? 100;
+    this.burst = opts.resolutionBurst ?? 200;
+    this.l2Rate = new Float64Array(n);
+    this.l2Burst = new Float64Array(n);
+    this.l2Tokens = new Float64Array(n);
     this.l2Refilled = new Float64Array(n);
+    for (let i = 0; i < n; i++) this.resetBucket(i);
     this.policy = compiled;
-    this.decider = new PolicyDecider(compiled, specs.map((s) => (s.workload === null ? '' : s.name)));
+    this.decider = new PolicyDecider(compiled, this.names.map((name, i) => (this.isVnic[i] === 1 ? name : '')));
     this.ct = new Conntrack(table, this.decider, { ...opts, uplinkPort: this.uplink });
     this.applyAddresses(compiled);
   }
 
+  private resetBucket(i: number): void {
+    const factor = i === this.uplink ? UPLINK_RESOLUTION_FACTOR : 1;
+    this.l2Rate[i] = this.rate * factor;
+    this.l2Burst[i] = this.burst * factor;
+    this.l2Tokens[i] = this.l2Burst[i];
+    this.l2Refilled[i] = 0;
+  }
+
+  /** A vNIC port in slot i (control path); takes effect for addresses and policy at the next setPolicy. */
+  setPort(i: number, name: string): void {
+    if (i >= this.capacity) throw new RangeError(`port slot ${i} is beyond the switch's ${this.capacity}`);
+    this.names[i] = name;
+    this.isVnic[i] = 1;
+    this.up[i] = 1;
+    this.resetBucket(i);
+    if (i >= this.portCount) this.portCount = i + 1;
+  }
+
+  /** Slot i holds no port any more (its vNIC moved away or was deleted). */
+  clearPort(i: number): void {
+    this.names[i] = '';
+    this.isVnic[i] = 0;
+    this.up[i] = 0;
+  }
+
   /** Swap in a new compiled policy (control path): ports, addresses and decider in one step; cached verdicts become stale. */
   setPolicy(compiled: CompiledPolicy): void {
-    this.decider.setPolicy(compiled);
+    this.decider.setPolicy(compiled, this.names.map((name, i) => (this.isVnic[i] === 1 ? name : '')));
     this.policy = compiled;
     this.applyAddresses(compiled);
     ctPolicyChanged(this.ct);

@@ -477,3 +477,19 @@ export function flowSweep(t: FlowTable, now: number, budget: number, visit: ((en
 
 /** Names of the FC counters, by number, as metrics label them. */
 export const FLOW_COUNTER_NAMES: readonly string[] = ['inserts', 'removes', 'expired', 'evicted_closed', 'evicted_half_open', 'evicted_idle', 'refused_full', 'refused_quota', 'refused_probe'];
+
+/** Forget every connection with an end at `port` (its vNIC was detached); control path. Returns how many. */
+export function flowRemovePort(t: FlowTable, port: number): number {
+  const e = t.entries;
+  let removed = 0;
+  for (let ent = 0; ent < t.capacity; ent++) {
+    const o = ent * ENTRY_WORDS;
+    if (e[o + F.meta] < 0) continue;
+    const nics = e[o + F.nics];
+    if ((nics & 0xffff) === port || (nics >>> 16) === port) {
+      flowRemove(t, ent);
+      removed++;
+    }
+  }
+  return removed;
+}

@@ -20,12 +20,14 @@ export function metricsRegistry(dp: Dataplane, controller: Controller | null = n
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const portLabels = (i: number) => ({ port: dp.ports[i].io.name, workload: dp.workloadOf(i) ?? 'uplink' });
+  // Ports whose vNIC left this host are not reported (their series end; a slot reused starts from zero).
+  const live = (each: (i: number) => void) => dp.ports.forEach((p, i) => { if (!p.retired) each(i); });
 
   const portCounter = (name: string, help: string, pc: PC) => new Counter({
     name, help, labelNames: ['port', 'workload'], registers: [registry],
     collect() {
       this.reset();
-      dp.ports.forEach((_, i) => this.inc(portLabels(i), dp.portCounters[i * PC_COUNT + pc]));
+      live((i) => this.inc(portLabels(i), dp.portCounters[i * PC_COUNT + pc]));
     },
   });
   portCounter('tapwall_port_received_packets_total', 'Frames received on the port.', PC.rxPackets);
@@ -43,14 +45,14 @@ export function metricsRegistry(dp: Dataplane, controller: Controller | null = n
     labelNames: ['port', 'workload', 'outcome'], registers: [registry],
     collect() {
       this.reset();
-      dp.ports.forEach((_, i) => {
+      live((i) => {
         for (let o = 0; o < OUTCOME_COUNT; o++) this.inc({ ...portLabels(i), outcome: OUTCOME_NAMES[o] }, dp.outcomes[i * OUTCOME_COUNT + o]);
       });
     },
   });
   new Gauge({
     name: 'tapwall_port_up', help: '1 while the port is open and readable, 0 once it failed.', labelNames: ['port', 'workload'], registers: [registry],
-    collect() { dp.ports.forEach((p, i) => this.set(portLabels(i), p.up ? 1 : 0)); },
+    collect() { live((i) => this.set(portLabels(i), dp.ports[i].up ? 1 : 0)); },
   });
   new Gauge({
     name: 'tapwall_flow_entries', help: 'Connections in the flow table.', registers: [registry],
@@ -62,7 +64,7 @@ export function metricsRegistry(dp: Dataplane, controller: Controller | null = n
   });
   new Gauge({
     name: 'tapwall_flow_port_entries', help: 'Connections charged to the port (against its quota).', labelNames: ['port', 'workload'], registers: [registry],
-    collect() { dp.ports.forEach((_, i) => this.set(portLabels(i), dp.table.ownerCount[i])); },
+    collect() { live((i) => this.set(portLabels(i), dp.table.ownerCount[i])); },
   });
   new Gauge({
     name: 'tapwall_flow_port_quota', help: 'Most connections one port may hold.', registers: [registry],
