@@ -20,6 +20,16 @@ if ! command -v prometheus >/dev/null 2>&1; then
     || echo "test: could not install prometheus; its test will fail"
 fi
 
+# etcd for the cluster tests (Debian's etcd-server; the tests start their own members on loopback
+# ports with their own data folders and stop them; nothing here starts it as a service).
+if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; then
+  echo "test: installing Debian's etcd-server and etcd-client"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null; } \
+    || echo "test: could not install etcd; the cluster tests will fail"
+fi
+
 # QEMU, busybox-static and Debian's cloud kernel for test/qemu-guests.test.ts.
 ./scripts/guest-assets.sh || echo "test: could not prepare the QEMU guests; their test will fail"
 

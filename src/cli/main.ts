@@ -127,7 +127,13 @@ program
 program
   .command('run')
   .description('Run the data plane: a stateful firewall on every workload vNIC of the policy, switching frames between them. SIGHUP reloads the policy, SIGTERM stops, SIGUSR2 prints counters.')
-  .requiredOption('--config <file>', 'policy file (YAML or JSON)')
+  .option('--config <file>', 'policy file (YAML or JSON): the single-host store')
+  .option('--store <url>', 'etcd://HOST:PORT[,HOST:PORT...]: one policy for many hosts, from etcd (needs --host)')
+  .option('--host <name>', "this hypervisor's name: it serves the workloads whose host is this")
+  .option('--etcd-prefix <prefix>', 'key prefix in etcd', '/tapwall')
+  .option('--etcd-ca <file>', 'CA certificate for etcd over TLS')
+  .option('--etcd-cert <file>', 'client certificate for etcd')
+  .option('--etcd-key <file>', 'client key for etcd')
   .addOption(new Option('--mode <mode>', 'how to reach the vNICs: open TAP devices, attach to existing interfaces with AF_PACKET, or through libpcap').choices(['tap', 'attach', 'pcap']).default('tap'))
   .option('--uplink <ifname>', 'an interface towards everything outside the workloads (attached with AF_PACKET)')
   .option('--loose', 'let out-of-state packets through and pick up connections mid-stream')
@@ -148,10 +154,12 @@ program
   .option('--flow-log-stdout', 'write flow log lines to stdout')
   .option('--flow-log-rate <n>', 'most flow log lines per vNIC per second (twice that in a burst)', (v) => Number(v), 100)
   .action(guarded(async (opts: {
-    config: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; statsEvery: number;
+    config?: string; store?: string; host?: string; etcdPrefix?: string; etcdCa?: string; etcdCert?: string; etcdKey?: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; statsEvery: number;
     tapPersist?: boolean; tapOwner?: number; offload?: boolean; metrics?: string | false; stateDir: string; apiSocket: string | false;
     apiListen?: string; apiTokenFile?: string; flowLog?: string; flowLogStdout?: boolean; flowLogRate: number;
   }) => {
+    if (!opts.config && !opts.store) throw Object.assign(new Error('tapwall run needs --config FILE (one host) or --store etcd://... --host NAME (a cluster)'), { code: 'EUSAGE' });
+    if (opts.config && opts.store) throw Object.assign(new Error('--config and --store exclude each other: load a file into etcd with tapwall policy apply FILE --store ...'), { code: 'EUSAGE' });
     const { runDaemon } = await import('./run.js');
     await runDaemon({
       ...opts, metrics: opts.metrics === false ? undefined : opts.metrics, apiSocket: opts.apiSocket === false ? null : opts.apiSocket, version: version(),
@@ -326,7 +334,18 @@ function apiOptions(cmd: Command): Command {
     .option('--token-file <file>', 'the bearer token for --api');
 }
 const apiTarget = (o: { apiSocket: string; api?: string; tokenFile?: string }): ApiTarget => ({ socket: o.apiSocket, url: o.api, tokenFile: o.tokenFile });
-type ApiOpts = { apiSocket: string; api?: string; tokenFile?: string; json?: boolean };
+type ApiOpts = { apiSocket: string; api?: string; tokenFile?: string; json?: boolean; store?: string; etcdPrefix?: string; etcdCa?: string; etcdCert?: string; etcdKey?: string };
+
+// The commands that can also talk to the cluster store itself, from any machine.
+function storeOptions(cmd: Command): Command {
+  return cmd
+    .option('--store <url>', 'etcd://HOST:PORT[,...]: the cluster store itself instead of a daemon')
+    .option('--etcd-prefix <prefix>', 'key prefix in etcd', '/tapwall')
+    .option('--etcd-ca <file>', 'CA certificate for etcd over TLS')
+    .option('--etcd-cert <file>', 'client certificate for etcd')
+    .option('--etcd-key <file>', 'client key for etcd');
+}
+const storeCli = (o: ApiOpts) => ({ store: o.store!, etcdPrefix: o.etcdPrefix, etcdCa: o.etcdCa, etcdCert: o.etcdCert, etcdKey: o.etcdKey });
 const printJson = (v: unknown) => process.stdout.write(`${JSON.stringify(v, null, 2)}\n`);
 
 apiOptions(program
@@ -338,7 +357,7 @@ apiOptions(program
     if (opts.json) printJson(r.body); else process.stdout.write(`${formatStatus(r.body)}\n`);
   }));
 
-apiOptions(program
+storeOptions(apiOptions(program
   .command('tag')
   .description("Add or remove run-time tags on a workload: the policy follows at once (e.g. tapwall tag web-1 +quarantine --reason 'malware found' --ttl 1h). To remove, write -TAG after --, or ~TAG.")
   .argument('<workload>', 'the workload')
@@ -346,9 +365,17 @@ apiOptions(program
   .requiredOption('--reason <text>', 'why (goes to the audit log)')
   .option('--ttl <duration>', 'remove the added tags after this long: 90s, 15m, 1h, 2d')
   .option('--by <name>', 'who asks (goes to the audit log)')
-  .option('--json', 'print the API answer as JSON'))
+  .option('--json', 'print the API answer as JSON')))
   .action(guarded(async (workload: string, changes: string[], opts: ApiOpts & { reason: string; ttl?: string; by?: string }) => {
     const body = { ...parseTagChanges(changes), reason: opts.reason, ttl: opts.ttl, by: opts.by };
+    if (opts.store) {
+      const { clusterTag } = await import('./cluster.js');
+      const { parseTtl } = await import('../control/api.js');
+      const ttlSeconds = opts.ttl === undefined ? null : parseTtl(opts.ttl);
+      if (opts.ttl !== undefined && ttlSeconds === null) throw Object.assign(new Error(`--ttl: expected a duration like 90s, 15m, 1h or 2d (up to 366d), found '${opts.ttl}'`), { code: 'EUSAGE' });
+      process.stdout.write(`${await clusterTag(storeCli(opts), workload, { add: body.add, remove: body.remove, reason: opts.reason, ttlSeconds, by: opts.by ?? `cli (${process.env.USER ?? 'unknown'})` })}\n`);
+      return;
+    }
     const r = await apiCall<{ tags: string[]; apply: { generation: number; compileMs: number; swapMs: number } }>(apiTarget(opts), 'POST', `/v1/workloads/${encodeURIComponent(workload)}/tags`, body);
     if (opts.json) printJson(r.body);
     else process.stdout.write(`${workload}: tags now ${r.body.tags.join(', ') || '(none)'}; policy generation ${r.body.apply.generation} in force (compiled in ${r.body.apply.compileMs.toFixed(1)} ms)\n`);
@@ -380,22 +407,34 @@ apiOptions(program
   }));
 
 const policyCmd = program.command('policy').description("Read or replace the running daemon's policy.");
-apiOptions(policyCmd
+storeOptions(apiOptions(policyCmd
   .command('get')
-  .description('Print the policy in force (its revision goes to stderr).'))
+  .description('Print the policy in force (its revision goes to stderr).')))
   .action(guarded(async (opts: ApiOpts) => {
+    if (opts.store) {
+      const { clusterGet } = await import('./cluster.js');
+      const r = await clusterGet(storeCli(opts));
+      process.stderr.write(`revision ${r.revision}\n`);
+      process.stdout.write(r.text);
+      return;
+    }
     const r = await apiCall<{ revision: number; text: string }>(apiTarget(opts), 'GET', '/v1/policy');
     process.stderr.write(`revision ${r.body.revision}\n`);
     process.stdout.write(r.body.text);
   }));
-apiOptions(policyCmd
+storeOptions(apiOptions(policyCmd
   .command('apply')
   .description('Validate, compile and swap in a new policy without dropping established connections that it still allows. Refused if the policy changed since --if-revision (default: the revision read just before).')
   .argument('<file>', 'policy file (YAML or JSON)')
   .option('--if-revision <n>', 'apply only if the running policy is still at this revision')
   .option('--by <name>', 'who applies it (goes to the audit log)')
-  .option('--json', 'print the API answer as JSON'))
+  .option('--json', 'print the API answer as JSON')))
   .action(guarded(async (file: string, opts: ApiOpts & { ifRevision?: string; by?: string }) => {
+    if (opts.store) {
+      const { clusterApply } = await import('./cluster.js');
+      process.stdout.write(`${await clusterApply(storeCli(opts), file, opts.ifRevision)}\n`);
+      return;
+    }
     const text = readFileSync(file, 'utf8');
     const target = apiTarget(opts);
     const rev = opts.ifRevision ?? String((await apiCall<{ revision: number }>(target, 'GET', '/v1/policy')).body.revision);
@@ -404,6 +443,17 @@ apiOptions(policyCmd
     const r = await apiCall<{ revision: number; generation: number; compileMs: number; reused: number; rules: number }>(target, 'PUT', '/v1/policy', text, headers);
     if (opts.json) { printJson(r.body); return; }
     process.stdout.write(`applied: revision ${r.body.revision}, generation ${r.body.generation}, ${r.body.rules} rules, compiled in ${r.body.compileMs.toFixed(1)} ms (${r.body.reused} section tables reused); 'tapwall check' lists shadowed rules\n`);
+  }));
+
+storeOptions(program
+  .command('hosts')
+  .description('The hosts of a cluster: each one alive or not (its lease in etcd), its vNICs, the policy revision it enforces and how far behind it is.')
+  .option('--json', 'print as JSON'))
+  .action(guarded(async (opts: ApiOpts) => {
+    if (!opts.store) throw Object.assign(new Error('tapwall hosts needs --store etcd://...'), { code: 'EUSAGE' });
+    const { clusterHosts, formatHosts } = await import('./cluster.js');
+    const r = await clusterHosts(storeCli(opts));
+    if (opts.json) printJson(r); else process.stdout.write(`${formatHosts(r)}\n`);
   }));
 
 program.parseAsync(process.argv).catch(fail);

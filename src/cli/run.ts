@@ -14,7 +14,9 @@ import { dirname, join } from 'node:path';
 import { policyLoad } from '../policy/load.js';
 import { policyCompile } from '../policy/compile.js';
 import { PolicyError, formatProblem } from '../policy/errors.js';
-import { FileStore } from '../control/store.js';
+import { FileStore, type PolicyStore } from '../control/store.js';
+import { EtcdStore } from '../control/etcdStore.js';
+import type { Policy } from '../policy/model.js';
 import { ControlError, Controller } from '../control/controller.js';
 import { ApiServer } from '../control/api.js';
 import { FlowLogWriter } from '../control/flowLogWriter.js';
@@ -24,7 +26,16 @@ import type { PortMode } from '../io/ports.js';
 import { metricsRegistry, metricsServe } from '../metrics/metrics.js';
 
 export interface RunOptions {
-  config: string;
+  /** The policy file (the single-host store); unset with `store`. */
+  config?: string;
+  /** etcd://HOST:PORT[,...]: the cluster store (needs `host`). */
+  store?: string;
+  /** This hypervisor's name in the cluster: its workloads are the ones whose `host` it is. */
+  host?: string;
+  etcdPrefix?: string;
+  etcdCa?: string;
+  etcdCert?: string;
+  etcdKey?: string;
   mode: PortMode;
   uplink?: string;
   loose?: boolean;
@@ -50,15 +61,37 @@ export interface RunOptions {
   version: string;
 }
 
+/** No workloads, no rules: what the data plane holds until the store's policy is applied. */
+const EMPTY_POLICY: Policy = { source: '(starting)', default: 'drop', spoofguard: true, workloads: new Map(), groups: new Map(), services: new Map(), sections: [] };
+
 export async function runDaemon(opts: RunOptions): Promise<void> {
   const log = pino({ name: 'tapwall' }, pino.destination(2));
-  const { policy, warnings } = policyLoad(opts.config, { shadows: false });
-  for (const w of warnings) log.warn({ problem: w }, formatProblem(w));
-  const compiled = policyCompile(policy);
-  const specs: PortSpec[] = [...policy.workloads.values()].map((w) => ({ name: w.nic, mode: opts.mode, workload: w.name }));
-  if (opts.uplink) specs.push({ name: opts.uplink, mode: opts.mode === 'pcap' ? 'pcap' : 'attach', workload: null });
+  mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
+  // The store holds the policy and the dynamic tags: the --config file, or etcd shared by many hosts.
+  let store: PolicyStore;
+  let etcd: EtcdStore | null = null;
+  if (opts.store) {
+    if (!opts.host) throw Object.assign(new Error('--store etcd://... needs --host NAME: the hypervisor whose workloads this daemon serves'), { code: 'EHOST' });
+    etcd = new EtcdStore({ url: opts.store, prefix: opts.etcdPrefix, ca: opts.etcdCa, cert: opts.etcdCert, key: opts.etcdKey });
+    etcd.onConnection = (up, why) => (up ? log.info({ why }, 'store connected') : log.warn({ why }, 'store unreachable: the last policy stays in force'));
+    try {
+      await etcd.open();
+    } catch (e) {
+      etcd.close();
+      throw Object.assign(new Error(`cannot read the policy from ${opts.store}: ${(e as Error).message}`), { code: 'ESTORE' });
+    }
+    store = etcd;
+  } else {
+    if (!opts.config) throw Object.assign(new Error('tapwall run needs --config FILE or --store etcd://...'), { code: 'ECONFIG' });
+    const { warnings } = policyLoad(opts.config, { shadows: false });
+    for (const w of warnings) log.warn({ problem: w }, formatProblem(w));
+    store = new FileStore(opts.config, join(opts.stateDir, 'tags.json'));
+  }
+  // The data plane starts with the uplink only; the controller's first apply opens the vNICs the policy gives this host.
+  const specs: PortSpec[] = opts.uplink ? [{ name: opts.uplink, mode: opts.mode === 'pcap' ? 'pcap' : 'attach', workload: null }] : [];
   const errorsLogged = new Map<string, number>();
-  const dp = new Dataplane(compiled, specs, {
+  const dp = new Dataplane(policyCompile(EMPTY_POLICY), specs, {
+    vnicMode: opts.mode,
     loose: opts.loose,
     flowCapacity: opts.flowCapacity,
     perPortQuota: opts.quota,
@@ -73,23 +106,31 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
     },
     onInfo: (port, message) => log.info({ port }, message),
   });
-  // The store holds the policy text and the dynamic tags; the controller applies them (the same policy as above, plus tags).
-  mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
-  const store = new FileStore(opts.config, join(opts.stateDir, 'tags.json'));
-  const controller = new Controller(store, dp, { log, auditPath: join(opts.stateDir, 'audit.jsonl') });
+  const controller = new Controller(store, dp, {
+    log, auditPath: join(opts.stateDir, 'audit.jsonl'), host: opts.host ?? null,
+    onApplied: (rec, vnics) => etcd?.updateHost({ enforcing: rec.revision, generation: rec.generation, vnics, appliedAt: rec.at }),
+  });
+  if (etcd) controller.storeName = 'etcd';
   try {
     await controller.start();
   } catch (e) {
     dp.stop();
+    store.close();
     if (e instanceof ControlError) throw new PolicyError(e.problems);
     throw e;
+  }
+  if (etcd) {
+    await etcd.registerHost(opts.host!, {
+      vnics: dp.nics, enforcing: controller.revision.policy, generation: controller.generation,
+      since: new Date().toISOString(), pid: process.pid, version: opts.version,
+    });
   }
   let api: ApiServer | null = null;
   if (opts.apiSocket || opts.apiListen) {
     if (opts.apiSocket) mkdirSync(dirname(opts.apiSocket), { recursive: true, mode: 0o755 });
     const token = opts.apiTokenFile ? readFileSync(opts.apiTokenFile, 'utf8').trim() : null;
     if (opts.apiTokenFile && (!token || token.length < 16)) throw Object.assign(new Error(`${opts.apiTokenFile}: the API token must be at least 16 characters`), { code: 'EAPITOKEN' });
-    api = new ApiServer(controller, dp, { version: opts.version, socketPath: opts.apiSocket, listen: opts.apiListen ?? null, token });
+    api = new ApiServer(controller, dp, { version: opts.version, socketPath: opts.apiSocket, listen: opts.apiListen ?? null, token, store: etcd, host: opts.host ?? null });
     await api.start();
   }
   const flowLog = dp.ct.flowLog ? new FlowLogWriter(dp, dp.ct.flowLog, opts.flowLog ?? null, opts.flowLogStdout ?? false) : null;
@@ -100,14 +141,14 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
     const m = /^(.*):(\d+)$/.exec(opts.metrics);
     if (!m) throw Object.assign(new Error(`--metrics: expected HOST:PORT, like 127.0.0.1:9810, found '${opts.metrics}'`), { code: 'EMETRICS' });
     const host = m[1].replace(/^\[|\]$/g, '');
-    const { port } = await metricsServe(metricsRegistry(dp, controller), host, Number(m[2]));
+    const { port } = await metricsServe(metricsRegistry(dp, controller, etcd), host, Number(m[2]));
     metricsUrl = `http://${host.includes(':') ? `[${host}]` : host}:${port}/metrics`;
   }
   const ports = dp.ports.map((p) => ({ name: p.io.name, mode: p.io.mode, workload: dp.workloadOf(p.index) }));
   const apiAddr = api ? api.addresses : null;
-  log.info({ ports, rules: compiled.stats.rules, metrics: metricsUrl, api: apiAddr }, 'tapwall running');
+  log.info({ ports, rules: controller.policy.stats.rules, metrics: metricsUrl, api: apiAddr, host: opts.host ?? null }, 'tapwall running');
   // One machine-readable line on stdout for supervisors and tests.
-  process.stdout.write(`${JSON.stringify({ ready: true, pid: process.pid, ports, metrics: metricsUrl, api: apiAddr })}\n`);
+  process.stdout.write(`${JSON.stringify({ ready: true, pid: process.pid, ports, metrics: metricsUrl, api: apiAddr, host: opts.host ?? null, revision: controller.revision.policy })}\n`);
 
   // Garbage collections since start: the per-packet path allocates nothing, and this shows it.
   let gcCount = 0;

@@ -29,6 +29,7 @@ import { CT_NAMES } from '../flow/flowTable.js';
 import { ControlError, type Controller } from './controller.js';
 import { flowList, portCounts, ruleList } from './views.js';
 import { parsePacketSpec, policyTrace, TraceSpecError } from './trace.js';
+import type { EtcdStore } from './etcdStore.js';
 
 export const REQUEST_LIMIT = 1 << 20;
 const REQUEST_SOURCE = '(request)';
@@ -41,6 +42,10 @@ export interface ApiOptions {
   listen: string | null;
   /** Bearer token for TCP (required when listen is set). */
   token: string | null;
+  /** The cluster store, when the policy lives in etcd (status reports its health). */
+  store?: EtcdStore | null;
+  /** This host's name in the cluster. */
+  host?: string | null;
 }
 
 function problem(code: string, path: string, message: string, line = 1, column = 1): PolicyProblem {
@@ -288,6 +293,11 @@ export class ApiServer {
       lastApply: c.lastApply,
       applyFailures: c.applyFailures,
       lastError: c.lastError,
+      host: this.opts.host ?? null,
+      store: this.opts.store
+        ? { kind: 'etcd', url: this.opts.store.opts.url, connected: this.opts.store.connected, syncedAt: this.opts.store.syncedAt === null ? null : new Date(this.opts.store.syncedAt).toISOString(),
+          watchRestarts: this.opts.store.watchRestarts, compactions: this.opts.store.compactions, lastError: this.opts.store.lastError }
+        : { kind: 'file', connected: true },
       flows: { live: this.dp.table.live, capacity: this.dp.table.capacity },
       ports: this.dp.ports.filter((p) => !p.retired).map((p) => {
         const c = portCounts(this.dp, p.index);

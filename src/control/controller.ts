@@ -21,7 +21,7 @@
  */
 import { appendFileSync } from 'node:fs';
 import type { Logger } from 'pino';
-import { policyParse, NAME_RE } from '../policy/load.js';
+import { policyFromData, policyParse, NAME_RE } from '../policy/load.js';
 import { policyCompile, type CompiledPolicy } from '../policy/compile.js';
 import type { PolicyProblem } from '../policy/errors.js';
 import type { Policy, Workload } from '../policy/model.js';
@@ -85,17 +85,26 @@ export class Controller {
   private ttlTimer: NodeJS.Timeout | null = null;
   private unwatch: (() => void) | null = null;
   readonly started = Date.now();
+  /** Who changes from the store are attributed to in the audit log. */
+  storeName = 'file';
 
   constructor(
     private readonly store: PolicyStore,
     private readonly target: PolicyTarget,
-    private readonly opts: { log?: Logger; auditPath?: string | null } = {},
+    private readonly opts: {
+      log?: Logger;
+      auditPath?: string | null;
+      /** This host's name: only workloads whose `host` is it get vNICs here (null: every workload). */
+      host?: string | null;
+      /** Called after every successful apply (a cluster store reports what this host enforces). */
+      onApplied?: (rec: ApplyRecord, vnics: string[]) => void;
+    } = {},
   ) {}
 
   /** Load what the store holds and apply it; throws ControlError when the stored policy is invalid. */
   async start(): Promise<void> {
     const state = await this.store.read();
-    const policy = this.validate(state.policy.text, state.policy.source);
+    const policy = this.validate(state.policy.text, state.policy.source, state.policy);
     this.tags = this.pruneTags(state.tags.value, policy);
     this.tagsRevision = state.tags.revision;
     this.install(policy, state.policy.text, state.policy.revision, 'start');
@@ -113,10 +122,22 @@ export class Controller {
   get policyText(): string { return this.documentText; }
   get dynamicTags(): TagMap { return this.tags; }
 
-  private validate(text: string, source: string): Policy {
-    const { policy, problems } = policyParse(text, source, { shadows: false });
-    if (!policy) throw new ControlError(400, 'invalid-policy', `the policy is invalid (${problems.filter((p) => p.severity === 'error').length} errors)`, problems.filter((p) => p.severity === 'error'));
-    return policy;
+  /**
+   * Validate a policy text (or, from a store that assembles it from keys, its
+   * data: then every problem names the key it sits in, and a key that could
+   * not be read at all refuses the whole change).
+   */
+  private validate(text: string, source: string, from?: StoreState['policy']): Policy {
+    const parsed = from?.data !== undefined ? policyFromData(from.data as never, source) : policyParse(text, source, { shadows: false });
+    let problems = parsed.problems.filter((p) => p.severity === 'error');
+    if (from?.keyOfPath) {
+      const keyOf = from.keyOfPath;
+      problems = problems.map((p) => ({ ...p, file: keyOf(p.path) ?? p.file }));
+    }
+    const keyProblems = (from?.keyProblems ?? []).map((k) => ({ severity: 'error' as const, code: 'bad-key', file: k.key, line: 1, column: 1, path: '(key)', message: k.message }));
+    problems = [...keyProblems, ...problems];
+    if (!parsed.policy || problems.length > 0) throw new ControlError(400, 'invalid-policy', `the policy is invalid (${problems.length} errors)`, problems);
+    return parsed.policy;
   }
 
   /** Drop dynamic tags of workloads the policy no longer has, and expired ones. */
@@ -141,10 +162,24 @@ export class Controller {
     return { ...policy, workloads };
   }
 
+  /** This host's workloads in a policy (all of them when no host is set). */
+  localWorkloads(policy: Policy): Set<string> | null {
+    const host = this.opts.host ?? null;
+    if (host === null) return null;
+    const out = new Set<string>();
+    for (const w of policy.workloads.values()) if (w.host === host) out.add(w.name);
+    return out;
+  }
+
+  /** The effective policy compiled for this host's vNICs, groups resolved over every workload. */
+  private compile(policy: Policy, tags: TagMap): CompiledPolicy {
+    return policyCompile(this.effective(policy, tags), this.compiled ?? null, { workloads: this.localWorkloads(policy) });
+  }
+
   /** Compile and swap; the data plane sees the old policy or the new one, nothing between. */
   private install(policy: Policy, text: string, revision: number, source: string, precompiled?: { compiled: CompiledPolicy; compileMs: number }): ApplyRecord {
     const t0 = performance.now();
-    const compiled = precompiled?.compiled ?? policyCompile(this.effective(policy, this.tags), this.compiled ?? null);
+    const compiled = precompiled?.compiled ?? this.compile(policy, this.tags);
     const t1 = performance.now();
     const compileMs = precompiled?.compileMs ?? t1 - t0;
     this.target.setPolicy(compiled);
@@ -160,6 +195,7 @@ export class Controller {
       reused: compiled.stats.reused, rules: compiled.stats.rules, at: new Date().toISOString(),
     };
     this.opts.log?.info({ source, ...this.lastApply }, 'policy applied');
+    this.opts.onApplied?.(this.lastApply, [...compiled.points.keys()]);
     return this.lastApply;
   }
 
@@ -184,7 +220,7 @@ export class Controller {
     if (this.writing) return;
     if (key === 'policy') {
       if (state.policy.revision === this.documentRevision || state.policy.text === this.rejectedText) return;
-      this.applyText(state.policy.text, state.policy.revision, state.policy.source, 'file');
+      this.applyText(state.policy.text, state.policy.revision, state.policy.source, this.storeName, state.policy);
     } else if (state.tags.revision !== this.tagsRevision) {
       this.tags = this.pruneTags(state.tags.value, this.document);
       this.tagsRevision = state.tags.revision;
@@ -194,9 +230,9 @@ export class Controller {
   }
 
   /** Validate and apply a policy text the store now holds; false (recorded) when it is refused. */
-  private applyText(text: string, revision: number, source: string, by: string): boolean {
+  private applyText(text: string, revision: number, source: string, by: string, from?: StoreState['policy']): boolean {
     try {
-      const policy = this.validate(text, source);
+      const policy = this.validate(text, source, from);
       this.tags = this.pruneTags(this.tags, policy);
       const rec = this.install(policy, text, revision, by);
       this.rejectedText = null;
@@ -217,7 +253,7 @@ export class Controller {
     await this.store.refresh();
     const state = await this.store.read();
     if (state.policy.text === this.documentText) return true;
-    return this.applyText(state.policy.text, state.policy.revision, state.policy.source, 'reload');
+    return this.applyText(state.policy.text, state.policy.revision, state.policy.source, 'reload', state.policy);
   }
 
   /** PUT /v1/policy: validate and compile first, then compare-and-set in the store, then swap. */
@@ -229,7 +265,7 @@ export class Controller {
     const tagsBefore = this.tags;
     const tags = this.pruneTags(tagsBefore, policy);
     const t0 = performance.now();
-    const compiled = policyCompile(this.effective(policy, tags), this.compiled);
+    const compiled = this.compile(policy, tags);
     const compileMs = performance.now() - t0;
     const cas = await this.own(() => this.store.putPolicy(text, expectRevision));
     if (!cas.ok) throw new ControlError(412, 'stale-revision', `the policy changed since revision ${expectRevision}: it is now at ${cas.revision}; read it again and reapply`);
@@ -246,24 +282,8 @@ export class Controller {
 
   /** POST /v1/workloads/{name}/tags. */
   async changeTags(workload: string, change: TagChange): Promise<{ workload: string; tags: string[]; dynamic: DynamicTag[]; revision: number; apply: ApplyRecord }> {
-    const w = this.document.workloads.get(workload);
-    if (!w) throw new ControlError(404, 'unknown-workload', `no workload named '${workload}' in the running policy`);
+    const { next, expiresAt } = tagsAfterChange(this.document, this.tags, workload, change, Date.now());
     const add = change.add ?? [], remove = change.remove ?? [];
-    for (const t of [...add, ...remove]) {
-      if (!NAME_RE.test(t)) throw new ControlError(400, 'bad-tag', `'${t}' is not a valid tag (letters, digits, _ . : -)`);
-    }
-    for (const t of remove) {
-      if (w.tags.includes(t) && !(this.tags[workload] ?? []).some((d) => d.tag === t)) {
-        throw new ControlError(409, 'static-tag', `'${t}' is a tag of ${workload} in the policy document; change the document to remove it`);
-      }
-    }
-    const now = Date.now();
-    const next = structuredClone(this.tags);
-    let list = (next[workload] ?? []).filter((d) => !remove.includes(d.tag) && !add.includes(d.tag));
-    const expiresAt = change.ttlSeconds ? now + change.ttlSeconds * 1000 : null;
-    for (const tag of add) list.push({ tag, reason: change.reason, by: change.by, added: new Date(now).toISOString(), expiresAt });
-    list = list.filter((d) => d.expiresAt === null || d.expiresAt > now);
-    if (list.length > 0) next[workload] = list; else delete next[workload];
     const expect = change.expectRevision === undefined || change.expectRevision === null ? this.tagsRevision : change.expectRevision;
     const cas = await this.own(() => this.store.putTags(next, expect));
     if (!cas.ok) throw new ControlError(412, 'stale-revision', `the tags changed since revision ${expect}: they are now at ${cas.revision}; read them again and retry`);
@@ -326,6 +346,31 @@ export class Controller {
     for (const [workload, t] of expired) this.audit({ action: 'tag.expired', by: 'ttl', workload, tag: t.tag, reason: t.reason, addedBy: t.by, revision: cas.revision });
     this.scheduleExpiry();
   }
+}
+
+/**
+ * The dynamic tags after a change (validated against the document): the
+ * controller and `tapwall tag --store` both go through it. Throws ControlError.
+ */
+export function tagsAfterChange(document: Policy, tags: TagMap, workload: string, change: TagChange, now: number): { next: TagMap; expiresAt: number | null } {
+  const w = document.workloads.get(workload);
+  if (!w) throw new ControlError(404, 'unknown-workload', `no workload named '${workload}' in the running policy`);
+  const add = change.add ?? [], remove = change.remove ?? [];
+  for (const t of [...add, ...remove]) {
+    if (!NAME_RE.test(t)) throw new ControlError(400, 'bad-tag', `'${t}' is not a valid tag (letters, digits, _ . : -)`);
+  }
+  for (const t of remove) {
+    if (w.tags.includes(t) && !(tags[workload] ?? []).some((d) => d.tag === t)) {
+      throw new ControlError(409, 'static-tag', `'${t}' is a tag of ${workload} in the policy document; change the document to remove it`);
+    }
+  }
+  const next = structuredClone(tags);
+  let list = (next[workload] ?? []).filter((d) => !remove.includes(d.tag) && !add.includes(d.tag));
+  const expiresAt = change.ttlSeconds ? now + change.ttlSeconds * 1000 : null;
+  for (const tag of add) list.push({ tag, reason: change.reason, by: change.by, added: new Date(now).toISOString(), expiresAt });
+  list = list.filter((d) => d.expiresAt === null || d.expiresAt > now);
+  if (list.length > 0) next[workload] = list; else delete next[workload];
+  return { next, expiresAt };
 }
 
 function round(ms: number): number {

@@ -38,7 +38,17 @@ export type TagMap = Record<string, DynamicTag[]>;
 
 export interface StoreState {
   revision: number;
-  policy: { text: string; source: string; revision: number };
+  policy: {
+    text: string;
+    source: string;
+    revision: number;
+    /** The document already parsed (a store that assembles it from keys): validated as it is, the text is for reading. */
+    data?: unknown;
+    /** Keys the store could not turn into any part of the document (bad JSON, unknown keys): refused like a bad document. */
+    keyProblems?: Array<{ key: string; message: string }>;
+    /** The store key a document path (like `sections[0].rules[2].to`) was read from, for messages. */
+    keyOfPath?: (path: string) => string | null;
+  };
   tags: { value: TagMap; revision: number };
 }
 

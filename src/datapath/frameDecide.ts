@@ -207,8 +207,12 @@ export class Switch {
 
   private applyAddresses(compiled: CompiledPolicy): void {
     this.spoofguard = compiled.policy.spoofguard;
+    // The workloads this switch serves: those the compiled policy has points for (this host's), by vNIC.
     const byNic = new Map<string, Workload>();
-    for (const w of compiled.policy.workloads.values()) byNic.set(w.nic, w);
+    for (const [nic, pt] of compiled.points) {
+      const w = compiled.policy.workloads.get(pt.egress.workload);
+      if (w) byNic.set(nic, w);
+    }
     const n = this.portCount;
     let macSlots = 16;
     while (macSlots < n * 4) macSlots *= 2;

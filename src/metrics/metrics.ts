@@ -16,7 +16,15 @@ import { RS, RS_COUNT } from '../flow/conntrack.js';
 import type { Controller } from '../control/controller.js';
 import { promHistogram } from './histogram.js';
 
-export function metricsRegistry(dp: Dataplane, controller: Controller | null = null): Registry {
+/** What the metrics read of a cluster store (control/etcdStore.ts). */
+export interface StoreHealth {
+  connected: boolean;
+  syncedAt: number | null;
+  watchRestarts: number;
+  compactions: number;
+}
+
+export function metricsRegistry(dp: Dataplane, controller: Controller | null = null, store: StoreHealth | null = null): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const portLabels = (i: number) => ({ port: dp.ports[i].io.name, workload: dp.workloadOf(i) ?? 'uplink' });
@@ -121,6 +129,28 @@ export function metricsRegistry(dp: Dataplane, controller: Controller | null = n
     new Gauge({
       name: 'tapwall_policy_compile_seconds', help: 'How long the last applied policy took to compile.', registers: [registry],
       collect() { this.set((controller.lastApply?.compileMs ?? 0) / 1000); },
+    });
+    new Gauge({
+      name: 'tapwall_store_revision', help: 'Store revision of the policy in force (etcd: its mod revision; a file: a counter).', registers: [registry],
+      collect() { this.set(controller.revision.policy); },
+    });
+  }
+  if (store) {
+    new Gauge({
+      name: 'tapwall_store_connected', help: '1 while the cluster store (etcd) is reachable and watched; 0: the last policy stays in force (fail-static).', registers: [registry],
+      collect() { this.set(store.connected ? 1 : 0); },
+    });
+    new Gauge({
+      name: 'tapwall_store_sync_age_seconds', help: 'Seconds since the store last gave a complete, current view.', registers: [registry],
+      collect() { this.set(store.syncedAt === null ? -1 : (Date.now() - store.syncedAt) / 1000); },
+    });
+    new Counter({
+      name: 'tapwall_store_watch_restarts_total', help: 'Times the store watch was started again with a full read (after a break, or a compacted revision).', registers: [registry],
+      collect() { this.reset(); this.inc(store.watchRestarts); },
+    });
+    new Counter({
+      name: 'tapwall_store_compactions_total', help: 'Watches that could not resume because their revision was compacted (each forced a full resync).', registers: [registry],
+      collect() { this.reset(); this.inc(store.compactions); },
     });
   }
   return registry;

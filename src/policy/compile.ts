@@ -336,7 +336,13 @@ export class SegmentCache {
   }
 }
 
-export function policyCompile(policy: Policy, previous: CompiledPolicy | null = null): CompiledPolicy {
+export interface CompileOptions {
+  /** Build points only for these workloads' vNICs (this host's); groups still hold every workload. Null: all. */
+  workloads?: Set<string> | null;
+}
+
+export function policyCompile(policy: Policy, previous: CompiledPolicy | null = null, opts: CompileOptions = {}): CompiledPolicy {
+  const only = opts.workloads ?? null;
   const started = performance.now();
   const rules = policy.sections.flatMap((s) => s.rules);
   const groups = resolveGroups(policy);
@@ -357,6 +363,7 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
   const points: CompiledPolicy['points'] = new Map();
   let atomsTotal = 0, bytes = 0, reused = 0, tries = 0;
   for (const w of policy.workloads.values()) {
+    if (only !== null && !only.has(w.name)) continue; // another host's vNIC
     const scope = scoped.filter((r) => ruleAppliesAt(r, w.name, groups)).map((r) => r.order);
     const scopeKey = scope.join(',');
     let tables = byScope.get(scopeKey);

@@ -155,7 +155,7 @@ function prefixOf(c: Checker, text: string, path: PathSegment[], allowLength: bo
 }
 
 const TOP_KEYS = ['version', 'default', 'spoofguard', 'workloads', 'groups', 'services', 'sections'] as const;
-const WORKLOAD_KEYS = ['nic', 'mac', 'ips', 'tags', 'vlans', 'comment'] as const;
+const WORKLOAD_KEYS = ['nic', 'mac', 'ips', 'tags', 'vlans', 'host', 'comment'] as const;
 const GROUP_KEYS = ['tags', 'workloads', 'cidrs', 'groups', 'comment'] as const;
 const SECTION_KEYS = ['name', 'rules', 'comment'] as const;
 const RULE_KEYS = ['id', 'from', 'to', 'services', 'action', 'appliedTo', 'log', 'stateless', 'disabled', 'comment'] as const;
@@ -205,9 +205,11 @@ function readWorkloads(c: Checker, raw: Json | undefined): Map<string, Workload>
       else tags.push(t.value);
     }
     if (nic) {
-      const owner = byNic.get(nic);
-      if (owner !== undefined) c.error('duplicate-nic', [...path, 'nic'], `vNIC '${nic}' is already claimed by workload '${owner}'`);
-      else byNic.set(nic, name);
+      // Interface names are per host: two hypervisors may each have a tap0.
+      const hostName = typeof w.host === 'string' ? w.host : '';
+      const owner = byNic.get(`${hostName}/${nic}`);
+      if (owner !== undefined) c.error('duplicate-nic', [...path, 'nic'], `vNIC '${nic}'${hostName ? ` on host ${hostName}` : ''} is already claimed by workload '${owner}'`);
+      else byNic.set(`${hostName}/${nic}`, name);
     }
     if (mac) {
       const owner = byMac.get(mac);
@@ -225,7 +227,8 @@ function readWorkloads(c: Checker, raw: Json | undefined): Map<string, Workload>
         });
       }
     }
-    out.set(name, { name, nic: nic ?? '', mac: mac ?? '', ips, tags, vlans });
+    const host = w.host === undefined ? undefined : str(c, w.host, [...path, 'host'], 'a host name (letters, digits, _ . : -)', NAME_RE) ?? undefined;
+    out.set(name, host === undefined ? { name, nic: nic ?? '', mac: mac ?? '', ips, tags, vlans } : { name, nic: nic ?? '', mac: mac ?? '', ips, tags, vlans, host });
   }
   return out;
 }

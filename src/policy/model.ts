@@ -19,6 +19,8 @@ export interface Workload {
   tags: string[];
   /** VLAN ids (802.1Q) its frames may carry besides untagged ones; empty: untagged only. */
   vlans: number[];
+  /** The hypervisor it runs on (many hosts, one policy); undefined: whichever daemon reads the policy. */
+  host?: string;
 }
 
 export interface Group {
