@@ -53,17 +53,7 @@ export class MemLab {
 
   /** Send one frame in on `port`; the outcome it was counted as and where it went. */
   send(port: string, frame: Uint8Array): SendResult {
-    const i = this.indexOf(port);
-    if (i < 0) throw new Error(`no port ${port}`);
-    const before = this.outcomesOf(port);
-    for (const p of this.ports.values()) p.sent.length = 0;
-    this.ports.get(port)!.push(frame);
-    this.dp.pump(i);
-    const after = this.outcomesOf(port);
-    const changed = after.map((v, k) => v - before[k]).map((d, k) => [d, k]).filter(([d]) => d !== 0);
-    if (changed.length !== 1 || changed[0][0] !== 1) throw new Error(`one frame should add one outcome, saw ${JSON.stringify(changed)}`);
-    const to = [...this.ports.entries()].filter(([, p]) => p.sent.length > 0).map(([n]) => n);
-    return { outcome: OUTCOME_NAMES[changed[0][1]], to };
+    return sendThrough(this.dp, this.ports, port, frame);
   }
 
   /** The frames port `name` sent out in the last send(). */
@@ -74,4 +64,19 @@ export class MemLab {
   stop(): void {
     this.dp.stop();
   }
+}
+
+/** One frame into a data plane on in-memory ports: the outcome counted for it, and the ports it left by. */
+export function sendThrough(dp: Dataplane, ports: Map<string, MemoryPort>, port: string, frame: Uint8Array): SendResult {
+  const i = dp.ports.findIndex((p) => !p.retired && p.spec.name === port);
+  if (i < 0) throw new Error(`no port ${port}`);
+  const counts = () => Array.from(dp.outcomes.subarray(i * OUTCOME_COUNT, (i + 1) * OUTCOME_COUNT));
+  const before = counts();
+  for (const p of ports.values()) p.sent.length = 0;
+  ports.get(port)!.push(frame);
+  dp.pump(i);
+  const changed = counts().map((v, k) => [v - before[k], k]).filter(([d]) => d !== 0);
+  if (changed.length !== 1 || changed[0][0] !== 1) throw new Error(`one frame should add one outcome, saw ${JSON.stringify(changed)}`);
+  const to = [...ports.entries()].filter(([, p]) => p.sent.length > 0).map(([n]) => n);
+  return { outcome: OUTCOME_NAMES[changed[0][1]], to };
 }

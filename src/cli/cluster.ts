@@ -20,7 +20,7 @@ export async function storeOpen(o: StoreCliOptions): Promise<EtcdStore> {
   try {
     await store.open();
   } catch (e) {
-    store.close();
+    await store.close();
     throw Object.assign(new Error(`cannot reach ${o.store}: ${(e as Error).message}`), { code: 'ESTORE' });
   }
   return store;
@@ -55,7 +55,7 @@ export async function clusterApply(o: StoreCliOptions, file: string, ifRevision:
     if (!r.ok) throw new StoreRefusal(`the policy in ${o.store} changed since revision ${expect}: it is now at ${r.revision}; read it again and reapply`);
     return `applied to ${o.store}: revision ${r.revision} (${policy.sections.reduce((n, s) => n + s.rules.length, 0)} rules, ${policy.workloads.size} workloads); every host picks it up through its watch`;
   } finally {
-    store.close();
+    await store.close();
   }
 }
 
@@ -65,7 +65,7 @@ export async function clusterGet(o: StoreCliOptions): Promise<{ revision: number
     const state = await store.read();
     return { revision: state.policy.revision, text: stringify(state.policy.data) };
   } finally {
-    store.close();
+    await store.close();
   }
 }
 
@@ -83,7 +83,7 @@ export async function clusterTag(o: StoreCliOptions, workload: string, change: T
     if (e instanceof ControlError) throw new StoreRefusal(e.message);
     throw e;
   } finally {
-    store.close();
+    await store.close();
   }
 }
 
@@ -117,7 +117,7 @@ export async function clusterHosts(o: StoreCliOptions): Promise<{ revision: numb
     }
     return { revision, hosts: [...byHost.values()].sort((a, b) => (a.host < b.host ? -1 : 1)) };
   } finally {
-    store.close();
+    await store.close();
   }
 }
 

@@ -178,13 +178,24 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   const stop = (signal: string) => {
     log.info({ signal }, 'stopping');
     controller.stop();
-    store.close();
     api?.close();
     flowLog?.stop();
     dp.stop();
     process.stdout.write(`${JSON.stringify({ stopped: true, stats: stats() })}\n`);
-    process.exit(0);
+    // A cluster store revokes this host's registration first (a few seconds at most), so it shows as gone at once.
+    void Promise.resolve(store.close()).finally(() => process.exit(0));
   };
+  // The etcd client library throws from its stream handlers on some races (an answer for a watch it
+  // no longer knows). That must not stop the firewall: log it, and give the store a new client.
+  process.on('uncaughtException', (e) => {
+    if (etcd && /etcd3|grpc/.test(e.stack ?? '')) {
+      log.error({ err: e.message }, 'the etcd client failed inside; starting it over (the policy in force stays)');
+      etcd.recover(e.message);
+      return;
+    }
+    log.fatal({ err: e.stack }, 'internal error');
+    process.exit(1);
+  });
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
 }

@@ -53,6 +53,8 @@ export interface EtcdOptions {
   ca?: string;
   cert?: string;
   key?: string;
+  /** Seconds a host's registration outlives its last keepalive (HOST_LEASE_SECONDS by default). */
+  leaseSeconds?: number;
 }
 
 export class EtcdUrlError extends Error {
@@ -160,14 +162,17 @@ export function keysToDocument(keys: Map<string, string>): { doc: Record<string,
 interface Stored { value: string; mod: number }
 
 export class EtcdStore implements PolicyStore {
-  readonly client: Etcd3;
+  client: Etcd3;
   readonly prefix: string;
   private readonly keys = new Map<string, Stored>();
   private revision = 0;
   private policyRevision = 0;
   private tagsRevision = 0;
   private readonly listeners = new Set<(key: StoreKey, state: StoreState) => void>();
-  private watchers: Watcher[] = [];
+  /** The live watch per prefix; created once, resumed by the client after a break, replaced only when etcd cancels it. */
+  private readonly watchers = new Map<string, Watcher>();
+  /** The revision of the last full read: watch events at or below it are already in the view. */
+  private readRevision = 0;
   private pendingPolicy = false;
   private pendingTags = false;
   private flushScheduled = false;
@@ -188,9 +193,14 @@ export class EtcdStore implements PolicyStore {
   onConnection: ((connected: boolean, why: string) => void) | null = null;
 
   constructor(readonly opts: EtcdOptions) {
-    const tls = Boolean(opts.ca || opts.cert || opts.key);
     this.prefix = `${(opts.prefix ?? '/tapwall').replace(/\/+$/, '')}/`;
-    this.client = new Etcd3({
+    this.client = this.newClient();
+  }
+
+  private newClient(): Etcd3 {
+    const opts = this.opts;
+    const tls = Boolean(opts.ca || opts.cert || opts.key);
+    return new Etcd3({
       hosts: etcdEndpoints(opts.url, tls),
       credentials: tls ? {
         rootCertificate: opts.ca ? readFileSync(opts.ca) : Buffer.alloc(0),
@@ -201,6 +211,30 @@ export class EtcdStore implements PolicyStore {
       // A broken watch stream is retried within a second (the default backs off up to 30 s: too long to be fail-static in).
       faultHandling: { watchBackoff: new ExponentialBackoff({ initialDelay: 50, maxDelay: 1000 }) as never },
     });
+  }
+
+  /** Recoveries: the client was replaced after it failed inside (see recover()). */
+  recoveries = 0;
+
+  /**
+   * Start over with a new client: for when the client library fails inside
+   * (it throws from its stream handlers on some races). Watches are made
+   * anew after a full read, and the host registration is renewed.
+   */
+  recover(why: string): void {
+    if (this.closed) return;
+    this.recoveries++;
+    const old = this.client;
+    this.client = this.newClient();
+    this.watchers.clear();
+    this.creating.clear();
+    this.hostLease = null;
+    this.setConnected(false, `client replaced: ${why}`);
+    try { old.close(); } catch { /* already broken */ }
+    void this.resync('recover').then(async () => {
+      const info = this.hostInfo;
+      if (info) await this.registerHost(String(info.host), info);
+    }).catch((e) => this.retryLater(e));
   }
 
   /** Read everything and start watching; throws when etcd cannot be reached at start. */
@@ -222,10 +256,11 @@ export class EtcdStore implements PolicyStore {
   /** Read every key at one revision, replace the view, and watch from the next revision. */
   private resync(why: string): Promise<void> {
     if (this.resyncing) return this.resyncing;
+    if (why !== 'start') this.watchRestarts++;
     this.resyncing = (async () => {
       try {
-        for (const w of this.watchers) void w.cancel().catch(() => undefined);
-        this.watchers = [];
+        // Live watches are left alone (cancelling one races with its events in the client library);
+        // what they bring at or below this read's revision is skipped in onData.
         const res = await this.client.getAll().prefix(this.prefix).exec();
         const rev = Number(res.header.revision);
         const before = new Map(this.keys);
@@ -250,7 +285,8 @@ export class EtcdStore implements PolicyStore {
           if (policyChanged) this.policyRevision = Math.max(this.policyRevision, rev);
           if (tagsChanged) this.tagsRevision = Math.max(this.tagsRevision, rev);
         }
-        this.revision = rev;
+        this.revision = Math.max(this.revision, rev);
+        this.readRevision = rev;
         this.startWatch(rev + 1);
         this.syncedAt = Date.now();
         this.setConnected(true, why);
@@ -266,15 +302,21 @@ export class EtcdStore implements PolicyStore {
     return this.resyncing;
   }
 
+  private readonly creating = new Set<string>();
+
+  /** Watch every prefix that has no live watch, from `from` on. */
   private startWatch(from: number): void {
     if (this.closed) return;
-    let wasDisconnected = false;
     for (const sub of ['policy/', 'tags/', 'flows/']) {
+      if (this.watchers.has(sub) || this.creating.has(sub)) continue;
+      this.creating.add(sub);
+      let wasDisconnected = false;
       const w = this.client.watch().prefix(this.full(sub)).startRevision(String(from)).create();
       // create() resolves when the watch is established; the watcher object is what we keep.
       void w.then((watcher) => {
-        if (this.closed) { void watcher.cancel(); return; }
-        this.watchers.push(watcher);
+        this.creating.delete(sub);
+        if (this.closed) { void watcher.cancel().catch(() => undefined); return; }
+        this.watchers.set(sub, watcher);
         watcher.on('data', (res) => this.onData(res.events, Number(res.header.revision)));
         watcher.on('disconnected', (err: Error) => {
           wasDisconnected = true;
@@ -284,17 +326,17 @@ export class EtcdStore implements PolicyStore {
           if (!wasDisconnected) return;
           wasDisconnected = false;
           // Back after a break: read everything again rather than trust that nothing was skipped.
-          this.watchRestarts++;
           void this.resync('reconnect').catch((e) => this.retryLater(e));
         });
         watcher.on('error', (err: Error) => {
-          // A cancelled watch: the revision to resume from was compacted (or the server dropped it).
+          // A cancelled watch (the client has dropped it): the revision to resume from was compacted,
+          // or the server ended it. Read everything again and watch this prefix anew.
           if (/compact/i.test(err.message)) this.compactions++;
-          this.watchRestarts++;
+          if (this.watchers.get(sub) === watcher) this.watchers.delete(sub);
           this.setConnected(false, `watch ended: ${err.message}`);
           void this.resync('watch ended').catch((e) => this.retryLater(e));
         });
-      }).catch((e: Error) => this.retryLater(e));
+      }).catch((e: Error) => { this.creating.delete(sub); this.retryLater(e); });
     }
   }
 
@@ -306,6 +348,7 @@ export class EtcdStore implements PolicyStore {
 
   private onData(events: Array<{ type: string; kv: IKeyValue }>, revision: number): void {
     for (const ev of events) {
+      if (Number(ev.kv.mod_revision) <= this.readRevision) continue; // the last full read has it already
       const k = ev.kv.key.toString().slice(this.prefix.length);
       if (ev.type === 'Delete') this.keys.delete(k);
       else this.keys.set(k, { value: ev.kv.value.toString(), mod: Number(ev.kv.mod_revision) });
@@ -462,7 +505,7 @@ export class EtcdStore implements PolicyStore {
   /** Register this daemon as alive (a leased key), and keep it so; `update` refreshes what it says. */
   async registerHost(host: string, info: Record<string, unknown>): Promise<void> {
     this.hostInfo = { host, ...info };
-    const lease = this.client.lease(HOST_LEASE_SECONDS, { autoKeepAlive: true });
+    const lease = this.client.lease(this.opts.leaseSeconds ?? HOST_LEASE_SECONDS, { autoKeepAlive: true });
     lease.on('lost', (err: Error) => {
       // The lease ran out (etcd unreachable for longer than its TTL): register again once back.
       this.setConnected(false, `host lease lost: ${err.message}`);
@@ -509,15 +552,39 @@ export class EtcdStore implements PolicyStore {
     return Object.values(res).map((v) => { try { return JSON.parse(v) as Record<string, unknown>; } catch { return { error: 'not JSON', raw: v }; } });
   }
 
-  close(): void {
+  /**
+   * Go away as a crashed host would: stop the keepalives without revoking the
+   * lease (it expires on its own) and close the connection. For tests and
+   * failure drills.
+   */
+  abandon(): void {
     this.closed = true;
     if (this.hostUpdate) clearTimeout(this.hostUpdate);
-    for (const w of this.watchers) void w.cancel().catch(() => undefined);
-    this.watchers = [];
+    this.hostLease?.release();
+    this.hostLease = null;
+    this.hostInfo = null;
+    this.listeners.clear();
+    void this.cancelWatches().finally(() => this.client.close());
+  }
+
+  /** Cancel every watch (a watch left open keeps the client reconnecting, and the process alive, after close); 2 s at most. */
+  private async cancelWatches(): Promise<void> {
+    const list = [...this.watchers.values()];
+    this.watchers.clear();
+    const timeout = new Promise<void>((r) => setTimeout(r, 2000).unref());
+    await Promise.race([Promise.all(list.map((w) => w.cancel().catch(() => undefined))), timeout]);
+  }
+
+  /** Stop watching, revoke this host's registration, close the connection; resolves when done (2-4 s at most). */
+  close(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    this.closed = true;
+    if (this.hostUpdate) clearTimeout(this.hostUpdate);
     const lease = this.hostLease;
     this.hostLease = null;
-    const done = lease ? lease.revoke().catch(() => undefined) : Promise.resolve();
-    void done.finally(() => this.client.close());
     this.listeners.clear();
+    const client = this.client;
+    const revoke = () => (lease ? Promise.race([lease.revoke().catch(() => undefined), new Promise<void>((r) => setTimeout(r, 2000).unref())]) : undefined);
+    return this.cancelWatches().then(revoke).finally(() => client.close());
   }
 }
