@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Lab, SERVERS, TCP_CONNECT, TCP_STREAM, UDP_STREAM, lineReader } from '../src/util/lab.js';
 import { apiCall } from '../src/cli/client.js';
-import { tieredPolicy, until } from './fixtures.js';
+import { collect, echoes, errors, tieredPolicy, until } from './fixtures.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
@@ -37,19 +37,7 @@ const HOSTS = [
 ];
 
 /** A background process's stdout lines, collected as they come. */
-function collect(p: ChildProcess): { lines: string[]; done: Promise<void> } {
-  const lines: string[] = [];
-  let buf = '';
-  p.stdout!.on('data', (d) => {
-    buf += String(d);
-    let i;
-    while ((i = buf.indexOf('\n')) >= 0) { lines.push(buf.slice(0, i)); buf = buf.slice(i + 1); }
-  });
-  return { lines, done: new Promise((resolve) => p.once('exit', () => resolve())) };
-}
 
-const echoes = (lines: string[], after = 0) => lines.filter((l) => l.startsWith('echo ') && Number(l.split(' ')[2]) > after).length;
-const errors = (lines: string[]) => lines.filter((l) => l.startsWith('error ') || l.startsWith('close '));
 
 
 t.test('quarantine, flows, rule counters, flow logs and hitless updates with real traffic', async (t) => {

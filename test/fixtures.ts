@@ -1,3 +1,4 @@
+import type { ChildProcess } from 'node:child_process';
 /**
  * A small data center for the control-plane tests: web, app and db VMs with a
  * quarantine section first, on interfaces named `<prefix>-web1` etc. and
@@ -57,3 +58,19 @@ export async function untilValue<T>(what: string, get: () => T | Promise<T>, ok:
 export async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
   await untilValue(what, cond, (v) => v, ms);
 }
+
+/** The output lines of a background script (TCP_STREAM and the like), as they come, and its end. */
+export function collect(p: ChildProcess): { lines: string[]; done: Promise<void> } {
+  const lines: string[] = [];
+  let buf = '';
+  p.stdout!.on('data', (d) => {
+    buf += String(d);
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) { lines.push(buf.slice(0, i)); buf = buf.slice(i + 1); }
+  });
+  return { lines, done: new Promise((resolve) => p.once('exit', () => resolve())) };
+}
+
+/** Echo lines of a TCP_STREAM after a time (ms since epoch); its error and close lines. */
+export const echoes = (lines: string[], after = 0) => lines.filter((l) => l.startsWith('echo ') && Number(l.split(' ')[2]) > after).length;
+export const errors = (lines: string[]) => lines.filter((l) => l.startsWith('error ') || l.startsWith('close '));
