@@ -138,4 +138,25 @@ t.test('two hypervisors on one etcd, VMs talking across them', async (t) => {
     apply(policy());
     await until('8080 to be allowed again', () => tcp(VMS.web.ns, VMS.app.ip, 8080, 500) === 'connected', 8000);
   });
+
+  await t.test('a VM moved from host A to host B keeps its open connection (its flows handed over)', async (t) => {
+    const stream = collect(lab.spawnIn(VMS.web.ns, TCP_STREAM, [VMS.app.ip, '8080', '50', '20000']));
+    await until('the connection to carry data', () => echoes(stream.lines) >= 5, 5000);
+    // The orchestrator moves web-1: its record now says host B, with B's TAP for it.
+    apply(policy({ webOn: 'hb', webNic: 'twk-web9' }));
+    const status = (api: { socket: string }) => apiCall<{ ports: Array<{ name: string; up: boolean }> }>(api, 'GET', '/v1/status');
+    await until("host B to open web-1's new vNIC", async () => (await status(hb.api)).body.ports.some((p) => p.name === 'twk-web9' && p.up), 8000);
+    await until('host A to let web-1 go', async () => !(await status(ha.api)).body.ports.some((p) => p.name === VMS.web.nic), 8000);
+    // The VM's NIC is now B's TAP: the same MAC and address, in the same namespace (a live migration's end).
+    sh(['ip', 'link', 'set', 'twk-web9', 'netns', VMS.web.ns]);
+    sh(['ip', '-n', VMS.web.ns, 'link', 'set', 'twk-web9', 'address', VMS.web.mac]);
+    sh(['ip', '-n', VMS.web.ns, 'addr', 'add', `${VMS.web.ip}/24`, 'dev', 'twk-web9']);
+    sh(['ip', '-n', VMS.web.ns, 'link', 'set', 'twk-web9', 'up']);
+    const moved = Date.now();
+    await until('the connection to carry data again through host B', () => echoes(stream.lines, moved) >= 5, 12_000);
+    t.same(errors(stream.lines), [], 'the connection was never reset or closed');
+    const flows = await apiCall<{ flows: Array<{ from: string; to: string; state: string }> }>(hb.api, 'GET', '/v1/flows?workload=web-1');
+    t.ok(flows.body.flows.some((f) => f.from === 'web-1' && f.to === 'app-1' && f.state === 'established'), "host B tracks web-1's connection as established (taken over, not picked up mid-stream)");
+    t.equal(tcp(VMS.web.ns, VMS.db.ip, 5432, 1500), 'timeout', 'web-1 is still denied db-1, now at host B');
+  });
 });

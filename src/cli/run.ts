@@ -21,7 +21,7 @@ import { ControlError, Controller } from '../control/controller.js';
 import { ApiServer } from '../control/api.js';
 import { FlowLogWriter } from '../control/flowLogWriter.js';
 import { portCounts } from '../control/views.js';
-import { Dataplane, type PortSpec } from '../datapath/dataplane.js';
+import { Dataplane, type FlowRecord, type PortSpec } from '../datapath/dataplane.js';
 import type { PortMode } from '../io/ports.js';
 import { metricsRegistry, metricsServe } from '../metrics/metrics.js';
 
@@ -105,7 +105,33 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
       log.error({ port }, message);
     },
     onInfo: (port, message) => log.info({ port }, message),
+    // Live migration: a workload that moves to another host takes its open connections along, through etcd.
+    onDetach: (workload, flows, next) => {
+      const to = next.policy.workloads.get(workload)?.host;
+      if (!etcd || !to || to === opts.host || flows.length === 0) return;
+      void etcd.putFlows(workload, JSON.stringify({ from: opts.host, to, at: new Date().toISOString(), flows }))
+        .then(() => log.info({ workload, to, connections: flows.length }, 'connections handed over to the new host'))
+        .catch((e: Error) => log.error({ workload, to }, `could not hand the connections over: ${e.message}`));
+    },
+    onAttach: (workload) => takeOverFlows(workload),
   });
+  /** Connections handed over for a workload that now runs here: taken once, then the key is removed. */
+  const takeOverFlows = (workload: string, value: string | null = etcd?.flowsOf(workload) ?? null): void => {
+    if (!etcd || value === null) return;
+    let handed: { to?: string; flows?: FlowRecord[] };
+    try {
+      handed = JSON.parse(value) as typeof handed;
+    } catch {
+      log.warn({ workload }, 'handed-over connections are not JSON: ignored');
+      return;
+    }
+    if (handed.to !== opts.host || !Array.isArray(handed.flows)) return;
+    if (!dp.ports.some((p) => !p.retired && p.spec.workload === workload)) return; // not attached here yet: onAttach takes them
+    const taken = dp.importPortFlows(workload, handed.flows);
+    log.info({ workload, connections: taken, of: handed.flows.length }, 'connections taken over from the old host');
+    void etcd.deleteFlows(workload).catch(() => undefined);
+  };
+  if (etcd) etcd.flowListener = (workload, value) => takeOverFlows(workload, value);
   const controller = new Controller(store, dp, {
     log, auditPath: join(opts.stateDir, 'audit.jsonl'), host: opts.host ?? null,
     onApplied: (rec, vnics) => etcd?.updateHost({ enforcing: rec.revision, generation: rec.generation, vnics, appliedAt: rec.at }),

@@ -21,7 +21,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { portOpen, type PortIo, type PortMode, type PortOptions } from '../io/ports.js';
-import { FlowTable, flowRemovePort } from '../flow/flowTable.js';
+import { CT, ENTRY_WORDS, F, FLAG, FlowTable, NO_PORT, flowInsert, flowRemovePort } from '../flow/flowTable.js';
 import { Conntrack, RS_COUNT, ctSweep } from '../flow/conntrack.js';
 import { FlowLog } from '../flow/flowLog.js';
 import { FRAG, PKT } from '../packet/parse.js';
@@ -69,6 +69,30 @@ export interface DataplaneOptions extends SwitchOptions {
   maxPorts?: number;
   /** How vNICs that a new policy adds are opened; by default the mode of the first vNIC at start (else tap). */
   vnicMode?: PortMode;
+  /** A vNIC is being detached (its workload left this host, or the policy): its connections, before they are forgotten. */
+  onDetach?: (workload: string, flows: FlowRecord[], next: CompiledPolicy) => void;
+  /** A vNIC was attached for a workload (it may bring connections handed over from its old host). */
+  onAttach?: (workload: string) => void;
+}
+
+/**
+ * A connection as another host can take it over (live migration): the
+ * 5-tuple in the original direction, which end is the migrating VM, its
+ * state and rules. Plain data (JSON through etcd).
+ */
+export interface FlowRecord {
+  family: 4 | 6;
+  proto: number;
+  src: number[];
+  dst: number[];
+  sport: number;
+  dport: number;
+  /** state | flags << 8, as the flow table keeps it. */
+  state: number;
+  /** True when the VM is the original side (it opened the connection). */
+  vmIsOrig: boolean;
+  ruleOut: number;
+  ruleIn: number;
 }
 
 /** Port counters besides outcomes: [port * PC_COUNT + PC.x]. */
@@ -212,13 +236,14 @@ export class Dataplane {
     for (const port of this.ports) {
       if (port.spec.workload === null || port.retired) continue;
       const w = want.get(port.spec.name);
-      if (w === undefined) this.retirePort(port);
+      if (w === undefined) this.retirePort(port, compiled);
       else { port.spec = { ...port.spec, workload: w }; want.delete(port.spec.name); }
     }
     for (const [nic, workload] of want) this.addPort({ name: nic, mode: this.vnicMode, workload });
   }
 
-  private retirePort(port: Port): void {
+  private retirePort(port: Port, next: CompiledPolicy): void {
+    if (this.opts.onDetach && port.spec.workload !== null) this.opts.onDetach(port.spec.workload, this.exportPortFlows(port.index), next);
     port.io.close();
     port.io = new AbsentPort(port.spec.name, port.spec.mode, port.io.vnetHdr);
     port.up = false;
@@ -250,6 +275,68 @@ export class Dataplane {
     this.sw.setPort(port.index, spec.name);
     this.openPort(port);
     this.opts.onInfo?.(spec.name, `vNIC attached for ${spec.workload}`);
+    if (spec.workload !== null) this.attached.push(spec.workload);
+  }
+
+  /** Workloads attached during the policy swap in progress: told (onAttach) once the swap is done. */
+  private attached: string[] = [];
+
+  /** The connections with an end at port i (control path). */
+  exportPortFlows(i: number): FlowRecord[] {
+    const t = this.table, e = t.entries;
+    const out: FlowRecord[] = [];
+    for (let ent = 0; ent < t.capacity; ent++) {
+      const o = ent * ENTRY_WORDS;
+      const meta = e[o + F.meta];
+      if (meta < 0) continue;
+      const nics = e[o + F.nics];
+      const orig = nics & 0xffff, reply = nics >>> 16;
+      if (orig !== i && reply !== i) continue;
+      const state = e[o + F.state];
+      if ((state & 0xff) === CT.cut) continue; // nothing to carry over
+      const ports = e[o + F.ports];
+      out.push({
+        family: (meta & 0x100) !== 0 ? 6 : 4, proto: meta & 0xff,
+        src: [0, 1, 2, 3].map((k) => e[o + F.src + k] >>> 0), dst: [0, 1, 2, 3].map((k) => e[o + F.dst + k] >>> 0),
+        sport: ports >>> 16, dport: ports & 0xffff, state, vmIsOrig: orig === i, ruleOut: e[o + F.ruleOut], ruleIn: e[o + F.ruleIn],
+      });
+    }
+    return out;
+  }
+
+  /**
+   * Take over connections handed from a VM's old host, for its vNIC here
+   * (control path). The other end's port is the vNIC that owns its address,
+   * else the uplink. Each entry is stale (decided under no generation of
+   * this host), so its next packet is checked against the policy in force
+   * here, like after any policy change. Returns how many were taken.
+   */
+  importPortFlows(workload: string, flows: FlowRecord[]): number {
+    const port = this.ports.find((p) => !p.retired && p.spec.workload === workload);
+    if (!port) return 0;
+    const i = port.index, sw = this.sw, t = this.table, now = this.now();
+    const key = new Int32Array(8);
+    let taken = 0;
+    for (const f of flows) {
+      if (!(f.family === 4 || f.family === 6) || !Array.isArray(f.src) || !Array.isArray(f.dst)) continue;
+      for (let k = 0; k < 4; k++) { key[k] = f.src[k] | 0; key[4 + k] = f.dst[k] | 0; }
+      const peerOff = f.vmIsOrig ? 4 : 0;
+      const owner = sw.addrOwner(f.family, key, peerOff, false);
+      const peer = owner >= 0 ? owner : sw.uplink >= 0 ? sw.uplink : NO_PORT;
+      if (peer === NO_PORT || peer === i) continue;
+      const orig = f.vmIsOrig ? i : peer, reply = f.vmIsOrig ? peer : i;
+      const ent = flowInsert(t, key, 0, 4, f.sport & 0xffff, f.dport & 0xffff, f.proto & 0xff, f.family, orig, reply, orig === sw.uplink, now);
+      if (ent < 0) continue;
+      const o = ent * ENTRY_WORDS;
+      const e = t.entries;
+      // Keep the state and its flags, but not who owned the quota or whether it was logged: those are this host's.
+      e[o + F.state] = (e[o + F.state] & (FLAG.ownerIsReply << 8)) | (f.state & ~((FLAG.ownerIsReply | FLAG.logged) << 8));
+      e[o + F.generation] = 0;
+      e[o + F.ruleOut] = f.ruleOut | 0;
+      e[o + F.ruleIn] = f.ruleIn | 0;
+      taken++;
+    }
+    return taken;
   }
 
   /** The ports as the decision path numbers them (free slots keep their place, with no name), for the tracer. */
@@ -278,6 +365,9 @@ export class Dataplane {
     this.reconcilePorts(compiled);
     this.sw.setPolicy(compiled);
     this.policy = compiled;
+    const attached = this.attached;
+    this.attached = [];
+    for (const w of attached) this.opts.onAttach?.(w);
   }
 
   /** The vNICs (workload ports) this data plane serves now. */
