@@ -446,6 +446,38 @@ storeOptions(apiOptions(policyCmd
   }));
 
 storeOptions(program
+  .command('libvirt-hook')
+  .description("libvirt's QEMU hook (/etc/libvirt/hooks/qemu): with the domain XML on standard input, registers the domain's vNICs as workloads of this host when it starts, and removes them when it stops. See deploy/libvirt-qemu-hook.")
+  .argument('<domain>', 'the domain name (libvirt passes it)')
+  .argument('<operation>', 'prepare, start, started, stopped, release, ... (libvirt passes it)')
+  .argument('[sub]', 'the sub-operation (libvirt passes it)')
+  .argument('[extra]', 'extra argument (libvirt passes it)')
+  .requiredOption('--host <name>', "this hypervisor's name, as its tapwall daemon's --host"))
+  .action(guarded(async (domain: string, operation: string, _sub: string | undefined, _extra: string | undefined, opts: ApiOpts & { host: string }) => {
+    if (!opts.store) throw Object.assign(new Error('tapwall libvirt-hook needs --store etcd://...'), { code: 'EUSAGE' });
+    const { domainVnics, hookAction } = await import('../control/libvirt.js');
+    const action = hookAction(operation);
+    if (action === 'none') return;
+    const chunks: Buffer[] = [];
+    for await (const c of process.stdin) chunks.push(c as Buffer);
+    const { domain: named, vnics } = domainVnics(Buffer.concat(chunks).toString('utf8'));
+    if (named !== domain) throw Object.assign(new Error(`the XML describes domain '${named}', libvirt named '${domain}'`), { code: 'EUSAGE' });
+    const { storeOpen } = await import('./cluster.js');
+    const store = await storeOpen(storeCli(opts));
+    try {
+      for (const v of vnics) {
+        if (action === 'register') {
+          await store.putWorkload(v.name, { nic: v.nic, mac: v.mac, ips: v.ips, tags: v.tags, host: opts.host });
+          process.stdout.write(`registered ${v.name}: ${v.nic} ${v.mac} ${v.ips.join(' ')} on ${opts.host}\n`);
+        } else if (await store.deleteWorkloadOn(v.name, opts.host)) process.stdout.write(`removed ${v.name} from ${opts.host}\n`);
+        else process.stdout.write(`kept ${v.name}: it is not (or no longer) on ${opts.host}\n`);
+      }
+    } finally {
+      await store.close();
+    }
+  }));
+
+storeOptions(program
   .command('hosts')
   .description('The hosts of a cluster: each one alive or not (its lease in etcd), its vNICs, the policy revision it enforces and how far behind it is.')
   .option('--json', 'print as JSON'))

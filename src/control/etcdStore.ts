@@ -19,7 +19,8 @@
  *   controller validates it like a file's, and a problem is reported with the
  *   key it sits in); `revision` is etcd's: the newest mod revision of any
  *   policy key (or the revision that deleted one), likewise for tags.
- * Writing: `putPolicy` writes only the keys that differ from what is stored,
+ * Writing: `putPolicy` writes only the keys that differ from what is stored
+ *   (a document with no `workloads` leaves the inventory as it is),
  *   compare-and-set on the epoch key (two writers: one wins, the other gets
  *   a stale revision, nothing is mixed). Up to TXN_OPS operations go in one
  *   transaction; a larger change opens the epoch (writing: true), writes in
@@ -438,7 +439,13 @@ export class EtcdStore implements PolicyStore {
     const puts: Array<[string, string]> = [];
     const deletes: string[] = [];
     for (const [k, v] of want) if (have.get(k) !== v) puts.push([k, v]);
-    for (const k of have.keys()) if (k !== 'policy/epoch' && !want.has(k)) deletes.push(k);
+    // A document with no `workloads` leaves the inventory alone (libvirt's hook keeps it, VM by VM).
+    const keepInventory = doc === null || typeof doc !== 'object' || !('workloads' in doc);
+    for (const k of have.keys()) {
+      if (k === 'policy/epoch' || want.has(k)) continue;
+      if (keepInventory && k.startsWith('policy/workloads/')) continue;
+      deletes.push(k);
+    }
     const epoch = this.keys.get('policy/epoch');
     const epochMod = epoch?.mod ?? 0;
     const by = `${process.pid}`;
@@ -529,6 +536,25 @@ export class EtcdStore implements PolicyStore {
       void lease.put(this.full(`hosts/${String(this.hostInfo.host)}`)).value(JSON.stringify(this.hostInfo)).exec().catch(() => undefined);
     }, 200);
     this.hostUpdate.unref();
+  }
+
+  /** Put one workload's record (the inventory: libvirt's hook); its other keys are left alone. */
+  async putWorkload(name: string, record: Record<string, unknown>): Promise<number> {
+    const r = await this.client.put(this.full(`policy/workloads/${name}`)).value(JSON.stringify(record)).exec();
+    return Number(r.header.revision);
+  }
+
+  /** Remove a workload's record if it still says `host` (a VM that moved on keeps its new record). */
+  async deleteWorkloadOn(name: string, host: string): Promise<boolean> {
+    const key = this.full(`policy/workloads/${name}`);
+    const cur = await this.client.get(key).exec();
+    const kv = cur.kvs[0];
+    if (!kv) return false;
+    let holder: unknown;
+    try { holder = (JSON.parse(kv.value.toString()) as { host?: unknown }).host; } catch { holder = undefined; }
+    if (holder !== host) return false;
+    const res = await this.client.if(key, 'Mod', '==', Number(kv.mod_revision)).then(this.client.delete().key(key)).commit();
+    return res.succeeded;
   }
 
   /** Hand a workload's connections to its new host (a leased key, gone after a minute). */
