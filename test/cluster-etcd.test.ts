@@ -10,7 +10,7 @@ import t from 'tap';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { EtcdCluster, CuttableProxy } from './etcd.js';
+import { EtcdCluster, CuttableProxy } from '../bench/etcd.js';
 import { sendThrough, type SendResult } from './memlab.js';
 import { until } from './fixtures.js';
 import { EtcdStore } from '../src/control/etcdStore.js';

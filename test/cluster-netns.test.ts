@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Lab, SERVERS, TCP_CONNECT, TCP_STREAM, lineReader, sh } from '../src/util/lab.js';
 import { apiCall } from '../src/cli/client.js';
-import { EtcdCluster } from './etcd.js';
+import { EtcdCluster } from '../bench/etcd.js';
 import { collect, echoes, errors, until, untilValue } from './fixtures.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));

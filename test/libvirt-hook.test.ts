@@ -9,7 +9,7 @@ import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
-import { EtcdCluster } from './etcd.js';
+import { EtcdCluster } from '../bench/etcd.js';
 import { domainVnics } from '../src/control/libvirt.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));

@@ -33,7 +33,7 @@ export class StoreRefusal extends Error {
 
 async function storedPolicy(store: EtcdStore): Promise<{ policy: Policy; revision: number; tagsRevision: number; tags: Awaited<ReturnType<EtcdStore['read']>>['tags']['value'] }> {
   const state = await store.read();
-  const { policy, problems } = policyFromData(state.policy.data as never, state.policy.source);
+  const { policy, problems } = policyFromData(state.policy.data as never, state.policy.source, undefined, { shadows: false });
   const keyOf = state.policy.keyOfPath;
   const errors = [
     ...(state.policy.keyProblems ?? []).map((k) => ({ severity: 'error' as const, code: 'bad-key', file: k.key, line: 1, column: 1, path: '(key)', message: k.message })),

@@ -210,6 +210,20 @@ classbench
 
 const bench = program.command('bench').description('Benchmarks (each reports ratios against a baseline measured in the same run, and the machine).');
 bench
+  .command('cluster')
+  .description('Many hosts on a real three-member etcd (started here on loopback): time for a new host to sync and enforce, a quarantine from the write to enforcement on every host (p50/p99/max), bytes etcd sends per change per host, memory per host; for 10, 50 and 100 host processes.')
+  .option('--hosts <list>', 'host counts to run', '10,50,100')
+  .option('--rules <n>', 'rules in the policy', (v) => Number(v), 200)
+  .option('--workloads <n>', 'workloads in the inventory', (v) => Number(v), 500)
+  .option('--changes <n>', 'quarantine changes per host count', (v) => Number(v), 20)
+  .option('--json', 'print the results as JSON')
+  .action(async (opts: { hosts: string; rules: number; workloads: number; changes: number; json?: boolean }) => {
+    const { benchCluster, formatCluster } = await import('../../bench/cluster.js');
+    const r = await benchCluster({ hosts: opts.hosts.split(',').map(Number), rules: opts.rules, workloads: opts.workloads, changes: opts.changes }, (l) => { if (!opts.json) process.stderr.write(`${l}\n`); });
+    process.stdout.write(opts.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatCluster(r)}\n`);
+  });
+
+bench
   .command('fuzz-policy')
   .description('Fuzz the policy loader: mutated YAML and JSON policies and hostile documents (alias bombs, deep nesting, long chains); fails if one throws or is refused without a located error.')
   .option('--docs <n>', 'how many documents', (v) => Number(v), 20_000)

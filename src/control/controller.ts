@@ -128,7 +128,7 @@ export class Controller {
    * not be read at all refuses the whole change).
    */
   private validate(text: string, source: string, from?: StoreState['policy']): Policy {
-    const parsed = from?.data !== undefined ? policyFromData(from.data as never, source) : policyParse(text, source, { shadows: false });
+    const parsed = from?.data !== undefined ? policyFromData(from.data as never, source, undefined, { shadows: false }) : policyParse(text, source, { shadows: false });
     let problems = parsed.problems.filter((p) => p.severity === 'error');
     if (from?.keyOfPath) {
       const keyOf = from.keyOfPath;

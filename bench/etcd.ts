@@ -1,4 +1,4 @@
-// Real etcd members for the cluster tests: Debian's etcd on loopback ports
+// Real etcd members for the cluster tests and benchmarks: Debian's etcd on loopback ports
 // with their own data folders (never a system service), one or three of them;
 // a member can be killed and started again. And a TCP proxy in front of etcd
 // that a test can cut and restore, to make etcd unreachable for one client.
