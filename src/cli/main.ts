@@ -362,11 +362,17 @@ function storeOptions(cmd: Command): Command {
 const storeCli = (o: ApiOpts) => ({ store: o.store!, etcdPrefix: o.etcdPrefix, etcdCa: o.etcdCa, etcdCert: o.etcdCert, etcdKey: o.etcdKey });
 const printJson = (v: unknown) => process.stdout.write(`${JSON.stringify(v, null, 2)}\n`);
 
-apiOptions(program
+storeOptions(apiOptions(program
   .command('status')
-  .description('Show the running daemon: version, policy generation and revision, ports and their drops, the last apply and error.')
-  .option('--json', 'print the API answer as JSON'))
+  .description('Show the running daemon: version, policy generation and revision, ports and their drops, the last apply and error. With --store: the cluster (every host, alive or not, and the revision it enforces).')
+  .option('--json', 'print the API answer as JSON')))
   .action(guarded(async (opts: ApiOpts) => {
+    if (opts.store) {
+      const { clusterHosts, formatHosts } = await import('./cluster.js');
+      const r = await clusterHosts(storeCli(opts));
+      if (opts.json) printJson(r); else process.stdout.write(`${formatHosts(r)}\n`);
+      return;
+    }
     const r = await apiCall(apiTarget(opts), 'GET', '/v1/status');
     if (opts.json) printJson(r.body); else process.stdout.write(`${formatStatus(r.body)}\n`);
   }));

@@ -395,8 +395,24 @@ export class EtcdStore implements PolicyStore {
     return out;
   }
 
+  /** The policy part of the view, assembled once per change of a policy key (a tag change reuses it). */
+  private policyView: StoreState['policy'] | null = null;
+
   private snapshot(): StoreState {
+    return { revision: this.revision, policy: this.policyPart(), tags: this.tagsPart() };
+  }
+
+  private policyPart(): StoreState['policy'] {
+    if (this.policyView !== null && this.policyView.revision === this.policyRevision) return this.policyView;
     const { doc, problems, keyOfPath } = keysToDocument(this.policyKeys());
+    this.policyView = {
+      text: JSON.stringify(doc, null, 1), source: `etcd:${this.prefix}policy`, revision: this.policyRevision,
+      data: doc, keyProblems: problems.map((p) => ({ key: this.full(p.key), message: p.message })), keyOfPath: (path: string) => { const k = keyOfPath(path); return k === null ? null : this.full(k); },
+    };
+    return this.policyView;
+  }
+
+  private tagsPart(): StoreState['tags'] {
     const tags: TagMap = Object.create(null) as TagMap;
     for (const [k, v] of this.keys) {
       if (!k.startsWith('tags/')) continue;
@@ -407,14 +423,7 @@ export class EtcdStore implements PolicyStore {
         // A tag key that is not JSON adds no tags; the policy problems say nothing of it, the log does.
       }
     }
-    return {
-      revision: this.revision,
-      policy: {
-        text: JSON.stringify(doc, null, 1), source: `etcd:${this.prefix}policy`, revision: this.policyRevision,
-        data: doc, keyProblems: problems.map((p) => ({ key: this.full(p.key), message: p.message })), keyOfPath: (path: string) => { const k = keyOfPath(path); return k === null ? null : this.full(k); },
-      },
-      tags: { value: tags, revision: this.tagsRevision },
-    };
+    return { value: tags, revision: this.tagsRevision };
   }
 
   async read(): Promise<StoreState> {
@@ -491,7 +500,7 @@ export class EtcdStore implements PolicyStore {
   /** Write dynamic tags: only the workloads whose list changed, each compared with the revision read. */
   async putTags(tags: TagMap, expect: number | null): Promise<CasResult> {
     if (expect !== null && expect !== this.tagsRevision) return { ok: false, revision: this.tagsRevision };
-    const current = this.snapshot().tags.value;
+    const current = this.tagsPart().value;
     const names = new Set([...Object.keys(current), ...Object.keys(tags)]);
     const changes: Array<[string, string | null]> = [];
     for (const w of names) {
