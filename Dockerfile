@@ -15,6 +15,9 @@
 #     -v /run/tapwall:/run/tapwall tapwall run --config /etc/tapwall/policy.yaml
 # (/etc/tapwall read-write if the API may replace the policy: PUT /v1/policy writes the file;
 # read-only, such a PUT is refused with 503 and nothing changes.)
+# In a cluster, the policy comes from etcd instead of a file:
+#   ... tapwall run --store etcd://10.1.0.5:2379,10.1.0.6:2379 --host "$(hostname -s)" --uplink eth1
+#   (add -v /etc/tapwall/pki:/etc/tapwall/pki:ro and --etcd-ca/--etcd-cert/--etcd-key for TLS).
 # The process runs as the unprivileged `node` user; the two capabilities reach
 # it through file capabilities on the node binary (setcap below), and only if
 # the container is granted them with --cap-add. Commands that only read a
