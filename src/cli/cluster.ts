@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { stringify } from 'yaml';
 import { EtcdStore, type EtcdOptions } from '../control/etcdStore.js';
 import { ControlError, tagsAfterChange, type TagChange } from '../control/controller.js';
+import { tagsOf } from '../control/store.js';
 import { policyFromData, policyParse } from '../policy/load.js';
 import { PolicyError } from '../policy/errors.js';
 import type { Policy } from '../policy/model.js';
@@ -77,7 +78,7 @@ export async function clusterTag(o: StoreCliOptions, workload: string, change: T
     const r = await store.putTags(next, s.tagsRevision);
     if (!r.ok) throw new StoreRefusal(`the tags changed while this was written (now at revision ${r.revision}); try again`);
     const w = s.policy.workloads.get(workload)!;
-    const tags = [...new Set([...w.tags, ...(next[workload] ?? []).map((t) => t.tag)])];
+    const tags = [...new Set([...w.tags, ...(tagsOf(next, workload) ?? []).map((t) => t.tag)])];
     return `${workload}: tags now ${tags.join(', ') || '(none)'} (store revision ${r.revision}); ${w.host ? `host ${w.host}` : 'every host'} enforces it as its watch brings it`;
   } catch (e) {
     if (e instanceof ControlError) throw new StoreRefusal(e.message);

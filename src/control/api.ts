@@ -30,6 +30,7 @@ import { ControlError, type Controller } from './controller.js';
 import { flowList, portCounts, ruleList } from './views.js';
 import { parsePacketSpec, policyTrace, TraceSpecError } from './trace.js';
 import type { EtcdStore } from './etcdStore.js';
+import { tagsOf } from './store.js';
 
 export const REQUEST_LIMIT = 1 << 20;
 const REQUEST_SOURCE = '(request)';
@@ -314,7 +315,7 @@ export class ApiServer {
       const groups = [...compiled.groups].filter(([, g]) => g.members.has(w.name)).map(([n]) => n);
       return {
         name: w.name, nic: w.nic, mac: w.mac, ips: w.ips.map((p) => p.text.replace(/\/(32|128)$/, '')),
-        tags: w.tags, dynamicTags: dynamic[w.name] ?? [], groups, port: port ? { up: port.up } : null,
+        tags: w.tags, dynamicTags: tagsOf(dynamic, w.name) ?? [], groups, port: port ? { up: port.up } : null,
       };
     });
   }

@@ -25,7 +25,7 @@ import { policyFromData, policyParse, NAME_RE } from '../policy/load.js';
 import { policyCompile, type CompiledPolicy } from '../policy/compile.js';
 import type { PolicyProblem } from '../policy/errors.js';
 import type { Policy, Workload } from '../policy/model.js';
-import type { DynamicTag, PolicyStore, StoreState, TagMap } from './store.js';
+import { tagsOf, type DynamicTag, type PolicyStore, type StoreState, type TagMap } from './store.js';
 
 /**
  * What the controller drives: the data plane (or, in benchmarks, a decider
@@ -156,7 +156,7 @@ export class Controller {
   private effective(policy: Policy, tags: TagMap): Policy {
     const workloads = new Map<string, Workload>();
     for (const [name, w] of policy.workloads) {
-      const extra = tags[name]?.map((t) => t.tag) ?? [];
+      const extra = tagsOf(tags, name)?.map((t) => t.tag) ?? [];
       workloads.set(name, extra.length === 0 ? w : { ...w, tags: [...new Set([...w.tags, ...extra])] });
     }
     return { ...policy, workloads };
@@ -295,7 +295,7 @@ export class Controller {
     }
     for (const tag of add) this.audit({ action: 'tag.added', by: change.by, workload, tag, reason: change.reason, expiresAt: expiresAt === null ? null : new Date(expiresAt).toISOString(), revision: cas.revision });
     for (const tag of remove) this.audit({ action: 'tag.removed', by: change.by, workload, tag, reason: change.reason, revision: cas.revision });
-    return { workload, tags: this.compiled.policy.workloads.get(workload)!.tags, dynamic: this.tags[workload] ?? [], revision: cas.revision, apply: this.lastApply! };
+    return { workload, tags: this.compiled.policy.workloads.get(workload)!.tags, dynamic: tagsOf(this.tags, workload) ?? [], revision: cas.revision, apply: this.lastApply! };
   }
 
   private async own<T>(write: () => Promise<T>): Promise<T> {
@@ -360,12 +360,12 @@ export function tagsAfterChange(document: Policy, tags: TagMap, workload: string
     if (!NAME_RE.test(t)) throw new ControlError(400, 'bad-tag', `'${t}' is not a valid tag (letters, digits, _ . : -)`);
   }
   for (const t of remove) {
-    if (w.tags.includes(t) && !(tags[workload] ?? []).some((d) => d.tag === t)) {
+    if (w.tags.includes(t) && !(tagsOf(tags, workload) ?? []).some((d) => d.tag === t)) {
       throw new ControlError(409, 'static-tag', `'${t}' is a tag of ${workload} in the policy document; change the document to remove it`);
     }
   }
   const next = structuredClone(tags);
-  let list = (next[workload] ?? []).filter((d) => !remove.includes(d.tag) && !add.includes(d.tag));
+  let list = (tagsOf(next, workload) ?? []).filter((d) => !remove.includes(d.tag) && !add.includes(d.tag));
   const expiresAt = change.ttlSeconds ? now + change.ttlSeconds * 1000 : null;
   for (const tag of add) list.push({ tag, reason: change.reason, by: change.by, added: new Date(now).toISOString(), expiresAt });
   list = list.filter((d) => d.expiresAt === null || d.expiresAt > now);

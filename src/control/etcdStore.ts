@@ -40,7 +40,7 @@ import { readFileSync } from 'node:fs';
 import { Etcd3, type IKeyValue, type Lease, type Watcher } from 'etcd3';
 import { ExponentialBackoff } from 'cockatiel';
 import { parse as parseYaml } from 'yaml';
-import type { CasResult, PolicyStore, StoreKey, StoreState, TagMap } from './store.js';
+import { tagsOf, type CasResult, type PolicyStore, type StoreKey, type StoreState, type TagMap } from './store.js';
 
 /** Operations per transaction; etcd refuses more than 128 by default (--max-txn-ops). */
 export const TXN_OPS = 120;
@@ -504,7 +504,8 @@ export class EtcdStore implements PolicyStore {
     const names = new Set([...Object.keys(current), ...Object.keys(tags)]);
     const changes: Array<[string, string | null]> = [];
     for (const w of names) {
-      const a = current[w] ? JSON.stringify(current[w]) : null, b = tags[w] && tags[w].length > 0 ? JSON.stringify(tags[w]) : null;
+      const cw = tagsOf(current, w), tw = tagsOf(tags, w);
+      const a = cw ? JSON.stringify(cw) : null, b = tw && tw.length > 0 ? JSON.stringify(tw) : null;
       if (a !== b) changes.push([w, b]);
     }
     if (changes.length === 0) return { ok: true, revision: this.tagsRevision };

@@ -36,6 +36,15 @@ export interface DynamicTag {
 /** Dynamic tags by workload name. */
 export type TagMap = Record<string, DynamicTag[]>;
 
+/**
+ * A workload's dynamic tags, read as an own property only: a workload may be
+ * called `constructor` or `toString`, which a plain object would answer with
+ * Object.prototype's members.
+ */
+export function tagsOf(tags: TagMap, workload: string): DynamicTag[] | undefined {
+  return Object.hasOwn(tags, workload) ? tags[workload] : undefined;
+}
+
 export interface StoreState {
   revision: number;
   policy: {
