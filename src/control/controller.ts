@@ -320,7 +320,15 @@ export class Controller {
     if (earliest === Infinity) return;
     // setTimeout holds at most 2^31-1 ms; a longer TTL re-arms on the way.
     const delay = Math.min(Math.max(0, earliest - Date.now()), 0x7fffffff);
-    this.ttlTimer = setTimeout(() => { void this.expire(); }, delay);
+    this.ttlTimer = setTimeout(() => {
+      // The store may refuse the write (a full disk, etcd away): log it and try again in a second, never crash.
+      this.expire().catch((e: Error) => {
+        this.opts.log?.error({ err: e.message }, 'an expired tag could not be removed from the store yet; trying again');
+        if (this.ttlTimer) clearTimeout(this.ttlTimer);
+        this.ttlTimer = setTimeout(() => this.scheduleExpiry(), 1000);
+        this.ttlTimer.unref();
+      });
+    }, delay);
     this.ttlTimer.unref();
   }
 
