@@ -2,8 +2,9 @@
 // with their own data folders (never a system service), one or three of them;
 // a member can be killed and started again. And a TCP proxy in front of etcd
 // that a test can cut and restore, to make etcd unreachable for one client.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { request } from 'node:https';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,7 +20,36 @@ export async function freePort(): Promise<number> {
   });
 }
 
-async function healthy(clientPort: number): Promise<boolean> {
+/** TLS material for a test cluster: a CA, a server certificate for 127.0.0.1, a client certificate (openssl). */
+export interface EtcdTls { ca: string; serverCert: string; serverKey: string; clientCert: string; clientKey: string }
+
+export function makeTls(dir: string): EtcdTls {
+  const f = (n: string) => join(dir, n);
+  const ssl = (...args: string[]) => execFileSync('openssl', args, { stdio: 'ignore' });
+  ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=tapwall test CA', '-keyout', f('ca.key'), '-out', f('ca.pem'));
+  for (const [name, ext] of [['server', 'subjectAltName=IP:127.0.0.1'], ['client', 'extendedKeyUsage=clientAuth']] as const) {
+    ssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', `/CN=tapwall ${name}`, '-keyout', f(`${name}.key`), '-out', f(`${name}.csr`));
+    execFileSync('sh', ['-c', `printf '%s\n' '${ext}' > ${f(`${name}.ext`)}`]);
+    ssl('x509', '-req', '-in', f(`${name}.csr`), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-days', '2', '-extfile', f(`${name}.ext`), '-out', f(`${name}.pem`));
+  }
+  return { ca: f('ca.pem'), serverCert: f('server.pem'), serverKey: f('server.key'), clientCert: f('client.pem'), clientKey: f('client.key') };
+}
+
+async function healthyTls(clientPort: number, tls: EtcdTls): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = request({ host: '127.0.0.1', port: clientPort, path: '/health', ca: readFileSync(tls.ca), cert: readFileSync(tls.clientCert), key: readFileSync(tls.clientKey), timeout: 1000 }, (res) => {
+      let body = '';
+      res.on('data', (d) => { body += String(d); });
+      res.on('end', () => resolve(res.statusCode === 200 && body.includes('"true"')));
+    });
+    req.on('error', () => resolve(false));
+    req.on('timeout', () => { req.destroy(); resolve(false); });
+    req.end();
+  });
+}
+
+async function healthy(clientPort: number, tls: EtcdTls | null = null): Promise<boolean> {
+  if (tls) return healthyTls(clientPort, tls);
   try {
     const r = await fetch(`http://127.0.0.1:${clientPort}/health`);
     return r.ok && ((await r.json()) as { health: string }).health === 'true';
@@ -32,7 +62,12 @@ export class EtcdCluster {
   readonly dir = mkdtempSync(join(tmpdir(), 'tw-etcd-'));
   readonly members: Array<{ name: string; client: number; peer: number; proc: ChildProcess | null }> = [];
 
-  constructor(readonly size: 1 | 3) {}
+  /** TLS with client certificates on the client port (one member), or none. */
+  readonly tls: EtcdTls | null;
+
+  constructor(readonly size: 1 | 3, opts: { tls?: boolean } = {}) {
+    this.tls = opts.tls ? makeTls(this.dir) : null;
+  }
 
   get url(): string {
     return `etcd://${this.members.map((m) => `127.0.0.1:${m.client}`).join(',')}`;
@@ -52,12 +87,14 @@ export class EtcdCluster {
   private spawn(i: number, state: 'new' | 'existing'): void {
     const m = this.members[i];
     const cluster = this.members.map((x) => `${x.name}=http://127.0.0.1:${x.peer}`).join(',');
+    const scheme = this.tls ? 'https' : 'http';
+    const tlsArgs = this.tls ? ['--cert-file', this.tls.serverCert, '--key-file', this.tls.serverKey, '--trusted-ca-file', this.tls.ca, '--client-cert-auth'] : [];
     // Through a small shell that kills etcd (hard) when told to, and when this test process is gone:
     // a test killed on a timeout must not leave members running.
     const watchdog = `etcd "$@" & e=$!; trap 'kill -9 $e 2>/dev/null; exit 0' TERM; while kill -0 ${process.pid} 2>/dev/null && kill -0 $e 2>/dev/null; do sleep 0.5; done; kill -9 $e 2>/dev/null`;
     m.proc = spawn('sh', ['-c', watchdog, 'etcd',
       '--name', m.name, '--data-dir', join(this.dir, m.name),
-      '--listen-client-urls', `http://127.0.0.1:${m.client}`, '--advertise-client-urls', `http://127.0.0.1:${m.client}`,
+      '--listen-client-urls', `${scheme}://127.0.0.1:${m.client}`, '--advertise-client-urls', `${scheme}://127.0.0.1:${m.client}`, ...tlsArgs,
       '--listen-peer-urls', `http://127.0.0.1:${m.peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${m.peer}`,
       '--initial-cluster', cluster, '--initial-cluster-state', state, '--initial-cluster-token', `tw-${process.pid}`,
       // Short elections: a killed member's absence is settled in well under a second.
@@ -69,7 +106,7 @@ export class EtcdCluster {
   async waitHealthy(ms = 20_000): Promise<void> {
     const end = Date.now() + ms;
     for (;;) {
-      const states = await Promise.all(this.members.filter((m) => m.proc !== null).map((m) => healthy(m.client)));
+      const states = await Promise.all(this.members.filter((m) => m.proc !== null).map((m) => healthy(m.client, this.tls)));
       if (states.every(Boolean)) return;
       if (Date.now() > end) throw new Error(`etcd members not healthy after ${ms} ms: ${states.join(',')}`);
       await new Promise((r) => setTimeout(r, 100));

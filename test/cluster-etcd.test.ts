@@ -7,7 +7,9 @@
 // after, also past a compaction; a member of three killed; a dead host's
 // lease expiring; bad keys refused with their location; a restarted host.
 import t from 'tap';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EtcdCluster, CuttableProxy } from '../bench/etcd.js';
@@ -23,6 +25,7 @@ import { TCP_SYN } from '../src/packet/parse.js';
 import { clusterHosts } from '../src/cli/cluster.js';
 import type { Policy } from '../src/policy/model.js';
 
+const root = fileURLToPath(new URL('..', import.meta.url));
 const MAC = { web: '02:71:00:00:01:11', app: '02:71:00:00:02:21', db: '02:71:00:00:03:31', out: '02:71:00:00:00:fe' };
 const IP = { web: '10.71.1.11', app: '10.71.2.21', db: '10.71.3.31' };
 
@@ -246,4 +249,22 @@ t.test('three etcd members: one killed, the hosts carry on', async (t) => {
   await hv1.controller.changeTags('db-1', { remove: ['quarantine'], reason: 'member back', by: 'test', ttlSeconds: null });
   await until('hv2 to follow', () => !hv2.controller.policy.policy.workloads.get('db-1')!.tags.includes('quarantine'), 10_000);
   t.pass('the member rejoined and changes keep flowing');
+});
+
+t.test('etcd over TLS with client certificates', async (t) => {
+  const etcd = new EtcdCluster(1, { tls: true });
+  await etcd.start();
+  t.teardown(() => etcd.stop());
+  const tls = etcd.tls!;
+  const store = new EtcdStore({ url: etcd.url, ca: tls.ca, cert: tls.clientCert, key: tls.clientKey });
+  await store.open();
+  t.ok((await store.putPolicy(POLICY(), null)).ok, 'a policy written over TLS with a client certificate');
+  t.equal(((await store.read()).policy.data as { workloads: Record<string, unknown> }).workloads['db-1'] !== undefined, true, 'and read back');
+  await store.close();
+  const noCert = new EtcdStore({ url: etcd.url, ca: tls.ca });
+  await t.rejects(noCert.open(), 'without a client certificate the server refuses');
+  await noCert.close();
+  const cli = spawnSync(process.execPath, [join(root, 'bin/tapwall.js'), 'policy', 'get', '--store', etcd.url, '--etcd-ca', tls.ca, '--etcd-cert', tls.clientCert, '--etcd-key', tls.clientKey], { encoding: 'utf8' });
+  t.equal(cli.status, 0, `tapwall policy get --store with --etcd-ca/--etcd-cert/--etcd-key ${cli.stderr}`);
+  t.match(cli.stdout, /db-1:/, 'prints the policy');
 });

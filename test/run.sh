@@ -22,11 +22,12 @@ fi
 
 # etcd for the cluster tests (Debian's etcd-server; the tests start their own members on loopback
 # ports with their own data folders and stop them; nothing here starts it as a service).
-if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; then
-  echo "test: installing Debian's etcd-server and etcd-client"
+# openssl makes the certificates of the TLS cluster test.
+if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+  echo "test: installing Debian's etcd-server, etcd-client and openssl"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null 2>&1 \
-    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null; } \
+  apt-get install -y -qq --no-install-recommends etcd-server etcd-client openssl >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends etcd-server etcd-client openssl >/dev/null; } \
     || echo "test: could not install etcd; the cluster tests will fail"
 fi
 
