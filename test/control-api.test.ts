@@ -6,7 +6,7 @@
 // watched config file (a broken edit refused and counted), and the CLI.
 import t from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -152,7 +152,28 @@ t.test('the API of a running daemon', async (t) => {
     t.equal((await call('GET', '/v1/status')).body.ports.length, 3, 'the other ports stayed');
   });
 
+  t.test('requests past the limits get a 400 with the reason, and change nothing', async (t) => {
+    const before = (await call('GET', '/v1/workloads')).body.workloads.find((w: { name: string }) => w.name === 'web-1').dynamicTags.length;
+    const cases: Array<[string, string, object | undefined, RegExp]> = [
+      ['a numeric TTL of 1e13 s', '/v1/workloads/web-1/tags', { add: ['x1'], reason: 'r', ttl: 1e13 }, /ttl: expected a duration/],
+      ['65 tags in one request', '/v1/workloads/web-1/tags', { add: Array.from({ length: 65 }, (_, i) => `t${i}`), reason: 'r' }, /at most 64 tags/],
+      ['a 200-character tag', '/v1/workloads/web-1/tags', { add: ['a'.repeat(200)], reason: 'r' }, /at most 128 characters/],
+      ['a 2,000-character reason', '/v1/workloads/web-1/tags', { add: ['x2'], reason: 'r'.repeat(2000) }, /at most 1024 characters/],
+      ['malformed percent-encoding in the name', '/v1/workloads/web%E0%A4%A/tags', { add: ['x3'], reason: 'r' }, /percent-encoding/],
+    ];
+    for (const [what, path, body, re] of cases) {
+      const r = await call('POST', path, body);
+      t.equal(r.status, 400, `${what}: 400`);
+      t.match(r.body.error.message, re, `${what}: says why`);
+    }
+    const flows = await call('GET', '/v1/flows?limit=100000');
+    t.equal(flows.status, 400, 'GET /v1/flows?limit=100000: 400 (pages are at most 10,000)');
+    const after = (await call('GET', '/v1/workloads')).body.workloads.find((w: { name: string }) => w.name === 'web-1').dynamicTags.length;
+    t.equal(after, before, 'no tag was added by any of them');
+  });
+
   t.test('two writers with the same revision: one wins, the other gets 412', async (t) => {
+    chmodSync(policyFile, 0o644);
     const rev = (await call('GET', '/v1/policy')).body.revision as number;
     const a = POLICY.replace('tcp/8080', 'tcp/8081'), b = POLICY.replace('tcp/8080', 'tcp/8082');
     const [ra, rb] = await Promise.all([a, b].map((text) => call('PUT', '/v1/policy', text, { headers: { 'if-match': `"${rev}"` } })));
@@ -163,6 +184,7 @@ t.test('the API of a running daemon', async (t) => {
     const now = await call('GET', '/v1/policy');
     t.equal(now.body.text, winner, "the winner's policy is in force, the loser's change was not silently mixed in");
     t.equal(readFileSync(policyFile, 'utf8'), winner, 'and written to the config file');
+    t.equal(statSync(policyFile).mode & 0o777, 0o644, 'which keeps its mode (0644, not 0600)');
     t.equal(now.headers.etag, `"${now.body.revision}"`, 'ETag carries the revision');
     const back = await call('PUT', '/v1/policy', POLICY, { headers: { 'if-match': `"${now.body.revision}"`, 'x-tapwall-actor': 'test-suite' } });
     t.equal(back.status, 200, 'a writer with the current revision succeeds');

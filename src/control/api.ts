@@ -93,8 +93,11 @@ function stringList(body: Body, key: string): string[] {
 }
 
 /** "90s", "15m", "1h", "2d" or a number of seconds. */
+/** Limits on a tag request: tags named in one request, a tag's length, a reason's length. */
+export const TAG_LIMITS = { tags: 64, tagLength: 128, reasonLength: 1024 } as const;
+
 export function parseTtl(v: unknown): number | null {
-  if (typeof v === 'number') return Number.isFinite(v) && v > 0 ? v : null;
+  if (typeof v === 'number') return Number.isFinite(v) && v > 0 && v <= 366 * 86400 ? v : null;
   if (typeof v !== 'string') return null;
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(v.trim());
   if (!m) return null;
@@ -237,8 +240,12 @@ export class ApiServer {
         onlyKeys(body, ['add', 'remove', 'reason', 'ttl', 'by', 'revision']);
         const add = stringList(body, 'add'), remove = stringList(body, 'remove');
         if (add.length + remove.length === 0) throw fieldError(body, 'add', 'missing-key', 'name at least one tag to add or remove');
+        if (add.length + remove.length > TAG_LIMITS.tags) throw fieldError(body, add.length > 0 ? 'add' : 'remove', 'too-many', `at most ${TAG_LIMITS.tags} tags in one request, found ${add.length + remove.length}`);
+        const long = [...add, ...remove].find((x) => x.length > TAG_LIMITS.tagLength);
+        if (long !== undefined) throw fieldError(body, add.includes(long) ? 'add' : 'remove', 'too-long', `a tag is at most ${TAG_LIMITS.tagLength} characters; one has ${long.length}`);
         const reason = body.value.reason;
         if (typeof reason !== 'string' || reason.trim() === '') throw fieldError(body, 'reason', 'missing-key', 'every tag change needs a reason (it goes to the audit log)');
+        if (reason.length > TAG_LIMITS.reasonLength) throw fieldError(body, 'reason', 'too-long', `a reason is at most ${TAG_LIMITS.reasonLength} characters, found ${reason.length}`);
         let ttlSeconds: number | null = null;
         if (body.value.ttl !== undefined && body.value.ttl !== null) {
           ttlSeconds = parseTtl(body.value.ttl);
@@ -247,7 +254,13 @@ export class ApiServer {
         }
         const revision = body.value.revision;
         if (revision !== undefined && !(Number.isInteger(revision) && (revision as number) > 0)) throw fieldError(body, 'revision', 'bad-type', 'expected the tags revision as a positive integer');
-        const result = await this.controller.changeTags(decodeURIComponent(tagRoute[1]), {
+        let workloadName: string;
+        try {
+          workloadName = decodeURIComponent(tagRoute[1]);
+        } catch {
+          throw new ControlError(400, 'bad-request', `the workload name in the path is not valid percent-encoding: '${tagRoute[1]}'`, [problem('bad-value', '(path)', 'not valid percent-encoding')]);
+        }
+        const result = await this.controller.changeTags(workloadName, {
           add, remove, reason: reason.trim(), ttlSeconds, by: actor(body), expectRevision: (revision as number | undefined) ?? null,
         });
         return send(res, 200, result);
@@ -255,7 +268,8 @@ export class ApiServer {
       if (route === 'GET /v1/flows') {
         const limitText = url.searchParams.get('limit') ?? '1000';
         const limit = Number(limitText);
-        if (!Number.isInteger(limit) || limit < 1 || limit > 100_000) throw new ControlError(400, 'bad-request', `limit: expected 1 to 100000, found '${limitText}'`, [problem('bad-value', 'limit', 'expected 1 to 100000')]);
+        // Bounded: a page of flows is built and sent in one piece on the event loop the data plane shares.
+        if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new ControlError(400, 'bad-request', `limit: expected 1 to 10000, found '${limitText}'`, [problem('bad-value', 'limit', 'expected 1 to 10000')]);
         const state = url.searchParams.get('state') ?? undefined;
         if (state !== undefined && !(CT_NAMES as readonly string[]).includes(state)) throw new ControlError(400, 'bad-request', `state: expected one of ${CT_NAMES.slice(1).join(', ')}`, [problem('bad-value', 'state', `expected one of ${CT_NAMES.slice(1).join(', ')}`)]);
         const verdict = url.searchParams.get('verdict') ?? undefined;

@@ -20,7 +20,7 @@
  *   tags: a JSON file (by default beside the config, `<config>.tags.json`), so
  *   a quarantine survives a restart. Revisions restart at 1 with the process.
  */
-import { existsSync, readFileSync, renameSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
+import { chmodSync, chownSync, existsSync, readFileSync, renameSync, rmSync, statSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
 export interface DynamicTag {
@@ -77,6 +77,33 @@ export interface PolicyStore {
   close(): void;
 }
 
+/**
+ * Replace `target` with `text` through `tmp` and a rename (readers never see
+ * half a file), keeping the target's mode and owner (a PUT by a root daemon
+ * must not leave the operator's 0644 file root-owned 0600). On any failure the
+ * temporary file is removed and the target is untouched; the error is thrown.
+ */
+function writeKeepingOwner(tmp: string, text: string, target: string): void {
+  let mode = 0o600, uid = -1, gid = -1;
+  try {
+    const st = statSync(target);
+    mode = st.mode & 0o7777; uid = st.uid; gid = st.gid;
+  } catch {
+    // A new file: 0600, owned by whoever runs tapwall.
+  }
+  try {
+    writeFileSync(tmp, text, { mode });
+    chmodSync(tmp, mode); // writeFileSync's mode is masked by the umask
+    if (uid >= 0 && (uid !== process.getuid?.() || gid !== process.getgid?.())) {
+      try { chownSync(tmp, uid, gid); } catch { /* not allowed (tapwall is not root): the mode at least is kept */ }
+    }
+    renameSync(tmp, target);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+}
+
 export class FileStore implements PolicyStore {
   private revision = 1;
   private policyText: string;
@@ -118,8 +145,7 @@ export class FileStore implements PolicyStore {
   async putPolicy(text: string, expect: number | null): Promise<CasResult> {
     if (expect !== null && expect !== this.policyRevision) return { ok: false, revision: this.policyRevision };
     const tmp = join(dirname(this.configPath), `.${basename(this.configPath)}.${process.pid}.tmp`);
-    writeFileSync(tmp, text, { mode: 0o600 });
-    renameSync(tmp, this.configPath);
+    writeKeepingOwner(tmp, text, this.configPath);
     this.policyText = text;
     this.policyRevision = ++this.revision;
     this.changed('policy');
@@ -129,8 +155,7 @@ export class FileStore implements PolicyStore {
   async putTags(tags: TagMap, expect: number | null): Promise<CasResult> {
     if (expect !== null && expect !== this.tagsRevision) return { ok: false, revision: this.tagsRevision };
     const tmp = `${this.tagsPath}.${process.pid}.tmp`;
-    writeFileSync(tmp, `${JSON.stringify(tags, null, 2)}\n`, { mode: 0o600 });
-    renameSync(tmp, this.tagsPath);
+    writeKeepingOwner(tmp, `${JSON.stringify(tags, null, 2)}\n`, this.tagsPath);
     this.tags = structuredClone(tags);
     this.tagsRevision = ++this.revision;
     this.changed('tags');
