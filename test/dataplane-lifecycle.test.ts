@@ -51,15 +51,21 @@ t.test('a vNIC that is absent, appears, vanishes and comes back', async (t) => {
   t.match(stderr, /twl-a|running/, 'the daemon logged its start');
 
   let server: ChildProcess | null = null;
-  const bring = () => {
+  /** The "guest" b: its namespace and veth, and an echo server; resolves once the server says it listens. */
+  const bring = (): Promise<void> => {
     lab.vethHost('twl-nb', 'twl-b', 'twl-pb', '02:82:00:00:00:0b', ['10.82.0.2/24']);
-    server = lab.spawnIn('twl-nb', SERVERS, ['b', '8080']);
+    const s = lab.spawnIn('twl-nb', SERVERS, ['b', '8080']);
+    server = s;
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('the echo server did not start')), 10_000);
+      s.stdout!.on('data', (d) => { if (String(d).includes('ready')) { clearTimeout(timer); resolve(); } });
+    });
   };
   const connect = () => lab.runIn('twl-na', TCP_CONNECT, ['10.82.0.2', '8080', '1500']);
 
-  bring();
+  const listening = bring();
   t.ok(await waitPort('twl-b', (p) => p.up && p.attaches === 1), 'when twl-b appears it is attached');
-  await new Promise((r) => setTimeout(r, 300)); // the echo server's socket
+  await listening;
   t.equal(connect(), 'connected', 'and traffic flows to b');
 
   // The "guest" stops: its namespace and interface go away (a process left inside would keep them alive).
@@ -73,9 +79,9 @@ t.test('a vNIC that is absent, appears, vanishes and comes back', async (t) => {
   t.equal(connect(), 'timeout', 'and nothing reaches b');
   t.match(await port('twl-a'), { up: true }, 'a is untouched');
 
-  bring();
+  const again = bring();
   t.ok(await waitPort('twl-b', (p) => p.up && p.attaches === 2), 'when it comes back (a new interface, same name) it is attached again');
-  await new Promise((r) => setTimeout(r, 300));
+  await again;
   t.equal(connect(), 'connected', 'and traffic flows again, tapwall never restarted');
   t.equal(daemon.exitCode, null, 'the daemon is still running');
   t.match(await (await fetch(ready.metrics)).text(), /^tapwall_port_attaches_total\{port="twl-b",workload="b"\} 2$/m, 'the attaches are counted');

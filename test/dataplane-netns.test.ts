@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Lab, SERVERS, TCP_CLIENT, UDP_CLIENT, lineReader, sh } from '../src/util/lab.js';
+import { until } from './fixtures.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
@@ -46,6 +47,7 @@ sections:
 const VLAN_RECEIVER = `
 const n = require(process.argv[1]);
 const fd = n.packetOpen(process.argv[2]);
+console.log('ready');
 const buf = new Uint8Array(64 * 2048), off = new Int32Array(64), len = new Int32Array(64);
 const seen = { 5353: 0, 7777: 0 };
 const timer = setInterval(() => {
@@ -142,8 +144,9 @@ async function scenario(t: Tap.Test, mode: 'tap' | 'offload' | 'attach' | 'attac
   // and receive them): policed on the inner IP header, forwarded with their tag.
   const nicIn = (nic: string) => (tapLike ? nic : nic.replace('twt-', 'twp-'));
   const receiver = lab.spawnIn('twt-app', VLAN_RECEIVER, [join(root, 'native-bindings/index.cjs'), nicIn('twt-app1'), '3000']);
-  const received = new Promise<string>((resolve) => { let out = ''; receiver.stdout!.on('data', (d) => { out += String(d); }); receiver.on('exit', () => resolve(out.trim())); });
-  await new Promise((r) => setTimeout(r, 500));
+  let out = '';
+  const received = new Promise<string>((resolve) => { receiver.stdout!.on('data', (d) => { out += String(d); }); receiver.on('exit', () => resolve(out.replace(/^ready\n/, '').trim())); });
+  await until('the receiver to have its socket open', () => out.startsWith('ready'), 10_000);
   t.equal(lab.runIn('twt-web', VLAN_SENDER, [join(root, 'native-bindings/index.cjs'), join(root, 'dist/src/packet/build.js'), nicIn('twt-web1')]), 'sent', 'tagged frames sent');
   t.equal(await received, 'vlan100 udp5353: 3, udp7777: 0', 'the allowed tagged frames arrive with their tag; the denied ones do not');
   const started = Date.now();

@@ -112,6 +112,10 @@ t.test('QEMU guests behind tapwall', async (t) => {
   // An open connection a -> b:7777, cut by a quarantine tag through the API.
   // Both ends in their own session, off the console: nothing may read the test's next commands or touch the shell's tty.
   await b.run("setsid sh -c 'sleep 600 | nc -l -p 7777 > /tmp/recv' < /dev/null > /dev/null 2>&1 &");
+  // The listener starts in the background: wait until b's kernel lists it (port 7777 = 1E61, state 0A = LISTEN,
+  // over IPv4 or IPv6)
+  // before a connects, or a lost race leaves a with nothing to connect to.
+  await waitUntil('b to listen on 7777', async () => (await b.run("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -qiE ':1E61 [0-9A-F]+:0000 0A' && echo listening")).output.includes('listening'), 20_000);
   await a.run("setsid sh -c 'while :; do echo x; sleep 0.2; done | nc 10.81.0.12 7777' < /dev/null > /dev/null 2>&1 &");
   const received = async () => Number(/(\d+)\s*$/.exec((await b.run('wc -l < /tmp/recv')).output)?.[1] ?? -1);
   await waitUntil('the connection to carry data', async () => (await received()) >= 5, 20_000);
