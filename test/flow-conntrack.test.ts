@@ -11,7 +11,7 @@ import { policyLoad, policyFromData } from '../src/policy/load.js';
 import { policyCompile } from '../src/policy/compile.js';
 import { PolicyDecider } from '../src/datapath/decide.js';
 import { CT, ENTRY_WORDS, F, FC, FlowTable, NO_PORT } from '../src/flow/flowTable.js';
-import { CTC, Conntrack, ctPolicyChanged, ctProcess, ctProcessBatch, ctSweep, type ConntrackOptions } from '../src/flow/conntrack.js';
+import { CTC, Conntrack, RS, RS_COUNT, ctPolicyChanged, ctProcess, ctProcessBatch, ctSweep, type ConntrackOptions } from '../src/flow/conntrack.js';
 
 const example = fileURLToPath(new URL('../examples/three-tier.yaml', import.meta.url));
 // Ports: 0 web-1, 1 web-2, 2 app-1, 3 db-1, 4 jump-1, 5 uplink.
@@ -270,6 +270,22 @@ t.test('a batch of frames: every frame gets exactly one outcome, and they add up
   t.equal(forwarded, 2);
   t.same([...outcomes].map((o) => OUTCOME_NAMES[o]), ['forward', 'forward', 'policy', 'invalid_state', 'malformed', 'ethertype']);
   t.same([entries[0], entries[1], entries[2]], [0, 0, -1], 'the forwarded frames name their connection');
-  t.equal(ct.counters[CTC.hits], 1, 'one hit (the retransmit), counted once per batch');
+  t.equal(ct.counters[CTC.hits], 1, 'one hit (the retransmit), counted where the packet found its connection');
   t.equal(ct.counters[CTC.misses], 3);
+});
+
+t.test('per-rule counters count what a rule let through or stopped, never what it could not open', async (t) => {
+  const { tcp, ct, decider } = setup();
+  ct.ruleStats = new Float64Array((decider.policy.rules.length + 1) * RS_COUNT);
+  const order = decider.policy.rules.findIndex((r) => r.id === 'app-to-db');
+  const stat = (k: RS) => ct.ruleStats[(order + 1) * RS_COUNT + k];
+  for (let i = 0; i < 5; i++) t.equal(tcp(APP, DB, 41000 + i, 5432, TCP_ACK), 'invalid_state', `lone ACK ${i + 1}`);
+  t.same([stat(RS.packets), stat(RS.connections)], [0, 0], 'five lone ACKs add nothing to app-to-db (they were never allowed)');
+  t.equal(tcp(APP, DB, 41100, 5432, TCP_SYN), 'forward', 'a SYN opens a connection');
+  t.same([stat(RS.packets), stat(RS.connections)], [1, 1], 'it counts one packet and one connection for app-to-db');
+  const hits = ct.counters[CTC.hits], misses = ct.counters[CTC.misses];
+  t.equal(tcp(DB, APP, 5432, 41100, TCP_SYN | TCP_ACK), 'forward', 'the SYN-ACK');
+  t.equal(tcp(APP, DB, 41100, 5432, TCP_ACK), 'forward', 'the ACK');
+  t.same([ct.counters[CTC.hits] - hits, ct.counters[CTC.misses] - misses], [2, 0], 'two packets that found their connection: two hits, counted in ctProcess (the path the daemon runs)');
+  t.same([stat(RS.packets), stat(RS.connections)], [3, 1], 'and they count as packets of the connection, not as connections');
 });

@@ -88,10 +88,7 @@ export interface ConntrackOptions {
   uplinkPort?: number;
 }
 
-/**
- * Counters the tracker keeps besides the table's. `hits` is counted per
- * batch by ctProcessBatch (a local sum, flushed once), not per packet.
- */
+/** Counters the tracker keeps besides the table's (typed-array increments; prom-client reads them at scrape time). */
 /** Per-rule counters: [(order + 1) * RS_COUNT + RS.x]. */
 export const enum RS { packets = 0, bytes = 1, connections = 2 }
 export const RS_COUNT = 3;
@@ -262,16 +259,26 @@ function isIcmpEcho(pkt: Int32Array): boolean {
   return c === ICMP.echoRequest || c === ICMP.echoReply;
 }
 
+/**
+ * Count a decision for the rules that made it (once when one rule decided at
+ * both points): only for a packet that a rule let through or stopped, never
+ * for one that a stateful allow could not open (a lone ACK is invalid_state,
+ * not a hit of the rule that would allow the connection).
+ */
+function ruleCountDecision(ct: Conntrack, pkt: Int32Array): void {
+  ruleCount(ct.ruleStats, ct.rules[0], pkt[PKT.length], 1);
+  if (ct.rules[1] !== ct.rules[0]) ruleCount(ct.ruleStats, ct.rules[1], pkt[PKT.length], 1);
+}
+
 /** The Outcome of a packet no connection covers, by the policy; opens an entry when it should. */
 function ctNew(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort: number, now: number): number {
   const proto = pkt[PKT.proto];
   const d = ct.decider.decide(pkt, arrivalPort, destPort, ct.rules);
   const verdict = d & Verdict.mask;
-  ruleCount(ct.ruleStats, ct.rules[0], pkt[PKT.length], 1);
-  if (ct.rules[1] !== ct.rules[0]) ruleCount(ct.ruleStats, ct.rules[1], pkt[PKT.length], 1);
-  if (verdict === Verdict.drop) { logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.policy, now); return Outcome.policy; }
-  if (verdict === Verdict.reject) { logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.reject, now); return Outcome.reject; }
+  if (verdict === Verdict.drop) { ruleCountDecision(ct, pkt); logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.policy, now); return Outcome.policy; }
+  if (verdict === Verdict.reject) { ruleCountDecision(ct, pkt); logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.reject, now); return Outcome.reject; }
   if ((d & Verdict.stateless) !== 0) {
+    ruleCountDecision(ct, pkt);
     ct.counters[CTC.stateless]++;
     logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.forward, now);
     return Outcome.forward;
@@ -283,14 +290,15 @@ function ctNew(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort: nu
     const flags = pkt[PKT.tcpFlags];
     if ((flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)) === TCP_SYN) state = CT.synSent;
     else if (!ct.loose) return Outcome.invalid_state;
-    else if ((flags & TCP_RST) !== 0) return Outcome.forward; // nothing to track
+    else if ((flags & TCP_RST) !== 0) { ruleCountDecision(ct, pkt); return Outcome.forward; } // nothing to track
     else { state = CT.established; midstream = true; }
   } else if (proto === 17) state = CT.udpNew;
   else if (isIcmpEcho(pkt)) {
     if (pkt[PKT.icmpClass] === ICMP.echoRequest) state = CT.icmpNew;
     else if (!ct.loose) return Outcome.invalid_state;
-    else return Outcome.forward;
+    else { ruleCountDecision(ct, pkt); return Outcome.forward; }
   } else if (pkt[PKT.icmpClass] !== ICMP.notIcmp) {
+    ruleCountDecision(ct, pkt);
     return Outcome.forward; // other ICMP (not echo, not an error): the policy alone decides, untracked
   } else state = CT.otherNew;
 
@@ -298,6 +306,7 @@ function ctNew(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort: nu
   const ent = flowInsert(ct.table, pkt, PKT.src, PKT.dst, pkt[PKT.sport], pkt[PKT.dport], proto, pkt[PKT.family],
     arrivalPort, destPort, ownerIsReply, now);
   if (ent < 0) return ent === INSERT_QUOTA ? Outcome.quota : Outcome.table_full;
+  ruleCountDecision(ct, pkt);
   const e = ct.table.entries;
   const o = ent * ENTRY_WORDS;
   e[o + F.state] |= state | (midstream ? FLAG.midstream << 8 : 0) | ((d & Verdict.log) !== 0 ? FLAG.logged << 8 : 0);
@@ -359,6 +368,7 @@ export function ctProcess(ct: Conntrack, pkt: Int32Array, arrivalPort: number, d
     ct.counters[CTC.misses]++;
     return ctNew(ct, pkt, arrivalPort, destPort, now);
   }
+  ct.counters[CTC.hits]++;
   const ent = hit >> 1, dir = hit & 1;
   const e = t.entries;
   const o = ent * ENTRY_WORDS;
@@ -430,19 +440,16 @@ export function ctProcessBatch(
   arrivalPort: number, destPorts: Int32Array, now: number, pkt: Int32Array,
   outcomes: Uint8Array, entries: Int32Array,
 ): number {
-  let forwarded = 0, ip = 0;
-  const missesBefore = ct.counters[CTC.misses];
+  let forwarded = 0;
   for (let i = start, j = 0; j < count; i++, j++) {
     const r = parseFrame(buf, offsets[i], lengths[i], pkt);
     let o: number;
-    if (r === PARSE.ip) { o = ctProcess(ct, pkt, arrivalPort, destPorts[i], now); ip++; }
+    if (r === PARSE.ip) o = ctProcess(ct, pkt, arrivalPort, destPorts[i], now);
     else if (r === PARSE.malformed) { o = Outcome.malformed; ct.lastEntry = -1; }
     else { o = Outcome.ethertype; ct.lastEntry = -1; }
     outcomes[j] = o;
     entries[j] = ct.lastEntry;
     if (o === Outcome.forward) forwarded++;
   }
-  // IP packets that did not miss found their connection (ICMP errors count here too).
-  ct.counters[CTC.hits] += ip - (ct.counters[CTC.misses] - missesBefore);
   return forwarded;
 }

@@ -12,7 +12,7 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { Dataplane, PC, PC_COUNT } from '../datapath/dataplane.js';
 import { OUTCOME_COUNT, OUTCOME_NAMES } from '../packet/verdict.js';
 import { FLOW_COUNTER_NAMES } from '../flow/flowTable.js';
-import { RS, RS_COUNT } from '../flow/conntrack.js';
+import { CTC, RS, RS_COUNT } from '../flow/conntrack.js';
 import type { Controller } from '../control/controller.js';
 import { promHistogram } from './histogram.js';
 
@@ -73,6 +73,21 @@ export function metricsRegistry(dp: Dataplane, controller: Controller | null = n
   new Gauge({
     name: 'tapwall_flow_port_entries', help: 'Connections charged to the port (against its quota).', labelNames: ['port', 'workload'], registers: [registry],
     collect() { live((i) => this.set(portLabels(i), dp.table.ownerCount[i])); },
+  });
+  new Counter({
+    name: 'tapwall_conntrack_events_total',
+    help: 'Connection tracking: packets that found their connection (hit) or none (miss), ICMP errors related to a connection, stale entries checked again after a policy change (revalidated) and those it then cut, stateless decisions.',
+    labelNames: ['event'], registers: [registry],
+    collect() {
+      this.reset();
+      const c = dp.ct.counters;
+      this.inc({ event: 'hit' }, c[CTC.hits]);
+      this.inc({ event: 'miss' }, c[CTC.misses]);
+      this.inc({ event: 'related' }, c[CTC.related]);
+      this.inc({ event: 'revalidated' }, c[CTC.revalidated]);
+      this.inc({ event: 'cut' }, c[CTC.cut]);
+      this.inc({ event: 'stateless' }, c[CTC.stateless]);
+    },
   });
   new Gauge({
     name: 'tapwall_flow_port_quota', help: 'Most connections one port may hold.', registers: [registry],
