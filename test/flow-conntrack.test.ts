@@ -239,8 +239,29 @@ t.test('a new policy cuts established connections it denies, and only those', as
   ctPolicyChanged(ct);
   ctSweep(ct, 2000, 1024);
   const states = [0, 1, 2].map((e) => ct.table.entries[e * ENTRY_WORDS + F.state] & 0xff);
-  t.same(states, [CT.cut, CT.cut, CT.cut], 'the sweep re-decided every entry and cut those the new policy denies');
+  t.same(states, [CT.cut, CT.free, CT.cut], 'the sweep re-decided every entry: it cut those the new policy denies, and forgot the one cut before (it is judged afresh)');
   t.equal(tcp(DB, APP, 5432, 40000, TCP_ACK), 'cut');
+});
+
+t.test('a quarantine lifted holds at once, also for a connection it had cut (regression: cut entries stayed cut 10 s)', async (t) => {
+  const { tcp, send, ct, decider, policy } = setup();
+  tcp(WEB1, APP, 40000, 8080, TCP_SYN); tcp(APP, WEB1, 8080, 40000, TCP_SYN | TCP_ACK); t.equal(tcp(WEB1, APP, 40000, 8080, TCP_ACK), 'forward');
+  policy.workloads.get('web-1')!.tags.push('quarantine');
+  decider.setPolicy(policyCompile(policy)); ctPolicyChanged(ct);
+  t.equal(tcp(WEB1, APP, 40000, 8080, TCP_ACK), 'cut', 'quarantined: cut');
+  t.equal(tcp(WEB1, APP, 40000, 8080, TCP_SYN), 'cut', 'a new SYN on the same ports is cut too while the quarantine holds');
+  policy.workloads.get('web-1')!.tags.pop();
+  decider.setPolicy(policyCompile(policy)); ctPolicyChanged(ct);
+  t.equal(tcp(WEB1, APP, 40000, 8080, TCP_SYN), 'forward', 'lifted: the same ports connect again at once');
+  t.equal(tcp(APP, WEB1, 8080, 40000, TCP_SYN | TCP_ACK), 'forward', 'and the connection opens');
+  // A related ICMP error that quotes a connection cut under an older policy is no longer held as cut either.
+  policy.workloads.get('web-1')!.tags.push('quarantine');
+  decider.setPolicy(policyCompile(policy)); ctPolicyChanged(ct);
+  t.equal(tcp(WEB1, APP, 40000, 8080, TCP_ACK), 'cut');
+  policy.workloads.get('web-1')!.tags.pop();
+  decider.setPolicy(policyCompile(policy)); ctPolicyChanged(ct);
+  const quoted = ipPacket({ family: 4, src: IP[WEB1], dst: IP[APP], proto: 6, sport: 40000, dport: 8080 }).subarray(0, 28);
+  t.equal(send(APP, WEB1, { proto: 1, src: IP[APP], dst: IP[WEB1], icmpType: 3, icmpCode: 3, payload: quoted }), 'policy', 'the error is judged by the policy (no connection any more), not dropped as cut');
 });
 
 t.test('frames from the uplink are charged to the vNIC they reach', async (t) => {

@@ -31,6 +31,9 @@
  *   batch) re-decides it. If the new policy denies it, the entry becomes
  *   `cut`: that packet and the connection's later ones are dropped with the
  *   outcome `cut` (the data plane answers a cut TCP connection with RST).
+ *   A cut entry is itself stale after the next policy change: it is forgotten,
+ *   and its next packet is decided afresh (a lifted quarantine holds at once,
+ *   also for a client that reuses the same ports).
  *
  * Rule counters and flow logs
  *   `ruleStats` holds packets, bytes and connection decisions per rule
@@ -216,9 +219,9 @@ export function ctSweep(ct: Conntrack, now: number, budget: number): number {
     const o = ent * ENTRY_WORDS;
     if (e[o + F.generation] === gen) return;
     const state = e[o + F.state] & 0xff;
-    if (state === CT.cut) return;
-    // A connection that is already over has nothing to cut: forget it, and a new one is decided afresh.
-    if (state === CT.closed || state === CT.timeWait) flowRemove(ct.table, ent);
+    // A connection that is already over has nothing to cut, and one cut under an older policy is judged afresh
+    // (the quarantine may be lifted): forget both; their next packet is decided by the policy in force.
+    if (state === CT.closed || state === CT.timeWait || state === CT.cut) flowRemove(ct.table, ent);
     else revalidate(ct, ent);
   });
 }
@@ -334,11 +337,16 @@ function ctRelated(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort
     if (hit >= 0) {
       const ent = hit >> 1;
       const o = ent * ENTRY_WORDS;
-      if ((ct.table.entries[o + F.state] & 0xff) === CT.cut) return Outcome.cut;
-      if (ct.table.entries[o + F.generation] !== ct.generation && !revalidate(ct, ent)) return Outcome.cut;
-      ct.counters[CTC.related]++;
-      ct.lastEntry = -1;
-      return Outcome.forward;
+      const e = ct.table.entries;
+      if ((e[o + F.state] & 0xff) === CT.cut) {
+        if (e[o + F.generation] === ct.generation) return Outcome.cut;
+        flowRemove(ct.table, ent); // cut under an older policy: no connection now; the policy decides below
+      } else {
+        if (e[o + F.generation] !== ct.generation && !revalidate(ct, ent)) return Outcome.cut;
+        ct.counters[CTC.related]++;
+        ct.lastEntry = -1;
+        return Outcome.forward;
+      }
     }
   }
   if (!ct.loose) {
@@ -373,7 +381,14 @@ export function ctProcess(ct: Conntrack, pkt: Int32Array, arrivalPort: number, d
   const e = t.entries;
   const o = ent * ENTRY_WORDS;
   let state = e[o + F.state] & 0xff;
-  if (state === CT.cut) return Outcome.cut;
+  if (state === CT.cut) {
+    if (e[o + F.generation] === ct.generation) return Outcome.cut;
+    // Cut under an older policy: forget it and decide this packet afresh (a lifted quarantine takes effect at once).
+    flowRemove(t, ent);
+    ct.counters[CTC.hits]--;
+    ct.counters[CTC.misses]++;
+    return ctNew(ct, pkt, arrivalPort, destPort, now);
+  }
   if (e[o + F.generation] !== ct.generation && !revalidate(ct, ent)) return Outcome.cut;
 
   if (proto === 6) {
