@@ -7,9 +7,9 @@
 import { readFileSync } from 'node:fs';
 import { stringify } from 'yaml';
 import { EtcdStore, type EtcdOptions } from '../control/etcdStore.js';
-import { ControlError, tagsAfterChange, type TagChange } from '../control/controller.js';
+import { ControlError, storedPolicyCheck, tagsAfterChange, type TagChange } from '../control/controller.js';
 import { tagsOf } from '../control/store.js';
-import { policyFromData, policyParse } from '../policy/load.js';
+import { policyParse } from '../policy/load.js';
 import { PolicyError } from '../policy/errors.js';
 import type { Policy } from '../policy/model.js';
 
@@ -34,13 +34,8 @@ export class StoreRefusal extends Error {
 
 async function storedPolicy(store: EtcdStore): Promise<{ policy: Policy; revision: number; tagsRevision: number; tags: Awaited<ReturnType<EtcdStore['read']>>['tags']['value'] }> {
   const state = await store.read();
-  const { policy, problems } = policyFromData(state.policy.data as never, state.policy.source, undefined, { shadows: false });
-  const keyOf = state.policy.keyOfPath;
-  const errors = [
-    ...(state.policy.keyProblems ?? []).map((k) => ({ severity: 'error' as const, code: 'bad-key', file: k.key, line: 1, column: 1, path: '(key)', message: k.message })),
-    ...problems.filter((p) => p.severity === 'error').map((p) => ({ ...p, file: keyOf?.(p.path) ?? p.file })),
-  ];
-  if (!policy || errors.length > 0) throw new PolicyError(errors);
+  const { policy, problems } = storedPolicyCheck(state.policy.text, state.policy.source, state.policy);
+  if (!policy) throw new PolicyError(problems);
   return { policy, revision: state.policy.revision, tagsRevision: state.tags.revision, tags: state.tags.value };
 }
 

@@ -128,16 +128,9 @@ export class Controller {
    * not be read at all refuses the whole change).
    */
   private validate(text: string, source: string, from?: StoreState['policy']): Policy {
-    const parsed = from?.data !== undefined ? policyFromData(from.data as never, source, undefined, { shadows: false }) : policyParse(text, source, { shadows: false });
-    let problems = parsed.problems.filter((p) => p.severity === 'error');
-    if (from?.keyOfPath) {
-      const keyOf = from.keyOfPath;
-      problems = problems.map((p) => ({ ...p, file: keyOf(p.path) ?? p.file }));
-    }
-    const keyProblems = (from?.keyProblems ?? []).map((k) => ({ severity: 'error' as const, code: 'bad-key', file: k.key, line: 1, column: 1, path: '(key)', message: k.message }));
-    problems = [...keyProblems, ...problems];
-    if (!parsed.policy || problems.length > 0) throw new ControlError(400, 'invalid-policy', `the policy is invalid (${problems.length} errors)`, problems);
-    return parsed.policy;
+    const { policy, problems } = storedPolicyCheck(text, source, from);
+    if (!policy) throw new ControlError(400, 'invalid-policy', `the policy is invalid (${problems.length} errors)`, problems);
+    return policy;
   }
 
   /** Drop dynamic tags of workloads the policy no longer has, and expired ones. */
@@ -354,6 +347,23 @@ export class Controller {
     for (const [workload, t] of expired) this.audit({ action: 'tag.expired', by: 'ttl', workload, tag: t.tag, reason: t.reason, addedBy: t.by, revision: cas.revision });
     this.scheduleExpiry();
   }
+}
+
+/**
+ * Validate a policy as a store holds it: its text, or (a store that
+ * assembles it from keys) its data, with every problem named by the key it
+ * sits in, and a key that could not be read at all refusing the whole of it.
+ * The controller and `tapwall ... --store` both read a store's policy so.
+ * Returns the errors only; `policy` is null when there is any.
+ */
+export function storedPolicyCheck(text: string, source: string, from?: StoreState['policy']): { policy: Policy | null; problems: PolicyProblem[] } {
+  const parsed = from?.data !== undefined ? policyFromData(from.data as never, source, undefined, { shadows: false }) : policyParse(text, source, { shadows: false });
+  const keyOf = from?.keyOfPath;
+  const problems = [
+    ...(from?.keyProblems ?? []).map((k) => ({ severity: 'error' as const, code: 'bad-key', file: k.key, line: 1, column: 1, path: '(key)', message: k.message })),
+    ...parsed.problems.filter((p) => p.severity === 'error').map((p) => (keyOf ? { ...p, file: keyOf(p.path) ?? p.file } : p)),
+  ];
+  return { policy: problems.length > 0 ? null : parsed.policy, problems };
 }
 
 /**

@@ -489,12 +489,17 @@ export class EtcdStore implements PolicyStore {
 
   private lastClose = 0;
 
-  /** A write went through at `revision`: wait until the watch has brought it, so reads see it. */
+  /** A policy write went through at `revision`. */
   private async committed(revision: number): Promise<CasResult> {
+    await this.caughtUp(revision);
+    return { ok: true, revision: Math.max(this.policyRevision, revision) };
+  }
+
+  /** Wait until the watch has brought `revision` (5 s at most, then read everything), so reads see a write. */
+  private async caughtUp(revision: number): Promise<void> {
     const until = Date.now() + 5000;
     while (this.revision < revision && Date.now() < until && !this.closed) await new Promise((r) => setTimeout(r, 2));
-    if (this.revision < revision) await this.resync('after write');
-    return { ok: true, revision: Math.max(this.policyRevision, revision) };
+    if (this.revision < revision && !this.closed) await this.resync('after write');
   }
 
   /** Write dynamic tags: only the workloads whose list changed, each compared with the revision read. */
@@ -514,8 +519,7 @@ export class EtcdStore implements PolicyStore {
     const res = await cmp.then(...changes.map(([w, v]) => (v === null ? this.client.delete().key(this.full(`tags/${w}`)) : this.client.put(this.full(`tags/${w}`)).value(v)))).commit();
     if (!res.succeeded) return { ok: false, revision: Math.max(this.tagsRevision, Number(res.header.revision)) };
     const r = Number(res.header.revision);
-    const until = Date.now() + 5000;
-    while (this.revision < r && Date.now() < until && !this.closed) await new Promise((x) => setTimeout(x, 2));
+    await this.caughtUp(r);
     return { ok: true, revision: Math.max(this.tagsRevision, r) };
   }
 

@@ -362,6 +362,11 @@ function vlanAllowed(sw: Switch, p: number): boolean {
   return (map[v >> 3] & (1 << (v & 7))) !== 0;
 }
 
+/** Where a broadcast question about an address goes: to the port that owns it, else towards the uplink. */
+function ownerOrUplink(sw: Switch, owner: number, P: number): number {
+  return owner >= 0 && owner !== P ? owner : towardsUplink(sw, P);
+}
+
 /** Final checks on the chosen port: it exists and is up, and a vNIC gets only its own VLAN. */
 function deliver(sw: Switch, to: number, ex: Explain | null): number {
   if (to < 0 || to === NO_PORT) return say(ex, 'switch', Outcome.no_route, 'there is no port to send it to');
@@ -381,10 +386,9 @@ export function frameDecide(sw: Switch, buf: Uint8Array, off: number, len: numbe
   const kind = parseFrame(buf, off, len, pkt);
   if (kind === PARSE.malformed) return say(ex, 'parse', Outcome.malformed, 'the frame cannot be read to the end (truncated, bad lengths, or headers tapwall does not read past)');
   const vnic = sw.isVnic[P] === 1;
-  const guard = sw.spoofguard;
-  const srcHi = (buf[off + 6] << 8) | buf[off + 7];
-  const srcLo = (buf[off + 8] << 24) | (buf[off + 9] << 16) | (buf[off + 10] << 8) | buf[off + 11];
-  if (guard) {
+  if (sw.spoofguard) {
+    const srcHi = (buf[off + 6] << 8) | buf[off + 7];
+    const srcLo = (buf[off + 8] << 24) | (buf[off + 9] << 16) | (buf[off + 10] << 8) | buf[off + 11];
     if (vnic) {
       if (srcHi !== sw.macHi[P] || srcLo !== sw.macLo[P]) return say(ex, 'spoofguard', Outcome.spoof, "the source MAC is not the vNIC's own");
     } else if (sw.macOwner(srcHi, srcLo) >= 0) return say(ex, 'spoofguard', Outcome.spoof, "a vNIC's MAC arriving from the uplink");
@@ -433,15 +437,12 @@ function arpDecide(sw: Switch, buf: Uint8Array, off: number, len: number, P: num
     say(ex, 'resolution', -1, 'a probe or gratuitous ARP about its own address: to the uplink only');
     return deliver(sw, towardsUplink(sw, P), ex);
   }
+  const owner = sw.addrOwner(4, buf, l3 + 24, true);
   let to: number;
   if (dest >= 0) {
     to = dest;
-    const owner = sw.addrOwner(4, buf, l3 + 24, true);
     if (sw.isVnic[to] === 1 ? owner !== to : owner >= 0) return say(ex, 'switch', Outcome.misdirected, "the ARP target address is not the receiving port's");
-  } else {
-    const owner = sw.addrOwner(4, buf, l3 + 24, true);
-    to = owner >= 0 && owner !== P ? owner : towardsUplink(sw, P);
-  }
+  } else to = ownerOrUplink(sw, owner, P);
   if (to === NO_PORT || to < 0) return say(ex, 'switch', Outcome.no_route, 'no port owns the address asked about');
   if (!sw.resolutionAllowed(4, buf, l3 + 14, P, l3 + 24, to)) return say(ex, 'policy', Outcome.policy, 'a drop rule cuts these two addresses off from each other, so they may not resolve each other');
   say(ex, 'resolution', -1, 'ARP between addresses no drop rule cuts off from each other');
@@ -583,10 +584,8 @@ function ndDecide(sw: Switch, buf: Uint8Array, P: number, dest: number, now: num
     if (sw.isVnic[to] === 1 ? owner !== to || targetOwner !== to : owner >= 0 || targetOwner >= 0) {
       return say(ex, 'switch', Outcome.misdirected, "the destination address is not the receiving port's");
     }
-  } else if (t === 135) {
-    const owner = sw.addrOwner(6, buf, target, true);
-    to = owner >= 0 && owner !== P ? owner : towardsUplink(sw, P);
-  } else to = NO_PORT; // a multicast advertisement from the uplink: vNICs learn by asking
+  } else if (t === 135) to = ownerOrUplink(sw, sw.addrOwner(6, buf, target, true), P);
+  else to = NO_PORT; // a multicast advertisement from the uplink: vNICs learn by asking
   if (to === NO_PORT || to < 0) return say(ex, 'switch', Outcome.no_route, 'no port owns the address asked about');
   // Solicitation: the sender and the target; advertisement: the target (the sender's own) and the destination.
   const a = t === 135 ? l3 + 8 : target, b = t === 135 ? target : l3 + 24;

@@ -376,19 +376,18 @@ export function ctProcess(ct: Conntrack, pkt: Int32Array, arrivalPort: number, d
     ct.counters[CTC.misses]++;
     return ctNew(ct, pkt, arrivalPort, destPort, now);
   }
-  ct.counters[CTC.hits]++;
   const ent = hit >> 1, dir = hit & 1;
   const e = t.entries;
   const o = ent * ENTRY_WORDS;
   let state = e[o + F.state] & 0xff;
-  if (state === CT.cut) {
-    if (e[o + F.generation] === ct.generation) return Outcome.cut;
+  if (state === CT.cut && e[o + F.generation] !== ct.generation) {
     // Cut under an older policy: forget it and decide this packet afresh (a lifted quarantine takes effect at once).
     flowRemove(t, ent);
-    ct.counters[CTC.hits]--;
     ct.counters[CTC.misses]++;
     return ctNew(ct, pkt, arrivalPort, destPort, now);
   }
+  ct.counters[CTC.hits]++;
+  if (state === CT.cut) return Outcome.cut;
   if (e[o + F.generation] !== ct.generation && !revalidate(ct, ent)) return Outcome.cut;
 
   if (proto === 6) {

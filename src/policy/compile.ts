@@ -25,7 +25,7 @@
 import { trieBuild, trieLookup, type RuleTrie } from '../classify/ruleTrie.js';
 import { KEY_V4, KEY_V6 } from '../packet/key.js';
 import { prefixAggregate, prefixWordRange, type Family, type Prefix } from './addresses.js';
-import type { Action, Group, Policy, Rule, Workload } from './model.js';
+import { groupSelects, type Action, type Group, type Policy, type Rule, type Workload } from './model.js';
 import { ANY_SERVICE, type IpServiceAtom, type ServiceAtom } from './services.js';
 import { workloadPrefixes } from './spoofguard.js';
 import { VERDICT_OF_ACTION } from '../packet/verdict.js';
@@ -112,11 +112,7 @@ export function resolveGroups(policy: Policy): CompiledPolicy['groups'] {
     const g = policy.groups.get(name) as Group;
     resolving.add(name);
     const members = new Set<string>();
-    for (const w of policy.workloads.values()) {
-      const anyOf = g.tagsAnyOf.length > 0 && g.tagsAnyOf.some((t) => w.tags.includes(t));
-      const allOf = g.tagsAllOf.length > 0 && g.tagsAllOf.every((t) => w.tags.includes(t));
-      if (anyOf || allOf || g.workloads.includes(w.name)) members.add(w.name);
-    }
+    for (const w of policy.workloads.values()) if (groupSelects(g, w)) members.add(w.name);
     const prefixes: Prefix[] = [...g.cidrs];
     for (const sub of g.groups) {
       if (resolving.has(sub)) continue; // validation rejects cycles; stay finite anyway
@@ -174,15 +170,19 @@ export function ruleAppliesAt(rule: Rule, workload: string, groups: CompiledPoli
 
 /** Pass 2 for one rule: its atoms (the same at every point where it applies). */
 export function expandRule(rule: Rule, policy: Policy, groups: CompiledPolicy['groups']): Atom[] {
+  // Resolution services go only into the resolution tables (expandRuleResolution).
+  return ruleAtoms(rule, groups, ruleServices(rule, policy).filter((s) => s.kind !== 'resolve'));
+}
+
+/** A rule's atoms for these services: source prefix x destination prefix x service, where the families agree. */
+function ruleAtoms(rule: Rule, groups: CompiledPolicy['groups'], services: ServiceAtom[]): Atom[] {
   const src = ruleAddresses(rule.from, groups);
   const dst = ruleAddresses(rule.to, groups);
-  const services = ruleServices(rule, policy);
   const srcList: Array<Prefix | null> = src.any ? [null] : src.prefixes;
   const dstList: Array<Prefix | null> = dst.any ? [null] : dst.prefixes;
   const atoms: Atom[] = [];
   for (const service of services) {
-    if (service.kind === 'resolve') continue; // only in the resolution tables (expandRuleResolution)
-    if (service.kind === 'ether') {
+    if (service.kind !== 'ip') {
       atoms.push({ rule: rule.order, src: null, dst: null, service });
       continue;
     }
@@ -205,31 +205,15 @@ export function expandRule(rule: Rule, policy: Policy, groups: CompiledPolicy['g
  * all (it allows or rejects something, names every service, or names arp / nd).
  */
 export function expandRuleResolution(rule: Rule, policy: Policy, groups: CompiledPolicy['groups']): Atom[] {
-  const services = ruleServices(rule, policy);
-  const families = new Set<number>();
-  for (const s of services) {
+  const families = new Set<4 | 6>();
+  for (const s of ruleServices(rule, policy)) {
     if (s.kind === 'resolve') families.add(s.family);
     else if (s.kind === 'ip' && (rule.action !== 'drop' || s.proto < 0)) {
       if (s.family === 0) { families.add(4); families.add(6); } else families.add(s.family);
     }
   }
-  if (families.size === 0) return [];
-  const src = ruleAddresses(rule.from, groups);
-  const dst = ruleAddresses(rule.to, groups);
-  const srcList: Array<Prefix | null> = src.any ? [null] : src.prefixes;
-  const dstList: Array<Prefix | null> = dst.any ? [null] : dst.prefixes;
-  const atoms: Atom[] = [];
-  for (const family of families) {
-    const service: IpServiceAtom = { kind: 'ip', family: family as Family, proto: -1, sport: [0, 65535], dport: [0, 65535] };
-    for (const s of srcList) {
-      if (s && s.family !== family) continue;
-      for (const d of dstList) {
-        if (d && d.family !== family) continue;
-        atoms.push({ rule: rule.order, src: s, dst: d, service });
-      }
-    }
-  }
-  return atoms;
+  // Every protocol and port, one service per family: the address pairs are what resolution is about.
+  return ruleAtoms(rule, groups, [...families].map((family): IpServiceAtom => ({ kind: 'ip', family, proto: -1, sport: [0, 65535], dport: [0, 65535] })));
 }
 
 function atomFits(a: Atom, family: Family): boolean {

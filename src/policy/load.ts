@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { LineCounter, parseDocument, isMap, isSeq, isScalar, isPair, visit, type Alias, type Document, type Node } from 'yaml';
 import { parsePrefix, hasHostBits, type Prefix } from './addresses.js';
 import { formatPath, PolicyError, type PathSegment, type PolicyProblem, type Severity } from './errors.js';
-import { ACTIONS, type Action, type AddressRef, type Group, type Policy, type Rule, type Section, type ServiceRef, type Workload } from './model.js';
+import { ACTIONS, groupSelects, type Action, type AddressRef, type Group, type Policy, type Rule, type Section, type ServiceRef, type Workload } from './model.js';
 import { findShadowedRules } from './shadow.js';
 import { parseServiceObject, parseServiceSpec, RESERVED_SERVICE_NAMES, ServiceSyntaxError, type ServiceAtom } from './services.js';
 
@@ -462,12 +462,8 @@ function staticMembers(policy: Policy, name: string, seen = new Set<string>()): 
   const g = policy.groups.get(name);
   if (!g || seen.has(name)) return 0;
   seen.add(name);
-  let n = g.workloads.length;
-  for (const w of policy.workloads.values()) {
-    const anyOf = g.tagsAnyOf.length > 0 && g.tagsAnyOf.some((t) => w.tags.includes(t));
-    const allOf = g.tagsAllOf.length > 0 && g.tagsAllOf.every((t) => w.tags.includes(t));
-    if (anyOf || allOf) n++;
-  }
+  let n = 0;
+  for (const w of policy.workloads.values()) if (groupSelects(g, w)) n++;
   for (const sub of g.groups) n += staticMembers(policy, sub, seen);
   return n;
 }

@@ -76,3 +76,10 @@ export interface Policy {
   services: Map<string, { name: string; atoms: ServiceAtom[]; specs: string[] }>;
   sections: Section[];
 }
+
+/** Does a group select this workload by itself (by name or by its tags), nested groups aside? */
+export function groupSelects(g: Group, w: Workload): boolean {
+  if (g.workloads.includes(w.name)) return true;
+  if (g.tagsAnyOf.length > 0 && g.tagsAnyOf.some((t) => w.tags.includes(t))) return true;
+  return g.tagsAllOf.length > 0 && g.tagsAllOf.every((t) => w.tags.includes(t));
+}

@@ -33,9 +33,11 @@ export interface SpoofAddresses {
 }
 
 export function spoofAddresses(w: Workload): SpoofAddresses {
-  const v6 = w.ips.filter((p) => p.family === 6).flatMap((p) => p.words.map((x) => x | 0));
-  v6.push(...linkLocalOf(w.mac).map((x) => x | 0));
-  return { v4: Int32Array.from(w.ips.filter((p) => p.family === 4).map((p) => p.words[0] | 0)), v6: Int32Array.from(v6) };
+  const all = workloadPrefixes(w);
+  return {
+    v4: Int32Array.from(all.filter((p) => p.family === 4).map((p) => p.words[0] | 0)),
+    v6: Int32Array.from(all.filter((p) => p.family === 6).flatMap((p) => p.words.map((x) => x | 0))),
+  };
 }
 
 /**
