@@ -14,32 +14,42 @@ import { pick, randInt, rng } from './rng.js';
 const TAGS = ['web', 'app', 'db', 'prod', 'dev', 'quarantine'];
 const SERVICES = ['tcp/80', 'tcp/443', 'tcp/1000-2000', 'tcp/0', 'tcp/65535', 'udp/53', 'udp/0-1023', 'icmp/echo-request', 'icmp', 'icmpv6/128', 'icmpv6', 'ip/47', 'tcp', 'sctp/9'];
 
-function randomPolicy(r: () => number) {
-  const nW = randInt(r, 1, 8);
+/**
+ * A random policy. `large`: up to 150 workloads in few subnets, many
+ * overlapping tag groups and CIDR groups that nest, overlap and touch, so
+ * that address classes split, nest and fragment.
+ */
+function randomPolicy(r: () => number, large = false) {
+  const nW = large ? randInt(r, 40, 150) : randInt(r, 1, 8);
   const workloads: Record<string, unknown> = {};
   const ips: string[] = [];
   for (let i = 0; i < nW; i++) {
     const mine: string[] = [];
     if (r() < 0.8) mine.push(`10.${randInt(r, 0, 2)}.${randInt(r, 0, 3)}.${i + 1}`);
     if (r() < 0.6) mine.push(`fd00:${randInt(r, 0, 2)}::${(i + 1).toString(16)}`);
+    if (large && i < 100 && r() < 0.3) mine.push(`10.${randInt(r, 0, 2)}.${randInt(r, 0, 3)}.${i + 151}`);
     ips.push(...mine);
     workloads[`w${i}`] = { nic: `tw${i}`, mac: `02:00:00:00:00:${(i + 1).toString(16).padStart(2, '0')}`, ips: mine, tags: TAGS.filter(() => r() < 0.3) };
   }
   const groups: Record<string, unknown> = {};
-  const nG = randInt(r, 1, 6);
+  const nG = large ? randInt(r, 8, 30) : randInt(r, 1, 6);
+  const cidrPool = large
+    ? ['10.0.0.0/8', '10.1.0.0/16', '10.0.2.0/24', '10.0.2.0/25', '10.0.2.128/25', '10.0.3.0/24', '10.1.1.0/24', '10.2.0.0/15', '10.0.0.0/23', 'fd00::/16', 'fd00:1::/32', 'fd00:2::/32', 'fd00::/31', '0.0.0.0/0', '::/0', '10.0.1.1/32', '10.0.1.2/31']
+    : ['10.0.0.0/8', '10.1.0.0/16', '10.0.2.0/24', 'fd00::/16', 'fd00:1::/32', '0.0.0.0/0', '::/0', '10.0.1.1/32'];
   for (let g = 0; g < nG; g++) {
     const body: Record<string, unknown> = {};
     const kind = randInt(r, 0, 4);
-    if (kind === 0) body.tags = TAGS.filter(() => r() < 0.4);
-    if (kind === 1) body.tags = { allOf: TAGS.filter(() => r() < 0.3) };
+    const someTags = (p: number) => { const l = TAGS.filter(() => r() < p); return l.length > 0 || !large ? l : [pick(r, TAGS)]; };
+    if (kind === 0) body.tags = someTags(0.4);
+    if (kind === 1) body.tags = { allOf: someTags(0.3) };
     if (kind === 2) body.workloads = Object.keys(workloads).filter(() => r() < 0.4);
-    if (kind === 3) body.cidrs = [pick(r, ['10.0.0.0/8', '10.1.0.0/16', '10.0.2.0/24', 'fd00::/16', 'fd00:1::/32', '0.0.0.0/0', '::/0', '10.0.1.1/32'])];
+    if (kind === 3) body.cidrs = Array.from({ length: large ? randInt(r, 1, 4) : 1 }, () => pick(r, cidrPool));
     if (kind === 4 && g > 0) body.groups = [`g${randInt(r, 0, g - 1)}`];
     else if (kind === 4) body.cidrs = ['192.168.0.0/16'];
     groups[`g${g}`] = body;
   }
   const side = () => (r() < 0.25 ? 'any' : r() < 0.15 ? pick(r, ['10.0.0.0/9', 'fd00::/20', '10.2.3.4']) : Array.from({ length: randInt(r, 1, 2) }, () => `g${randInt(r, 0, nG - 1)}`));
-  const rules = Array.from({ length: randInt(r, 0, 25) }, (_, i) => {
+  const rules = Array.from({ length: large ? randInt(r, 20, 80) : randInt(r, 0, 25) }, (_, i) => {
     const rule: Record<string, unknown> = { id: `r${i}`, from: side(), to: side(), action: pick(r, ['allow', 'drop', 'reject']) };
     if (r() < 0.7) rule.services = Array.from({ length: randInt(r, 1, 3) }, () => pick(r, SERVICES));
     if (r() < 0.2) rule.appliedTo = [`g${randInt(r, 0, nG - 1)}`];
@@ -65,15 +75,18 @@ function retagged(policy: Policy, r: () => number): Policy {
 function randomAddress(r: () => number, ips: string[], v6: boolean): string {
   const own = ips.filter((a) => a.includes(':') === v6);
   if (own.length > 0 && r() < 0.6) return pick(r, own);
-  return v6 ? pick(r, ['fd00::99', 'fd00:1::5', '2001:db8::1', '::', 'ffff::1']) : pick(r, ['10.0.0.1', '10.1.2.3', '10.2.3.4', '192.168.1.1', '0.0.0.0', '255.255.255.255', '10.0.2.200']);
+  // Besides arbitrary ones, the first and last addresses of the CIDRs the groups use and their neighbours.
+  return v6
+    ? pick(r, ['fd00::99', 'fd00:1::5', '2001:db8::1', '::', 'ffff::1', 'fd00:1::', 'fd00:1:ffff:ffff:ffff:ffff:ffff:ffff', 'fd00:2::', 'fcff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', 'fd01::'])
+    : pick(r, ['10.0.0.1', '10.1.2.3', '10.2.3.4', '192.168.1.1', '0.0.0.0', '255.255.255.255', '10.0.2.200', '10.0.2.127', '10.0.2.128', '10.0.1.3', '10.0.3.255', '10.3.255.255', '10.2.0.0', '9.255.255.255', '11.0.0.0', '10.0.1.2']);
 }
 
-t.test('compiled tries agree with the policy read top to bottom', async (t) => {
+function agreeWithReference(t: typeof import('tap').default, large: boolean, seeds: number, packets: number): void {
   let checked = 0, reusedTotal = 0;
   const key = new Int32Array(16);
-  for (let seed = 1; seed <= 150; seed++) {
-    const r = rng(seed);
-    const { policy: data, ips } = randomPolicy(r);
+  for (let seed = 1; seed <= seeds; seed++) {
+    const r = rng(large ? 10_000 + seed : seed);
+    const { policy: data, ips } = randomPolicy(r, large);
     const { policy, problems } = policyFromData(data as never, `seed-${seed}`);
     if (!policy) {
       t.fail(`seed ${seed}: generated policy is invalid: ${problems.map((p) => p.message).join('; ')}`);
@@ -84,7 +97,7 @@ t.test('compiled tries agree with the policy read top to bottom', async (t) => {
     const incremental = policyCompile(policy, policyCompile(retagged(policy, r)));
     reusedTotal += incremental.stats.reused;
     let bad = 0, first = '';
-    for (let i = 0; i < 200; i++) {
+    for (let i = 0; i < packets; i++) {
       const v6 = r() < 0.4;
       const src = parsePrefix(randomAddress(r, ips, v6))!, dst = parsePrefix(randomAddress(r, ips, v6))!;
       const proto = pick(r, v6 ? [6, 17, 58, 47, 132] : [6, 17, 1, 47, 132]);
@@ -103,8 +116,17 @@ t.test('compiled tries agree with the policy read top to bottom', async (t) => {
         if (!first) first = ` e.g. at ${w.name}: ${proto} ${src.text}:${sport} -> ${dst.text}:${dport}: compiled ${got}, incrementally ${gotIncremental}, reference ${want}`;
       }
     }
-    if (bad > 0) t.fail(`seed ${seed}: ${bad} of 200 packets disagree${first}`);
+    if (bad > 0) t.fail(`seed ${seed}: ${bad} of ${packets} packets disagree${first}`);
   }
-  t.equal(checked, 150 * 200, 'every generated policy was valid and every packet was checked');
-  t.ok(reusedTotal > 0, `the incremental compiles reused section tables (${reusedTotal}), so that path was exercised`);
+  t.equal(checked, seeds * packets, 'every generated policy was valid and every packet was checked');
+  // Retagging half of 150 workloads changes every section of the large policies: only the small ones reuse.
+  if (!large) t.ok(reusedTotal > 0, `the incremental compiles reused section tables (${reusedTotal}), so that path was exercised`);
+}
+
+t.test('compiled tries agree with the policy read top to bottom', async (t) => {
+  agreeWithReference(t, false, 150, 200);
+});
+
+t.test('with large, nested and overlapping address groups too', async (t) => {
+  agreeWithReference(t, true, 6, 300);
 });

@@ -36,7 +36,7 @@ t.test('three-tier', async (t) => {
     ['tcp 10.0.2.21:40000 -> 10.0.3.31:5432', 'allow', 'app-to-db'],
     ['tcp 10.0.1.11:40000 -> 10.0.3.31:5432', 'reject', 'web-to-db-reject'],
     ['udp 10.0.1.12:40000 -> 10.0.3.31:53', 'reject', 'web-to-db-reject'],
-    ['tcp 10.0.1.11:40000 -> 10.0.1.12:80', 'allow', 'internet-to-web'],
+    ['tcp 10.0.1.11:40000 -> 10.0.1.12:80', 'drop', 'no-lateral-web'], // first in its section: internet-to-web's from: any would allow it
     ['tcp 10.0.1.11:40000 -> 10.0.1.12:8443', 'drop', 'no-lateral-web'],
     ['tcp 10.0.9.5:40000 -> 10.0.3.31:22', 'allow', 'admin-ssh'],
     ['icmp 10.0.9.5 -> 10.0.2.21 echo-request', 'allow', 'admin-ssh'],

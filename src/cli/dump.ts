@@ -3,8 +3,9 @@ import type { Atom, CompiledPolicy } from '../policy/compile.js';
 import { serviceAtomText } from '../policy/services.js';
 
 function atomText(a: Atom): string {
-  const side = (p: Atom['src']) => (p === null ? 'any' : p.text);
-  return `${side(a.src)} -> ${side(a.dst)} ${serviceAtomText(a.service)}`;
+  // Class ranges are shown only for a side that names addresses ("any" is every class).
+  const side = (label: string, [lo, hi]: [number, number]) => (label === 'any' ? 'any' : `${label} [class ${lo === hi ? lo : `${lo}-${hi}`}]`);
+  return `${side(a.src, a.srcClasses)} -> ${side(a.dst, a.dstClasses)} ${serviceAtomText(a.service)}`;
 }
 
 export function dumpCompiled(c: CompiledPolicy, what: 'groups' | 'points' | 'stats'): string {

@@ -22,10 +22,11 @@
  * rebuilds only the sections, at the vNICs, whose rules changed;
  * `stats.reused` says how many section tables were kept.
  */
-import { trieBuild, trieLookup, type RuleTrie } from '../classify/ruleTrie.js';
+import { BIAS, trieBuild, trieLookup, type RuleTrie } from '../classify/ruleTrie.js';
 import { KEY_V4, KEY_V6 } from '../packet/key.js';
-import { prefixAggregate, prefixWordRange, type Family, type Prefix } from './addresses.js';
-import { groupSelects, type Action, type Group, type Policy, type Rule, type Workload } from './model.js';
+import { prefixAggregate, type Family, type Prefix } from './addresses.js';
+import { WorkloadIndex, type Action, type AddressRef, type Group, type Policy, type Rule, type Workload } from './model.js';
+import { classesBuild, classOf4, classOf6, rangesMerge, type AddressClasses } from './addressClasses.js';
 import { ANY_SERVICE, type IpServiceAtom, type ServiceAtom } from './services.js';
 import { workloadPrefixes } from './spoofguard.js';
 import { VERDICT_OF_ACTION } from '../packet/verdict.js';
@@ -35,20 +36,32 @@ export type Direction = 'egress' | 'ingress';
 /** An address side after resolution: every address, or a list of prefixes (maybe empty). */
 export type AddressSet = { any: true } | { any: false; prefixes: Prefix[] };
 
+/** One trie entry, described for dumps: a rule's source and destination class ranges and one service. */
 export interface Atom {
   rule: number;
-  src: Prefix | null;
-  dst: Prefix | null;
+  /** The side as the rule names it: `any`, `@group`, a CIDR, joined by commas. */
+  src: string;
+  dst: string;
   service: ServiceAtom;
+  srcClasses: [number, number];
+  dstClasses: [number, number];
 }
 
-/** The compiled form for one IP family at one point. */
+/**
+ * The compiled form of one section's rules for one IP family at a point:
+ * addresses to classes, then a trie over (source class, destination class,
+ * protocol, sport, dport).
+ */
 export interface FamilyTable {
   trie: RuleTrie;
+  classes: AddressClasses;
   /** Atom index (= trie rule index) -> rule order. */
   atomRule: Int32Array;
   atoms: Atom[];
 }
+
+/** The trie key after address classification: [source class, destination class, protocol, sport, dport]. */
+export const CLASS_KEY_DIMS = 5;
 
 /**
  * One point's tables: per IP family, one trie per policy section that has
@@ -93,7 +106,7 @@ export interface CompiledPolicy {
   /** RULE_FLAG bits by rule order. */
   ruleFlags: Uint8Array;
   defaultAction: Action;
-  groups: Map<string, { members: Set<string>; addresses: AddressSet }>;
+  groups: Map<string, ResolvedGroup>;
   points: Map<string, { egress: CompiledPoint; ingress: CompiledPoint }>;
   stats: { rules: number; atoms: number; tries: number; bytes: number; buildMs: number; reused: number };
   /** Section tables by content signature, for the next incremental compile. */
@@ -102,28 +115,61 @@ export interface CompiledPolicy {
 
 export const RULE_FLAG = { stateless: 1, log: 2 } as const;
 
+/**
+ * A group after pass 1: its members (nested groups flattened) and every
+ * address it holds. `prefixes` is the raw union (prefixes may overlap: the
+ * address classes do not mind); `addresses`, aggregated, is computed when a
+ * dump or an explanation asks for it. `signature` says exactly what the
+ * addresses are made of, in a few bytes per member: the group definitions
+ * (by identity: the document's objects do not change while it is in force)
+ * and each member's addresses, so that an unchanged group of a million
+ * CIDRs is recognised without reading them.
+ */
+export class ResolvedGroup {
+  private aggregated: AddressSet | null = null;
+  constructor(readonly members: Set<string>, readonly prefixes: Prefix[], readonly signature: string) {}
+  get addresses(): AddressSet {
+    return (this.aggregated ??= { any: false, prefixes: prefixAggregate(this.prefixes) });
+  }
+}
+
+const definitionIds = new WeakMap<Group, number>();
+let nextDefinitionId = 1;
+function definitionId(g: Group): number {
+  let id = definitionIds.get(g);
+  if (id === undefined) definitionIds.set(g, (id = nextDefinitionId++));
+  return id;
+}
+
 /** Pass 1: group membership and addresses, with nested groups flattened. */
 export function resolveGroups(policy: Policy): CompiledPolicy['groups'] {
   const out: CompiledPolicy['groups'] = new Map();
   const resolving = new Set<string>();
-  const resolve = (name: string): { members: Set<string>; addresses: AddressSet } => {
+  const index = new WorkloadIndex(policy.workloads);
+  const resolve = (name: string): ResolvedGroup => {
     const done = out.get(name);
     if (done) return done;
     const g = policy.groups.get(name) as Group;
     resolving.add(name);
     const members = new Set<string>();
-    for (const w of policy.workloads.values()) if (groupSelects(g, w)) members.add(w.name);
-    const prefixes: Prefix[] = [...g.cidrs];
+    for (const w of index.selected(g)) members.add(w.name);
+    const prefixes: Prefix[] = g.cidrs.slice();
+    const definition: string[] = [String(definitionId(g))];
     for (const sub of g.groups) {
       if (resolving.has(sub)) continue; // validation rejects cycles; stay finite anyway
       const r = resolve(sub);
       for (const m of r.members) members.add(m);
-      if (r.addresses.any) prefixes.push(...ANY_PREFIXES);
-      else prefixes.push(...r.addresses.prefixes);
+      for (const p of r.prefixes) prefixes.push(p);
+      definition.push(r.signature);
     }
     // A workload's addresses everywhere: its ips and the link-local address its MAC gives it.
-    for (const m of members) prefixes.push(...workloadPrefixes(policy.workloads.get(m) as Workload));
-    const result = { members, addresses: { any: false as const, prefixes: prefixAggregate(prefixes) } };
+    const held: string[] = [];
+    for (const m of members) {
+      const w = policy.workloads.get(m) as Workload;
+      for (const p of workloadPrefixes(w)) prefixes.push(p);
+      held.push(`${w.mac}=${w.ips.map((p) => p.text).join('+')}`);
+    }
+    const result = new ResolvedGroup(members, prefixes, `(${definition.join(',')}|${held.join(',')})`);
     resolving.delete(name);
     out.set(name, result);
     return result;
@@ -132,11 +178,8 @@ export function resolveGroups(policy: Policy): CompiledPolicy['groups'] {
   return out;
 }
 
-const ANY_PREFIXES: Prefix[] = [
-  { family: 4, words: [0, 0, 0, 0], len: 0, text: '0.0.0.0/0' },
-  { family: 6, words: [0, 0, 0, 0], len: 0, text: '::/0' },
-];
 
+/** A rule side's prefixes (control path: the tracer's explanations, dumps). */
 export function ruleAddresses(refs: Rule['from'], groups: CompiledPolicy['groups']): AddressSet {
   const prefixes: Prefix[] = [];
   for (const r of refs) {
@@ -168,43 +211,13 @@ export function ruleAppliesAt(rule: Rule, workload: string, groups: CompiledPoli
   return rule.appliedTo.some((g) => groups.get(g)?.members.has(workload) ?? false);
 }
 
-/** Pass 2 for one rule: its atoms (the same at every point where it applies). */
-export function expandRule(rule: Rule, policy: Policy, groups: CompiledPolicy['groups']): Atom[] {
-  // Resolution services go only into the resolution tables (expandRuleResolution).
-  return ruleAtoms(rule, groups, ruleServices(rule, policy).filter((s) => s.kind !== 'resolve'));
-}
-
-/** A rule's atoms for these services: source prefix x destination prefix x service, where the families agree. */
-function ruleAtoms(rule: Rule, groups: CompiledPolicy['groups'], services: ServiceAtom[]): Atom[] {
-  const src = ruleAddresses(rule.from, groups);
-  const dst = ruleAddresses(rule.to, groups);
-  const srcList: Array<Prefix | null> = src.any ? [null] : src.prefixes;
-  const dstList: Array<Prefix | null> = dst.any ? [null] : dst.prefixes;
-  const atoms: Atom[] = [];
-  for (const service of services) {
-    if (service.kind !== 'ip') {
-      atoms.push({ rule: rule.order, src: null, dst: null, service });
-      continue;
-    }
-    for (const s of srcList) {
-      for (const d of dstList) {
-        // Both sides must be of one family, and the service must fit it.
-        const fam = s?.family ?? d?.family ?? 0;
-        if (s && d && s.family !== d.family) continue;
-        if (fam !== 0 && service.family !== 0 && service.family !== fam) continue;
-        atoms.push({ rule: rule.order, src: s, dst: d, service });
-      }
-    }
-  }
-  return atoms;
-}
-
 /**
- * Pass 2 for address resolution: the rule's address pairs of each family,
- * with every protocol and port, when the rule takes part in resolution at
- * all (it allows or rejects something, names every service, or names arp / nd).
+ * The services a rule takes part in address resolution with: one per
+ * family, every protocol and port (the address pairs are what resolution is
+ * about), when it allows or rejects something, names every service, or
+ * names arp / nd.
  */
-export function expandRuleResolution(rule: Rule, policy: Policy, groups: CompiledPolicy['groups']): Atom[] {
+function resolutionServices(rule: Rule, policy: Policy): IpServiceAtom[] {
   const families = new Set<4 | 6>();
   for (const s of ruleServices(rule, policy)) {
     if (s.kind === 'resolve') families.add(s.family);
@@ -212,41 +225,91 @@ export function expandRuleResolution(rule: Rule, policy: Policy, groups: Compile
       if (s.family === 0) { families.add(4); families.add(6); } else families.add(s.family);
     }
   }
-  // Every protocol and port, one service per family: the address pairs are what resolution is about.
-  return ruleAtoms(rule, groups, [...families].map((family): IpServiceAtom => ({ kind: 'ip', family, proto: -1, sport: [0, 65535], dport: [0, 65535] })));
+  return [...families].map((family): IpServiceAtom => ({ kind: 'ip', family, proto: -1, sport: [0, 65535], dport: [0, 65535] }));
 }
 
-function atomFits(a: Atom, family: Family): boolean {
-  if (a.service.kind !== 'ip') return false;
-  if (a.src && a.src.family !== family) return false;
-  if (a.dst && a.dst.family !== family) return false;
-  return a.service.family === 0 || a.service.family === family;
+/** A rule side over one section's address classes: null for any, else per family its class ranges. */
+interface SideClasses { label: string; v4: Int32Array; v6: Int32Array }
+
+function refLabel(r: AddressRef): string {
+  return r.kind === 'any' ? 'any' : r.kind === 'group' ? `@${r.name}` : r.prefix.text;
 }
 
-/** Pass 3 for one family: boxes for the trie. */
-export function buildFamilyTable(atoms: Atom[], family: Family): FamilyTable {
-  const layout = family === 4 ? KEY_V4 : KEY_V6;
-  const words = family === 4 ? 1 : 4;
-  const fit = atoms.filter((a) => atomFits(a, family));
-  const dims = layout.dims;
-  const lo = new Uint32Array(fit.length * dims);
-  const hi = new Uint32Array(fit.length * dims);
-  fit.forEach((a, i) => {
-    const o = i * dims;
-    for (let w = 0; w < words; w++) {
-      const [sl, sh] = a.src ? prefixWordRange(a.src, w) : [0, 0xffffffff];
-      const [dl, dh] = a.dst ? prefixWordRange(a.dst, w) : [0, 0xffffffff];
-      lo[o + layout.src + w] = sl; hi[o + layout.src + w] = sh;
-      lo[o + layout.dst + w] = dl; hi[o + layout.dst + w] = dh;
+const ANY_RANGE = new Uint32Array([0, 0xffffffff]);
+
+/** Entries of one family: boxes over (source class, destination class, protocol, sport, dport). */
+class FamilyEntries {
+  readonly lo: number[] = [];
+  readonly hi: number[] = [];
+  readonly atoms: Atom[] = [];
+  constructor(readonly family: Family) {}
+
+  /** The rule's boxes for these services: source ranges x destination ranges, per service that fits the family. */
+  add(rule: Rule, src: SideClasses | null, dst: SideClasses | null, services: ServiceAtom[]): void {
+    const f = this.family;
+    const srcR = src === null ? ANY_RANGE : f === 4 ? src.v4 : src.v6;
+    const dstR = dst === null ? ANY_RANGE : f === 4 ? dst.v4 : dst.v6;
+    if (srcR.length === 0 || dstR.length === 0) return; // a side with no address of this family
+    for (const service of services) {
+      if (service.kind !== 'ip' || (service.family !== 0 && service.family !== f)) continue;
+      for (let i = 0; i < srcR.length; i += 2) {
+        for (let j = 0; j < dstR.length; j += 2) {
+          this.lo.push(srcR[i], dstR[j], service.proto < 0 ? 0 : service.proto, service.sport[0], service.dport[0]);
+          this.hi.push(srcR[i + 1], dstR[j + 1], service.proto < 0 ? 255 : service.proto, service.sport[1], service.dport[1]);
+          this.atoms.push({
+            rule: rule.order, src: src?.label ?? 'any', dst: dst?.label ?? 'any', service,
+            srcClasses: [srcR[i] >>> 0, srcR[i + 1] >>> 0], dstClasses: [dstR[j] >>> 0, dstR[j + 1] >>> 0],
+          });
+        }
+      }
     }
-    const s = a.service as IpServiceAtom;
-    lo[o + layout.proto] = s.proto < 0 ? 0 : s.proto;
-    hi[o + layout.proto] = s.proto < 0 ? 255 : s.proto;
-    lo[o + layout.sport] = s.sport[0]; hi[o + layout.sport] = s.sport[1];
-    lo[o + layout.dport] = s.dport[0]; hi[o + layout.dport] = s.dport[1];
-  });
-  const trie = trieBuild(dims, fit.length, lo, hi, family === 4 ? {} : { srcDims: [KEY_V6.src], dstDims: [KEY_V6.dst] });
-  return { trie, atomRule: Int32Array.from(fit.map((a) => a.rule)), atoms: fit };
+  }
+
+  build(classes: AddressClasses): FamilyTable {
+    const trie = trieBuild(CLASS_KEY_DIMS, this.atoms.length, this.lo, this.hi);
+    return { trie, classes, atomRule: Int32Array.from(this.atoms, (a) => a.rule), atoms: this.atoms };
+  }
+}
+
+/**
+ * Pass 2 and 3 for one section's run of rules at a point: the address
+ * classes of every set its rules name, then per family the rule and
+ * resolution tries over class ranges, and the non-IP EtherType pairs.
+ */
+function segmentBuild(part: number[], rules: Rule[], policy: Policy, groups: CompiledPolicy['groups']): Segment {
+  const setIndex = new Map<string, number>();
+  const sets: Prefix[][] = [];
+  for (const o of part) {
+    for (const r of [...rules[o].from, ...rules[o].to]) {
+      if (r.kind === 'any') continue;
+      const key = refLabel(r);
+      if (setIndex.has(key)) continue;
+      setIndex.set(key, sets.length);
+      if (r.kind === 'cidr') sets.push([r.prefix]);
+      else sets.push(groups.get(r.name)?.prefixes ?? []);
+    }
+  }
+  const c4 = classesBuild(4, sets), c6 = classesBuild(6, sets);
+  const side = (refs: AddressRef[]): SideClasses | null => {
+    if (refs.some((r) => r.kind === 'any')) return null;
+    const idx = refs.map((r) => setIndex.get(refLabel(r)) as number);
+    return { label: refs.map(refLabel).join(','), v4: idx.length === 1 ? c4.ranges[idx[0]] : rangesMerge(idx.map((i) => c4.ranges[i])), v6: idx.length === 1 ? c6.ranges[idx[0]] : rangesMerge(idx.map((i) => c6.ranges[i])) };
+  };
+  const v4 = new FamilyEntries(4), v6 = new FamilyEntries(6), r4 = new FamilyEntries(4), r6 = new FamilyEntries(6);
+  const ether: number[] = [];
+  for (const o of part) {
+    const rule = rules[o];
+    const src = side(rule.from), dst = side(rule.to);
+    // Resolution services go only into the resolution tables.
+    const services = ruleServices(rule, policy).filter((s) => s.kind !== 'resolve');
+    for (const s of services) if (s.kind === 'ether') ether.push(s.ethertype, rule.order);
+    v4.add(rule, src, dst, services);
+    v6.add(rule, src, dst, services);
+    const resolution = resolutionServices(rule, policy);
+    r4.add(rule, src, dst, resolution);
+    r6.add(rule, src, dst, resolution);
+  }
+  return { v4: v4.build(c4.classes), v6: v6.build(c6.classes), r4: r4.build(c4.classes), r6: r6.build(c6.classes), ether };
 }
 
 /**
@@ -330,16 +393,7 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
   const started = performance.now();
   const rules = policy.sections.flatMap((s) => s.rules);
   const groups = resolveGroups(policy);
-  const texts = new Map<string, string>();
-  const groupText = (name: string): string => {
-    let t = texts.get(name);
-    if (t === undefined) {
-      const a = groups.get(name)?.addresses;
-      t = !a ? '' : a.any ? '*' : a.prefixes.map((p) => p.text).join(',');
-      texts.set(name, t);
-    }
-    return t;
-  };
+  const groupText = (name: string): string => groups.get(name)?.signature ?? '';
   const segments = new SegmentCache();
   // Rules without appliedTo apply at every vNIC: vNICs differ only by the scoped rules that reach them.
   const scoped = rules.filter((r) => !r.disabled && r.appliedTo.length > 0);
@@ -367,16 +421,7 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
         if (!seg) {
           seg = previous?.segmentsBySignature.get(run.keys, groupsText);
           if (seg) reused++;
-          else {
-            const atoms = part.flatMap((o) => expandRule(rules[o], policy, groups));
-            const segEther: number[] = [];
-            for (const a of atoms) if (a.service.kind === 'ether') segEther.push(a.service.ethertype, a.rule);
-            const resolution = part.flatMap((o) => expandRuleResolution(rules[o], policy, groups));
-            seg = {
-              v4: buildFamilyTable(atoms, 4), v6: buildFamilyTable(atoms, 6),
-              r4: buildFamilyTable(resolution, 4), r6: buildFamilyTable(resolution, 6), ether: segEther,
-            };
-          }
+          else seg = segmentBuild(part, rules, policy, groups);
           segments.set(run.keys, groupsText, seg);
         }
         ether.push(...seg.ether);
@@ -389,7 +434,7 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
       }
       tables.ether = Int32Array.from(ether);
       byScope.set(scopeKey, tables);
-      for (const t of [...tables.v4, ...tables.v6, ...tables.r4, ...tables.r6]) { atomsTotal += t.atoms.length; bytes += t.trie.stats.bytes; tries++; }
+      for (const t of [...tables.v4, ...tables.v6, ...tables.r4, ...tables.r6]) { atomsTotal += t.atoms.length; bytes += t.trie.stats.bytes + t.classes.bounds.byteLength + t.classes.cls.byteLength; tries++; }
       atomsTotal += tables.ether.length / 2;
       bytes += tables.ether.byteLength;
     }
@@ -414,16 +459,39 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
   };
 }
 
-/** First matching rule order for an IP key at a point, or -1 (then the default applies). */
+/** First matching rule order for an IP key at a point, or -1 (then the default applies). Hot path. */
 export function pointClassify(tables: PointTables, family: Family, key: Int32Array, keyOff: number): number {
-  return firstMatch(family === 4 ? tables.v4 : tables.v6, key, keyOff);
+  return family === 4 ? firstMatch4(tables.v4, key, keyOff) : firstMatch6(tables.v6, key, keyOff);
 }
 
-/** The first section table (in precedence order) with a match decides. */
-function firstMatch(list: FamilyTable[], key: Int32Array, keyOff: number): number {
+/** The class key of the lookup in progress (one per thread; lookups do not nest). */
+const classKey = new Int32Array(CLASS_KEY_DIMS);
+
+/** The first section table (in precedence order) with a match decides: IPv4 key layout. */
+function firstMatch4(list: FamilyTable[], key: Int32Array, keyOff: number): number {
+  classKey[2] = key[keyOff + KEY_V4.proto];
+  classKey[3] = key[keyOff + KEY_V4.sport];
+  classKey[4] = key[keyOff + KEY_V4.dport];
   for (let i = 0; i < list.length; i++) {
     const t = list[i];
-    const atom = trieLookup(t.trie, key, keyOff);
+    classKey[0] = classOf4(t.classes, key[keyOff + KEY_V4.src]) ^ BIAS;
+    classKey[1] = classOf4(t.classes, key[keyOff + KEY_V4.dst]) ^ BIAS;
+    const atom = trieLookup(t.trie, classKey, 0);
+    if (atom >= 0) return t.atomRule[atom];
+  }
+  return -1;
+}
+
+/** The same over the IPv6 key layout. */
+function firstMatch6(list: FamilyTable[], key: Int32Array, keyOff: number): number {
+  classKey[2] = key[keyOff + KEY_V6.proto];
+  classKey[3] = key[keyOff + KEY_V6.sport];
+  classKey[4] = key[keyOff + KEY_V6.dport];
+  for (let i = 0; i < list.length; i++) {
+    const t = list[i];
+    classKey[0] = classOf6(t.classes, key, keyOff + KEY_V6.src) ^ BIAS;
+    classKey[1] = classOf6(t.classes, key, keyOff + KEY_V6.dst) ^ BIAS;
+    const atom = trieLookup(t.trie, classKey, 0);
     if (atom >= 0) return t.atomRule[atom];
   }
   return -1;
@@ -431,7 +499,7 @@ function firstMatch(list: FamilyTable[], key: Int32Array, keyOff: number): numbe
 
 /** First rule order that decides address resolution for a key (proto and ports ignored) at a point, or -1. */
 export function pointClassifyResolution(tables: PointTables, family: Family, key: Int32Array, keyOff: number): number {
-  return firstMatch(family === 4 ? tables.r4 : tables.r6, key, keyOff);
+  return family === 4 ? firstMatch4(tables.r4, key, keyOff) : firstMatch6(tables.r6, key, keyOff);
 }
 
 /** First matching rule order for a non-IP EtherType at a point, or -1. */
