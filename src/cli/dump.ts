@@ -20,11 +20,15 @@ export function dumpCompiled(c: CompiledPolicy, what: 'groups' | 'points' | 'sta
       const t = p.egress.tables;
       const count = (list: typeof t.v4) => list.reduce((n, f) => n + f.atoms.length, 0);
       out.push(`vNIC ${nic} (${p.egress.workload}): ${t.rules.length} rules, ${count(t.v4)} IPv4 + ${count(t.v6)} IPv6 entries`);
-      for (const fam of [t.v4, t.v6]) {
-        fam.flatMap((f) => f.atoms).forEach((a, i) => {
-          const r = c.rules[a.rule];
-          out.push(`  ${String(i).padStart(4)}  ${r.section}/${r.id} ${r.action}: ${atomText(a)}`);
-        });
+      for (const [label, fam] of [['IPv4', t.v4], ['IPv6', t.v6]] as const) {
+        for (const f of fam) {
+          const section = f.atoms.length > 0 ? c.rules[f.atoms[0].rule].section : '';
+          out.push(`  ${label} section ${section}: ${f.classes.classes} address classes over ${f.classes.count} intervals, ${f.atoms.length} entries`);
+          f.atoms.forEach((a, i) => {
+            const r = c.rules[a.rule];
+            out.push(`  ${String(i).padStart(4)}  ${r.section}/${r.id} ${r.action}: ${atomText(a)}`);
+          });
+        }
       }
       for (let i = 0; i < t.ether.length; i += 2) {
         const r = c.rules[t.ether[i + 1]];

@@ -25,7 +25,7 @@
 import { BIAS, trieBuild, trieLookup, type RuleTrie } from '../classify/ruleTrie.js';
 import { KEY_V4, KEY_V6 } from '../packet/key.js';
 import { prefixAggregate, type Family, type Prefix } from './addresses.js';
-import { WorkloadIndex, type Action, type AddressRef, type Group, type Policy, type Rule, type Workload } from './model.js';
+import { groupSelects, WorkloadIndex, type Action, type AddressRef, type Group, type Policy, type Rule, type Workload } from './model.js';
 import { classesBuild, classOf4, classOf6, rangesMerge, type AddressClasses } from './addressClasses.js';
 import { ANY_SERVICE, type IpServiceAtom, type ServiceAtom } from './services.js';
 import { workloadPrefixes } from './spoofguard.js';
@@ -123,11 +123,20 @@ export const RULE_FLAG = { stateless: 1, log: 2 } as const;
  * addresses are made of, in a few bytes per member: the group definitions
  * (by identity: the document's objects do not change while it is in force)
  * and each member's addresses, so that an unchanged group of a million
- * CIDRs is recognised without reading them.
+ * CIDRs is recognised without reading them. `version` is a number that
+ * changes when the signature does: what the section cache keys on.
  */
 export class ResolvedGroup {
   private aggregated: AddressSet | null = null;
-  constructor(readonly members: Set<string>, readonly prefixes: Prefix[], readonly signature: string) {}
+  constructor(
+    readonly definition: Group,
+    /** Members it selects by itself (nested groups aside). */
+    readonly direct: Set<string>,
+    readonly members: Set<string>,
+    readonly prefixes: Prefix[],
+    readonly signature: string,
+    readonly version: number,
+  ) {}
   get addresses(): AddressSet {
     return (this.aggregated ??= { any: false, prefixes: prefixAggregate(this.prefixes) });
   }
@@ -140,27 +149,72 @@ function definitionId(g: Group): number {
   if (id === undefined) definitionIds.set(g, (id = nextDefinitionId++));
   return id;
 }
+let nextGroupVersion = 1;
 
-/** Pass 1: group membership and addresses, with nested groups flattened. */
-export function resolveGroups(policy: Policy): CompiledPolicy['groups'] {
+function sameAddresses(a: Workload, b: Workload): boolean {
+  return a.mac === b.mac && a.ips.length === b.ips.length && a.ips.every((p, i) => p.text === b.ips[i].text);
+}
+
+/**
+ * Pass 1: group membership and addresses, with nested groups flattened.
+ *
+ * Incremental: given the previous compile's groups and workloads, a group
+ * whose definition (and nested groups) is the same object and that selects
+ * none of the workloads that changed, before or after, is the previous
+ * result itself; a group that does select one starts from its previous
+ * direct members. A tag change on one workload therefore re-resolves only
+ * the groups that workload enters or leaves.
+ */
+export function resolveGroups(policy: Policy, previous: CompiledPolicy | null = null): CompiledPolicy['groups'] {
   const out: CompiledPolicy['groups'] = new Map();
   const resolving = new Set<string>();
-  const index = new WorkloadIndex(policy.workloads);
+  // Workloads that are not the same object as in the previous compile (tags changed, added, removed).
+  let changed: Array<{ name: string; before: Workload | undefined; after: Workload | undefined }> | null = null;
+  if (previous) {
+    changed = [];
+    const before = previous.policy.workloads;
+    for (const [name, w] of policy.workloads) if (before.get(name) !== w) changed.push({ name, before: before.get(name), after: w });
+    for (const [name, w] of before) if (!policy.workloads.has(name)) changed.push({ name, before: w, after: undefined });
+    // Many changes (a new document): resolving afresh is simpler than patching.
+    if (changed.length > 64) changed = null;
+  }
+  let index: WorkloadIndex | null = null;
   const resolve = (name: string): ResolvedGroup => {
     const done = out.get(name);
     if (done) return done;
     const g = policy.groups.get(name) as Group;
     resolving.add(name);
-    const members = new Set<string>();
-    for (const w of index.selected(g)) members.add(w.name);
+    const subs: ResolvedGroup[] = [];
+    for (const sub of g.groups) if (!resolving.has(sub)) subs.push(resolve(sub)); // validation rejects cycles; stay finite anyway
+    const prev = previous?.groups.get(name);
+    let direct: Set<string>;
+    if (prev && changed && prev.definition === g) {
+      // Touched: the workload enters or leaves, or stays in with other addresses.
+      const touched = changed.filter((c) => {
+        const was = c.before !== undefined && groupSelects(g, c.before), is = c.after !== undefined && groupSelects(g, c.after);
+        return was !== is || (is && !sameAddresses(c.before as Workload, c.after as Workload));
+      });
+      const subsSame = subs.every((r, i) => r === previous!.groups.get(g.groups[i]));
+      if (touched.length === 0 && subsSame) {
+        resolving.delete(name);
+        out.set(name, prev);
+        return prev;
+      }
+      direct = new Set(prev.direct);
+      for (const c of touched) {
+        if (c.after !== undefined && groupSelects(g, c.after)) direct.add(c.name); else direct.delete(c.name);
+      }
+    } else {
+      index ??= new WorkloadIndex(policy.workloads);
+      direct = new Set(index.selected(g).map((w) => w.name));
+    }
+    const members = new Set(direct);
     const prefixes: Prefix[] = g.cidrs.slice();
     const definition: string[] = [String(definitionId(g))];
-    for (const sub of g.groups) {
-      if (resolving.has(sub)) continue; // validation rejects cycles; stay finite anyway
-      const r = resolve(sub);
+    for (const r of subs) {
       for (const m of r.members) members.add(m);
       for (const p of r.prefixes) prefixes.push(p);
-      definition.push(r.signature);
+      definition.push(String(r.version));
     }
     // A workload's addresses everywhere: its ips and the link-local address its MAC gives it.
     const held: string[] = [];
@@ -169,7 +223,8 @@ export function resolveGroups(policy: Policy): CompiledPolicy['groups'] {
       for (const p of workloadPrefixes(w)) prefixes.push(p);
       held.push(`${w.mac}=${w.ips.map((p) => p.text).join('+')}`);
     }
-    const result = new ResolvedGroup(members, prefixes, `(${definition.join(',')}|${held.join(',')})`);
+    const signature = `(${definition.join(',')}|${held.join(',')})`;
+    const result = new ResolvedGroup(g, direct, members, prefixes, signature, prev && prev.signature === signature ? prev.version : nextGroupVersion++);
     resolving.delete(name);
     out.set(name, result);
     return result;
@@ -178,8 +233,6 @@ export function resolveGroups(policy: Policy): CompiledPolicy['groups'] {
   return out;
 }
 
-
-/** A rule side's prefixes (control path: the tracer's explanations, dumps). */
 export function ruleAddresses(refs: Rule['from'], groups: CompiledPolicy['groups']): AddressSet {
   const prefixes: Prefix[] = [];
   for (const r of refs) {
@@ -392,8 +445,8 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
   const only = opts.workloads ?? null;
   const started = performance.now();
   const rules = policy.sections.flatMap((s) => s.rules);
-  const groups = resolveGroups(policy);
-  const groupText = (name: string): string => groups.get(name)?.signature ?? '';
+  const groups = resolveGroups(policy, previous);
+  const groupText = (name: string): string => String(groups.get(name)?.version ?? '');
   const segments = new SegmentCache();
   // Rules without appliedTo apply at every vNIC: vNICs differ only by the scoped rules that reach them.
   const scoped = rules.filter((r) => !r.disabled && r.appliedTo.length > 0);
