@@ -49,7 +49,8 @@ t.test('a class is in a set\'s ranges exactly when its addresses are in the set'
     const v4pool = ['0.0.0.0/0', '10.0.0.0/8', '10.1.0.0/16', '10.1.2.0/24', '10.1.2.0/25', '10.1.2.128/25', '10.1.3.0/24', '10.2.0.0/15', '192.168.0.0/16', '255.255.255.255/32', '0.0.0.0/32'];
     const v6pool = ['::/0', 'fd00::/16', 'fd00:1::/32', 'fd00:1:2::/48', 'fd00:2::/31', 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128', '::/128', 'fe80::/10'];
     const nSets = randInt(r, 1, 12);
-    const sets: Prefix[][] = Array.from({ length: nSets }, () => Array.from({ length: randInt(r, 0, 5) }, () => {
+    // Odd seeds: few prefixes; even seeds: many single addresses, which go through the hash.
+    const sets: Prefix[][] = Array.from({ length: nSets }, () => Array.from({ length: randInt(r, 0, seed % 2 ? 5 : 40) }, () => {
       const roll = r();
       if (roll < 0.3) return p(pick(r, v4pool));
       if (roll < 0.5) return p(pick(r, v6pool));
@@ -86,7 +87,7 @@ t.test('nested and disjoint sets are one range each; classes stay few', async (t
   built.ranges.forEach((r, i) => t.equal(r.length, 2, `set ${i} is one range`));
   t.equal(built.classes.classes, 6, 'outside, 10/8 only, 10.1/16, its /24s, 10.2/16, the 1,000 addresses');
   // 1,000 neighbouring /32s and the gaps around them: intervals are merged per class.
-  t.ok(built.classes.count <= 12, `${built.classes.count} intervals`);
+  t.ok(built.classes.intervals <= 12, `${built.classes.intervals} intervals`);
 });
 
 t.test('a million scattered addresses against 100,000: linear, not their product', async (t) => {
@@ -138,4 +139,16 @@ t.test('prefix aggregation by intervals equals merging siblings until nothing ch
     if (JSON.stringify(got) !== JSON.stringify(want)) { bad++; first ||= `${list.map((x) => x.text).join(' ')}: ${got.join(' ')} vs ${want.join(' ')}`; }
   }
   t.equal(bad, 0, `the same prefixes in the same order for 300 lists ${first}`);
+});
+
+t.test('single IPv4 addresses are looked up in the hash, wider intervals by search', async (t) => {
+  const hosts = Array.from({ length: 100 }, (_, i) => p(`10.0.0.${2 * i + 1}/32`));
+  const built = classesBuild(4, [hosts, [p('10.0.0.0/24')]]);
+  t.ok(built.classes.hostMask > 0, 'the hash is in use');
+  t.ok(built.classes.count < built.classes.intervals, `${built.classes.count} intervals searched of ${built.classes.intervals}`);
+  const inHosts = (text: string) => inRanges(built.ranges[0], classOf(built, p(text)));
+  const inNet = (text: string) => inRanges(built.ranges[1], classOf(built, p(text)));
+  t.ok(inHosts('10.0.0.1') && inHosts('10.0.0.199') && inNet('10.0.0.1'));
+  t.ok(!inHosts('10.0.0.2') && inNet('10.0.0.2') && inNet('10.0.0.255'));
+  t.ok(!inHosts('10.0.1.1') && !inNet('10.0.1.1') && !inNet('9.255.255.255'));
 });

@@ -23,7 +23,7 @@ export function dumpCompiled(c: CompiledPolicy, what: 'groups' | 'points' | 'sta
       for (const [label, fam] of [['IPv4', t.v4], ['IPv6', t.v6]] as const) {
         for (const f of fam) {
           const section = f.atoms.length > 0 ? c.rules[f.atoms[0].rule].section : '';
-          out.push(`  ${label} section ${section}: ${f.classes.classes} address classes over ${f.classes.count} intervals, ${f.atoms.length} entries`);
+          out.push(`  ${label} section ${section}: ${f.classes.classes} address classes over ${f.classes.intervals} intervals, ${f.atoms.length} entries`);
           f.atoms.forEach((a, i) => {
             const r = c.rules[a.rule];
             out.push(`  ${String(i).padStart(4)}  ${r.section}/${r.id} ${r.action}: ${atomText(a)}`);

@@ -33,6 +33,12 @@
  *   bounds  the first address of each interval, ascending; 1 word per entry
  *           for IPv4, 4 for IPv6. bounds[0] is address 0.
  *   cls     the class id of each interval.
+ *   IPv4 single addresses (the usual workload /32s) sit instead in an
+ *   open-addressing hash (hostKeys/hostCls, power-of-two size, linear
+ *   probing, hostCls -1 for an empty slot), and bounds keeps only the wider
+ *   intervals: an address not in the hash lies in a wider interval, whose
+ *   start is still the last bound at or below it. One probe instead of a
+ *   binary search over every workload, twice per lookup.
  *
  * Who may call what
  *   classesBuild runs in the control path. classOf4 / classOf6 are the hot
@@ -46,8 +52,14 @@ export interface AddressClasses {
   family: Family;
   bounds: Int32Array;
   cls: Int32Array;
-  /** Number of intervals. */
+  /** Number of intervals in bounds. */
   count: number;
+  /** Intervals in all, single addresses in the hash included. */
+  intervals: number;
+  hostKeys: Int32Array;
+  hostCls: Int32Array;
+  /** hostKeys.length - 1, or -1 when the hash is empty. */
+  hostMask: number;
   /** Number of class ids (0 .. classes-1). */
   classes: number;
 }
@@ -220,7 +232,10 @@ export function classesBuild(family: Family, sets: ReadonlyArray<readonly Prefix
     startOf(i, bounds, k * words);
     outCls[k++] = finalId[cls[i]];
   }
-  return { classes: { family, bounds, cls: outCls, count, classes: next }, ranges };
+  if (family === 6) {
+    return { classes: { family, bounds, cls: outCls, count, intervals: count, hostKeys: EMPTY, hostCls: EMPTY, hostMask: -1, classes: next }, ranges };
+  }
+  return { classes: hostsApart(bounds, outCls, count, next), ranges };
 }
 
 /** [lo, hi] pairs from several lists, sorted, overlapping or adjacent ones merged. */
@@ -236,8 +251,42 @@ export function rangesMerge(lists: ReadonlyArray<ArrayLike<number>>): Int32Array
   return Int32Array.from(out);
 }
 
+const EMPTY = new Int32Array(0);
+
+function hostSlot(addr: number, mask: number): number {
+  return (Math.imul(addr, 0x9e3779b1) >>> 7) & mask;
+}
+
+/** IPv4: single-address intervals into the hash, the rest kept for the binary search. */
+function hostsApart(bounds: Int32Array, cls: Int32Array, count: number, classes: number): AddressClasses {
+  let hosts = 0;
+  const single = (i: number) => i + 1 < count && bounds[i + 1] - bounds[i] === 1 && i > 0;
+  for (let i = 0; i < count; i++) if (single(i)) hosts++;
+  if (hosts < 16) return { family: 4, bounds, cls, count, intervals: count, hostKeys: EMPTY, hostCls: EMPTY, hostMask: -1, classes };
+  let size = 16;
+  while (size < hosts * 2) size *= 2;
+  const hostKeys = new Int32Array(size), hostCls = new Int32Array(size).fill(-1);
+  const wide = new Int32Array(count - hosts), wideCls = new Int32Array(count - hosts);
+  let k = 0;
+  for (let i = 0; i < count; i++) {
+    if (!single(i)) { wide[k] = bounds[i]; wideCls[k++] = cls[i]; continue; }
+    let slot = hostSlot(bounds[i], size - 1);
+    while (hostCls[slot] !== -1) slot = (slot + 1) & (size - 1);
+    hostKeys[slot] = bounds[i];
+    hostCls[slot] = cls[i];
+  }
+  return { family: 4, bounds: wide, cls: wideCls, count: k, intervals: count, hostKeys, hostCls, hostMask: size - 1, classes };
+}
+
 /** The class of a biased IPv4 address. Hot path. */
 export function classOf4(c: AddressClasses, addr: number): number {
+  const mask = c.hostMask;
+  if (mask >= 0) {
+    const keys = c.hostKeys, vals = c.hostCls;
+    for (let slot = hostSlot(addr, mask); vals[slot] !== -1; slot = (slot + 1) & mask) {
+      if (keys[slot] === addr) return vals[slot];
+    }
+  }
   const b = c.bounds;
   let lo = 0, hi = c.count - 1;
   while (lo < hi) {
