@@ -210,6 +210,18 @@ classbench
 
 const bench = program.command('bench').description('Benchmarks (each reports ratios against a baseline measured in the same run, and the machine).');
 bench
+  .command('scale')
+  .description('Data-center policy sizes (10,000 rules over 10,000 workloads; a group of 1,000,000 addresses against one of 100,000; 100,000 rules): load and validation time, shadow analysis, compile time and memory, lookups per second, tag-change compile time, and the longest forwarding gap of the real data plane during a full reload and a tag change.')
+  .option('--case <list>', 'which policies (rules10k, groups1m, rules100k)', 'rules10k,groups1m,rules100k')
+  .option('--json', 'print the results as JSON')
+  .action(async (opts: { case: string; json?: boolean }) => {
+    const { benchScale, formatScale } = await import('../../bench/scale.js');
+    const cases = opts.case.split(',') as Array<'rules10k' | 'groups1m' | 'rules100k'>;
+    const r = await benchScale({ cases }, (l) => { if (!opts.json) process.stderr.write(`${l}\n`); });
+    process.stdout.write(opts.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatScale(r)}\n`);
+  });
+
+bench
   .command('cluster')
   .description('Many hosts on a real three-member etcd (started here on loopback): time for a new host to sync and enforce, a quarantine from the write to enforcement on every host (p50/p99/max), bytes etcd sends per change per host, memory per host; for 10, 50 and 100 host processes.')
   .option('--hosts <list>', 'host counts to run', '10,50,100')

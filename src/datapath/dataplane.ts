@@ -351,7 +351,18 @@ export class Dataplane {
 
   /** Swap in a new compiled policy: cached verdicts become stale and are re-checked. */
   setPolicy(compiled: CompiledPolicy): void {
-    // Rule counters follow their rule (section and id), wherever the new policy puts it.
+    // Rule counters follow their rule (section and id), wherever the new policy puts it. A tag
+    // change keeps the document, so its rules keep their places: nothing to move.
+    if (compiled.policy.sections !== this.policy.policy.sections) this.ruleStatsFollow(compiled);
+    this.reconcilePorts(compiled);
+    this.sw.setPolicy(compiled);
+    this.policy = compiled;
+    const attached = this.attached;
+    this.attached = [];
+    for (const w of attached) this.opts.onAttach?.(w);
+  }
+
+  private ruleStatsFollow(compiled: CompiledPolicy): void {
     const old = this.ct.ruleStats, oldRules = this.policy.rules;
     const byId = new Map<string, number>();
     oldRules.forEach((r, i) => byId.set(`${r.section}\0${r.id}`, i + 1));
@@ -362,12 +373,6 @@ export class Dataplane {
       if (from !== undefined) stats.set(old.subarray(from * RS_COUNT, (from + 1) * RS_COUNT), (i + 1) * RS_COUNT);
     });
     this.ct.ruleStats = stats;
-    this.reconcilePorts(compiled);
-    this.sw.setPolicy(compiled);
-    this.policy = compiled;
-    const attached = this.attached;
-    this.attached = [];
-    for (const w of attached) this.opts.onAttach?.(w);
   }
 
   /** The vNICs (workload ports) this data plane serves now. */
