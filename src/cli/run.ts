@@ -18,6 +18,7 @@ import { FileStore, type PolicyStore } from '../control/store.js';
 import { EtcdStore } from '../control/etcdStore.js';
 import type { Policy } from '../policy/model.js';
 import { ControlError, Controller } from '../control/controller.js';
+import { OffThreadPreparer } from '../control/offThread.js';
 import { ApiServer } from '../control/api.js';
 import { FlowLogWriter } from '../control/flowLogWriter.js';
 import { portCounts } from '../control/views.js';
@@ -132,14 +133,16 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
     void etcd.deleteFlows(workload).catch(() => undefined);
   };
   if (etcd) etcd.flowListener = (workload, value) => takeOverFlows(workload, value);
+  // Validation and compilation in a worker thread: forwarding never waits for them.
   const controller = new Controller(store, dp, {
-    log, auditPath: join(opts.stateDir, 'audit.jsonl'), host: opts.host ?? null,
+    log, auditPath: join(opts.stateDir, 'audit.jsonl'), host: opts.host ?? null, preparer: new OffThreadPreparer(),
     onApplied: (rec, vnics) => etcd?.updateHost({ enforcing: rec.revision, generation: rec.generation, vnics, appliedAt: rec.at }),
   });
   if (etcd) controller.storeName = 'etcd';
   try {
     await controller.start();
   } catch (e) {
+    await controller.close();
     dp.stop();
     store.close();
     if (e instanceof ControlError) throw new PolicyError(e.problems);
@@ -203,7 +206,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   process.on('SIGUSR1', () => { flowLog?.reopen(); log.info('flow log reopened'); });
   const stop = (signal: string) => {
     log.info({ signal }, 'stopping');
-    controller.stop();
+    void controller.close();
     api?.close();
     flowLog?.stop();
     dp.stop();

@@ -9,7 +9,10 @@
  *   compile off to the side, reusing the previous tries of every vNIC whose
  *   rules did not change -> one synchronous swap in the data plane. A change
  *   that fails validation or compilation leaves the running policy as it was
- *   and is recorded (lastError, applyFailures, the log).
+ *   and is recorded (lastError, applyFailures, the log). Validation and
+ *   compilation are the preparer's (prepare.ts): in the daemon a worker
+ *   thread, so forwarding never waits for them. Changes are prepared and
+ *   installed one at a time, in the order they came.
  *   Writes through the API go to the store first (compare-and-set on the
  *   revision the caller read), and are applied when the store confirms them;
  *   changes from outside (the watched file) take the same path.
@@ -21,10 +24,11 @@
  */
 import { appendFileSync } from 'node:fs';
 import type { Logger } from 'pino';
-import { policyFromData, policyParse, NAME_RE } from '../policy/load.js';
-import { policyCompile, type CompiledPolicy } from '../policy/compile.js';
+import { NAME_RE } from '../policy/load.js';
+import type { CompiledPolicy } from '../policy/compile.js';
 import type { PolicyProblem } from '../policy/errors.js';
-import type { Policy, Workload } from '../policy/model.js';
+import type { Policy } from '../policy/model.js';
+import { documentCheck, InlinePreparer, PrepareRefused, type DocumentRef, type Prepared, type Preparer } from './prepare.js';
 import { tagsOf, type DynamicTag, type PolicyStore, type StoreState, type TagMap } from './store.js';
 
 /**
@@ -88,6 +92,13 @@ export class Controller {
   /** Who changes from the store are attributed to in the audit log. */
   storeName = 'file';
 
+  private readonly preparer: Preparer;
+  /** The document in force, as the preparer knows it (a tag change names it without sending its text). */
+  private documentRef!: DocumentRef;
+  private nextDocumentId = 1;
+  /** Changes are prepared and installed one after another, in the order they came. */
+  private lane: Promise<unknown> = Promise.resolve();
+
   constructor(
     private readonly store: PolicyStore,
     private readonly target: PolicyTarget,
@@ -98,16 +109,21 @@ export class Controller {
       host?: string | null;
       /** Called after every successful apply (a cluster store reports what this host enforces). */
       onApplied?: (rec: ApplyRecord, vnics: string[]) => void;
+      /** Who validates and compiles (default: inline, on this thread). */
+      preparer?: Preparer;
     } = {},
-  ) {}
+  ) {
+    this.preparer = opts.preparer ?? new InlinePreparer();
+  }
 
   /** Load what the store holds and apply it; throws ControlError when the stored policy is invalid. */
   async start(): Promise<void> {
     const state = await this.store.read();
-    const policy = this.validate(state.policy.text, state.policy.source, state.policy);
-    this.tags = this.pruneTags(state.tags.value, policy);
+    const ref = this.documentOf(state.policy.text, state.policy.source, state.policy);
+    const prepared = await this.prepare(ref, state.tags.value);
+    this.tags = this.pruneTags(state.tags.value, prepared.document);
     this.tagsRevision = state.tags.revision;
-    this.install(policy, state.policy.text, state.policy.revision, 'start');
+    this.install(prepared, ref, state.policy.revision, 'start');
     this.scheduleExpiry();
     this.unwatch = this.store.watch((key, s) => this.onStoreChange(key, s));
   }
@@ -117,20 +133,43 @@ export class Controller {
     if (this.ttlTimer) clearTimeout(this.ttlTimer);
   }
 
+  /** Stop, and let the preparer go (its worker thread). */
+  async close(): Promise<void> {
+    this.stop();
+    await this.preparer.close();
+  }
+
   get policy(): CompiledPolicy { return this.compiled; }
   get revision(): { policy: number; tags: number } { return { policy: this.documentRevision, tags: this.tagsRevision }; }
   get policyText(): string { return this.documentText; }
   get dynamicTags(): TagMap { return this.tags; }
 
+  /** Run `fn` after every change before it has been prepared and installed. */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.lane.then(fn, fn);
+    this.lane = run.catch(() => undefined);
+    return run;
+  }
+
+  /** A document for the preparer: the one in force if it is the same text, else a new number. */
+  private documentOf(text: string, source: string, from?: StoreState['policy']): DocumentRef {
+    // (Keys that could not be read leave the text as it was, and must still refuse the change.)
+    if (this.documentRef && text === this.documentText && (from?.keyProblems ?? []).length === 0) return this.documentRef;
+    return { id: this.nextDocumentId++, text, source, keyProblems: from?.keyProblems, keyIndex: from?.keyIndex, assembled: from?.assembled };
+  }
+
   /**
-   * Validate a policy text (or, from a store that assembles it from keys, its
-   * data: then every problem names the key it sits in, and a key that could
-   * not be read at all refuses the whole change).
+   * Validate (a document seen for the first time) and compile with these tags.
+   * An invalid document is a ControlError 400 with its problems (every
+   * problem of a store that assembles it from keys names the key it sits in).
    */
-  private validate(text: string, source: string, from?: StoreState['policy']): Policy {
-    const { policy, problems } = storedPolicyCheck(text, source, from);
-    if (!policy) throw new ControlError(400, 'invalid-policy', `the policy is invalid (${problems.length} errors)`, problems);
-    return policy;
+  private async prepare(ref: DocumentRef, tags: TagMap): Promise<Prepared> {
+    try {
+      return await this.preparer.prepare(ref, tags, this.opts.host ?? null);
+    } catch (e) {
+      if (e instanceof PrepareRefused) throw new ControlError(400, 'invalid-policy', e.message, e.problems);
+      throw new ControlError(500, 'compile-failed', `the policy could not be compiled: ${(e as Error).message}`);
+    }
   }
 
   /** Drop dynamic tags of workloads the policy no longer has, and expired ones. */
@@ -145,40 +184,16 @@ export class Controller {
     return out;
   }
 
-  /** The document with each workload's dynamic tags added to its own. */
-  private effective(policy: Policy, tags: TagMap): Policy {
-    const workloads = new Map<string, Workload>();
-    for (const [name, w] of policy.workloads) {
-      const extra = tagsOf(tags, name)?.map((t) => t.tag) ?? [];
-      workloads.set(name, extra.length === 0 ? w : { ...w, tags: [...new Set([...w.tags, ...extra])] });
-    }
-    return { ...policy, workloads };
-  }
-
-  /** This host's workloads in a policy (all of them when no host is set). */
-  localWorkloads(policy: Policy): Set<string> | null {
-    const host = this.opts.host ?? null;
-    if (host === null) return null;
-    const out = new Set<string>();
-    for (const w of policy.workloads.values()) if (w.host === host) out.add(w.name);
-    return out;
-  }
-
-  /** The effective policy compiled for this host's vNICs, groups resolved over every workload. */
-  private compile(policy: Policy, tags: TagMap): CompiledPolicy {
-    return policyCompile(this.effective(policy, tags), this.compiled ?? null, { workloads: this.localWorkloads(policy) });
-  }
-
-  /** Compile and swap; the data plane sees the old policy or the new one, nothing between. */
-  private install(policy: Policy, text: string, revision: number, source: string, precompiled?: { compiled: CompiledPolicy; compileMs: number }): ApplyRecord {
-    const t0 = performance.now();
-    const compiled = precompiled?.compiled ?? this.compile(policy, this.tags);
+  /** Swap; the data plane sees the old policy or the new one, nothing between. */
+  private install(prepared: Prepared, ref: DocumentRef, revision: number, source: string): ApplyRecord {
+    const { compiled, compileMs } = prepared;
     const t1 = performance.now();
-    const compileMs = precompiled?.compileMs ?? t1 - t0;
     this.target.setPolicy(compiled);
     const t2 = performance.now();
-    this.document = policy;
-    this.documentText = text;
+    this.preparer.installed(compiled);
+    this.document = prepared.document;
+    this.documentRef = ref;
+    this.documentText = ref.text;
     this.documentRevision = revision;
     this.compiled = compiled;
     this.generation++;
@@ -211,23 +226,30 @@ export class Controller {
   /** A change in the store, from this process or from outside. */
   private onStoreChange(key: 'policy' | 'tags', state: StoreState): void {
     if (this.writing) return;
+    void this.serial(() => this.onStoreChangeNow(key, state)).catch((e: Error) => this.fail(this.storeName, e));
+  }
+
+  private async onStoreChangeNow(key: 'policy' | 'tags', state: StoreState): Promise<void> {
     if (key === 'policy') {
       if (state.policy.revision === this.documentRevision || state.policy.text === this.rejectedText) return;
-      this.applyText(state.policy.text, state.policy.revision, state.policy.source, this.storeName, state.policy);
+      await this.applyText(state.policy.text, state.policy.revision, state.policy.source, this.storeName, state.policy);
     } else if (state.tags.revision !== this.tagsRevision) {
-      this.tags = this.pruneTags(state.tags.value, this.document);
+      const tags = this.pruneTags(state.tags.value, this.document);
+      const prepared = await this.prepare(this.documentRef, tags);
+      this.tags = tags;
       this.tagsRevision = state.tags.revision;
-      this.install(this.document, this.documentText, this.documentRevision, 'tags');
+      this.install(prepared, this.documentRef, this.documentRevision, 'tags');
       this.scheduleExpiry();
     }
   }
 
   /** Validate and apply a policy text the store now holds; false (recorded) when it is refused. */
-  private applyText(text: string, revision: number, source: string, by: string, from?: StoreState['policy']): boolean {
+  private async applyText(text: string, revision: number, source: string, by: string, from?: StoreState['policy']): Promise<boolean> {
     try {
-      const policy = this.validate(text, source, from);
-      this.tags = this.pruneTags(this.tags, policy);
-      const rec = this.install(policy, text, revision, by);
+      const ref = this.documentOf(text, source, from);
+      const prepared = await this.prepare(ref, this.tags);
+      this.tags = this.pruneTags(this.tags, prepared.document);
+      const rec = this.install(prepared, ref, revision, by);
       this.rejectedText = null;
       this.audit({ action: 'policy.applied', by, revision, rules: rec.rules, compileMs: round(rec.compileMs) });
       return true;
@@ -243,52 +265,52 @@ export class Controller {
    * in force afterwards (it may have been already), false when it is refused.
    */
   async reload(): Promise<boolean> {
-    await this.store.refresh();
-    const state = await this.store.read();
-    if (state.policy.text === this.documentText) return true;
-    return this.applyText(state.policy.text, state.policy.revision, state.policy.source, 'reload', state.policy);
+    return this.serial(async () => {
+      await this.store.refresh();
+      const state = await this.store.read();
+      if (state.policy.text === this.documentText) return true;
+      return this.applyText(state.policy.text, state.policy.revision, state.policy.source, 'reload', state.policy);
+    });
   }
 
   /** PUT /v1/policy: validate and compile first, then compare-and-set in the store, then swap. */
   async putPolicy(text: string, expectRevision: number | null, by: string): Promise<ApplyRecord> {
-    const source = '(request)';
-    const policy = this.validate(text, source);
-    // Compile before writing: a policy that cannot be compiled must not reach the store. What is
-    // compiled here is what gets swapped in, unless the tags changed while the store was written.
-    const tagsBefore = this.tags;
-    const tags = this.pruneTags(tagsBefore, policy);
-    const t0 = performance.now();
-    const compiled = this.compile(policy, tags);
-    const compileMs = performance.now() - t0;
-    const cas = await this.own(() => this.store.putPolicy(text, expectRevision));
-    if (!cas.ok) throw new ControlError(412, 'stale-revision', `the policy changed since revision ${expectRevision}: it is now at ${cas.revision}; read it again and reapply`);
-    // The store's watch may already have applied it; if not, apply now.
-    if (this.documentRevision !== cas.revision) {
-      const same = this.tags === tagsBefore;
-      this.tags = same ? tags : this.pruneTags(this.tags, policy);
-      this.install(policy, text, cas.revision, by, same ? { compiled, compileMs } : undefined);
-    }
-    this.rejectedText = null;
-    this.audit({ action: 'policy.applied', by, revision: cas.revision, rules: this.compiled.stats.rules, compileMs: round(this.lastApply!.compileMs) });
-    return { ...this.lastApply! };
+    return this.serial(async () => {
+      // Prepared before writing: a policy that cannot be compiled must not reach the store. The
+      // tags cannot change meanwhile (changes take turns), so what is prepared is what is swapped in.
+      const ref = this.documentOf(text, '(request)');
+      const prepared = await this.prepare(ref, this.tags);
+      const cas = await this.own(() => this.store.putPolicy(text, expectRevision));
+      if (!cas.ok) throw new ControlError(412, 'stale-revision', `the policy changed since revision ${expectRevision}: it is now at ${cas.revision}; read it again and reapply`);
+      if (this.documentRevision !== cas.revision) {
+        this.tags = this.pruneTags(this.tags, prepared.document);
+        this.install(prepared, ref, cas.revision, by);
+      }
+      this.rejectedText = null;
+      this.audit({ action: 'policy.applied', by, revision: cas.revision, rules: this.compiled.stats.rules, compileMs: round(this.lastApply!.compileMs) });
+      return { ...this.lastApply! };
+    });
   }
 
   /** POST /v1/workloads/{name}/tags. */
   async changeTags(workload: string, change: TagChange): Promise<{ workload: string; tags: string[]; dynamic: DynamicTag[]; revision: number; apply: ApplyRecord }> {
-    const { next, expiresAt } = tagsAfterChange(this.document, this.tags, workload, change, Date.now());
-    const add = change.add ?? [], remove = change.remove ?? [];
-    const expect = change.expectRevision === undefined || change.expectRevision === null ? this.tagsRevision : change.expectRevision;
-    const cas = await this.own(() => this.store.putTags(next, expect));
-    if (!cas.ok) throw new ControlError(412, 'stale-revision', `the tags changed since revision ${expect}: they are now at ${cas.revision}; read them again and retry`);
-    if (this.tagsRevision !== cas.revision) {
-      this.tags = next;
-      this.tagsRevision = cas.revision;
-      this.install(this.document, this.documentText, this.documentRevision, 'tags');
-      this.scheduleExpiry();
-    }
-    for (const tag of add) this.audit({ action: 'tag.added', by: change.by, workload, tag, reason: change.reason, expiresAt: expiresAt === null ? null : new Date(expiresAt).toISOString(), revision: cas.revision });
-    for (const tag of remove) this.audit({ action: 'tag.removed', by: change.by, workload, tag, reason: change.reason, revision: cas.revision });
-    return { workload, tags: this.compiled.policy.workloads.get(workload)!.tags, dynamic: tagsOf(this.tags, workload) ?? [], revision: cas.revision, apply: this.lastApply! };
+    return this.serial(async () => {
+      const { next, expiresAt } = tagsAfterChange(this.document, this.tags, workload, change, Date.now());
+      const add = change.add ?? [], remove = change.remove ?? [];
+      const expect = change.expectRevision === undefined || change.expectRevision === null ? this.tagsRevision : change.expectRevision;
+      const cas = await this.own(() => this.store.putTags(next, expect));
+      if (!cas.ok) throw new ControlError(412, 'stale-revision', `the tags changed since revision ${expect}: they are now at ${cas.revision}; read them again and retry`);
+      if (this.tagsRevision !== cas.revision) {
+        const prepared = await this.prepare(this.documentRef, next);
+        this.tags = next;
+        this.tagsRevision = cas.revision;
+        this.install(prepared, this.documentRef, this.documentRevision, 'tags');
+        this.scheduleExpiry();
+      }
+      for (const tag of add) this.audit({ action: 'tag.added', by: change.by, workload, tag, reason: change.reason, expiresAt: expiresAt === null ? null : new Date(expiresAt).toISOString(), revision: cas.revision });
+      for (const tag of remove) this.audit({ action: 'tag.removed', by: change.by, workload, tag, reason: change.reason, revision: cas.revision });
+      return { workload, tags: this.compiled.policy.workloads.get(workload)!.tags, dynamic: tagsOf(this.tags, workload) ?? [], revision: cas.revision, apply: this.lastApply! };
+    });
   }
 
   private async own<T>(write: () => Promise<T>): Promise<T> {
@@ -315,7 +337,7 @@ export class Controller {
     const delay = Math.min(Math.max(0, earliest - Date.now()), 0x7fffffff);
     this.ttlTimer = setTimeout(() => {
       // The store may refuse the write (a full disk, etcd away): log it and try again in a second, never crash.
-      this.expire().catch((e: Error) => {
+      this.serial(() => this.expire()).catch((e: Error) => {
         this.opts.log?.error({ err: e.message }, 'an expired tag could not be removed from the store yet; trying again');
         if (this.ttlTimer) clearTimeout(this.ttlTimer);
         this.ttlTimer = setTimeout(() => this.scheduleExpiry(), 1000);
@@ -340,30 +362,19 @@ export class Controller {
     const cas = await this.own(() => this.store.putTags(next, this.tagsRevision));
     if (!cas.ok) { this.scheduleExpiry(); return; } // someone changed the tags meanwhile: their change re-arms the timer
     if (this.tagsRevision !== cas.revision) {
+      const prepared = await this.prepare(this.documentRef, next);
       this.tags = next;
       this.tagsRevision = cas.revision;
-      this.install(this.document, this.documentText, this.documentRevision, 'ttl');
+      this.install(prepared, this.documentRef, this.documentRevision, 'ttl');
     }
     for (const [workload, t] of expired) this.audit({ action: 'tag.expired', by: 'ttl', workload, tag: t.tag, reason: t.reason, addedBy: t.by, revision: cas.revision });
     this.scheduleExpiry();
   }
 }
 
-/**
- * Validate a policy as a store holds it: its text, or (a store that
- * assembles it from keys) its data, with every problem named by the key it
- * sits in, and a key that could not be read at all refusing the whole of it.
- * The controller and `tapwall ... --store` both read a store's policy so.
- * Returns the errors only; `policy` is null when there is any.
- */
+/** Validate a policy as a store holds it (prepare.ts: documentCheck); `tapwall ... --store` reads a store's policy so. */
 export function storedPolicyCheck(text: string, source: string, from?: StoreState['policy']): { policy: Policy | null; problems: PolicyProblem[] } {
-  const parsed = from?.data !== undefined ? policyFromData(from.data as never, source, undefined, { shadows: false }) : policyParse(text, source, { shadows: false });
-  const keyOf = from?.keyOfPath;
-  const problems = [
-    ...(from?.keyProblems ?? []).map((k) => ({ severity: 'error' as const, code: 'bad-key', file: k.key, line: 1, column: 1, path: '(key)', message: k.message })),
-    ...parsed.problems.filter((p) => p.severity === 'error').map((p) => (keyOf ? { ...p, file: keyOf(p.path) ?? p.file } : p)),
-  ];
-  return { policy: problems.length > 0 ? null : parsed.policy, problems };
+  return documentCheck({ text, source, keyProblems: from?.keyProblems, keyIndex: from?.keyIndex, assembled: from?.assembled });
 }
 
 /**

@@ -36,6 +36,7 @@
  *   calico#4109 and cilium#3011 describe). `connected`, `syncedAt` and
  *   `watchRestarts` say how it goes (status and metrics).
  */
+import type { KeyIndex } from './prepare.js';
 import { readFileSync } from 'node:fs';
 import { Etcd3, type IKeyValue, type Lease, type Watcher } from 'etcd3';
 import { ExponentialBackoff } from 'cockatiel';
@@ -99,7 +100,7 @@ export interface KeyProblem { key: string; message: string }
  * read (bad JSON, an unknown kind, a rule of no section): those are reported,
  * not guessed at.
  */
-export function keysToDocument(keys: Map<string, string>): { doc: Record<string, unknown>; problems: KeyProblem[]; keyOfPath: (path: string) => string | null } {
+export function keysToDocument(keys: Map<string, string>): { doc: Record<string, unknown>; problems: KeyProblem[]; sections: KeyIndex['sections'] } {
   const problems: KeyProblem[] = [];
   const doc: Record<string, unknown> = {};
   const maps: Record<string, Record<string, unknown>> = { workloads: {}, groups: {}, services: {} };
@@ -146,18 +147,8 @@ export function keysToDocument(keys: Map<string, string>): { doc: Record<string,
     if (s.comment !== undefined) out.comment = s.comment;
     return out;
   });
-  // A problem's path in the document -> the key it came from.
-  const keyOfPath = (path: string): string | null => {
-    let m = /^(workloads|groups|services)\.([^.[\]]+)/.exec(path);
-    if (m) return `policy/${m[1]}/${m[2]}`;
-    m = /^sections\[(\d+)\]\.rules\[(\d+)\]/.exec(path);
-    if (m) return ruleKeys[Number(m[1])]?.[Number(m[2])] ?? null;
-    m = /^sections\[(\d+)\]/.exec(path);
-    if (m) return ordered[Number(m[1])] ? `policy/sections/${ordered[Number(m[1])][0]}` : null;
-    if (/^(default|spoofguard)/.test(path)) return 'policy/settings';
-    return null;
-  };
-  return { doc, problems, keyOfPath };
+  // Where each section and rule came from, for messages (prepare.ts: keyOfPathIn).
+  return { doc, problems, sections: ordered.map(([name], k) => ({ name, rules: ruleKeys[k] })) };
 }
 
 interface Stored { value: string; mod: number }
@@ -404,10 +395,10 @@ export class EtcdStore implements PolicyStore {
 
   private policyPart(): StoreState['policy'] {
     if (this.policyView !== null && this.policyView.revision === this.policyRevision) return this.policyView;
-    const { doc, problems, keyOfPath } = keysToDocument(this.policyKeys());
+    const { doc, problems, sections } = keysToDocument(this.policyKeys());
     this.policyView = {
       text: JSON.stringify(doc, null, 1), source: `etcd:${this.prefix}policy`, revision: this.policyRevision,
-      data: doc, keyProblems: problems.map((p) => ({ key: this.full(p.key), message: p.message })), keyOfPath: (path: string) => { const k = keyOfPath(path); return k === null ? null : this.full(k); },
+      assembled: true, data: doc, keyProblems: problems.map((p) => ({ key: this.full(p.key), message: p.message })), keyIndex: { prefix: this.full(''), sections },
     };
     return this.policyView;
   }

@@ -22,6 +22,7 @@
  */
 import { chmodSync, chownSync, existsSync, readFileSync, renameSync, rmSync, statSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import type { KeyIndex } from './prepare.js';
 
 export interface DynamicTag {
   tag: string;
@@ -51,12 +52,14 @@ export interface StoreState {
     text: string;
     source: string;
     revision: number;
-    /** The document already parsed (a store that assembles it from keys): validated as it is, the text is for reading. */
+    /** The text is the JSON of a document the store assembled from keys: validated as data, problems named by key. */
+    assembled?: boolean;
+    /** That document, as data (for reading; the text is what is validated). */
     data?: unknown;
     /** Keys the store could not turn into any part of the document (bad JSON, unknown keys): refused like a bad document. */
     keyProblems?: Array<{ key: string; message: string }>;
-    /** The store key a document path (like `sections[0].rules[2].to`) was read from, for messages. */
-    keyOfPath?: (path: string) => string | null;
+    /** Where each section and rule came from (prepare.ts: keyOfPathIn), for messages. */
+    keyIndex?: KeyIndex;
   };
   tags: { value: TagMap; revision: number };
 }

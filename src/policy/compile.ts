@@ -128,15 +128,23 @@ export const RULE_FLAG = { stateless: 1, log: 2 } as const;
  */
 export class ResolvedGroup {
   private aggregated: AddressSet | null = null;
+  private held: Prefix[] | (() => Prefix[]);
   constructor(
     readonly definition: Group,
     /** Members it selects by itself (nested groups aside). */
     readonly direct: Set<string>,
     readonly members: Set<string>,
-    readonly prefixes: Prefix[],
+    /** The addresses, or how to find them when first asked (a group handed over from the compiling thread). */
+    prefixes: Prefix[] | (() => Prefix[]),
     readonly signature: string,
     readonly version: number,
-  ) {}
+  ) {
+    this.held = prefixes;
+  }
+  get prefixes(): Prefix[] {
+    if (typeof this.held === 'function') this.held = this.held();
+    return this.held;
+  }
   get addresses(): AddressSet {
     return (this.aggregated ??= { any: false, prefixes: prefixAggregate(this.prefixes) });
   }

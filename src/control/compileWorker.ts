@@ -1,0 +1,183 @@
+/**
+ * The worker thread that validates and compiles (prepare.ts), for
+ * OffThreadPreparer (offThread.ts).
+ *
+ * Protocol (messages, one at a time; the main thread asks for each part so
+ * that every part is taken in its own turn of its event loop)
+ *   main -> worker  { t: 'prepare', doc, tags, host }   start a preparation
+ *                   { t: 'next' }                        send the next part
+ *                   { t: 'installed', tables, versions, docs }  what the main
+ *                     thread keeps now: anything else it has dropped, and is
+ *                     sent again if a later result needs it
+ *   worker -> main  a sequence of parts ending with { t: 'final' }, or one
+ *                   { t: 'refused', problems } / { t: 'error', message }.
+ *
+ * What a result sends (SerializedX types in offThread.ts): the document (the
+ * first time its number is prepared) in slices of a few hundred rules,
+ * workloads and group addresses; the workloads whose tags the dynamic tags
+ * change; resolved groups the main thread does not have (by version); rule
+ * tables it does not have (by number; their typed arrays live in
+ * SharedArrayBuffers, so handing one over copies nothing); and the points.
+ */
+import { readlinkSync } from 'node:fs';
+import { setPriority } from 'node:os';
+import { parentPort } from 'node:worker_threads';
+import type { CompiledPolicy, FamilyTable, ResolvedGroup } from '../policy/compile.js';
+import type { Policy } from '../policy/model.js';
+import { DocumentCache, PrepareRefused, prepareNow, type DocumentRef } from './prepare.js';
+import type { TagMap } from './store.js';
+
+// The lowest CPU priority for this thread (Linux: a thread's id names it to setpriority): on a
+// machine with few cores the forwarding thread must win every time both want the CPU.
+try {
+  setPriority(Number(readlinkSync('/proc/thread-self').split('/').pop()), 19);
+} catch {
+  // Not Linux, or not allowed: the thread runs at the process's priority.
+}
+
+const SLICE = 300; // rules, workloads or groups per part
+const CIDR_SLICE = 20_000;
+const MEMBER_SLICE = 5_000;
+
+const docs = new DocumentCache();
+let previous: CompiledPolicy | null = null;
+/** Documents, tables and group versions the main thread has. */
+const mainDocs = new Set<number>();
+const mainTables = new Set<number>();
+const mainVersions = new Set<number>();
+const tableIds = new WeakMap<FamilyTable, number>();
+let nextTableId = 1;
+const shared = new WeakMap<FamilyTable, unknown>();
+let parts: unknown[] = [];
+
+function tableId(t: FamilyTable): number {
+  let id = tableIds.get(t);
+  if (id === undefined) tableIds.set(t, (id = nextTableId++));
+  return id;
+}
+
+/** A typed array copied into shared memory (read by both threads, written by neither). */
+function share<T extends Int32Array>(a: T): Int32Array {
+  const out = new Int32Array(new SharedArrayBuffer(Math.max(4, a.byteLength)), 0, a.length);
+  out.set(a);
+  return out;
+}
+
+function serializeTable(t: FamilyTable): unknown {
+  let s = shared.get(t);
+  if (!s) {
+    const c = t.classes, r = t.trie;
+    s = {
+      id: tableId(t),
+      trie: { dims: r.dims, count: r.count, ruleLo: share(r.ruleLo), ruleHi: share(r.ruleHi), nodes: share(r.nodes), leaves: share(r.leaves), roots: share(r.roots), rootMin: share(r.rootMin), stats: r.stats },
+      classes: { family: c.family, bounds: share(c.bounds), cls: share(c.cls), count: c.count, intervals: c.intervals, hostKeys: share(c.hostKeys), hostCls: share(c.hostCls), hostMask: c.hostMask, classes: c.classes },
+      atomRule: share(t.atomRule),
+      entries: t.atoms.length,
+    };
+    shared.set(t, s);
+  }
+  return s;
+}
+
+function documentParts(id: number, doc: Policy, out: unknown[]): void {
+  out.push({ t: 'doc', id, source: doc.source, default: doc.default, spoofguard: doc.spoofguard, services: [...doc.services.values()] });
+  const workloads = [...doc.workloads.values()];
+  for (let i = 0; i < workloads.length; i += SLICE) out.push({ t: 'workloads', list: workloads.slice(i, i + SLICE) });
+  let batch: unknown[] = [];
+  for (const g of doc.groups.values()) {
+    if (g.cidrs.length <= CIDR_SLICE) batch.push(g);
+    else {
+      batch.push({ ...g, cidrs: [] });
+      out.push({ t: 'groups', list: batch });
+      batch = [];
+      for (let i = 0; i < g.cidrs.length; i += CIDR_SLICE) out.push({ t: 'cidrs', group: g.name, list: g.cidrs.slice(i, i + CIDR_SLICE) });
+    }
+    if (batch.length >= SLICE) { out.push({ t: 'groups', list: batch }); batch = []; }
+  }
+  if (batch.length > 0) out.push({ t: 'groups', list: batch });
+  doc.sections.forEach((s, index) => {
+    out.push({ t: 'section', name: s.name });
+    for (let i = 0; i < s.rules.length; i += SLICE) out.push({ t: 'rules', index, list: s.rules.slice(i, i + SLICE) });
+  });
+}
+
+function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, compileMs: number): unknown[] {
+  const out: unknown[] = [];
+  if (!mainDocs.has(docId)) {
+    documentParts(docId, document, out);
+    mainDocs.add(docId);
+  }
+  const overrides = [...compiled.policy.workloads.values()].filter((w) => document.workloads.get(w.name) !== w);
+  for (let i = 0; i < overrides.length; i += SLICE) out.push({ t: 'effective', list: overrides.slice(i, i + SLICE) });
+  let batch: unknown[] = [], size = 0;
+  const flush = () => { if (batch.length > 0) out.push({ t: 'resolved', list: batch }); batch = []; size = 0; };
+  for (const [name, g] of compiled.groups) {
+    if (mainVersions.has(g.version)) continue;
+    batch.push(serializeGroup(name, g));
+    size += g.members.size + 1;
+    mainVersions.add(g.version);
+    if (size >= MEMBER_SLICE) flush();
+  }
+  flush();
+  // Tables by scope (vNICs with the same rules share one set of tables).
+  const scopes: Array<Record<string, unknown>> = [];
+  const scopeIndex = new Map<unknown, number>();
+  const nics: string[] = [], workloads: string[] = [], scopeOf: number[] = [];
+  const ids = (list: FamilyTable[]) => list.map((t) => {
+    const id = tableId(t);
+    if (!mainTables.has(id)) { out.push({ t: 'table', table: serializeTable(t) }); mainTables.add(id); }
+    return id;
+  });
+  for (const [nic, p] of compiled.points) {
+    const tables = p.egress.tables;
+    let k = scopeIndex.get(tables);
+    if (k === undefined) {
+      k = scopes.length;
+      scopeIndex.set(tables, k);
+      scopes.push({ v4: ids(tables.v4), v6: ids(tables.v6), r4: ids(tables.r4), r6: ids(tables.r6), ether: tables.ether, rules: tables.rules });
+    }
+    nics.push(nic);
+    workloads.push(p.egress.workload);
+    scopeOf.push(k);
+  }
+  out.push({
+    t: 'final', docId, compileMs, scopes, nics, workloads, scopeOf,
+    groups: [...compiled.groups].map(([name, g]) => [name, g.version]),
+    ruleAction: compiled.ruleAction, ruleFlags: compiled.ruleFlags, stats: compiled.stats,
+  });
+  return out;
+}
+
+function serializeGroup(name: string, g: ResolvedGroup): unknown {
+  return { name, version: g.version, signature: g.signature, direct: [...g.direct], members: [...g.members] };
+}
+
+function send(): void {
+  const part = parts.shift();
+  if (part !== undefined) parentPort!.postMessage(part);
+}
+
+parentPort!.on('message', (m: { t: string; doc?: DocumentRef; tags?: TagMap; host?: string | null; tables?: number[]; versions?: number[]; docs?: number[] }) => {
+  if (m.t === 'next') { send(); return; }
+  if (m.t === 'installed') {
+    const keepTables = new Set(m.tables), keepVersions = new Set(m.versions);
+    for (const id of [...mainTables]) if (!keepTables.has(id)) mainTables.delete(id);
+    for (const v of [...mainVersions]) if (!keepVersions.has(v)) mainVersions.delete(v);
+    const keepDocs = new Set(m.docs);
+    for (const d of [...mainDocs]) if (!keepDocs.has(d)) mainDocs.delete(d);
+    return;
+  }
+  if (m.t !== 'prepare') return;
+  if (m.doc!.text === undefined && !docs.get(m.doc!.id)) {
+    parentPort!.postMessage({ t: 'error', code: 'unknown-document', message: `document ${m.doc!.id} is not kept here` });
+    return;
+  }
+  try {
+    const prepared = prepareNow(docs, previous, m.doc!, m.tags!, m.host ?? null);
+    previous = prepared.compiled;
+    parts = resultParts(m.doc!.id, prepared.document, prepared.compiled, prepared.compileMs);
+  } catch (e) {
+    parts = [e instanceof PrepareRefused ? { t: 'refused', message: e.message, problems: e.problems } : { t: 'error', message: (e as Error).stack ?? String(e) }];
+  }
+  send();
+});

@@ -1,0 +1,238 @@
+/**
+ * OffThreadPreparer: validation and compilation in a worker thread
+ * (compileWorker.ts), so that the thread forwarding frames never waits for a
+ * parse, a validation or a compile.
+ *
+ * Design
+ *   - One worker, one preparation at a time (the controller takes changes in
+ *     turn). The worker keeps the documents it validated and the last policy
+ *     it compiled, so a tag change sends only the tags and compiles only what
+ *     they change.
+ *   - The result comes back in parts, and this side asks for each part after
+ *     taking the previous one: every part is one short turn of the event loop
+ *     (a few hundred rules or workloads, a group's next 20,000 CIDRs, one
+ *     table), and frames are forwarded between turns. The compiled tables are
+ *     typed arrays in SharedArrayBuffers: handing them over copies nothing.
+ *   - This side keeps a mirror of what it was sent (documents by number,
+ *     tables by number, resolved groups by version); the worker sends only
+ *     what the mirror lacks. After a swap, the mirror keeps what the policy in
+ *     force uses (and the newest document) and tells the worker, which sends
+ *     anything else again when it is needed.
+ *   - The policy is built here from the mirror as a CompiledPolicy like the
+ *     inline compiler's, and swapped in by the controller in one step. Group
+ *     addresses are found on first use (explanations, dumps), not handed over.
+ *   - A worker that fails (an exception, an exit) fails the preparation in
+ *     progress: the policy in force stays. The next preparation starts a new
+ *     worker with an empty mirror.
+ */
+import { Worker } from 'node:worker_threads';
+import { SegmentCache, ResolvedGroup, type CompiledPolicy, type FamilyTable, type PointTables } from '../policy/compile.js';
+import type { Prefix } from '../policy/addresses.js';
+import type { ServiceAtom } from '../policy/services.js';
+import type { Group, Policy, Rule, Section, Workload } from '../policy/model.js';
+import { workloadPrefixes } from '../policy/spoofguard.js';
+import { PrepareRefused, type DocumentRef, type Prepared, type Preparer } from './prepare.js';
+import type { TagMap } from './store.js';
+
+interface Pending {
+  resolve: (p: Prepared) => void;
+  reject: (e: Error) => void;
+  /** The document being assembled from parts, until the final part. */
+  doc: Policy | null;
+  docId: number;
+  overrides: Workload[];
+  retry: () => void;
+}
+
+export class OffThreadPreparer implements Preparer {
+  private worker: Worker | null = null;
+  private pending: Pending | null = null;
+  private readonly docs = new Map<number, Policy>();
+  private readonly tables = new Map<number, FamilyTable>();
+  private readonly groups = new Map<number, ResolvedGroup>();
+  /** Versions and tables of each compiled policy this side built, for pruning after a swap. */
+  private readonly uses = new WeakMap<CompiledPolicy, { tables: number[]; versions: number[]; docId: number }>();
+  /** Parts taken, and the longest time one took (a benchmark reads it). */
+  parts = 0;
+  longestPartMs = 0;
+
+  private start(): Worker {
+    const w = new Worker(new URL('./compileWorker.js', import.meta.url));
+    w.on('message', (m: Part) => this.onPart(m));
+    const fail = (e: Error) => {
+      this.worker = null;
+      this.docs.clear(); this.tables.clear(); this.groups.clear();
+      const p = this.pending;
+      this.pending = null;
+      p?.reject(e);
+    };
+    w.on('error', (e) => fail(e));
+    w.on('exit', (code) => { if (this.worker === w) fail(new Error(`the compiling thread exited (code ${code})`)); });
+    w.unref();
+    return w;
+  }
+
+  prepare(doc: DocumentRef, tags: TagMap, host: string | null): Promise<Prepared> {
+    if (this.pending) return Promise.reject(new Error('a preparation is already in progress'));
+    this.worker ??= this.start();
+    // Held while a preparation is under way (a process waiting for it must not exit), let go after.
+    const w = this.worker;
+    w.ref();
+    const done = () => { if (this.worker === w) w.unref(); };
+    return new Promise<Prepared>((resolve, reject) => {
+      this.pending = {
+        resolve: (p) => { done(); resolve(p); }, reject: (e) => { done(); reject(e); },
+        doc: null, docId: doc.id, overrides: [], retry: () => this.worker!.postMessage({ t: 'prepare', doc, tags, host }),
+      };
+      // A document the worker handed over already goes without its text (megabytes at 10,000 rules);
+      // should the worker have let it go, it says so and gets the text.
+      this.worker!.postMessage({ t: 'prepare', doc: this.docs.has(doc.id) ? { ...doc, text: undefined } : doc, tags, host });
+    });
+  }
+
+  installed(compiled: CompiledPolicy): void {
+    const use = this.uses.get(compiled);
+    if (!use) return;
+    const tables = new Set(use.tables), versions = new Set(use.versions);
+    for (const id of [...this.tables.keys()]) if (!tables.has(id)) this.tables.delete(id);
+    for (const v of [...this.groups.keys()]) if (!versions.has(v)) this.groups.delete(v);
+    // The document in force and the newest one (a tag change names the first, the next PUT may follow the second).
+    const newest = Math.max(...this.docs.keys());
+    for (const id of [...this.docs.keys()]) if (id !== use.docId && id !== newest) this.docs.delete(id);
+    this.worker?.postMessage({ t: 'installed', tables: [...this.tables.keys()], versions: [...this.groups.keys()], docs: [...this.docs.keys()] });
+  }
+
+  async close(): Promise<void> {
+    const w = this.worker;
+    this.worker = null;
+    await w?.terminate();
+  }
+
+  private onPart(m: Part): void {
+    const p = this.pending;
+    if (!p) return;
+    const t0 = performance.now();
+    try {
+      if (m.t === 'refused') { this.pending = null; p.reject(new PrepareRefused(m.message, m.problems)); return; }
+      if (m.t === 'error' && m.code === 'unknown-document') { p.retry(); return; }
+      if (m.t === 'error') { this.pending = null; p.reject(new Error(m.message)); return; }
+      this.take(p, m);
+      if (m.t === 'final') {
+        this.pending = null;
+        p.resolve(this.assemble(p, m));
+        return;
+      }
+      this.worker!.postMessage({ t: 'next' });
+    } catch (e) {
+      this.pending = null;
+      p.reject(e as Error);
+    } finally {
+      this.parts++;
+      this.longestPartMs = Math.max(this.longestPartMs, performance.now() - t0);
+    }
+  }
+
+  private take(p: Pending, m: Part): void {
+    switch (m.t) {
+      case 'doc':
+        p.doc = { source: m.source, default: m.default, spoofguard: m.spoofguard, workloads: new Map(), groups: new Map(), services: new Map(m.services.map((s) => [s.name, s])), sections: [] };
+        this.docs.set(m.id, p.doc);
+        break;
+      case 'workloads': for (const w of m.list) p.doc!.workloads.set(w.name, w); break;
+      case 'groups': for (const g of m.list) p.doc!.groups.set(g.name, g); break;
+      case 'cidrs': { const g = p.doc!.groups.get(m.group)!; for (const c of m.list) g.cidrs.push(c); break; }
+      case 'section': p.doc!.sections.push({ name: m.name, rules: [] }); break;
+      case 'rules': { const s = p.doc!.sections[m.index]; for (const r of m.list) s.rules.push(r); break; }
+      case 'effective': for (const w of m.list) p.overrides.push(w); break;
+      case 'resolved': {
+        const doc = this.docs.get(p.docId)!;
+        for (const g of m.list) {
+          const members = new Set(g.members);
+          const prefixes = () => {
+            const out = groupPrefixes(doc, g.name, new Set());
+            for (const w of members) for (const x of workloadPrefixes(doc.workloads.get(w) as Workload)) out.push(x);
+            return out;
+          };
+          this.groups.set(g.version, new ResolvedGroup(doc.groups.get(g.name) as Group, new Set(g.direct), members, prefixes, g.signature, g.version));
+        }
+        break;
+      }
+      case 'table': this.tables.set(m.table.id, tableFrom(m.table)); break;
+      default: break;
+    }
+  }
+
+  private assemble(p: Pending, m: FinalPart): Prepared {
+    const document = this.docs.get(m.docId);
+    if (!document) throw new Error(`document ${m.docId} was not handed over`);
+    const workloads = p.overrides.length === 0 ? document.workloads : new Map(document.workloads);
+    for (const w of p.overrides) workloads.set(w.name, w);
+    const policy: Policy = p.overrides.length === 0 ? document : { ...document, workloads };
+    const groups = new Map<string, ResolvedGroup>();
+    for (const [name, version] of m.groups) groups.set(name, this.groups.get(version)!);
+    const table = (id: number) => this.tables.get(id)!;
+    const scopes: PointTables[] = m.scopes.map((s) => ({ v4: s.v4.map(table), v6: s.v6.map(table), r4: s.r4.map(table), r6: s.r6.map(table), ether: s.ether, rules: s.rules }));
+    const points: CompiledPolicy['points'] = new Map();
+    m.nics.forEach((nic, i) => {
+      const tables = scopes[m.scopeOf[i]], workload = m.workloads[i];
+      points.set(nic, { egress: { workload, nic, direction: 'egress', tables }, ingress: { workload, nic, direction: 'ingress', tables } });
+    });
+    const compiled: CompiledPolicy = {
+      policy, rules: document.sections.flatMap((s: Section) => s.rules), ruleAction: m.ruleAction, ruleFlags: m.ruleFlags,
+      defaultAction: document.default, groups, points, stats: m.stats, segmentsBySignature: new SegmentCache(),
+    };
+    this.uses.set(compiled, { tables: m.scopes.flatMap((s) => [...s.v4, ...s.v6, ...s.r4, ...s.r6]), versions: m.groups.map(([, v]) => v), docId: m.docId });
+    return { document, compiled, compileMs: m.compileMs };
+  }
+}
+
+/** A group's addresses from the document (for a group handed over without them). */
+function groupPrefixes(doc: Policy, name: string, seen: Set<string>): Prefix[] {
+  const g = doc.groups.get(name);
+  if (!g || seen.has(name)) return [];
+  seen.add(name);
+  const out: Prefix[] = g.cidrs.slice();
+  for (const sub of g.groups) for (const p of groupPrefixes(doc, sub, seen)) out.push(p);
+  return out;
+}
+
+interface SerializedTable {
+  id: number;
+  trie: FamilyTable['trie'];
+  classes: FamilyTable['classes'];
+  atomRule: Int32Array;
+  entries: number;
+}
+
+function tableFrom(s: SerializedTable): FamilyTable {
+  // The entries' descriptions (for dumps) stay with the compiler; the count is what is read here.
+  return { trie: s.trie, classes: s.classes, atomRule: s.atomRule, atoms: new Array(s.entries) };
+}
+
+interface FinalPart {
+  t: 'final';
+  docId: number;
+  compileMs: number;
+  scopes: Array<{ v4: number[]; v6: number[]; r4: number[]; r6: number[]; ether: Int32Array; rules: number[] }>;
+  nics: string[];
+  workloads: string[];
+  scopeOf: number[];
+  groups: Array<[string, number]>;
+  ruleAction: Uint8Array;
+  ruleFlags: Uint8Array;
+  stats: CompiledPolicy['stats'];
+}
+
+type Part =
+  | { t: 'refused'; message: string; problems: PrepareRefused['problems'] }
+  | { t: 'error'; message: string; code?: string }
+  | { t: 'doc'; id: number; source: string; default: Policy['default']; spoofguard: boolean; services: Array<{ name: string; atoms: ServiceAtom[]; specs: string[] }> }
+  | { t: 'workloads'; list: Workload[] }
+  | { t: 'groups'; list: Group[] }
+  | { t: 'cidrs'; group: string; list: Prefix[] }
+  | { t: 'section'; name: string }
+  | { t: 'rules'; index: number; list: Rule[] }
+  | { t: 'effective'; list: Workload[] }
+  | { t: 'resolved'; list: Array<{ name: string; version: number; signature: string; direct: string[]; members: string[] }> }
+  | { t: 'table'; table: SerializedTable }
+  | FinalPart;

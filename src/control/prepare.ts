@@ -1,0 +1,155 @@
+/**
+ * Preparing a policy for the data plane: a document (validated once) plus
+ * the dynamic tags -> the effective policy -> compiled for this host's vNICs.
+ *
+ * Two preparers with one contract. InlinePreparer does it on the calling
+ * thread (tests, `tapwall compile`, benchmarks that want the bare cost).
+ * OffThreadPreparer (offThread.ts) does it in a worker thread and hands the
+ * result over in slices, so that the thread forwarding frames never waits
+ * for a parse, a validation or a compile.
+ *
+ * Documents are named by a number the caller gives each new text: a tag
+ * change names the document in force and sends no text again.
+ */
+import { policyCompile, type CompiledPolicy } from '../policy/compile.js';
+import { policyFromData, policyParse } from '../policy/load.js';
+import type { PolicyProblem } from '../policy/errors.js';
+import type { Policy, Workload } from '../policy/model.js';
+import { tagsOf, type StoreState, type TagMap } from './store.js';
+
+/** A document to prepare: its number, and its text the first time. */
+export interface DocumentRef {
+  id: number;
+  text: string;
+  source: string;
+  /** From a store that assembles the document from keys: problems per key, and where each path came from. */
+  keyProblems?: StoreState['policy']['keyProblems'];
+  keyIndex?: KeyIndex;
+  /** The text is the store's JSON of its assembled document (validate it as data: problems name keys). */
+  assembled?: boolean;
+}
+
+/** Where each part of an assembled document came from (a store of many keys). */
+export interface KeyIndex {
+  /** Prefix every key is under. */
+  prefix: string;
+  /** Per section in document order: its key name and its rules' keys. */
+  sections: Array<{ name: string; rules: string[] }>;
+}
+
+/** The store key a document path (like `sections[0].rules[2].to`) was read from, or null. */
+export function keyOfPathIn(index: KeyIndex, path: string): string | null {
+  const full = (k: string) => `${index.prefix}${k}`;
+  let m = /^(workloads|groups|services)\.([^.[\]]+)/.exec(path);
+  if (m) return full(`policy/${m[1]}/${m[2]}`);
+  m = /^sections\[(\d+)\]\.rules\[(\d+)\]/.exec(path);
+  if (m) { const k = index.sections[Number(m[1])]?.rules[Number(m[2])]; return k === undefined ? null : full(k); }
+  m = /^sections\[(\d+)\]/.exec(path);
+  if (m) { const s = index.sections[Number(m[1])]; return s ? full(`policy/sections/${s.name}`) : null; }
+  if (/^(default|spoofguard)/.test(path)) return full('policy/settings');
+  return null;
+}
+
+export interface Prepared {
+  document: Policy;
+  compiled: CompiledPolicy;
+  compileMs: number;
+}
+
+/** Refused: the document's errors (or a compile that failed), with nothing changed. */
+export class PrepareRefused extends Error {
+  constructor(message: string, readonly problems: PolicyProblem[]) {
+    super(message);
+  }
+}
+
+export interface Preparer {
+  /** Validate `doc` (the first time its number is seen) and compile it with these tags for `host`. */
+  prepare(doc: DocumentRef, tags: TagMap, host: string | null): Promise<Prepared>;
+  /** The compiled policy now in force: what may be forgotten and what the next compile starts from. */
+  installed(compiled: CompiledPolicy): void;
+  close(): Promise<void>;
+}
+
+/**
+ * Validate a policy as a store holds it: its text, or (a store that
+ * assembles it from keys) that text read as data, with every problem named
+ * by the key it sits in, and a key that could not be read at all refusing
+ * the whole of it. Returns the errors only; `policy` is null when there is any.
+ */
+export function documentCheck(doc: Pick<DocumentRef, 'text' | 'source' | 'keyProblems' | 'keyIndex' | 'assembled'>): { policy: Policy | null; problems: PolicyProblem[] } {
+  let parsed: { policy: Policy | null; problems: PolicyProblem[] };
+  if (doc.assembled) {
+    let data: unknown;
+    try {
+      data = JSON.parse(doc.text);
+    } catch (e) {
+      return { policy: null, problems: [{ severity: 'error', code: 'syntax', file: doc.source, line: 1, column: 1, path: '(document)', message: (e as Error).message }] };
+    }
+    parsed = policyFromData(data as never, doc.source, undefined, { shadows: false });
+  } else parsed = policyParse(doc.text, doc.source, { shadows: false });
+  const index = doc.keyIndex;
+  const problems = [
+    ...(doc.keyProblems ?? []).map((k) => ({ severity: 'error' as const, code: 'bad-key', file: k.key, line: 1, column: 1, path: '(key)', message: k.message })),
+    ...parsed.problems.filter((p) => p.severity === 'error').map((p) => (index ? { ...p, file: keyOfPathIn(index, p.path) ?? p.file } : p)),
+  ];
+  return { policy: problems.length > 0 ? null : parsed.policy, problems };
+}
+
+/** The document with each workload's live dynamic tags added to its own (expired ones and unknown workloads left out). */
+export function effectivePolicy(policy: Policy, tags: TagMap, now = Date.now()): Policy {
+  const workloads = new Map<string, Workload>();
+  for (const [name, w] of policy.workloads) {
+    const extra = (tagsOf(tags, name) ?? []).filter((t) => t.expiresAt === null || t.expiresAt > now).map((t) => t.tag);
+    workloads.set(name, extra.length === 0 ? w : { ...w, tags: [...new Set([...w.tags, ...extra])] });
+  }
+  return { ...policy, workloads };
+}
+
+/** This host's workloads in a policy (null, meaning all of them, when no host is set). */
+export function localWorkloads(policy: Policy, host: string | null): Set<string> | null {
+  if (host === null) return null;
+  const out = new Set<string>();
+  for (const w of policy.workloads.values()) if (w.host === host) out.add(w.name);
+  return out;
+}
+
+/** Documents by number, the newest few kept (the one in force and one on its way). */
+export class DocumentCache {
+  private readonly docs = new Map<number, Policy>();
+  get(id: number): Policy | undefined { return this.docs.get(id); }
+  set(id: number, policy: Policy): void {
+    this.docs.set(id, policy);
+    while (this.docs.size > 3) this.docs.delete(this.docs.keys().next().value as number);
+  }
+}
+
+/** Everything on the calling thread. */
+export class InlinePreparer implements Preparer {
+  private readonly docs = new DocumentCache();
+  private previous: CompiledPolicy | null = null;
+
+  async prepare(doc: DocumentRef, tags: TagMap, host: string | null): Promise<Prepared> {
+    return prepareNow(this.docs, this.previous, doc, tags, host);
+  }
+
+  installed(compiled: CompiledPolicy): void {
+    this.previous = compiled;
+  }
+
+  async close(): Promise<void> {}
+}
+
+/** One preparation, synchronously (the inline preparer and the worker both run it). */
+export function prepareNow(docs: DocumentCache, previous: CompiledPolicy | null, doc: DocumentRef, tags: TagMap, host: string | null): Prepared {
+  let document = docs.get(doc.id);
+  if (!document) {
+    const { policy, problems } = documentCheck(doc);
+    if (!policy) throw new PrepareRefused(`the policy is invalid (${problems.length} errors)`, problems);
+    document = policy;
+    docs.set(doc.id, document);
+  }
+  const t0 = performance.now();
+  const compiled = policyCompile(effectivePolicy(document, tags), previous, { workloads: localWorkloads(document, host) });
+  return { document, compiled, compileMs: performance.now() - t0 };
+}

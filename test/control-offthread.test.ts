@@ -1,0 +1,97 @@
+// The off-thread preparer (a worker thread, the result handed over in parts)
+// against the inline one: the same document model, the same verdict for every
+// packet at every vNIC, through new documents, tag changes, refusals and a
+// document the worker let go; and the data plane gets policies it can run.
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { OffThreadPreparer } from '../src/control/offThread.js';
+import { InlinePreparer, type DocumentRef, type Prepared } from '../src/control/prepare.js';
+import type { TagMap } from '../src/control/store.js';
+import { parsePrefix } from '../src/policy/addresses.js';
+import { pointClassify, pointClassifyResolution } from '../src/policy/compile.js';
+import { keyWrite } from '../src/packet/key.js';
+import { pick, randInt, rng } from './rng.js';
+
+function modelText(p: unknown): string {
+  return JSON.stringify(p, (_k, v) => (v instanceof Map ? [...v.entries()] : v));
+}
+
+/** A document of n applications (web, app, db), one big CIDR group, an emergency section. */
+function docText(apps: number, seed: number): string {
+  const r = rng(seed);
+  const workloads: Record<string, unknown> = {};
+  for (let i = 0; i < apps * 3; i++) {
+    workloads[`w${i}`] = { nic: `twx${i}`, mac: `02:00:00:01:${(i >> 8).toString(16).padStart(2, '0')}:${(i & 255).toString(16).padStart(2, '0')}`, ips: [`10.1.${i >> 8}.${(i & 255) + 1}`, `fd00:1::${(i + 1).toString(16)}`], tags: [`app-${i % apps}`, ['web', 'app', 'db'][Math.floor(i / apps) % 3]], host: i % 2 ? 'h1' : 'h2' };
+  }
+  const groups: Record<string, unknown> = { quarantined: { tags: ['quarantine'] }, web: { tags: ['web'] }, partners: { cidrs: Array.from({ length: 30_000 }, (_, i) => `172.${16 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}/32`) } };
+  for (let a = 0; a < apps; a++) groups[`app-${a}`] = { tags: [`app-${a}`] };
+  const rules = [];
+  for (let i = 0; i < 700; i++) {
+    rules.push({ id: `r${i}`, from: pick(r, ['any', 'web', 'partners', `app-${randInt(r, 0, apps - 1)}`]), to: pick(r, ['web', `app-${randInt(r, 0, apps - 1)}`, 'partners']), services: [pick(r, ['tcp/443', 'tcp/8080', 'udp/53', 'icmp', 'tcp/1000-2000'])], action: pick(r, ['allow', 'drop', 'reject']) });
+  }
+  return JSON.stringify({ default: 'drop', workloads, groups, sections: [
+    { name: 'emergency', rules: [{ id: 'q-out', from: 'quarantined', to: 'any', action: 'drop' }, { id: 'q-in', from: 'any', to: 'quarantined', action: 'drop' }] },
+    { name: 'application', rules },
+  ] });
+}
+
+function sameVerdicts(t: Tap, a: Prepared, b: Prepared, seed: number, label: string): void {
+  t.same([...a.compiled.points.keys()], [...b.compiled.points.keys()], `${label}: the same vNICs`);
+  t.equal(modelText(a.compiled.policy), modelText(b.compiled.policy), `${label}: the same effective policy`);
+  const r = rng(seed);
+  const key = new Int32Array(11);
+  const ips = [...a.compiled.policy.workloads.values()].flatMap((w) => w.ips.map((p) => p.text.replace(/\/\d+$/, '')));
+  ips.push('172.16.0.5', '172.16.117.47', '8.8.8.8', 'fd00:2::1');
+  let bad = 0, n = 0;
+  for (const [nic, p] of a.compiled.points) {
+    const q = b.compiled.points.get(nic)!;
+    for (let i = 0; i < 40; i++) {
+      const src = parsePrefix(pick(r, ips))!, dst = parsePrefix(pick(r, ips))!;
+      if (src.family !== dst.family) continue;
+      keyWrite(key, 0, src.family, src.words, dst.words, pick(r, [6, 17, 1, 58]), 40000, pick(r, [443, 8080, 53, 1500, 22]));
+      n++;
+      if (pointClassify(p.egress.tables, src.family, key, 0) !== pointClassify(q.egress.tables, src.family, key, 0)) bad++;
+      if (pointClassifyResolution(p.egress.tables, src.family, key, 0) !== pointClassifyResolution(q.egress.tables, src.family, key, 0)) bad++;
+    }
+  }
+  t.equal(bad, 0, `${label}: the same first matching rule for ${n} packets`);
+}
+type Tap = typeof t;
+
+t.test('off the thread and inline: the same policy, change after change', async (t) => {
+  const off = new OffThreadPreparer(), inline = new InlinePreparer();
+  t.teardown(() => off.close());
+  const steps: Array<{ label: string; doc: DocumentRef; tags: TagMap; host: string | null }> = [];
+  const d1: DocumentRef = { id: 1, text: docText(20, 1), source: 'one.json' };
+  const d2: DocumentRef = { id: 2, text: docText(25, 2), source: 'two.json' };
+  const q = (w: string): TagMap => ({ [w]: [{ tag: 'quarantine', reason: 'test', by: 'test', added: new Date().toISOString(), expiresAt: null }] });
+  steps.push({ label: 'first document', doc: d1, tags: {}, host: 'h1' });
+  steps.push({ label: 'a quarantine', doc: d1, tags: q('w3'), host: 'h1' });
+  steps.push({ label: 'lifted', doc: d1, tags: {}, host: 'h1' });
+  steps.push({ label: 'a new document', doc: d2, tags: q('w5'), host: 'h1' });
+  steps.push({ label: 'every vNIC', doc: d2, tags: q('w5'), host: null });
+  steps.push({ label: 'back to the first', doc: { ...d1, id: 3 }, tags: {}, host: 'h1' });
+  let seed = 1;
+  for (const s of steps) {
+    const [a, b] = await Promise.all([off.prepare(s.doc, s.tags, s.host), inline.prepare(s.doc, s.tags, s.host)]);
+    t.equal(modelText(a.document), modelText(b.document), `${s.label}: the same document`);
+    sameVerdicts(t, a, b, seed++, s.label);
+    t.ok(a.compiled.groups.get('partners')!.prefixes.length === 30_000, `${s.label}: a group's addresses are found when asked`);
+    off.installed(a.compiled);
+    inline.installed(b.compiled);
+  }
+  t.ok(off.parts > 30, `handed over in parts (${off.parts})`);
+});
+
+t.test('a bad document is refused with located problems; the worker carries on', async (t) => {
+  const off = new OffThreadPreparer();
+  t.teardown(() => off.close());
+  await t.rejects(off.prepare({ id: 1, text: 'default: drop\nsections:\n  - name: s\n    rules:\n      - { id: a, from: nope, to: any, action: allow }\n', source: 'bad.yaml' }, {}, null), { problems: [{ file: 'bad.yaml', line: 5, code: 'unknown-group' }] });
+  const ok = await off.prepare({ id: 2, text: readFileSync('examples/three-tier.yaml', 'utf8'), source: 'three-tier.yaml' }, {}, null);
+  t.equal(ok.compiled.points.size, 5, 'the next document is compiled');
+  // A document the worker no longer keeps is sent again in full.
+  off.installed(ok.compiled);
+  for (let id = 3; id < 8; id++) await off.prepare({ id, text: docText(2, id), source: `d${id}.json` }, {}, null);
+  const again = await off.prepare({ id: 2, text: readFileSync('examples/three-tier.yaml', 'utf8'), source: 'three-tier.yaml' }, {}, null);
+  t.equal(again.compiled.points.size, 5, 'an old document is prepared again');
+});
