@@ -23,6 +23,7 @@ import { fileURLToPath } from 'node:url';
 import { benchClassifyScaling } from './classify-scaling.js';
 import { benchFlow, formatFlowBench } from './flow.js';
 import { benchQuarantine, formatQuarantine } from './quarantine.js';
+import { benchScale, formatScale } from './scale.js';
 import { benchMetricsOverhead, formatMetricsOverhead } from './metrics-overhead.js';
 import { benchE2e, type E2ePath, type E2eVariant } from './e2e.js';
 import { machineInfo, machineLine } from './machine.js';
@@ -69,6 +70,8 @@ export async function benchReport(opts: { quick?: boolean; out?: string; log?: (
   raw.quarantine = quarantine;
   log('metrics overhead...');
   const metrics = await benchMetricsOverhead(quick ? { rounds: 1, seconds: 2 } : {});
+  log('data-center policy sizes');
+  const scale = await benchScale({ cases: quick ? ['rules10k'] : undefined });
   raw.metrics = metrics;
 
   log('end to end...');
@@ -144,7 +147,8 @@ export async function benchReport(opts: { quick?: boolean; out?: string; log?: (
   for (const c of classify) md.push(`| ${c.rules.split('/').pop()} | ${c.ruleCount} | ${Math.round(c.trieLookupsPerSec)} | ${Math.round(c.linearLookupsPerSec)} | ${c.speedup}x | ${c.buildMs} | ${c.bytesPerRule} |`);
   md.push('', '## Flow cache', '', '```', formatFlowBench(flow), '```', '',
     '## Quarantine', '', '```', formatQuarantine(quarantine), '```', '',
-    '## Metrics overhead', '', '```', formatMetricsOverhead(metrics), '```', '');
+    '## Metrics overhead', '', '```', formatMetricsOverhead(metrics), '```', '',
+    '## Policy at data-center sizes', '', '`tapwall bench scale`: loading, shadow analysis, compiling, lookups, a tag change, and the forwarding gap of the data plane while the daemon\'s path prepares a change in its worker thread.', '', '```', formatScale(scale), '```', '');
   writeFileSync(join(outDir, 'REPORT.md'), `${md.join('\n')}\n`);
   writeFileSync(join(outDir, 'results.json'), `${JSON.stringify(raw, null, 2)}\n`);
   log(`wrote ${join(outDir, 'REPORT.md')} in ${Math.round((Date.now() - started) / 1000)} s`);
