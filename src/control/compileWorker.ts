@@ -36,7 +36,7 @@ try {
 }
 
 const SLICE = 300; // rules, workloads or groups per part
-const CIDR_SLICE = 20_000;
+const CIDR_SLICE = 4_000;
 const MEMBER_SLICE = 5_000;
 
 const docs = new DocumentCache();

@@ -10,7 +10,7 @@
  *     they change.
  *   - The result comes back in parts, and this side asks for each part after
  *     taking the previous one: every part is one short turn of the event loop
- *     (a few hundred rules or workloads, a group's next 20,000 CIDRs, one
+ *     (a few hundred rules or workloads, a group's next 4,000 CIDRs, one
  *     table), and frames are forwarded between turns. The compiled tables are
  *     typed arrays in SharedArrayBuffers: handing them over copies nothing.
  *   - This side keeps a mirror of what it was sent (documents by number,
