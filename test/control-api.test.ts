@@ -26,7 +26,7 @@ const socket = join(dir, 'api.sock');
 const tokenFile = join(dir, 'token');
 const TOKEN = 'test-token-0123456789abcdef';
 writeFileSync(policyFile, POLICY);
-writeFileSync(tokenFile, `${TOKEN}\n`);
+writeFileSync(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
 
 let daemon: ChildProcess | null = null;
 let apiUrl = '';
@@ -257,4 +257,16 @@ t.test('the API of a running daemon', async (t) => {
     t.equal((await trace('tcp 10.78.2.21:40000 -> 10.78.3.31:5433')).verdict, 'allow', 'lifted');
     await stop();
   });
+});
+
+t.test('a token file others can read is refused before anything opens', async (t) => {
+  const open = join(dir, 'token-open');
+  writeFileSync(open, `${TOKEN}\n`);
+  chmodSync(open, 0o644);
+  const r = spawnSync(process.execPath, [cli, 'run', '--config', policyFile, '--state-dir', join(dir, 'state-open'), '--api-listen', '127.0.0.1:0', '--api-token-file', open], { encoding: 'utf8', timeout: 20_000 });
+  t.equal(r.status, 1, 'tapwall run exits with an error');
+  t.match(r.stderr, /token-open: the API token file can be read by others \(mode 0644\); make it readable by its owner only/, 'and says why');
+  const loud = spawnSync(process.execPath, [cli, 'run', '--config', policyFile, '--state-dir', join(dir, 'state-open'), '--api-listen', '0.0.0.0:0', '--api-token-file', tokenFile, '--metrics', 'nohostport'], { encoding: 'utf8', timeout: 20_000 });
+  t.match(loud.stderr, /the API listens beyond loopback over plain HTTP/, 'an API off loopback is warned about');
+  t.equal(loud.status, 1, '(and a bad --metrics stops it before any port opens)');
 });

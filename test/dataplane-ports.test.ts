@@ -53,3 +53,28 @@ t.test('workloads added, removed and returning', async (t) => {
   t.equal(lab.dp.ports.length, 3, 'no slot was added for it');
   lab.stop();
 });
+
+t.test('a fair quota by default: one vNIC cannot take the flow table from the others', async (t) => {
+  // 64 entries, three vNICs: each may hold 2 x 64 / 4 = 32.
+  const lab = new MemLab(policy(['a', 'b', 'c']), { uplink: null, dataplane: { flowCapacity: 64 } });
+  t.equal(lab.dp.table.quota, 32, 'the quota is derived from the capacity and the vNICs');
+  // Established connections (a's SYN, b's SYN-ACK, a's ACK) are never evicted for a newcomer.
+  const seg = (sport: number, flags: number, reply = false) => frameBuild({
+    family: 4, proto: 6, srcMac: reply ? '02:60:00:00:00:02' : '02:60:00:00:00:01', dstMac: reply ? '02:60:00:00:00:01' : '02:60:00:00:00:02',
+    src: reply ? '10.60.0.2' : '10.60.0.1', dst: reply ? '10.60.0.1' : '10.60.0.2', sport: reply ? 80 : sport, dport: reply ? sport : 80, flags,
+  });
+  const opened = Array.from({ length: 40 }, (_, i) => {
+    const sport = 30000 + i;
+    const first = lab.send('twp-a', seg(sport, TCP_SYN)).outcome;
+    if (first !== 'forward') return first;
+    lab.send('twp-b', seg(sport, TCP_SYN | TCP_ACK, true));
+    return lab.send('twp-a', seg(sport, TCP_ACK)).outcome;
+  });
+  t.equal(opened.filter((o) => o === 'forward').length, 32, 'a opens 32 connections');
+  t.same([...new Set(opened.slice(32))], ['quota'], 'and the rest are refused as over quota, counted');
+  t.equal(lab.dp.table.ownerCount[lab.indexOf('twp-a')], 32, 'a holds its quota, no more');
+  t.same(lab.send('twp-c', syn('c', 'b')), { outcome: 'forward', to: ['twp-b'] }, 'c still opens a connection');
+  lab.apply(policy(['a', 'b', 'c', 'd']));
+  t.equal(lab.dp.table.quota, 25, 'a fourth vNIC: the quota follows (2 x 64 / 5)');
+  lab.stop();
+});

@@ -9,7 +9,7 @@
  */
 import pino from 'pino';
 import { PerformanceObserver } from 'node:perf_hooks';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { policyLoad } from '../policy/load.js';
 import { policyCompile } from '../policy/compile.js';
@@ -65,8 +65,31 @@ export interface RunOptions {
 /** No workloads, no rules: what the data plane holds until the store's policy is applied. */
 const EMPTY_POLICY: Policy = { source: '(starting)', default: 'drop', spoofguard: true, workloads: new Map(), groups: new Map(), services: new Map(), sections: [] };
 
+/** The API token, read before anything is opened: a file others can read is refused, not used. */
+function apiToken(file: string | undefined): string | null {
+  if (!file) return null;
+  const mode = statSync(file).mode & 0o777;
+  if ((mode & 0o077) !== 0) {
+    throw Object.assign(new Error(`${file}: the API token file can be read by others (mode ${mode.toString(8).padStart(4, '0')}); make it readable by its owner only (chmod 600)`), { code: 'EAPITOKEN' });
+  }
+  const token = readFileSync(file, 'utf8').trim();
+  if (token.length < 16) throw Object.assign(new Error(`${file}: the API token must be at least 16 characters`), { code: 'EAPITOKEN' });
+  return token;
+}
+
+/** HOST of HOST:PORT is a loopback address (or names one). */
+function isLoopback(hostPort: string): boolean {
+  const host = hostPort.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+  return host === 'localhost' || host === '::1' || /^127\./.test(host);
+}
+
 export async function runDaemon(opts: RunOptions): Promise<void> {
   const log = pino({ name: 'tapwall' }, pino.destination(2));
+  const token = apiToken(opts.apiTokenFile);
+  if (opts.metrics && !/^(.*):(\d+)$/.test(opts.metrics)) throw Object.assign(new Error(`--metrics: expected HOST:PORT, like 127.0.0.1:9810, found '${opts.metrics}'`), { code: 'EMETRICS' });
+  // Plain HTTP off loopback: say so, once, at start.
+  if (opts.apiListen && !isLoopback(opts.apiListen)) log.warn({ listen: opts.apiListen }, 'the API listens beyond loopback over plain HTTP: the bearer token and every request cross the network unencrypted (keep it on loopback, or put a TLS proxy in front)');
+  if (opts.metrics && !isLoopback(opts.metrics)) log.warn({ metrics: opts.metrics }, 'metrics are served beyond loopback over plain HTTP (they name workloads and rules)');
   mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
   // The store holds the policy and the dynamic tags: the --config file, or etcd shared by many hosts.
   let store: PolicyStore;
@@ -157,8 +180,6 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   let api: ApiServer | null = null;
   if (opts.apiSocket || opts.apiListen) {
     if (opts.apiSocket) mkdirSync(dirname(opts.apiSocket), { recursive: true, mode: 0o755 });
-    const token = opts.apiTokenFile ? readFileSync(opts.apiTokenFile, 'utf8').trim() : null;
-    if (opts.apiTokenFile && (!token || token.length < 16)) throw Object.assign(new Error(`${opts.apiTokenFile}: the API token must be at least 16 characters`), { code: 'EAPITOKEN' });
     api = new ApiServer(controller, dp, { version: opts.version, socketPath: opts.apiSocket, listen: opts.apiListen ?? null, token, store: etcd, host: opts.host ?? null });
     await api.start();
   }
@@ -167,8 +188,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   dp.start();
   let metricsUrl: string | null = null;
   if (opts.metrics) {
-    const m = /^(.*):(\d+)$/.exec(opts.metrics);
-    if (!m) throw Object.assign(new Error(`--metrics: expected HOST:PORT, like 127.0.0.1:9810, found '${opts.metrics}'`), { code: 'EMETRICS' });
+    const m = /^(.*):(\d+)$/.exec(opts.metrics) as RegExpExecArray; // checked at start
     const host = m[1].replace(/^\[|\]$/g, '');
     const { port } = await metricsServe(metricsRegistry(dp, controller, etcd), host, Number(m[2]));
     metricsUrl = `http://${host.includes(':') ? `[${host}]` : host}:${port}/metrics`;

@@ -122,6 +122,18 @@ function ifindexIfUp(name: string): number {
   }
 }
 
+/**
+ * The default per-vNIC quota: 2 x capacity / (vNICs + 1). One vNIC may use
+ * the whole table; with n vNICs one of them can hold at most 2/(n+1) of it,
+ * so a VM that floods the table with connections leaves the others at least
+ * (n-1)/(n+1) of it (seen without a quota: one VM's UDP flows filled 262,144
+ * entries and the others' new connections failed). What it refuses is
+ * counted (refused_quota, outcome quota).
+ */
+export function fairQuota(capacity: number, vnics: number): number {
+  return Math.max(1, Math.floor((2 * capacity) / (Math.max(1, vnics) + 1)));
+}
+
 /** How often attached ports look for their interface (gone, back, replaced). */
 const ATTACH_CHECK_MS = 500;
 
@@ -240,6 +252,7 @@ export class Dataplane {
       else { port.spec = { ...port.spec, workload: w }; want.delete(port.spec.name); }
     }
     for (const [nic, workload] of want) this.addPort({ name: nic, mode: this.vnicMode, workload });
+    if (this.opts.perPortQuota === undefined) this.table.quota = fairQuota(this.table.capacity, this.nics.length);
   }
 
   private retirePort(port: Port, next: CompiledPolicy): void {

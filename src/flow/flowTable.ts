@@ -150,7 +150,8 @@ export class FlowTable {
   readonly slots: number;
   readonly mask: number;
   readonly maxPorts: number;
-  readonly quota: number;
+  /** Most connections one port may own (the data plane re-derives it as vNICs come and go). */
+  quota: number;
   readonly idleMs: number;
   readonly entries: Int32Array;
   readonly index: Int32Array;
