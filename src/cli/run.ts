@@ -86,9 +86,9 @@ function isLoopback(hostPort: string): boolean {
 export async function runDaemon(opts: RunOptions): Promise<void> {
   const log = pino({ name: 'tapwall' }, pino.destination(2));
   const token = apiToken(opts.apiTokenFile);
-  if (opts.metrics && !/^(.*):(\d+)$/.test(opts.metrics)) throw Object.assign(new Error(`--metrics: expected HOST:PORT, like 127.0.0.1:9810, found '${opts.metrics}'`), { code: 'EMETRICS' });
   // Plain HTTP off loopback: say so, once, at start.
   if (opts.apiListen && !isLoopback(opts.apiListen)) log.warn({ listen: opts.apiListen }, 'the API listens beyond loopback over plain HTTP: the bearer token and every request cross the network unencrypted (keep it on loopback, or put a TLS proxy in front)');
+  if (opts.metrics && !/^(.*):(\d+)$/.test(opts.metrics)) throw Object.assign(new Error(`--metrics: expected HOST:PORT, like 127.0.0.1:9810, found '${opts.metrics}'`), { code: 'EMETRICS' });
   if (opts.metrics && !isLoopback(opts.metrics)) log.warn({ metrics: opts.metrics }, 'metrics are served beyond loopback over plain HTTP (they name workloads and rules)');
   mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
   // The store holds the policy and the dynamic tags: the --config file, or etcd shared by many hosts.
