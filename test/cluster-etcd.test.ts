@@ -190,6 +190,7 @@ t.test('one etcd, three hosts', async (t) => {
     t.ok(reads >= 1 && reads <= 6, `and it settled after ${reads} full reads (two per watch at most): no reconnect loop`);
     await hv1.controller.changeTags('web-1', { remove: ['quarantine'], reason: 'back', by: 'test', ttlSeconds: null });
     await until('hv3 to follow the next change live', () => !tagsOf(hv3).includes('quarantine'), 5000);
+    await until('hv2 to follow it too (the next test counts its applies)', () => !tagsOf(hv2).includes('quarantine'), 5000);
   });
 
   await t.test('bad input in etcd is refused with its key; the running policy stays', async (t) => {

@@ -138,6 +138,7 @@ program
   .option('--uplink <ifname>', 'an interface towards everything outside the workloads (attached with AF_PACKET)')
   .option('--loose', 'let out-of-state packets through and pick up connections mid-stream')
   .option('--flow-capacity <n>', 'most connections tracked at once', (v) => Number(v), 262144)
+  .option('--compile-thread', 'validate and compile policy changes in a worker thread, off the forwarding thread (not yet the default)')
   .option('--quota <n>', 'most connections one vNIC may hold (default: 2 x flow capacity / (vNICs + 1), re-derived as vNICs come and go)', (v) => Number(v))
   .option('--stats-every <seconds>', 'log counters this often', (v) => Number(v), 0)
   .option('--tap-persist', 'keep the TAP devices when tapwall exits (TUNSETPERSIST), as libvirt does')
@@ -154,7 +155,7 @@ program
   .option('--flow-log-stdout', 'write flow log lines to stdout')
   .option('--flow-log-rate <n>', 'most flow log lines per vNIC per second (twice that in a burst)', (v) => Number(v), 100)
   .action(guarded(async (opts: {
-    config?: string; store?: string; host?: string; etcdPrefix?: string; etcdCa?: string; etcdCert?: string; etcdKey?: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; statsEvery: number;
+    config?: string; store?: string; host?: string; etcdPrefix?: string; etcdCa?: string; etcdCert?: string; etcdKey?: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; compileThread?: boolean; statsEvery: number;
     tapPersist?: boolean; tapOwner?: number; offload?: boolean; metrics?: string | false; stateDir: string; apiSocket: string | false;
     apiListen?: string; apiTokenFile?: string; flowLog?: string; flowLogStdout?: boolean; flowLogRate: number;
   }) => {

@@ -55,6 +55,8 @@ export interface RunOptions {
   /** host:port for the API over TCP (needs apiTokenFile). */
   apiListen?: string;
   apiTokenFile?: string;
+  /** Validate and compile changes in a worker thread (off the forwarding thread). */
+  compileThread?: boolean;
   /** Flow log file; flowLogStdout also (or only) to stdout; rate per vNIC per second. */
   flowLog?: string;
   flowLogStdout?: boolean;
@@ -156,9 +158,11 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
     void etcd.deleteFlows(workload).catch(() => undefined);
   };
   if (etcd) etcd.flowListener = (workload, value) => takeOverFlows(workload, value);
-  // Validation and compilation in a worker thread: forwarding never waits for them.
+  // Validation and compilation in a worker thread (--compile-thread): forwarding does not wait for them. Not the
+  // default yet: TODO: in the two-host namespace test one host stopped applying changes after its second off-thread
+  // preparation (no error recorded); until that is found, changes are compiled on this thread unless asked.
   const controller = new Controller(store, dp, {
-    log, auditPath: join(opts.stateDir, 'audit.jsonl'), host: opts.host ?? null, preparer: new OffThreadPreparer(),
+    log, auditPath: join(opts.stateDir, 'audit.jsonl'), host: opts.host ?? null, preparer: opts.compileThread ? new OffThreadPreparer() : undefined,
     onApplied: (rec, vnics) => etcd?.updateHost({ enforcing: rec.revision, generation: rec.generation, vnics, appliedAt: rec.at }),
   });
   if (etcd) controller.storeName = 'etcd';
