@@ -124,7 +124,7 @@ function lookupsPerSec(compiled: CompiledPolicy, keys: Int32Array): number {
   return best;
 }
 
-interface Stream { frames: number; gaps: number[]; stop(): void; maxGapSince(t: number): number }
+interface Stream { frames: number; stop(): void; maxGapSince(t: number): number }
 
 /** One new connection per turn of the event loop from `from` to `to`; records when each is forwarded. */
 function streamStart(dp: Dataplane, ports: Map<string, MemoryPort>, from: { nic: string; mac: string; ip: string }, to: { nic: string; mac: string; ip: string }): Stream {
@@ -145,7 +145,6 @@ function streamStart(dp: Dataplane, ports: Map<string, MemoryPort>, from: { nic:
   setImmediate(turn);
   return {
     get frames() { return forwardedAt.length; },
-    gaps: [],
     stop() { running = false; },
     maxGapSince(t: number) {
       let max = 0;

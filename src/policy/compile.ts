@@ -241,20 +241,6 @@ export function resolveGroups(policy: Policy, previous: CompiledPolicy | null = 
   return out;
 }
 
-export function ruleAddresses(refs: Rule['from'], groups: CompiledPolicy['groups']): AddressSet {
-  const prefixes: Prefix[] = [];
-  for (const r of refs) {
-    if (r.kind === 'any') return { any: true };
-    if (r.kind === 'cidr') prefixes.push(r.prefix);
-    else {
-      const a = groups.get(r.name)?.addresses;
-      if (a?.any) return { any: true };
-      if (a) prefixes.push(...a.prefixes);
-    }
-  }
-  return { any: false, prefixes: prefixAggregate(prefixes) };
-}
-
 export function ruleServices(rule: Rule, policy: Policy): ServiceAtom[] {
   const out: ServiceAtom[] = [];
   for (const s of rule.services) {

@@ -160,17 +160,17 @@ class SideIndex {
     return out;
   }
 
-  /** How many candidates `candidates` would return (before removing duplicates). */
-  count(lists: number[][]): number {
-    let n = 0;
-    for (const l of lists) n += l.length;
-    return n;
-  }
-
-  /** Rules that may hold `ref` (a superset; sorted ascending, duplicates possible). */
+  /** Rules that may hold `ref`, as lists (together a superset, duplicates possible); none for no reference. */
   candidates(ref: AddressRef | undefined, closures: Closures): number[][] {
     return ref === undefined ? [] : this.lists(ref, closures);
   }
+}
+
+/** How many entries the lists hold together. */
+function total(lists: number[][]): number {
+  let n = 0;
+  for (const l of lists) n += l.length;
+  return n;
 }
 
 /** Lists joined and sorted ascending. */
@@ -248,7 +248,7 @@ export function findShadowedRules(policy: Policy): PolicyProblem[] {
     // (Joined only for the smaller side: a side such as `to: web` can have every earlier rule behind it.)
     const byFrom = fromIndex.candidates(later.from[0], closures);
     const byTo = toIndex.candidates(later.to[0], closures);
-    const candidates = joined(fromIndex.count(byFrom) <= toIndex.count(byTo) ? byFrom : byTo);
+    const candidates = joined(total(byFrom) <= total(byTo) ? byFrom : byTo);
     let partly: number = -1;
     let shadowedBy = -1;
     let last = -1;
