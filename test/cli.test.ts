@@ -1,7 +1,7 @@
 // The command line as a user runs it: exit codes, output, --help for every command.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,6 +26,7 @@ t.test('check: valid examples exit 0 with a summary', async (t) => {
 
 t.test('check: an invalid policy exits 2 and lists every problem with its location', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'tw-cli-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'bad.yaml');
   writeFileSync(file, `default: deny\nsections:\n  - name: a\n    rules:\n      - { id: r1, from: nope, to: any, action: allow }\n`);
   const r = tapwall('check', file);
@@ -67,6 +68,7 @@ t.test('classbench match prints the linear-scan answer for every trace line', as
   const want = Array.from({ length: trace.count }, (_, i) => String(linearLookup(trie, trace.keys, i * CLASSBENCH_DIMS)));
   t.same(r.out.trim().split('\n'), want);
   const dir = mkdtempSync(join(tmpdir(), 'tw-cli-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'bad.rules'), '@1.2.3.4/40 0.0.0.0/0 0 : 65535 0 : 65535 0x06/0xFF 0x0000/0x0000\n');
   const bad = tapwall('classbench', 'match', join(dir, 'bad.rules'), tracePath);
   t.equal(bad.code, 2);

@@ -10,7 +10,7 @@
 // the end, also on failure.
 import t from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -62,6 +62,7 @@ t.test('two hypervisors on one etcd, VMs talking across them', async (t) => {
   });
   await etcd.start();
   const dir = mkdtempSync(join(tmpdir(), 'tw-cl-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'policy.yaml');
   const store = ['--store', etcd.url];
   const apply = (text: string) => {

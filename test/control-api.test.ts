@@ -6,7 +6,7 @@
 // watched config file (a broken edit refused and counted), and the CLI.
 import t from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,6 +20,7 @@ const cli = join(root, 'bin/tapwall.js');
 const POLICY = tieredPolicy('twc', 78);
 
 const dir = mkdtempSync(join(tmpdir(), 'tw-api-'));
+t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 const policyFile = join(dir, 'policy.yaml');
 const stateDir = join(dir, 'state');
 const socket = join(dir, 'api.sock');

@@ -8,7 +8,7 @@
 // the end, also on failure.
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -48,6 +48,7 @@ t.test('quarantine, flows, rule counters, flow logs and hitless updates with rea
     lab.cleanup();
   });
   const dir = mkdtempSync(join(tmpdir(), 'tw-ctl-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const policyFile = join(dir, 'policy.yaml');
   const flowLog = join(dir, 'flows.jsonl');
   const socket = join(dir, 'api.sock');

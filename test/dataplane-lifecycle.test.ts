@@ -6,7 +6,7 @@
 // namespaces, removed at the end.
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -35,6 +35,7 @@ t.test('a vNIC that is absent, appears, vanishes and comes back', async (t) => {
     lab.cleanup();
   });
   const dir = mkdtempSync(join(tmpdir(), 'tw-life-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'policy.yaml'), POLICY);
   const socket = join(dir, 'api.sock');
   lab.vethHost('twl-na', 'twl-a', 'twl-pa', '02:82:00:00:00:0a', ['10.82.0.1/24']);

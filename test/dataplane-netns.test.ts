@@ -9,7 +9,7 @@
 // SIGTERM stops. Namespaces and links are removed at the end, also on failure.
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -104,6 +104,7 @@ async function scenario(t: Tap.Test, mode: 'tap' | 'offload' | 'attach' | 'attac
     lab.cleanup();
   });
   const dir = mkdtempSync(join(tmpdir(), 'tw-dp-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const policyFile = join(dir, 'policy.yaml');
   writeFileSync(policyFile, POLICY);
 

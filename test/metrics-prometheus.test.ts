@@ -6,7 +6,7 @@
 // and may name only metrics and labels that tapwall exports.
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -82,6 +82,7 @@ t.test('a real Prometheus scraping tapwall', async (t) => {
     lab.cleanup();
   });
   const dir = mkdtempSync(join(tmpdir(), 'tw-prom-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'policy.yaml'), POLICY);
   const socket = join(dir, 'api.sock');
   daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', join(dir, 'policy.yaml'), '--state-dir', join(dir, 'state'),

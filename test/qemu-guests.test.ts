@@ -9,7 +9,7 @@
 // TAPs removed at the end, also on failure; every wait is bounded.
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -54,6 +54,7 @@ t.test('QEMU guests behind tapwall', async (t) => {
     lab.cleanup();
   });
   const dir = mkdtempSync(join(tmpdir(), 'tw-qemu-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const initramfs = join(dir, 'initramfs.cpio');
   buildInitramfs(initramfs);
   const accel = await guestAccel(initramfs);

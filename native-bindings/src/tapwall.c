@@ -26,6 +26,8 @@
 #include <uv.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
+#include <stdint.h>
 #include <string.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -532,6 +534,62 @@ static napi_value uses_ring(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* A shared file mapping ends with its last ArrayBuffer. */
+static void map_finalize(napi_env env, void* data, void* hint) {
+  munmap(data, (size_t)(uintptr_t)hint);
+}
+
+/*
+ * mapFile(path, bytes) -> ArrayBuffer over a MAP_SHARED mapping of the file,
+ * created (mode 0600) or truncated, its blocks reserved with posix_fallocate
+ * first: a store into a sparse page of a full disk or tmpfs would kill the
+ * process with SIGBUS, so a file that cannot be fully reserved is refused
+ * here (the caller keeps its table in ordinary memory). Whatever is stored
+ * in the buffer is in the file, also after the process is killed.
+ */
+static napi_value map_file(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], out;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char path[4096];
+  size_t plen;
+  double want;
+  if (argc < 2 || napi_get_value_string_utf8(env, argv[0], path, sizeof path, &plen) != napi_ok || plen >= sizeof path - 1 ||
+      napi_get_value_double(env, argv[1], &want) != napi_ok || !(want >= 1 && want <= (double)(1ULL << 40))) {
+    napi_throw_type_error(env, "EARGS", "mapFile(path, bytes): a path and a size of 1 byte to 1 TiB");
+    return NULL;
+  }
+  size_t bytes = (size_t)want;
+  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  char msg[4200];
+  if (fd < 0) {
+    snprintf(msg, sizeof msg, "%s: %s", path, strerror(errno));
+    napi_throw_error(env, "EMAPFILE", msg);
+    return NULL;
+  }
+  int r = posix_fallocate(fd, 0, (off_t)bytes);
+  if (r != 0) {
+    close(fd);
+    snprintf(msg, sizeof msg, "%s: cannot reserve %zu bytes: %s", path, bytes, strerror(r));
+    napi_throw_error(env, r == ENOSPC ? "ENOSPC" : "EMAPFILE", msg);
+    return NULL;
+  }
+  void* p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  int e = errno;
+  close(fd);
+  if (p == MAP_FAILED) {
+    snprintf(msg, sizeof msg, "%s: mmap: %s", path, strerror(e));
+    napi_throw_error(env, "EMAPFILE", msg);
+    return NULL;
+  }
+  if (napi_create_external_arraybuffer(env, p, bytes, map_finalize, (void*)(uintptr_t)bytes, &out) != napi_ok) {
+    munmap(p, bytes);
+    napi_throw_error(env, "EMAPFILE", "mapFile: this Node.js does not allow external buffers");
+    return NULL;
+  }
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"tapOpen", NULL, tap_open, NULL, NULL, NULL, napi_default, NULL},
@@ -543,6 +601,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"unwatch", NULL, unwatch, NULL, NULL, NULL, napi_default, NULL},
     {"setWatchWritable", NULL, set_watch_writable, NULL, NULL, NULL, napi_default, NULL},
     {"usesRing", NULL, uses_ring, NULL, NULL, NULL, napi_default, NULL},
+    {"mapFile", NULL, map_file, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   /* The contract's numbers, for the TypeScript side to check against its own. */

@@ -147,6 +147,8 @@ program
   .option('--metrics <host:port>', 'serve Prometheus metrics on http://HOST:PORT/metrics (loopback by default)', '127.0.0.1:9810')
   .option('--no-metrics', 'serve no metrics')
   .option('--state-dir <dir>', 'where the tags added at run time (tags.json) and the audit log (audit.jsonl) are kept', '/var/lib/tapwall')
+  .option('--flow-state <file>', 'keep the flow table in this file (a shared mapping; tmpfs is best) so that a restart, even kill -9, resumes the open connections (default: STATE_DIR/flows.table)')
+  .option('--no-flow-state', 'keep the flow table in memory only: a restart forgets every connection')
   .option('--api-socket <path>', 'serve the API on this Unix socket (mode 0600)', DEFAULT_API_SOCKET)
   .option('--no-api-socket', 'no API on a Unix socket')
   .option('--api-listen <host:port>', 'also serve the API on TCP; needs --api-token-file')
@@ -156,14 +158,14 @@ program
   .option('--flow-log-rate <n>', 'most flow log lines per vNIC per second (twice that in a burst)', (v) => Number(v), 100)
   .action(guarded(async (opts: {
     config?: string; store?: string; host?: string; etcdPrefix?: string; etcdCa?: string; etcdCert?: string; etcdKey?: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; compileThread?: boolean; statsEvery: number;
-    tapPersist?: boolean; tapOwner?: number; offload?: boolean; metrics?: string | false; stateDir: string; apiSocket: string | false;
+    tapPersist?: boolean; tapOwner?: number; offload?: boolean; metrics?: string | false; stateDir: string; flowState?: string | false; apiSocket: string | false;
     apiListen?: string; apiTokenFile?: string; flowLog?: string; flowLogStdout?: boolean; flowLogRate: number;
   }) => {
     if (!opts.config && !opts.store) throw Object.assign(new Error('tapwall run needs --config FILE (one host) or --store etcd://... --host NAME (a cluster)'), { code: 'EUSAGE' });
     if (opts.config && opts.store) throw Object.assign(new Error('--config and --store exclude each other: load a file into etcd with tapwall policy apply FILE --store ...'), { code: 'EUSAGE' });
     const { runDaemon } = await import('./run.js');
     await runDaemon({
-      ...opts, metrics: opts.metrics === false ? undefined : opts.metrics, apiSocket: opts.apiSocket === false ? null : opts.apiSocket, version: version(),
+      ...opts, metrics: opts.metrics === false ? undefined : opts.metrics, apiSocket: opts.apiSocket === false ? null : opts.apiSocket, flowState: opts.flowState === false ? null : opts.flowState, version: version(),
     });
   }));
 

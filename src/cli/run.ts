@@ -50,6 +50,8 @@ export interface RunOptions {
   metrics?: string;
   /** Directory for the dynamic tags (tags.json) and the audit log (audit.jsonl). */
   stateDir: string;
+  /** The file the flow table is kept in across restarts (default STATE_DIR/flows.table); null: memory only. */
+  flowState?: string | null;
   /** Unix socket for the API; null: none. */
   apiSocket: string | null;
   /** host:port for the API over TCP (needs apiTokenFile). */
@@ -120,6 +122,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
     vnicMode: opts.mode,
     loose: opts.loose,
     flowCapacity: opts.flowCapacity,
+    flowState: opts.flowState === null ? undefined : opts.flowState ?? join(opts.stateDir, 'flows.table'),
     perPortQuota: opts.quota,
     tap: { persist: opts.tapPersist, ownerUid: opts.tapOwner, offload: opts.offload },
     flowLog: opts.flowLog || opts.flowLogStdout ? { rate: opts.flowLogRate, burst: Math.max(1, opts.flowLogRate * 2) } : undefined,
@@ -175,6 +178,10 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
     if (e instanceof ControlError) throw new PolicyError(e.problems);
     throw e;
   }
+  // Connections the previous process had open: taken up before the first frame is forwarded.
+  for (const problem of dp.flowStateProblems) log.warn({ flowState: true }, problem);
+  const resumed = dp.resumeFlows();
+  if (resumed.from !== null) log.info({ connections: resumed.resumed, leftBehind: resumed.left, previousPid: resumed.from }, 'connections resumed from the previous process');
   if (etcd) {
     await etcd.registerHost(opts.host!, {
       vnics: dp.nics, enforcing: controller.revision.policy, generation: controller.generation,

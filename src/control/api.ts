@@ -313,7 +313,7 @@ export class ApiServer {
         ? { kind: 'etcd', url: this.opts.store.opts.url, connected: this.opts.store.connected, syncedAt: this.opts.store.syncedAt === null ? null : new Date(this.opts.store.syncedAt).toISOString(),
           watchRestarts: this.opts.store.watchRestarts, compactions: this.opts.store.compactions, lastError: this.opts.store.lastError }
         : { kind: 'file', connected: true },
-      flows: { live: this.dp.table.live, capacity: this.dp.table.capacity },
+      flows: { live: this.dp.table.live, capacity: this.dp.table.capacity, stateFile: this.dp.flowState?.path ?? null, stateProblems: this.dp.flowStateProblems },
       ports: this.dp.ports.filter((p) => !p.retired).map((p) => {
         const c = portCounts(this.dp, p.index);
         return { name: p.spec.name, mode: p.spec.mode, workload: this.dp.workloadOf(p.index), up: c.up, attaches: c.attaches, rx: c.rx, tx: c.tx, outcomes: c.outcomes };

@@ -22,7 +22,7 @@
  *
  * Every change is appended to the audit log (JSON lines): what, who, why.
  */
-import { appendFileSync } from 'node:fs';
+import { closeSync, fstatSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { NAME_RE } from '../policy/load.js';
 import type { CompiledPolicy } from '../policy/compile.js';
@@ -87,6 +87,7 @@ export class Controller {
   /** True while this controller writes to the store: it applies its own writes, the watch need not. */
   private writing = false;
   private ttlTimer: NodeJS.Timeout | null = null;
+  private stopped = false;
   private unwatch: (() => void) | null = null;
   readonly started = Date.now();
   /** Who changes from the store are attributed to in the audit log. */
@@ -130,8 +131,10 @@ export class Controller {
   }
 
   stop(): void {
+    this.stopped = true;
     this.unwatch?.();
     if (this.ttlTimer) clearTimeout(this.ttlTimer);
+    if (this.unrecordedTimer) clearTimeout(this.unrecordedTimer);
   }
 
   /** Stop, and let the preparer go (its worker thread). */
@@ -173,15 +176,15 @@ export class Controller {
     }
   }
 
-  /** Drop dynamic tags of workloads the policy no longer has, and expired ones. */
+  /**
+   * Drop dynamic tags of workloads the policy no longer has. An expired tag
+   * stays (and in force) until expire() has stored and recorded its removal,
+   * a moment after its time unless the store or the audit log cannot be
+   * written: no change is in force that the audit log does not show.
+   */
   private pruneTags(tags: TagMap, policy: Policy): TagMap {
-    const now = Date.now();
     const out: TagMap = {};
-    for (const [w, list] of Object.entries(tags)) {
-      if (!policy.workloads.has(w)) continue;
-      const live = list.filter((t) => t.expiresAt === null || t.expiresAt > now);
-      if (live.length > 0) out[w] = live;
-    }
+    for (const [w, list] of Object.entries(tags)) if (policy.workloads.has(w)) out[w] = list;
     return out;
   }
 
@@ -215,19 +218,81 @@ export class Controller {
     const message = (e as Error).message;
     this.lastError = { at: new Date().toISOString(), source, problems, message };
     this.opts.log?.error({ source, problems }, `policy not applied, the running one stays: ${message}`);
-    this.audit({ action: 'policy.refused', by: source, message, problems: problems.length });
+    try {
+      this.record([{ action: 'policy.refused', by: source, message, problems: problems.length }], this.generation);
+    } catch {
+      // The refusal is in the log and the status; a full disk must not turn it into a crash.
+    }
   }
 
-  audit(entry: Record<string, unknown>): void {
-    if (!this.opts.auditPath) return;
-    // Appended synchronously: the record exists before the change is reported as done.
-    appendFileSync(this.opts.auditPath, `${JSON.stringify({ time: new Date().toISOString(), generation: this.generation, ...entry })}\n`, { mode: 0o600 });
+  /**
+   * Append audit records, all or none: one write, and on failure the file is
+   * cut back to where it was (no half line). A change's records are written
+   * before it is installed, so the data plane never runs a change the log
+   * does not have; a log that cannot be written (full, read-only) is a
+   * ControlError 503 `audit-unwritable`.
+   */
+  private record(entries: Array<Record<string, unknown>>, generation = this.generation + 1): void {
+    const path = this.opts.auditPath;
+    if (!path) return;
+    const time = new Date().toISOString();
+    const bytes = Buffer.from(entries.map((e) => `${JSON.stringify({ time, generation, ...e })}\n`).join(''));
+    let fd = -1, size = -1;
+    try {
+      fd = openSync(path, 'a', 0o600);
+      size = fstatSync(fd).size;
+      for (let off = 0; off < bytes.length;) off += writeSync(fd, bytes, off);
+    } catch (e) {
+      if (fd >= 0 && size >= 0) try { ftruncateSync(fd, size); } catch { /* nothing more to do */ }
+      const err = e as NodeJS.ErrnoException;
+      throw new ControlError(503, 'audit-unwritable', `the audit log ${path} cannot be written (${err.code ?? err.message}): the change is not applied until it is recorded`);
+    } finally {
+      if (fd >= 0) closeSync(fd);
+    }
+  }
+
+  /**
+   * Record a change this controller stored, before installing it. If the log
+   * cannot take it, the store has it but the data plane does not: the
+   * failure is reported and the store is read again every second until the
+   * change is recorded and applied.
+   */
+  private recordStored(entries: Array<Record<string, unknown>>, revision: number, by: string): void {
+    try {
+      this.record(entries);
+    } catch (e) {
+      const err = new ControlError(503, 'audit-unwritable', `stored at revision ${revision} but not applied: ${(e as Error).message}; it is applied as soon as it can be recorded`);
+      this.fail(by, err);
+      this.retryUnrecorded();
+      throw err;
+    }
+  }
+
+  private unrecordedTimer: NodeJS.Timeout | null = null;
+  /** Read the store again in a second and apply what it holds (a change could not be recorded). */
+  private retryUnrecorded(): void {
+    if (this.unrecordedTimer || this.stopped) return;
+    this.unrecordedTimer = setTimeout(() => {
+      this.unrecordedTimer = null;
+      void this.serial(async () => {
+        const state = await this.store.read();
+        await this.onStoreChangeNow('policy', state);
+        await this.onStoreChangeNow('tags', state);
+      }).catch((e: Error) => {
+        this.fail('retry', e);
+        if (e instanceof ControlError && e.code === 'audit-unwritable') this.retryUnrecorded();
+      });
+    }, 1000);
+    this.unrecordedTimer.unref();
   }
 
   /** A change in the store, from this process or from outside. */
   private onStoreChange(key: 'policy' | 'tags', state: StoreState): void {
     if (this.writing) return;
-    void this.serial(() => this.onStoreChangeNow(key, state)).catch((e: Error) => this.fail(this.storeName, e));
+    void this.serial(() => this.onStoreChangeNow(key, state)).catch((e: Error) => {
+      this.fail(this.storeName, e);
+      if (e instanceof ControlError && e.code === 'audit-unwritable') this.retryUnrecorded();
+    });
   }
 
   private async onStoreChangeNow(key: 'policy' | 'tags', state: StoreState): Promise<void> {
@@ -237,6 +302,7 @@ export class Controller {
     } else if (state.tags.revision !== this.tagsRevision) {
       const tags = this.pruneTags(state.tags.value, this.document);
       const prepared = await this.prepare(this.documentRef, tags);
+      this.record([{ action: 'tags.applied', by: this.storeName, revision: state.tags.revision }]);
       this.tags = tags;
       this.tagsRevision = state.tags.revision;
       this.install(prepared, this.documentRef, this.documentRevision, 'tags');
@@ -249,14 +315,16 @@ export class Controller {
     try {
       const ref = this.documentOf(text, source, from);
       const prepared = await this.prepare(ref, this.tags);
+      this.record([{ action: 'policy.applied', by, revision, rules: prepared.compiled.stats.rules, compileMs: round(prepared.compileMs) }]);
       this.tags = this.pruneTags(this.tags, prepared.document);
-      const rec = this.install(prepared, ref, revision, by);
+      this.install(prepared, ref, revision, by);
       this.rejectedText = null;
-      this.audit({ action: 'policy.applied', by, revision, rules: rec.rules, compileMs: round(rec.compileMs) });
       return true;
     } catch (e) {
-      this.rejectedText = text;
       this.fail(by, e);
+      // A policy the log could not record is not refused: it is applied once it can be.
+      if (e instanceof ControlError && e.code === 'audit-unwritable') this.retryUnrecorded();
+      else this.rejectedText = text;
       return false;
     }
   }
@@ -284,11 +352,11 @@ export class Controller {
       const cas = await this.own(() => this.store.putPolicy(text, expectRevision));
       if (!cas.ok) throw new ControlError(412, 'stale-revision', `the policy changed since revision ${expectRevision}: it is now at ${cas.revision}; read it again and reapply`);
       if (this.documentRevision !== cas.revision) {
+        this.recordStored([{ action: 'policy.applied', by, revision: cas.revision, rules: prepared.compiled.stats.rules, compileMs: round(prepared.compileMs) }], cas.revision, by);
         this.tags = this.pruneTags(this.tags, prepared.document);
         this.install(prepared, ref, cas.revision, by);
       }
       this.rejectedText = null;
-      this.audit({ action: 'policy.applied', by, revision: cas.revision, rules: this.compiled.stats.rules, compileMs: round(this.lastApply!.compileMs) });
       return { ...this.lastApply! };
     });
   }
@@ -303,13 +371,15 @@ export class Controller {
       if (!cas.ok) throw new ControlError(412, 'stale-revision', `the tags changed since revision ${expect}: they are now at ${cas.revision}; read them again and retry`);
       if (this.tagsRevision !== cas.revision) {
         const prepared = await this.prepare(this.documentRef, next);
+        this.recordStored([
+          ...add.map((tag) => ({ action: 'tag.added', by: change.by, workload, tag, reason: change.reason, expiresAt: expiresAt === null ? null : new Date(expiresAt).toISOString(), revision: cas.revision })),
+          ...remove.map((tag) => ({ action: 'tag.removed', by: change.by, workload, tag, reason: change.reason, revision: cas.revision })),
+        ], cas.revision, change.by);
         this.tags = next;
         this.tagsRevision = cas.revision;
         this.install(prepared, this.documentRef, this.documentRevision, 'tags');
         this.scheduleExpiry();
       }
-      for (const tag of add) this.audit({ action: 'tag.added', by: change.by, workload, tag, reason: change.reason, expiresAt: expiresAt === null ? null : new Date(expiresAt).toISOString(), revision: cas.revision });
-      for (const tag of remove) this.audit({ action: 'tag.removed', by: change.by, workload, tag, reason: change.reason, revision: cas.revision });
       return { workload, tags: this.compiled.policy.workloads.get(workload)!.tags, dynamic: tagsOf(this.tags, workload) ?? [], revision: cas.revision, apply: this.lastApply! };
     });
   }
@@ -361,14 +431,20 @@ export class Controller {
     }
     if (expired.length === 0) { this.scheduleExpiry(); return; }
     const cas = await this.own(() => this.store.putTags(next, this.tagsRevision));
-    if (!cas.ok) { this.scheduleExpiry(); return; } // someone changed the tags meanwhile: their change re-arms the timer
+    if (!cas.ok) {
+      // Someone changed the tags meanwhile: their change (or the retry of one not yet recorded) re-arms the timer.
+      // Not at once: the expired tags are still here, and that would spin.
+      this.ttlTimer = setTimeout(() => this.scheduleExpiry(), 1000);
+      this.ttlTimer.unref();
+      return;
+    }
     if (this.tagsRevision !== cas.revision) {
       const prepared = await this.prepare(this.documentRef, next);
+      this.recordStored(expired.map(([workload, t]) => ({ action: 'tag.expired', by: 'ttl', workload, tag: t.tag, reason: t.reason, addedBy: t.by, revision: cas.revision })), cas.revision, 'ttl');
       this.tags = next;
       this.tagsRevision = cas.revision;
       this.install(prepared, this.documentRef, this.documentRevision, 'ttl');
     }
-    for (const [workload, t] of expired) this.audit({ action: 'tag.expired', by: 'ttl', workload, tag: t.tag, reason: t.reason, addedBy: t.by, revision: cas.revision });
     this.scheduleExpiry();
   }
 }

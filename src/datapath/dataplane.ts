@@ -21,7 +21,8 @@
  */
 import { readFileSync } from 'node:fs';
 import { portOpen, type PortIo, type PortMode, type PortOptions } from '../io/ports.js';
-import { CT, ENTRY_WORDS, F, FLAG, FlowTable, NO_PORT, flowInsert, flowRemovePort } from '../flow/flowTable.js';
+import { CT, CT_STATES, ENTRY_WORDS, F, FLAG, FlowTable, NO_PORT, flowInsert, flowRemovePort } from '../flow/flowTable.js';
+import { FlowStateFile, flowStateOpen, type PreviousFlows } from '../flow/flowState.js';
 import { Conntrack, RS_COUNT, ctSweep } from '../flow/conntrack.js';
 import { FlowLog } from '../flow/flowLog.js';
 import { FRAG, PKT } from '../packet/parse.js';
@@ -73,6 +74,12 @@ export interface DataplaneOptions extends SwitchOptions {
   onDetach?: (workload: string, flows: FlowRecord[], next: CompiledPolicy) => void;
   /** A vNIC was attached for a workload (it may bring connections handed over from its old host). */
   onAttach?: (workload: string) => void;
+  /**
+   * Keep the flow table in this file (a shared mapping, flow/flowState.ts) so that a restarted
+   * process resumes the connections (resumeFlows). Problems with it are listed in
+   * flowStateProblems, and the table then lives in memory.
+   */
+  flowState?: string;
 }
 
 /**
@@ -183,6 +190,11 @@ export class Dataplane {
   private readonly capacity: number;
   private readonly vnicMode: PortMode;
   private started = false;
+  /** The file the flow table lives in (opts.flowState), and what the previous process left there until resumed. */
+  readonly flowState: FlowStateFile | null = null;
+  private previousFlows: PreviousFlows | null = null;
+  /** Why the flow state file could not be read or kept (the table is then in memory only). */
+  readonly flowStateProblems: string[] = [];
 
   constructor(compiled: CompiledPolicy, specs: PortSpec[], private readonly opts: DataplaneOptions = {}) {
     // Frames with virtio-net headers are forwarded with them: every port must carry them (TAP, AF_PACKET; not libpcap).
@@ -192,7 +204,14 @@ export class Dataplane {
     this.policy = compiled;
     this.capacity = Math.max(1, opts.maxPorts ?? DEFAULT_MAX_PORTS, specs.length);
     this.vnicMode = opts.vnicMode ?? specs.find((s) => s.workload !== null)?.mode ?? 'tap';
-    this.table = new FlowTable({ capacity: opts.flowCapacity ?? 262_144, perPortQuota: opts.perPortQuota, maxPorts: this.capacity });
+    const flowCapacity = opts.flowCapacity ?? 262_144;
+    if (opts.flowState) {
+      const opened = flowStateOpen(opts.flowState, flowCapacity, this.capacity);
+      this.flowStateProblems.push(...opened.problems);
+      this.flowState = opened.file;
+      this.previousFlows = opened.previous;
+    }
+    this.table = new FlowTable({ capacity: flowCapacity, perPortQuota: opts.perPortQuota, maxPorts: this.capacity, entries: this.flowState?.entries });
     this.sw = new Switch(compiled, specs, this.table, opts, this.capacity);
     this.decider = this.sw.decider;
     this.ct = this.sw.ct;
@@ -253,6 +272,8 @@ export class Dataplane {
     }
     for (const [nic, workload] of want) this.addPort({ name: nic, mode: this.vnicMode, workload });
     if (this.opts.perPortQuota === undefined) this.table.quota = fairQuota(this.table.capacity, this.nics.length);
+    // The flow state file names each slot, so that a later process can find the ports its entries refer to.
+    this.flowState?.setPorts(this.ports.map((p) => (p.retired ? '' : p.spec.name)));
   }
 
   private retirePort(port: Port, next: CompiledPolicy): void {
@@ -350,6 +371,49 @@ export class Dataplane {
       taken++;
     }
     return taken;
+  }
+
+  /**
+   * Take up the connections the previous process left in the flow state
+   * file (control path: after the first policy has attached the ports,
+   * before forwarding starts). An entry comes back when both its ports are
+   * here under the same interface names; it keeps its connection state and
+   * counters, but not its verdict: its next packet is decided by the policy
+   * in force, as after any policy change. Cut, closed and TIME_WAIT entries
+   * are left behind. Call once; later calls find nothing.
+   */
+  resumeFlows(): { resumed: number; left: number; from: number | null } {
+    const prev = this.previousFlows;
+    this.previousFlows = null;
+    if (prev === null) return { resumed: 0, left: 0, from: null };
+    const slotOf = new Map<string, number>();
+    for (const p of this.ports) if (!p.retired) slotOf.set(p.spec.name, p.index);
+    const old = prev.entries, t = this.table, e = t.entries, uplink = this.sw.uplink, now = this.now();
+    let resumed = 0, left = 0;
+    for (let ent = 0; ent < prev.capacity; ent++) {
+      const o = ent * ENTRY_WORDS;
+      const meta = old[o + F.meta];
+      if (meta < 0) continue;
+      const state = old[o + F.state];
+      const s = state & 0xff;
+      if (s === CT.free || s === CT.cut || s === CT.closed || s === CT.timeWait || s >= CT_STATES) { left++; continue; }
+      const nics = old[o + F.nics];
+      const orig = slotOf.get(prev.ports[nics & 0xffff] ?? '') ?? -1;
+      const reply = slotOf.get(prev.ports[nics >>> 16] ?? '') ?? -1;
+      if (orig < 0 || reply < 0 || orig === reply) { left++; continue; }
+      const ports = old[o + F.ports];
+      const family = (meta & 0x100) !== 0 ? 6 : 4;
+      const n = flowInsert(t, old, o + F.src, o + F.dst, ports >>> 16, ports & 0xffff, meta & 0xff, family, orig, reply, orig === uplink, now);
+      if (n < 0) { left++; continue; }
+      const no = n * ENTRY_WORDS;
+      // The state and its flags carry over; who owns the quota and whether it was logged are this process's.
+      e[no + F.state] = (e[no + F.state] & (FLAG.ownerIsReply << 8)) | (state & ~((FLAG.ownerIsReply | FLAG.logged) << 8));
+      e[no + F.ruleOut] = old[o + F.ruleOut];
+      e[no + F.ruleIn] = old[o + F.ruleIn];
+      for (let w = F.packetsOrig; w <= F.bytesReply + 1; w++) e[no + w] = old[o + w];
+      resumed++;
+    }
+    return { resumed, left, from: prev.pid };
   }
 
   /** The ports as the decision path numbers them (free slots keep their place, with no name), for the tracer. */

@@ -143,6 +143,8 @@ export interface FlowTableOptions {
   maxPorts?: number;
   /** An entry unused this long counts as idle for eviction (ms). */
   idleMs?: number;
+  /** Memory for the entries (capacity x ENTRY_WORDS words), e.g. a shared file mapping (flowState.ts); zeroed or not. */
+  entries?: Int32Array;
 }
 
 export class FlowTable {
@@ -180,7 +182,9 @@ export class FlowTable {
     if (this.maxPorts < 1 || this.maxPorts >= NO_PORT) throw new RangeError(`maxPorts must be 1 to ${NO_PORT - 1}`);
     this.quota = Math.max(1, Math.floor(opts.perPortQuota ?? this.capacity));
     this.idleMs = opts.idleMs ?? 30_000;
-    this.entries = new Int32Array(this.capacity * ENTRY_WORDS);
+    if (opts.entries && opts.entries.length !== this.capacity * ENTRY_WORDS) throw new RangeError(`flow table entries: ${this.capacity * ENTRY_WORDS} words needed, ${opts.entries.length} given`);
+    this.entries = opts.entries ?? new Int32Array(this.capacity * ENTRY_WORDS);
+    this.entries.fill(0);
     this.index = new Int32Array(slots * 2);
     this.freeStack = new Int32Array(this.capacity);
     for (let i = 0; i < this.capacity; i++) {

@@ -17,6 +17,8 @@ export interface NativeAddon {
   watch(fd: number, onEvent: (events: number) => void, writable?: boolean): object;
   unwatch(handle: object): void;
   setWatchWritable(handle: object, on: boolean): void;
+  /** A MAP_SHARED mapping of a file created at `path` (0600), its blocks reserved first; throws ENOSPC/EMAPFILE. */
+  mapFile(path: string, bytes: number): ArrayBuffer;
   layout: Record<string, number>;
 }
 
