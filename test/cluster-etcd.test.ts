@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EtcdCluster, CuttableProxy } from '../bench/etcd.js';
 import { sendThrough, type SendResult } from './memlab.js';
-import { until } from './fixtures.js';
+import { until, untilValue } from './fixtures.js';
 import { EtcdStore } from '../src/control/etcdStore.js';
 import { Controller } from '../src/control/controller.js';
 import { Dataplane } from '../src/datapath/dataplane.js';
@@ -22,7 +22,7 @@ import { MemoryPort } from '../src/io/memoryPort.js';
 import { policyCompile } from '../src/policy/compile.js';
 import { frameBuild } from '../src/packet/build.js';
 import { TCP_SYN } from '../src/packet/parse.js';
-import { clusterHosts } from '../src/cli/cluster.js';
+import { clusterHosts, formatHosts } from '../src/cli/cluster.js';
 import type { Policy } from '../src/policy/model.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -67,13 +67,13 @@ class SimHost {
       portOpener: (s) => { const p = new MemoryPort(s.name); this.ports.set(s.name, p); return p; },
     });
     this.audit = join(mkdtempSync(join(tmpdir(), 'tw-ch-')), 'audit.jsonl');
-    this.controller = new Controller(this.store, this.dp, { host: name, auditPath: this.audit, onApplied: (rec, vnics) => this.store.updateHost({ enforcing: rec.revision, vnics }) });
+    this.controller = new Controller(this.store, this.dp, { host: name, auditPath: this.audit, onApplied: (rec, vnics) => this.store.updateHost({ enforcing: rec.revision, tags: this.controller.revision.tags, vnics }) });
     this.controller.storeName = 'etcd';
   }
   async start(): Promise<this> {
     await this.store.open();
     await this.controller.start();
-    await this.store.registerHost(this.name, { vnics: this.dp.nics, enforcing: this.controller.revision.policy });
+    await this.store.registerHost(this.name, { vnics: this.dp.nics, enforcing: this.controller.revision.policy, tags: this.controller.revision.tags });
     return this;
   }
   get uplink(): string { return `twq-up-${this.name}`; }
@@ -224,7 +224,26 @@ t.test('one etcd, three hosts', async (t) => {
     const hv4 = await new SimHost('hv4', etcd.url, 2).start();
     t.ok((await clusterHosts({ store: etcd.url })).hosts.find((h) => h.host === 'hv4')?.alive, 'hv4 is alive');
     const view = await clusterHosts({ store: etcd.url });
-    t.match(view.hosts.find((h) => h.host === 'hv1'), { alive: true, workloads: 2, behind: 0 }, 'hv1: alive, its two workloads, current');
+    t.match(view.hosts.find((h) => h.host === 'hv1'), { alive: true, workloads: 2, behind: 0, behindSeconds: null }, 'hv1: alive, its two workloads, current');
+    // hv4 stops applying (its registration stays): a tag change, then a policy edit, leave it behind.
+    hv4.controller.stop();
+    await hv1.controller.changeTags('app-1', { add: ['lagging'], reason: 'behind test', by: 'test', ttlSeconds: null });
+    await until('hv1 to apply the tag', () => hv1.controller.policy.policy.workloads.get('app-1')!.tags.includes('lagging'), 5000);
+    const tagsOnly = await untilValue('hv4 reported behind on tags', async () => (await clusterHosts({ store: etcd.url })).hosts.find((h) => h.host === 'hv4')!, (h) => (h.behind ?? 0) > 0);
+    t.match(tagsOnly, { alive: true, behindSeconds: null }, 'hv4: behind on its tags (tag writes carry no time)');
+    const edit = await cli.putPolicy(POLICY().replace('tcp/8080', 'tcp/8082'), null);
+    t.ok(edit.ok, 'a policy edit');
+    await until('hv1 to apply the edit', () => hv1.controller.revision.policy === edit.revision, 5000);
+    // hv1 tells etcd what it enforces a moment after it applies (debounced): wait for that.
+    const both = await untilValue('hv1 reported current', () => clusterHosts({ store: etcd.url }), (v) => v.hosts.find((h) => h.host === 'hv1')?.behind === 0);
+    const lagging = both.hosts.find((h) => h.host === 'hv4')!;
+    t.ok(lagging.behind !== null && lagging.behind >= edit.revision - (lagging.enforcing ?? 0), `hv4 is ${lagging.behind} revisions behind`);
+    t.ok(lagging.behindSeconds !== null && lagging.behindSeconds >= 0 && lagging.behindSeconds < 60, `and the edit it lacks has waited ${lagging.behindSeconds} s`);
+    t.match(both.hosts.find((h) => h.host === 'hv1'), { behind: 0 }, 'hv1 is current');
+    t.match(formatHosts(both), /hv4\s+alive.*\d+ revisions, [\d.]+ s/, '`tapwall hosts` shows both');
+    const back = await cli.putPolicy(POLICY(), null);
+    t.ok(back.ok, 'put back');
+    await until('hv1 to apply it', () => hv1.controller.revision.policy === back.revision, 5000);
     // A crash: the client goes away without revoking its lease.
     hv4.controller.stop();
     hv4.store.abandon();

@@ -83,7 +83,17 @@ export async function clusterTag(o: StoreCliOptions, workload: string, change: T
   }
 }
 
-export interface HostView { host: string; alive: boolean; vnics: string[]; workloads: number; enforcing: number | null; behind: number | null; since: string | null; appliedAt: string | null }
+/**
+ * A host as `tapwall hosts` shows it. `behind`: store revisions between what
+ * it enforces and what the store holds (policy or tags, whichever lags more;
+ * 0 when current). `behindSeconds`: how long the newest policy write it has
+ * not applied has been waiting (null when it is current, or only its tags
+ * lag: tag writes carry no time).
+ */
+export interface HostView {
+  host: string; alive: boolean; vnics: string[]; workloads: number; enforcing: number | null; behind: number | null; behindSeconds: number | null;
+  since: string | null; appliedAt: string | null;
+}
 
 /** Every host the inventory names or that is registered: alive (its lease holds) or not. */
 export async function clusterHosts(o: StoreCliOptions): Promise<{ revision: number; hosts: HostView[] }> {
@@ -96,17 +106,20 @@ export async function clusterHosts(o: StoreCliOptions): Promise<{ revision: numb
     const doc = state.policy.data as { workloads?: Record<string, { host?: string; nic?: string }> };
     for (const w of Object.values(doc.workloads ?? {})) {
       if (typeof w?.host !== 'string') continue;
-      const h = byHost.get(w.host) ?? { host: w.host, alive: false, vnics: [], workloads: 0, enforcing: null, behind: null, since: null, appliedAt: null };
+      const h = byHost.get(w.host) ?? { host: w.host, alive: false, vnics: [], workloads: 0, enforcing: null, behind: null, behindSeconds: null, since: null, appliedAt: null };
       h.workloads++;
       byHost.set(w.host, h);
     }
     for (const r of registered) {
       const name = String(r.host ?? '?');
-      const h = byHost.get(name) ?? { host: name, alive: false, vnics: [], workloads: 0, enforcing: null, behind: null, since: null, appliedAt: null };
+      const h = byHost.get(name) ?? { host: name, alive: false, vnics: [], workloads: 0, enforcing: null, behind: null, behindSeconds: null, since: null, appliedAt: null };
       h.alive = true;
       h.vnics = Array.isArray(r.vnics) ? r.vnics.map(String) : [];
       h.enforcing = typeof r.enforcing === 'number' ? r.enforcing : null;
-      h.behind = h.enforcing === null ? null : Math.max(0, revision - h.enforcing);
+      const tagsBehind = typeof r.tags === 'number' ? Math.max(0, state.tags.revision - r.tags) : 0;
+      h.behind = h.enforcing === null ? null : Math.max(revision - h.enforcing, tagsBehind, 0);
+      const writtenAt = store.policyWrittenAt();
+      h.behindSeconds = h.enforcing !== null && h.enforcing < revision && writtenAt !== null ? Math.max(0, Math.round((Date.now() - writtenAt) / 100) / 10) : null;
       h.since = typeof r.since === 'string' ? r.since : null;
       h.appliedAt = typeof r.appliedAt === 'string' ? r.appliedAt : null;
       byHost.set(name, h);
@@ -120,7 +133,7 @@ export async function clusterHosts(o: StoreCliOptions): Promise<{ revision: numb
 export function formatHosts(r: { revision: number; hosts: HostView[] }): string {
   const rows = [['HOST', 'STATE', 'VNICS', 'WORKLOADS', 'ENFORCING', 'BEHIND']];
   for (const h of r.hosts) {
-    rows.push([h.host, h.alive ? 'alive' : 'DEAD', h.alive ? String(h.vnics.length) : '-', String(h.workloads), h.enforcing === null ? '-' : String(h.enforcing), h.behind === null ? '-' : h.behind === 0 ? 'current' : `${h.behind} revisions`]);
+    rows.push([h.host, h.alive ? 'alive' : 'DEAD', h.alive ? String(h.vnics.length) : '-', String(h.workloads), h.enforcing === null ? '-' : String(h.enforcing), h.behind === null ? '-' : h.behind === 0 ? 'current' : `${h.behind} revisions${h.behindSeconds === null ? '' : `, ${h.behindSeconds} s`}`]);
   }
   const widths = rows[0].map((_, i) => Math.max(...rows.map((row) => row[i].length)));
   return [`policy revision ${r.revision}`, ...rows.map((row) => row.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd())].join('\n');

@@ -147,7 +147,7 @@ program
   .option('--metrics <host:port>', 'serve Prometheus metrics on http://HOST:PORT/metrics (loopback by default)', '127.0.0.1:9810')
   .option('--no-metrics', 'serve no metrics')
   .option('--state-dir <dir>', 'where the tags added at run time (tags.json) and the audit log (audit.jsonl) are kept', '/var/lib/tapwall')
-  .option('--flow-state <file>', 'keep the flow table in this file (a shared mapping; tmpfs is best) so that a restart, even kill -9, resumes the open connections (default: STATE_DIR/flows.table)')
+  .option('--flow-state <file>', 'keep the flow table in this file (a shared mapping; tmpfs is best) so that a restart, even kill -9, resumes the open connections (default: /run/tapwall/flows.table with the default state folder, else STATE_DIR/flows.table)')
   .option('--no-flow-state', 'keep the flow table in memory only: a restart forgets every connection')
   .option('--api-socket <path>', 'serve the API on this Unix socket (mode 0600)', DEFAULT_API_SOCKET)
   .option('--no-api-socket', 'no API on a Unix socket')

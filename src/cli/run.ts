@@ -10,12 +10,12 @@
 import pino from 'pino';
 import { PerformanceObserver } from 'node:perf_hooks';
 import { mkdirSync, readFileSync, statSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { policyLoad } from '../policy/load.js';
 import { policyCompile } from '../policy/compile.js';
 import { PolicyError, formatProblem } from '../policy/errors.js';
 import { FileStore, type PolicyStore } from '../control/store.js';
-import { EtcdStore } from '../control/etcdStore.js';
+import type { EtcdStore } from '../control/etcdStore.js';
 import type { Policy } from '../policy/model.js';
 import { ControlError, Controller } from '../control/controller.js';
 import { OffThreadPreparer } from '../control/offThread.js';
@@ -81,6 +81,26 @@ function apiToken(file: string | undefined): string | null {
   return token;
 }
 
+/** The folder of the default state (--state-dir), whose flow table goes to a tmpfs. */
+export const DEFAULT_STATE_DIR = '/var/lib/tapwall';
+
+/**
+ * Where the flow table is kept by default: /run/tapwall/flows.table (a tmpfs:
+ * a shared mapping of a file on disk is written back by the kernel, and every
+ * first store into a page after that faults on the packet path) with the
+ * default state folder, else inside the given state folder, so that daemons
+ * with folders of their own never share a table.
+ */
+function defaultFlowState(stateDir: string): string {
+  if (resolve(stateDir) !== DEFAULT_STATE_DIR) return join(stateDir, 'flows.table');
+  try {
+    mkdirSync('/run/tapwall', { recursive: true, mode: 0o755 });
+    return '/run/tapwall/flows.table';
+  } catch {
+    return join(stateDir, 'flows.table'); // no /run/tapwall for this user: beside the state, on disk
+  }
+}
+
 /** HOST of HOST:PORT is a loopback address (or names one). */
 function isLoopback(hostPort: string): boolean {
   const host = hostPort.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
@@ -100,6 +120,8 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   let etcd: EtcdStore | null = null;
   if (opts.store) {
     if (!opts.host) throw Object.assign(new Error('--store etcd://... needs --host NAME: the hypervisor whose workloads this daemon serves'), { code: 'EHOST' });
+    // Loaded only for a cluster: the etcd client (gRPC) takes a third of a second to load, and a restart waits for it.
+    const { EtcdStore } = await import('../control/etcdStore.js');
     etcd = new EtcdStore({ url: opts.store, prefix: opts.etcdPrefix, ca: opts.etcdCa, cert: opts.etcdCert, key: opts.etcdKey });
     etcd.onConnection = (up, why) => (up ? log.info({ why }, 'store connected') : log.warn({ why }, 'store unreachable: the last policy stays in force'));
     try {
@@ -122,7 +144,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
     vnicMode: opts.mode,
     loose: opts.loose,
     flowCapacity: opts.flowCapacity,
-    flowState: opts.flowState === null ? undefined : opts.flowState ?? join(opts.stateDir, 'flows.table'),
+    flowState: opts.flowState === null ? undefined : opts.flowState ?? defaultFlowState(opts.stateDir),
     perPortQuota: opts.quota,
     tap: { persist: opts.tapPersist, ownerUid: opts.tapOwner, offload: opts.offload },
     flowLog: opts.flowLog || opts.flowLogStdout ? { rate: opts.flowLogRate, burst: Math.max(1, opts.flowLogRate * 2) } : undefined,
@@ -166,7 +188,8 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   // preparation (no error recorded); until that is found, changes are compiled on this thread unless asked.
   const controller = new Controller(store, dp, {
     log, auditPath: join(opts.stateDir, 'audit.jsonl'), host: opts.host ?? null, preparer: opts.compileThread ? new OffThreadPreparer() : undefined,
-    onApplied: (rec, vnics) => etcd?.updateHost({ enforcing: rec.revision, generation: rec.generation, vnics, appliedAt: rec.at }),
+    // The host record says which policy and which tags it enforces: `tapwall hosts` compares them with the store.
+    onApplied: (rec, vnics) => etcd?.updateHost({ enforcing: rec.revision, tags: controller.revision.tags, generation: rec.generation, vnics, appliedAt: rec.at }),
   });
   if (etcd) controller.storeName = 'etcd';
   try {
@@ -184,7 +207,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   if (resumed.from !== null) log.info({ connections: resumed.resumed, leftBehind: resumed.left, previousPid: resumed.from }, 'connections resumed from the previous process');
   if (etcd) {
     await etcd.registerHost(opts.host!, {
-      vnics: dp.nics, enforcing: controller.revision.policy, generation: controller.generation,
+      vnics: dp.nics, enforcing: controller.revision.policy, tags: controller.revision.tags, generation: controller.generation,
       since: new Date().toISOString(), pid: process.pid, version: opts.version,
     });
   }

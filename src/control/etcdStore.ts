@@ -370,6 +370,16 @@ export class EtcdStore implements PolicyStore {
     });
   }
 
+  /** When the policy was last written by a tapwall writer (the epoch key's time, ms), or null. */
+  policyWrittenAt(): number | null {
+    try {
+      const at = Date.parse(String((JSON.parse(this.keys.get('policy/epoch')?.value ?? 'null') as { at?: string } | null)?.at));
+      return Number.isFinite(at) ? at : null;
+    } catch {
+      return null;
+    }
+  }
+
   private epochOpen(): boolean {
     const e = this.keys.get('policy/epoch');
     if (!e) return false;

@@ -110,9 +110,14 @@ export function flowStateRead(bytes: Uint8Array): PreviousFlows | string {
     const end = name.indexOf(0);
     ports.push(dec.decode(name.subarray(0, end < 0 ? NAME_BYTES : end)));
   }
-  // A copy, aligned, so the old file can go.
-  const entries = new Int32Array(capacity * ENTRY_WORDS);
-  new Uint8Array(entries.buffer).set(bytes.subarray(offset, size));
+  // A view where the bytes are aligned (a file read whole is), else a copy.
+  const at = bytes.byteOffset + offset;
+  let entries: Int32Array;
+  if (at % 4 === 0) entries = new Int32Array(bytes.buffer, at, capacity * ENTRY_WORDS);
+  else {
+    entries = new Int32Array(capacity * ENTRY_WORDS);
+    new Uint8Array(entries.buffer).set(bytes.subarray(offset, size));
+  }
   return { capacity, entries, ports, pid: word(5) };
 }
 

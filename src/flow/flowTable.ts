@@ -143,7 +143,7 @@ export interface FlowTableOptions {
   maxPorts?: number;
   /** An entry unused this long counts as idle for eviction (ms). */
   idleMs?: number;
-  /** Memory for the entries (capacity x ENTRY_WORDS words), e.g. a shared file mapping (flowState.ts); zeroed or not. */
+  /** Memory for the entries (capacity x ENTRY_WORDS words), all zero: e.g. a new shared file mapping (flowState.ts). */
   entries?: Int32Array;
 }
 
@@ -184,7 +184,6 @@ export class FlowTable {
     this.idleMs = opts.idleMs ?? 30_000;
     if (opts.entries && opts.entries.length !== this.capacity * ENTRY_WORDS) throw new RangeError(`flow table entries: ${this.capacity * ENTRY_WORDS} words needed, ${opts.entries.length} given`);
     this.entries = opts.entries ?? new Int32Array(this.capacity * ENTRY_WORDS);
-    this.entries.fill(0);
     this.index = new Int32Array(slots * 2);
     this.freeStack = new Int32Array(this.capacity);
     for (let i = 0; i < this.capacity; i++) {
