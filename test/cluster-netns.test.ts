@@ -116,16 +116,20 @@ t.test('two hypervisors on one etcd, VMs talking across them', async (t) => {
   });
 
   await t.test("a quarantine set through host A's API cuts the VM's open connection on host B", async (t) => {
+    // Two open connections of app-1: from web-1 (host A: either host may cut it first, A at web-1's egress or
+    // B at app-1's ingress) and to db-1 (both on host B: only B can cut it, so B's own enforcement shows).
     const stream = collect(lab.spawnIn(VMS.web.ns, TCP_STREAM, [VMS.app.ip, '8080', '20', '8000']));
-    await until('the connection to carry data', () => echoes(stream.lines) >= 5, 5000);
+    const local = collect(lab.spawnIn(VMS.app.ns, TCP_STREAM, [VMS.db.ip, '5432', '20', '8000']));
+    await until('the connections to carry data', () => echoes(stream.lines) >= 5 && echoes(local.lines) >= 5, 5000);
     const called = Date.now();
     const r = await apiCall(ha.api, 'POST', '/v1/workloads/app-1/tags', { add: ['quarantine'], reason: 'malware on app-1', by: 'test' });
     t.equal(r.status, 200, "host A's API took the tag for app-1, a VM of host B");
-    await until('the connection to end', () => errors(stream.lines).length > 0, 5000);
-    t.match(errors(stream.lines)[0], /^error ECONNRESET /, 'reset by host B (app-1 is cut off at its ingress there)');
-    t.comment(`the connection ended ${Number(errors(stream.lines)[0].split(' ').at(-1)) - called} ms after the call on host A`);
-    const status = await untilValue('host B to count the cut', async () => (await apiCall<{ ports: Array<{ name: string; outcomes: Record<string, number> }> }>(hb.api, 'GET', '/v1/status')).body, (s) => (s.ports.find((p) => p.name === VMS.app.nic)?.outcomes.cut ?? 0) + (s.ports.find((p) => p.name === 'twk-ub')?.outcomes.cut ?? 0) > 0);
-    t.ok(status, 'host B counted cut packets');
+    await until('both connections to end', () => errors(stream.lines).length > 0 && errors(local.lines).length > 0, 8000);
+    t.match(errors(stream.lines)[0], /^error ECONNRESET /, 'web-1 -> app-1 (across the hosts) is reset');
+    t.match(errors(local.lines)[0], /^error ECONNRESET /, 'app-1 -> db-1 (within host B) is reset, by host B');
+    t.comment(`the connections ended ${Number(errors(stream.lines)[0].split(' ').at(-1)) - called} ms and ${Number(errors(local.lines)[0].split(' ').at(-1)) - called} ms after the call on host A`);
+    const status = await untilValue('host B to count the cut', async () => (await apiCall<{ ports: Array<{ name: string; outcomes: Record<string, number> }> }>(hb.api, 'GET', '/v1/status')).body, (s) => (s.ports.find((p) => p.name === VMS.app.nic)?.outcomes.cut ?? 0) > 0);
+    t.ok(status, "host B counted cut packets at app-1's vNIC");
     t.equal(tcp(VMS.web.ns, VMS.app.ip, 8080, 1000), 'timeout', 'and new connections to app-1 fail');
     await apiCall(hb.api, 'POST', '/v1/workloads/app-1/tags', { remove: ['quarantine'], reason: 'clean', by: 'test' });
     await until('app-1 to be reachable again', () => tcp(VMS.web.ns, VMS.app.ip, 8080, 500) === 'connected', 8000);

@@ -19,8 +19,8 @@ import { collect, echoes, errors, until } from './fixtures.js';
 const root = fileURLToPath(new URL('..', import.meta.url));
 const POLICY = `default: drop
 workloads:
-  a: { nic: twk-a, mac: "02:83:00:00:00:0a", ips: [10.83.0.1] }
-  b: { nic: twk-b, mac: "02:83:00:00:00:0b", ips: [10.83.0.2] }
+  a: { nic: tws-a, mac: "02:83:00:00:00:0a", ips: [10.83.0.1] }
+  b: { nic: tws-b, mac: "02:83:00:00:00:0b", ips: [10.83.0.2] }
 sections:
   - name: s
     rules:
@@ -38,11 +38,11 @@ t.teardown(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 writeFileSync(join(dir, 'policy.yaml'), POLICY);
-lab.vethHost('twk-na', 'twk-a', 'twk-pa', '02:83:00:00:00:0a', ['10.83.0.1/24']);
-lab.vethHost('twk-nb', 'twk-b', 'twk-pb', '02:83:00:00:00:0b', ['10.83.0.2/24']);
+lab.vethHost('tws-na', 'tws-a', 'tws-pa', '02:83:00:00:00:0a', ['10.83.0.1/24']);
+lab.vethHost('tws-nb', 'tws-b', 'tws-pb', '02:83:00:00:00:0b', ['10.83.0.2/24']);
 // Static neighbours: ARP answered by a killed daemon is not what is tested here.
-sh(['ip', '-n', 'twk-na', 'neigh', 'replace', '10.83.0.2', 'lladdr', '02:83:00:00:00:0b', 'dev', 'twk-pa']);
-sh(['ip', '-n', 'twk-nb', 'neigh', 'replace', '10.83.0.1', 'lladdr', '02:83:00:00:00:0a', 'dev', 'twk-pb']);
+sh(['ip', '-n', 'tws-na', 'neigh', 'replace', '10.83.0.2', 'lladdr', '02:83:00:00:00:0b', 'dev', 'tws-pa']);
+sh(['ip', '-n', 'tws-nb', 'neigh', 'replace', '10.83.0.1', 'lladdr', '02:83:00:00:00:0a', 'dev', 'tws-pb']);
 
 /** A daemon on the two veths; resolves when it says it is ready, with its stderr so far and to come. */
 async function daemon(stateDir: string, extra: string[] = []): Promise<{ p: ChildProcess; socket: string; stderr: () => string }> {
@@ -65,17 +65,17 @@ async function kill9(p: ChildProcess): Promise<void> {
 
 const dropsOf = async (socket: string, reason: string): Promise<number> => {
   const st = (await apiCall<{ ports: Array<{ name: string; outcomes: Record<string, number> }> }>({ socket }, 'GET', '/v1/status')).body;
-  return st.ports.find((p) => p.name === 'twk-a')?.outcomes[reason] ?? 0;
+  return st.ports.find((p) => p.name === 'tws-a')?.outcomes[reason] ?? 0;
 };
 
-const server = lab.spawnIn('twk-nb', SERVERS, ['b', '8080']);
+const server = lab.spawnIn('tws-nb', SERVERS, ['b', '8080']);
 const serverReady = new Promise<void>((resolve) => server.stdout!.on('data', (d) => { if (String(d).includes('ready')) resolve(); }));
 
 t.test('kill -9 and start again: the open TCP connection carries on', async (t) => {
   await serverReady;
   const state = join(dir, 'state');
   const first = await daemon(state);
-  const stream = collect(lab.spawnIn('twk-na', TCP_STREAM, ['10.83.0.2', '8080', '50', '30000']));
+  const stream = collect(lab.spawnIn('tws-na', TCP_STREAM, ['10.83.0.2', '8080', '50', '30000']));
   await until('echoes through the first daemon', () => echoes(stream.lines) >= 20, 10_000);
   await kill9(first.p);
   const killedAt = Date.now();
@@ -100,7 +100,7 @@ t.test('kill -9 and start again: the open TCP connection carries on', async (t) 
 t.test('the control: with --no-flow-state the same restart leaves the connection hanging', async (t) => {
   const state = join(dir, 'state-nofile');
   const first = await daemon(state, ['--no-flow-state']);
-  const stream = collect(lab.spawnIn('twk-na', TCP_STREAM, ['10.83.0.2', '8080', '50', '30000']));
+  const stream = collect(lab.spawnIn('tws-na', TCP_STREAM, ['10.83.0.2', '8080', '50', '30000']));
   await until('echoes through the first daemon', () => echoes(stream.lines) >= 20, 10_000);
   await kill9(first.p);
   const second = await daemon(state, ['--no-flow-state']);
@@ -114,14 +114,14 @@ t.test('the control: with --no-flow-state the same restart leaves the connection
 t.test('a state folder on a full file system: no table file, forwarding as ever', async (t) => {
   const full = join(dir, 'full');
   mkdirSync(full);
-  sh(['mount', '-t', 'tmpfs', '-o', 'size=256k', 'twk-full', full]);
+  sh(['mount', '-t', 'tmpfs', '-o', 'size=256k', 'tws-full', full]);
   mounted = full;
   // Fill it, but for a little room for the tags and audit files.
   sh(['dd', 'if=/dev/zero', `of=${join(full, 'filler')}`, 'bs=4k', 'count=56'], { allowFail: true });
   const d = await daemon(full);
   await until('the flow state problem logged', () => /cannot keep the flow table in it/.test(d.stderr()), 5000);
   t.match(d.stderr(), /cannot keep the flow table in it \(.*cannot reserve \d+ bytes: No space left on device/, 'the daemon says why the table is not kept');
-  t.equal(lab.runIn('twk-na', TCP_CONNECT, ['10.83.0.2', '8080', '3000']), 'connected', 'and forwards');
+  t.equal(lab.runIn('tws-na', TCP_CONNECT, ['10.83.0.2', '8080', '3000']), 'connected', 'and forwards');
   await kill9(d.p);
   sh(['umount', full]);
   mounted = null;

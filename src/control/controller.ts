@@ -126,6 +126,15 @@ export class Controller {
     this.tags = this.pruneTags(state.tags.value, prepared.document);
     this.tagsRevision = state.tags.revision;
     this.install(prepared, ref, state.policy.revision, 'start');
+    if (this.preparer.warm) {
+      // A compiling thread: start it, and hand it the document in force now, in turn like any change, so
+      // that the first real change neither waits for the thread to load nor sends the whole document
+      // (seconds at 10,000 rules). What it compiles is not swapped in: it only primes both sides.
+      this.preparer.warm();
+      const tags = this.tags;
+      void this.serial(async () => this.preparer.installed((await this.prepare(ref, tags)).compiled))
+        .catch((e: Error) => this.opts.log?.warn({ err: e.message }, 'the compiling thread could not be primed; the first change will prime it'));
+    }
     this.scheduleExpiry();
     this.unwatch = this.store.watch((key, s) => this.onStoreChange(key, s));
   }

@@ -72,6 +72,15 @@ export class OffThreadPreparer implements Preparer {
     return w;
   }
 
+  /**
+   * Start the thread now: loading the compiler into it takes a few hundred
+   * milliseconds (seconds on a loaded machine), which the first change
+   * should not wait for.
+   */
+  warm(): void {
+    this.worker ??= this.start();
+  }
+
   prepare(doc: DocumentRef, tags: TagMap, host: string | null): Promise<Prepared> {
     if (this.pending) return Promise.reject(new Error('a preparation is already in progress'));
     this.worker ??= this.start();

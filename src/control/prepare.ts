@@ -68,6 +68,8 @@ export interface Preparer {
   prepare(doc: DocumentRef, tags: TagMap, host: string | null): Promise<Prepared>;
   /** The compiled policy now in force: what may be forgotten and what the next compile starts from. */
   installed(compiled: CompiledPolicy): void;
+  /** Get ready for the first change (a thread to start) without waiting for it. */
+  warm?(): void;
   close(): Promise<void>;
 }
 
