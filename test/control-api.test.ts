@@ -12,6 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { lineReader } from '../src/util/lab.js';
+import { apiCall } from '../src/cli/client.js';
+import { makeTls } from '../bench/etcd.js';
 import { tieredPolicy, until } from './fixtures.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -270,4 +272,36 @@ t.test('a token file others can read is refused before anything opens', async (t
   const loud = spawnSync(process.execPath, [cli, 'run', '--config', policyFile, '--state-dir', join(dir, 'state-open'), '--api-listen', '0.0.0.0:0', '--api-token-file', tokenFile, '--metrics', 'nohostport'], { encoding: 'utf8', timeout: 20_000 });
   t.match(loud.stderr, /the API listens beyond loopback over plain HTTP/, 'an API off loopback is warned about');
   t.equal(loud.status, 1, '(and a bad --metrics stops it before any port opens)');
+});
+
+t.test('the TCP API over TLS: --api-cert and --api-key', async (t) => {
+  const tls = makeTls(mkdtempSync(join(dir, 'tls-')));
+  chmodSync(tls.serverKey, 0o600);
+  const sock = join(dir, 'tls.sock');
+  // Attach mode with the vNICs absent: no devices needed for an API test.
+  const d = spawn(process.execPath, [cli, 'run', '--config', policyFile, '--mode', 'attach', '--state-dir', join(dir, 'state-tls'), '--api-socket', sock, '--no-metrics',
+    '--api-listen', '127.0.0.1:0', '--api-token-file', tokenFile, '--api-cert', tls.serverCert, '--api-key', tls.serverKey], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { if (d.exitCode === null) d.kill('SIGKILL'); });
+  let stderr = '';
+  d.stderr!.on('data', (x) => { stderr += String(x); });
+  const ready = JSON.parse(await lineReader(d, 15_000)()) as { api: { url: string } };
+  t.match(ready.api.url, /^https:\/\/127\.0\.0\.1:\d+$/, 'the API says it is https');
+  const status = await apiCall<{ rules: number }>({ socket: sock, url: ready.api.url, tokenFile, caFile: tls.ca }, 'GET', '/v1/status');
+  t.equal(status.status, 200, 'a client trusting the CA, with the token, is answered');
+  const untrusted = await apiCall({ socket: sock, url: ready.api.url, tokenFile }, 'GET', '/v1/status').then(() => 'answered', (e: NodeJS.ErrnoException) => e.code ?? e.message);
+  t.match(untrusted, /SELF_SIGNED|UNABLE_TO_VERIFY|CERT/, `a client that does not trust the certificate stops (${untrusted})`);
+  const plain = await apiCall({ socket: sock, url: ready.api.url.replace('https:', 'http:'), tokenFile }, 'GET', '/v1/status').then(() => 'answered', (e: Error) => e.message);
+  t.not(plain, 'answered', `plain HTTP to the TLS port gets no answer (${plain})`);
+  const cli1 = spawnSync(process.execPath, [cli, 'status', '--api', ready.api.url, '--token-file', tokenFile, '--api-ca', tls.ca, '--json'], { encoding: 'utf8', timeout: 20_000 });
+  t.equal(cli1.status, 0, `tapwall status --api https://... --api-ca works (${cli1.stderr.trim()})`);
+  const loud = spawnSync(process.execPath, [cli, 'run', '--config', policyFile, '--state-dir', join(dir, 'state-tls2'), '--api-listen', '0.0.0.0:0', '--api-token-file', tokenFile,
+    '--api-cert', tls.serverCert, '--api-key', tls.serverKey, '--metrics', 'nohostport'], { encoding: 'utf8', timeout: 20_000 });
+  t.notMatch(loud.stderr, /plain HTTP/, 'with TLS, an API off loopback is not warned about as plain HTTP');
+  chmodSync(tls.serverKey, 0o644);
+  const open = spawnSync(process.execPath, [cli, 'run', '--config', policyFile, '--state-dir', join(dir, 'state-tls2'), '--api-listen', '127.0.0.1:0', '--api-token-file', tokenFile,
+    '--api-cert', tls.serverCert, '--api-key', tls.serverKey], { encoding: 'utf8', timeout: 20_000 });
+  t.equal(open.status, 1, 'a private key others can read is refused');
+  t.match(open.stderr, /the API's private key can be read by others \(mode 0644\)/, 'saying why');
+  t.notMatch(stderr, /internal error/, 'no internal error in the daemon');
+  d.kill('SIGTERM');
 });

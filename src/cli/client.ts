@@ -3,6 +3,7 @@
  * URL with a bearer token) and the text each command prints.
  */
 import { request, type RequestOptions } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { readFileSync } from 'node:fs';
 import { formatProblem, type PolicyProblem } from '../policy/errors.js';
 
@@ -11,6 +12,8 @@ export interface ApiTarget {
   /** http://host:port of a TCP API; overrides socket. */
   url?: string;
   tokenFile?: string;
+  /** CA certificate (PEM file) to trust for an https:// API, beyond the system's. */
+  caFile?: string;
 }
 
 /** An error answer from the API: status, code, message and problems. */
@@ -38,11 +41,14 @@ export function apiCall<T = Record<string, unknown>>(
     const u = new URL(path, target.url);
     if (target.tokenFile) h.authorization = `Bearer ${readFileSync(target.tokenFile, 'utf8').trim()}`;
     opts = { hostname: u.hostname.replace(/^\[|\]$/g, ''), port: u.port, path: u.pathname + u.search, method, headers: h };
+    if (u.protocol === 'https:') Object.assign(opts, { ca: target.caFile ? readFileSync(target.caFile) : undefined });
+    else if (u.protocol !== 'http:') return Promise.reject(new Error(`--api: expected an http:// or https:// URL, found '${target.url}'`));
   } else {
     opts = { socketPath: target.socket, path, method, headers: h };
   }
   return new Promise((resolve, reject) => {
-    const req = request(opts, (res) => {
+    const secure = target.url !== undefined && target.url.startsWith('https:');
+    const req = (secure ? httpsRequest : request)(opts, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {

@@ -153,13 +153,15 @@ program
   .option('--no-api-socket', 'no API on a Unix socket')
   .option('--api-listen <host:port>', 'also serve the API on TCP; needs --api-token-file')
   .option('--api-token-file <file>', 'the bearer token TCP clients must send (at least 16 characters)')
+  .option('--api-cert <file>', 'serve the TCP API over TLS with this certificate chain (PEM; with --api-key)')
+  .option('--api-key <file>', 'the private key of --api-cert (PEM)')
   .option('--flow-log <file>', 'write flow log lines (JSON) here; SIGUSR1 reopens it')
   .option('--flow-log-stdout', 'write flow log lines to stdout')
   .option('--flow-log-rate <n>', 'most flow log lines per vNIC per second (twice that in a burst)', (v) => Number(v), 100)
   .action(guarded(async (opts: {
     config?: string; store?: string; host?: string; etcdPrefix?: string; etcdCa?: string; etcdCert?: string; etcdKey?: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; compileThread?: boolean; statsEvery: number;
     tapPersist?: boolean; tapOwner?: number; offload?: boolean; metrics?: string | false; stateDir: string; flowState?: string | false; apiSocket: string | false;
-    apiListen?: string; apiTokenFile?: string; flowLog?: string; flowLogStdout?: boolean; flowLogRate: number;
+    apiListen?: string; apiTokenFile?: string; apiCert?: string; apiKey?: string; flowLog?: string; flowLogStdout?: boolean; flowLogRate: number;
   }) => {
     if (!opts.config && !opts.store) throw Object.assign(new Error('tapwall run needs --config FILE (one host) or --store etcd://... --host NAME (a cluster)'), { code: 'EUSAGE' });
     if (opts.config && opts.store) throw Object.assign(new Error('--config and --store exclude each other: load a file into etcd with tapwall policy apply FILE --store ...'), { code: 'EUSAGE' });
@@ -359,11 +361,12 @@ bench
 function apiOptions(cmd: Command): Command {
   return cmd
     .option('--api-socket <path>', "the daemon's API socket", DEFAULT_API_SOCKET)
-    .option('--api <url>', 'a TCP API instead, like http://10.0.0.5:9811 (with --token-file)')
-    .option('--token-file <file>', 'the bearer token for --api');
+    .option('--api <url>', 'a TCP API instead, like https://10.0.0.5:9811 (with --token-file)')
+    .option('--token-file <file>', 'the bearer token for --api')
+    .option('--api-ca <file>', "the CA certificate that signed an https:// API's certificate");
 }
-const apiTarget = (o: { apiSocket: string; api?: string; tokenFile?: string }): ApiTarget => ({ socket: o.apiSocket, url: o.api, tokenFile: o.tokenFile });
-type ApiOpts = { apiSocket: string; api?: string; tokenFile?: string; json?: boolean; store?: string; etcdPrefix?: string; etcdCa?: string; etcdCert?: string; etcdKey?: string };
+const apiTarget = (o: { apiSocket: string; api?: string; tokenFile?: string; apiCa?: string }): ApiTarget => ({ socket: o.apiSocket, url: o.api, tokenFile: o.tokenFile, caFile: o.apiCa });
+type ApiOpts = { apiSocket: string; api?: string; tokenFile?: string; apiCa?: string; json?: boolean; store?: string; etcdPrefix?: string; etcdCa?: string; etcdCert?: string; etcdKey?: string };
 
 // The commands that can also talk to the cluster store itself, from any machine.
 function storeOptions(cmd: Command): Command {

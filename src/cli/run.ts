@@ -57,6 +57,9 @@ export interface RunOptions {
   /** host:port for the API over TCP (needs apiTokenFile). */
   apiListen?: string;
   apiTokenFile?: string;
+  /** TLS for the TCP API. */
+  apiCert?: string;
+  apiKey?: string;
   /** Validate and compile changes in a worker thread (off the forwarding thread). */
   compileThread?: boolean;
   /** Flow log file; flowLogStdout also (or only) to stdout; rate per vNIC per second. */
@@ -101,6 +104,15 @@ function defaultFlowState(stateDir: string): string {
   }
 }
 
+/** The TCP API's certificate and key, read before anything is opened; both or neither; a key others can read is refused. */
+function apiTls(cert: string | undefined, key: string | undefined): { cert: string; key: string } | null {
+  if (!cert && !key) return null;
+  if (!cert || !key) throw Object.assign(new Error('--api-cert and --api-key go together'), { code: 'EAPITLS' });
+  const mode = statSync(key).mode & 0o777;
+  if ((mode & 0o077) !== 0) throw Object.assign(new Error(`${key}: the API's private key can be read by others (mode ${mode.toString(8).padStart(4, '0')}); chmod 600 it`), { code: 'EAPITLS' });
+  return { cert: readFileSync(cert, 'utf8'), key: readFileSync(key, 'utf8') };
+}
+
 /** HOST of HOST:PORT is a loopback address (or names one). */
 function isLoopback(hostPort: string): boolean {
   const host = hostPort.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
@@ -110,8 +122,9 @@ function isLoopback(hostPort: string): boolean {
 export async function runDaemon(opts: RunOptions): Promise<void> {
   const log = pino({ name: 'tapwall' }, pino.destination(2));
   const token = apiToken(opts.apiTokenFile);
+  const tls = apiTls(opts.apiCert, opts.apiKey);
   // Plain HTTP off loopback: say so, once, at start.
-  if (opts.apiListen && !isLoopback(opts.apiListen)) log.warn({ listen: opts.apiListen }, 'the API listens beyond loopback over plain HTTP: the bearer token and every request cross the network unencrypted (keep it on loopback, or put a TLS proxy in front)');
+  if (opts.apiListen && !tls && !isLoopback(opts.apiListen)) log.warn({ listen: opts.apiListen }, 'the API listens beyond loopback over plain HTTP: the bearer token and every request cross the network unencrypted (give it --api-cert and --api-key, or keep it on loopback)');
   if (opts.metrics && !/^(.*):(\d+)$/.test(opts.metrics)) throw Object.assign(new Error(`--metrics: expected HOST:PORT, like 127.0.0.1:9810, found '${opts.metrics}'`), { code: 'EMETRICS' });
   if (opts.metrics && !isLoopback(opts.metrics)) log.warn({ metrics: opts.metrics }, 'metrics are served beyond loopback over plain HTTP (they name workloads and rules)');
   mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
@@ -213,7 +226,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   let api: ApiServer | null = null;
   if (opts.apiSocket || opts.apiListen) {
     if (opts.apiSocket) mkdirSync(dirname(opts.apiSocket), { recursive: true, mode: 0o755 });
-    api = new ApiServer(controller, dp, { version: opts.version, socketPath: opts.apiSocket, listen: opts.apiListen ?? null, token, store: etcd, host: opts.host ?? null });
+    api = new ApiServer(controller, dp, { version: opts.version, socketPath: opts.apiSocket, listen: opts.apiListen ?? null, token, tls, store: etcd, host: opts.host ?? null });
     await api.start();
   }
   const flowLog = dp.ct.flowLog ? new FlowLogWriter(dp, dp.ct.flowLog, opts.flowLog ?? null, opts.flowLogStdout ?? false) : null;

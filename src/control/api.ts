@@ -20,6 +20,7 @@
  *   GET  /v1/rules                    per-rule packets, bytes, connections
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { chmodSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
 import { timingSafeEqual, createHash } from 'node:crypto';
 import { LineCounter, parseDocument, isMap } from 'yaml';
@@ -43,6 +44,8 @@ export interface ApiOptions {
   listen: string | null;
   /** Bearer token for TCP (required when listen is set). */
   token: string | null;
+  /** TLS for the TCP API: certificate chain and key (PEM). Without them it is plain HTTP. */
+  tls?: { cert: string; key: string } | null;
   /** The cluster store, when the policy lives in etcd (status reports its health). */
   store?: EtcdStore | null;
   /** This host's name in the cluster. */
@@ -185,12 +188,14 @@ export class ApiServer {
       const m = /^(.*):(\d+)$/.exec(this.opts.listen);
       if (!m) throw Object.assign(new Error(`--api-listen: expected HOST:PORT, found '${this.opts.listen}'`), { code: 'EAPILISTEN' });
       const host = m[1].replace(/^\[|\]$/g, '');
-      const server = createServer((req, res) => { void this.handle(req, res, true); });
+      const handler = (req: IncomingMessage, res: ServerResponse) => { void this.handle(req, res, true); };
+      const tls = this.opts.tls ?? null;
+      const server = tls ? createHttpsServer({ cert: tls.cert, key: tls.key, minVersion: 'TLSv1.2' }, handler) : createServer(handler);
       server.headersTimeout = 10_000;
       await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(Number(m[2]), host, () => resolve()); });
       const port = (server.address() as { port: number }).port;
       this.servers.push(server);
-      this.addresses.url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+      this.addresses.url = `${tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
     }
   }
 
