@@ -34,6 +34,10 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <linux/capability.h>
+#include <grp.h>
 #include <net/if.h>
 #include <arpa/inet.h>
 #include <linux/if_tun.h>
@@ -590,6 +594,72 @@ static napi_value map_file(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/*
+ * dropPrivileges(uid, gid, keep[]) -> undefined; throws EPRIVDROP naming the
+ * step that failed. Run as root, once the ports are open: every capability
+ * not in `keep` leaves the bounding set (so nothing can bring it back), the
+ * process becomes uid/gid with no supplementary groups, the calling thread
+ * keeps exactly `keep` as its effective and permitted capabilities (the
+ * ones opening a vNIC later needs: CAP_NET_RAW for AF_PACKET, CAP_NET_ADMIN
+ * for TAP devices), and no_new_privs is set. Other threads of the process
+ * (libuv's pool, the compiling worker) end with no capabilities at all:
+ * capabilities are per thread, and only the calling thread asked to keep
+ * them.
+ */
+static napi_value drop_privileges(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int64_t uid, gid;
+  uint32_t n = 0;
+  bool is_array = false;
+  if (argc < 3 || napi_get_value_int64(env, argv[0], &uid) != napi_ok || napi_get_value_int64(env, argv[1], &gid) != napi_ok ||
+      napi_is_array(env, argv[2], &is_array) != napi_ok || !is_array || napi_get_array_length(env, argv[2], &n) != napi_ok ||
+      uid < 0 || gid < 0 || uid > 0xfffffffe || gid > 0xfffffffe) {
+    napi_throw_type_error(env, "EARGS", "dropPrivileges(uid, gid, capabilities[])");
+    return NULL;
+  }
+  uint64_t keep = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    int32_t cap;
+    if (napi_get_element(env, argv[2], i, &v) != napi_ok || napi_get_value_int32(env, v, &cap) != napi_ok || cap < 0 || cap > 63) {
+      napi_throw_type_error(env, "EARGS", "dropPrivileges: capabilities are numbers 0 to 63");
+      return NULL;
+    }
+    keep |= 1ULL << cap;
+  }
+  char msg[256];
+  const char* step = NULL;
+  int e = 0;
+  for (int cap = 0; cap <= 63 && step == NULL; cap++) {
+    if (keep & (1ULL << cap)) continue;
+    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL) { step = "PR_CAPBSET_DROP"; e = errno; }
+  }
+  if (!step && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) { step = "PR_SET_KEEPCAPS"; e = errno; }
+  if (!step && setgroups(0, NULL) < 0) { step = "setgroups"; e = errno; }
+  if (!step && setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) < 0) { step = "setresgid"; e = errno; }
+  if (!step && setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) < 0) { step = "setresuid"; e = errno; }
+  if (!step) {
+    struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    for (int cap = 0; cap <= 63; cap++) {
+      if (!(keep & (1ULL << cap))) continue;
+      data[cap / 32].effective |= 1U << (cap % 32);
+      data[cap / 32].permitted |= 1U << (cap % 32);
+    }
+    if (syscall(SYS_capset, &hdr, data) < 0) { step = "capset"; e = errno; }
+  }
+  if (!step && prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0) { step = "PR_SET_KEEPCAPS off"; e = errno; }
+  if (!step && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) { step = "PR_SET_NO_NEW_PRIVS"; e = errno; }
+  if (step) {
+    snprintf(msg, sizeof msg, "dropping privileges failed at %s: %s", step, strerror(e));
+    napi_throw_error(env, "EPRIVDROP", msg);
+  }
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"tapOpen", NULL, tap_open, NULL, NULL, NULL, napi_default, NULL},
@@ -602,6 +672,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"setWatchWritable", NULL, set_watch_writable, NULL, NULL, NULL, napi_default, NULL},
     {"usesRing", NULL, uses_ring, NULL, NULL, NULL, napi_default, NULL},
     {"mapFile", NULL, map_file, NULL, NULL, NULL, napi_default, NULL},
+    {"dropPrivileges", NULL, drop_privileges, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   /* The contract's numbers, for the TypeScript side to check against its own. */

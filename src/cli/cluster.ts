@@ -84,11 +84,11 @@ export async function clusterTag(o: StoreCliOptions, workload: string, change: T
 }
 
 /**
- * A host as `tapwall hosts` shows it. `behind`: store revisions between what
- * it enforces and what the store holds (policy or tags, whichever lags more;
- * 0 when current). `behindSeconds`: how long the newest policy write it has
- * not applied has been waiting (null when it is current, or only its tags
- * lag: tag writes carry no time).
+ * A host as `tapwall hosts` shows it. `behind`: store revisions between the
+ * policy it enforces and the one the store holds (0 when current).
+ * `behindSeconds`: how long the newest policy write it has not applied has
+ * been waiting (null when current). Tags are not compared: a reader that
+ * starts fresh cannot tell a tag revision from a later deletion's.
  */
 export interface HostView {
   host: string; alive: boolean; vnics: string[]; workloads: number; enforcing: number | null; behind: number | null; behindSeconds: number | null;
@@ -116,8 +116,7 @@ export async function clusterHosts(o: StoreCliOptions): Promise<{ revision: numb
       h.alive = true;
       h.vnics = Array.isArray(r.vnics) ? r.vnics.map(String) : [];
       h.enforcing = typeof r.enforcing === 'number' ? r.enforcing : null;
-      const tagsBehind = typeof r.tags === 'number' ? Math.max(0, state.tags.revision - r.tags) : 0;
-      h.behind = h.enforcing === null ? null : Math.max(revision - h.enforcing, tagsBehind, 0);
+      h.behind = h.enforcing === null ? null : Math.max(0, revision - h.enforcing);
       const writtenAt = store.policyWrittenAt();
       h.behindSeconds = h.enforcing !== null && h.enforcing < revision && writtenAt !== null ? Math.max(0, Math.round((Date.now() - writtenAt) / 100) / 10) : null;
       h.since = typeof r.since === 'string' ? r.since : null;

@@ -140,6 +140,7 @@ program
   .option('--flow-capacity <n>', 'most connections tracked at once', (v) => Number(v), 262144)
   .option('--no-compile-thread', 'validate and compile policy changes on the forwarding thread (by default a worker thread does it, at a lower CPU priority)')
   .option('--quota <n>', 'most connections one vNIC may hold (default: 2 x flow capacity / (vNICs + 1), re-derived as vNICs come and go)', (v) => Number(v))
+  .option('--user <user>', 'once the ports are open, become this user (a name, or UID[:GID]) with only the capabilities its mode needs later (CAP_NET_RAW; tap mode also CAP_NET_ADMIN)')
   .option('--stats-every <seconds>', 'log counters this often', (v) => Number(v), 0)
   .option('--tap-persist', 'keep the TAP devices when tapwall exits (TUNSETPERSIST), as libvirt does')
   .option('--tap-owner <uid>', 'the user that may open the TAP devices (TUNSETOWNER)', (v) => Number(v))
@@ -159,7 +160,7 @@ program
   .option('--flow-log-stdout', 'write flow log lines to stdout')
   .option('--flow-log-rate <n>', 'most flow log lines per vNIC per second (twice that in a burst)', (v) => Number(v), 100)
   .action(guarded(async (opts: {
-    config?: string; store?: string; host?: string; etcdPrefix?: string; etcdCa?: string; etcdCert?: string; etcdKey?: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; compileThread?: boolean; statsEvery: number;
+    config?: string; store?: string; host?: string; etcdPrefix?: string; etcdCa?: string; etcdCert?: string; etcdKey?: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; compileThread?: boolean; statsEvery: number; user?: string;
     tapPersist?: boolean; tapOwner?: number; offload?: boolean; metrics?: string | false; stateDir: string; flowState?: string | false; apiSocket: string | false;
     apiListen?: string; apiTokenFile?: string; apiCert?: string; apiKey?: string; flowLog?: string; flowLogStdout?: boolean; flowLogRate: number;
   }) => {

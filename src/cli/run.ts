@@ -9,7 +9,9 @@
  */
 import pino from 'pino';
 import { PerformanceObserver } from 'node:perf_hooks';
-import { mkdirSync, readFileSync, statSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { native } from '../io/native.js';
 import { dirname, join, resolve } from 'node:path';
 import { policyLoad } from '../policy/load.js';
 import { policyCompile } from '../policy/compile.js';
@@ -57,6 +59,8 @@ export interface RunOptions {
   /** host:port for the API over TCP (needs apiTokenFile). */
   apiListen?: string;
   apiTokenFile?: string;
+  /** Become this user (name, or UID[:GID]) once the ports are open, keeping only the capabilities vNICs need. */
+  user?: string;
   /** TLS for the TCP API. */
   apiCert?: string;
   apiKey?: string;
@@ -113,6 +117,41 @@ function apiTls(cert: string | undefined, key: string | undefined): { cert: stri
   return { cert: readFileSync(cert, 'utf8'), key: readFileSync(key, 'utf8') };
 }
 
+/** `--user NAME` or `UID[:GID]` as numbers (NAME through the system's user database). */
+function resolveUser(spec: string): { uid: number; gid: number } {
+  if (process.getuid?.() !== 0) throw Object.assign(new Error('--user: tapwall must start as root to become another user'), { code: 'EUSAGE' });
+  const numeric = /^(\d+)(?::(\d+))?$/.exec(spec);
+  if (numeric) return { uid: Number(numeric[1]), gid: Number(numeric[2] ?? numeric[1]) };
+  let entry = '';
+  try {
+    entry = execFileSync('getent', ['passwd', spec], { encoding: 'utf8' });
+  } catch {
+    throw Object.assign(new Error(`--user: no user named '${spec}'`), { code: 'EUSAGE' });
+  }
+  const f = entry.trim().split(':');
+  return { uid: Number(f[2]), gid: Number(f[3]) };
+}
+
+/** The capabilities a mode needs after start: to open vNICs that the policy adds later. */
+function capabilitiesFor(mode: PortMode | 'tap' | 'attach' | 'pcap'): { numbers: number[]; names: string[] } {
+  // CAP_NET_RAW (13): AF_PACKET sockets (attach, pcap, the uplink); CAP_NET_ADMIN (12): creating TAP devices.
+  return mode === 'tap' ? { numbers: [12, 13], names: ['CAP_NET_ADMIN', 'CAP_NET_RAW'] } : { numbers: [13], names: ['CAP_NET_RAW'] };
+}
+
+/**
+ * Become `user`: what it must write afterwards (the state folder and its
+ * files, the flow table, the flow log) is handed to it first; then every
+ * other capability goes, for good (native dropPrivileges).
+ */
+function dropPrivileges(user: { uid: number; gid: number }, mode: 'tap' | 'attach' | 'pcap', paths: Array<string | null | undefined>): void {
+  for (const p of paths) {
+    if (!p || !existsSync(p)) continue;
+    chownSync(p, user.uid, user.gid);
+    if (statSync(p).isDirectory()) for (const f of readdirSync(p)) chownSync(join(p, f), user.uid, user.gid);
+  }
+  native().dropPrivileges(user.uid, user.gid, capabilitiesFor(mode).numbers);
+}
+
 /** HOST of HOST:PORT is a loopback address (or names one). */
 function isLoopback(hostPort: string): boolean {
   const host = hostPort.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
@@ -123,6 +162,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   const log = pino({ name: 'tapwall' }, pino.destination(2));
   const token = apiToken(opts.apiTokenFile);
   const tls = apiTls(opts.apiCert, opts.apiKey);
+  const user = opts.user ? resolveUser(opts.user) : null;
   // Plain HTTP off loopback: say so, once, at start.
   if (opts.apiListen && !tls && !isLoopback(opts.apiListen)) log.warn({ listen: opts.apiListen }, 'the API listens beyond loopback over plain HTTP: the bearer token and every request cross the network unencrypted (give it --api-cert and --api-key, or keep it on loopback)');
   if (opts.metrics && !/^(.*):(\d+)$/.test(opts.metrics)) throw Object.assign(new Error(`--metrics: expected HOST:PORT, like 127.0.0.1:9810, found '${opts.metrics}'`), { code: 'EMETRICS' });
@@ -200,8 +240,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   // them (--no-compile-thread: on this thread, between batches).
   const controller = new Controller(store, dp, {
     log, auditPath: join(opts.stateDir, 'audit.jsonl'), host: opts.host ?? null, preparer: opts.compileThread ? new OffThreadPreparer() : undefined,
-    // The host record says which policy and which tags it enforces: `tapwall hosts` compares them with the store.
-    onApplied: (rec, vnics) => etcd?.updateHost({ enforcing: rec.revision, tags: controller.revision.tags, generation: rec.generation, vnics, appliedAt: rec.at }),
+    onApplied: (rec, vnics) => etcd?.updateHost({ enforcing: rec.revision, generation: rec.generation, vnics, appliedAt: rec.at }),
   });
   if (etcd) controller.storeName = 'etcd';
   try {
@@ -219,7 +258,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   if (resumed.from !== null) log.info({ connections: resumed.resumed, leftBehind: resumed.left, previousPid: resumed.from }, 'connections resumed from the previous process');
   if (etcd) {
     await etcd.registerHost(opts.host!, {
-      vnics: dp.nics, enforcing: controller.revision.policy, tags: controller.revision.tags, generation: controller.generation,
+      vnics: dp.nics, enforcing: controller.revision.policy, generation: controller.generation,
       since: new Date().toISOString(), pid: process.pid, version: opts.version,
     });
   }
@@ -238,6 +277,11 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
     const host = m[1].replace(/^\[|\]$/g, '');
     const { port } = await metricsServe(metricsRegistry(dp, controller, etcd), host, Number(m[2]));
     metricsUrl = `http://${host.includes(':') ? `[${host}]` : host}:${port}/metrics`;
+  }
+  // Everything privileged is open now: become the given user, keeping only what opening a vNIC later needs.
+  if (user) {
+    dropPrivileges(user, opts.mode, [opts.stateDir, dp.flowState?.path, opts.flowLog]);
+    log.info({ uid: user.uid, gid: user.gid, capabilities: capabilitiesFor(opts.mode).names }, 'running as an unprivileged user');
   }
   const ports = dp.ports.map((p) => ({ name: p.io.name, mode: p.io.mode, workload: dp.workloadOf(p.index) }));
   const apiAddr = api ? api.addresses : null;

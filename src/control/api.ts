@@ -201,7 +201,10 @@ export class ApiServer {
 
   close(): void {
     for (const s of this.servers) s.close();
-    if (this.addresses.socket && existsSync(this.addresses.socket)) unlinkSync(this.addresses.socket);
+    // A daemon that dropped its privileges may not remove its socket any more: the next start replaces it.
+    try {
+      if (this.addresses.socket && existsSync(this.addresses.socket)) unlinkSync(this.addresses.socket);
+    } catch { /* left for the next start */ }
   }
 
   private authorized(req: IncomingMessage): boolean {

@@ -19,6 +19,8 @@ export interface NativeAddon {
   setWatchWritable(handle: object, on: boolean): void;
   /** A MAP_SHARED mapping of a file created at `path` (0600), its blocks reserved first; throws ENOSPC/EMAPFILE. */
   mapFile(path: string, bytes: number): ArrayBuffer;
+  /** Become uid/gid keeping only these capabilities (numbers) on the calling thread; throws EPRIVDROP. */
+  dropPrivileges(uid: number, gid: number, keep: number[]): void;
   layout: Record<string, number>;
 }
 
