@@ -173,6 +173,27 @@ t.test('quarantine, flows, rule counters, flow logs and hitless updates with rea
     }
   });
 
+  await t.test('hostile and large documents while traffic flows: answered, and not one datagram lost', async (t) => {
+    const udp = collect(lab.spawnIn('twn-web2', UDP_STREAM, ['10.79.2.21', '5353', '400', '10']));
+    const rev = () => apiCall<{ revision: number }>(api, 'GET', '/v1/policy').then((r) => r.body.revision);
+    const put = async (text: string) => apiCall(api, 'PUT', '/v1/policy', text, { 'if-match': `"${await rev()}"`, 'content-type': 'application/yaml' })
+      .then((r) => r.status, (e: { status?: number; message: string }) => e.status ?? e.message);
+    const unknown = `${POLICY}  - name: unknown\n    rules:\n${Array.from({ length: 8000 }, (_, i) => `      - { id: u${i}, from: nosuch-group-${i}, to: any, action: drop }`).join('\n')}\n`;
+    const bomb = `a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n`;
+    const deep = `default: ${'['.repeat(50_000)}`;
+    const bulk = `${POLICY}  - name: bulk\n    rules:\n${Array.from({ length: 5000 }, (_, i) => `      - { id: b${i}, from: 10.200.${i >> 8}.${i & 255}, to: 10.201.${i >> 8}.${i & 255}, services: [tcp/${1000 + i}], action: drop }`).join('\n')}\n`;
+    const answers: Array<[string, number | string, number]> = [];
+    for (const [what, text] of [['8,000 unknown groups', unknown], ['an alias bomb', bomb], ['50,000 open brackets', deep], ['5,000 more rules', bulk], ['the policy again', POLICY]] as const) {
+      const t0 = Date.now();
+      answers.push([what, await put(text), Date.now() - t0]);
+    }
+    await udp.done;
+    t.same(answers.map(([what, status]) => [what, status]), [['8,000 unknown groups', 400], ['an alias bomb', 400], ['50,000 open brackets', 400], ['5,000 more rules', 200], ['the policy again', 200]],
+      'the bad ones refused with 400, the large one and the original applied');
+    t.comment(`answered in ${answers.map(([what, , ms]) => `${what} ${ms} ms`).join(', ')}`);
+    t.same(udp.lines, ['echoed 400 of 400'], 'meanwhile every datagram of the UDP stream came back');
+  });
+
   daemon.kill('SIGTERM');
   await new Promise((r) => daemon!.once('exit', r));
   t.equal(daemon.exitCode, 0, `the daemon stopped cleanly${daemon.exitCode ? `: ${stderr.slice(-500)}` : ''}`);

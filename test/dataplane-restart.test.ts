@@ -12,7 +12,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Lab, SERVERS, TCP_CONNECT, TCP_STREAM, lineReader, sh } from '../src/util/lab.js';
+import { Lab, SERVERS, TCP_CONNECT, TCP_STREAM, UDP_STREAM, lineReader, sh } from '../src/util/lab.js';
 import { apiCall } from '../src/cli/client.js';
 import { collect, echoes, errors, until } from './fixtures.js';
 
@@ -24,7 +24,7 @@ workloads:
 sections:
   - name: s
     rules:
-      - { id: a-to-b, from: 10.83.0.1, to: 10.83.0.2, services: [tcp/8080], action: allow }
+      - { id: a-to-b, from: 10.83.0.1, to: 10.83.0.2, services: [tcp/8080, udp/8080], action: allow }
 `;
 
 const lab = new Lab();
@@ -34,6 +34,7 @@ let mounted: string | null = null;
 t.teardown(() => {
   for (const d of daemons) if (d.exitCode === null && d.signalCode === null) d.kill('SIGKILL');
   lab.cleanup();
+  for (const tap of ['tws-ta', 'tws-tb']) sh(['ip', 'link', 'del', tap], { allowFail: true });
   if (mounted) sh(['umount', mounted], { allowFail: true });
   rmSync(dir, { recursive: true, force: true });
 });
@@ -45,9 +46,9 @@ sh(['ip', '-n', 'tws-na', 'neigh', 'replace', '10.83.0.2', 'lladdr', '02:83:00:0
 sh(['ip', '-n', 'tws-nb', 'neigh', 'replace', '10.83.0.1', 'lladdr', '02:83:00:00:00:0a', 'dev', 'tws-pb']);
 
 /** A daemon on the two veths; resolves when it says it is ready, with its stderr so far and to come. */
-async function daemon(stateDir: string, extra: string[] = []): Promise<{ p: ChildProcess; socket: string; stderr: () => string }> {
+async function daemon(stateDir: string, extra: string[] = [], config = join(dir, 'policy.yaml'), mode = 'attach'): Promise<{ p: ChildProcess; socket: string; stderr: () => string }> {
   const socket = join(dir, `api-${daemons.length}.sock`);
-  const p = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', join(dir, 'policy.yaml'), '--mode', 'attach',
+  const p = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', config, '--mode', mode,
     '--state-dir', stateDir, '--api-socket', socket, '--no-metrics', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
   daemons.push(p);
   let stderr = '';
@@ -77,6 +78,9 @@ t.test('kill -9 and start again: the open TCP connection carries on', async (t) 
   const first = await daemon(state);
   const stream = collect(lab.spawnIn('tws-na', TCP_STREAM, ['10.83.0.2', '8080', '50', '30000']));
   await until('echoes through the first daemon', () => echoes(stream.lines) >= 20, 10_000);
+  // A UDP stream across the restart too (a datagram every 10 ms for 6 s): what it loses is the blackhole.
+  const udp = collect(lab.spawnIn('tws-na', UDP_STREAM, ['10.83.0.2', '8080', '600', '10']));
+  await new Promise((r) => setTimeout(r, 1000));
   await kill9(first.p);
   const killedAt = Date.now();
   const second = await daemon(state);
@@ -93,7 +97,10 @@ t.test('kill -9 and start again: the open TCP connection carries on', async (t) 
   const times = stream.lines.filter((l) => l.startsWith('echo ')).map((l) => Number(l.split(' ')[2]));
   let gap = 0;
   for (let i = 1; i < times.length; i++) gap = Math.max(gap, times[i] - times[i - 1]);
-  t.comment(`restart: new process ready ${startedAt - killedAt} ms after the kill; longest silence on the connection ${gap} ms (TCP retransmission timing included)`);
+  await udp.done;
+  const got = /echoed (\d+) of (\d+)/.exec(udp.lines.join('\n'));
+  t.ok(got && Number(got[1]) > 0, 'the UDP stream got through before and after');
+  t.comment(`restart: new process ready ${startedAt - killedAt} ms after the kill; longest silence on the TCP connection ${gap} ms (TCP retransmission timing included); UDP lost ${got ? Number(got[2]) - Number(got[1]) : '?'} of ${got?.[2]} datagrams sent every 10 ms`);
   await kill9(second.p);
 });
 
@@ -125,4 +132,36 @@ t.test('a state folder on a full file system: no table file, forwarding as ever'
   await kill9(d.p);
   sh(['umount', full]);
   mounted = null;
+});
+
+t.test('tap mode with --tap-persist: the new process attaches to the TAPs inside the VMs, and the connection carries on', async (t) => {
+  const config = join(dir, 'tap-policy.yaml');
+  writeFileSync(config, `default: drop
+workloads:
+  ta: { nic: tws-ta, mac: "02:83:00:00:01:0a", ips: [10.83.1.1] }
+  tb: { nic: tws-tb, mac: "02:83:00:00:01:0b", ips: [10.83.1.2] }
+sections:
+  - name: s
+    rules:
+      - { id: ta-to-tb, from: 10.83.1.1, to: 10.83.1.2, services: [tcp/8080], action: allow }
+`);
+  const state = join(dir, 'state-tap');
+  const first = await daemon(state, ['--tap-persist'], config, 'tap');
+  // The TAPs' kernel sides become the VMs' NICs, in their own namespaces (as a container's would).
+  lab.host('tws-nta', 'tws-ta', '02:83:00:00:01:0a', ['10.83.1.1/24']);
+  lab.host('tws-ntb', 'tws-tb', '02:83:00:00:01:0b', ['10.83.1.2/24']);
+  sh(['ip', '-n', 'tws-nta', 'neigh', 'replace', '10.83.1.2', 'lladdr', '02:83:00:00:01:0b', 'dev', 'tws-ta']);
+  sh(['ip', '-n', 'tws-ntb', 'neigh', 'replace', '10.83.1.1', 'lladdr', '02:83:00:00:01:0a', 'dev', 'tws-tb']);
+  const srv = lab.spawnIn('tws-ntb', SERVERS, ['tb', '8080']);
+  await new Promise<void>((resolve) => srv.stdout!.on('data', (d) => { if (String(d).includes('ready')) resolve(); }));
+  const stream = collect(lab.spawnIn('tws-nta', TCP_STREAM, ['10.83.1.2', '8080', '50', '30000']));
+  await until('echoes through the first daemon', () => echoes(stream.lines) >= 20, 10_000);
+  await kill9(first.p);
+  t.match(sh(['ip', '-n', 'tws-nta', '-d', 'link', 'show', 'tws-ta']), /persist on/, "the VM's TAP outlived the daemon, in the VM's namespace");
+  const second = await daemon(state, ['--tap-persist'], config, 'tap');
+  t.equal(sh(['ip', 'link', 'show', 'tws-ta'], { allowFail: true }), '', 'the new process made no new TAP of that name beside it');
+  const before = echoes(stream.lines);
+  await until('echoes through the new daemon', () => echoes(stream.lines) >= before + 20, 15_000);
+  t.same(errors(stream.lines), [], 'the connection carried on through the TAPs it attached to again: no reset, no error');
+  await kill9(second.p);
 });

@@ -22,6 +22,7 @@
  * rings are mapped once when a socket opens).
  */
 #define _GNU_SOURCE
+#include <sched.h>
 #include <node_api.h>
 #include <uv.h>
 #include <errno.h>
@@ -181,10 +182,61 @@ static int get_typed(napi_env env, napi_value v, napi_typedarray_type want, void
   return 0;
 }
 
-/* tapOpen(name, flags, ownerUid) -> [fd, actualName]; flags: 1 persist, 2 vnet header; ownerUid -1 for none. Throws with errno on failure. */
+/*
+ * Run `open(path)` from inside the network namespace at nsPath (this thread
+ * only, and back before returning): a tun descriptor belongs to the
+ * namespace it was opened in, which is where TUNSETIFF finds its device.
+ * Returns the descriptor or -errno.
+ */
+static int open_in_netns(const char* ns_path, const char* path, int flags) {
+  if (!ns_path) { int fd = open(path, flags); return fd < 0 ? -errno : fd; }
+  int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (self < 0) return -errno;
+  int target = open(ns_path, O_RDONLY | O_CLOEXEC);
+  if (target < 0) { int e = errno; close(self); return -e; }
+  int fd;
+  if (setns(target, CLONE_NEWNET) < 0) fd = -errno;
+  else {
+    fd = open(path, flags);
+    if (fd < 0) fd = -errno;
+    if (setns(self, CLONE_NEWNET) < 0) abort(); /* this thread would stay in another namespace: nothing sane is left */
+  }
+  close(target);
+  close(self);
+  return fd;
+}
+
+/* linkIndexIn(nsPath, name) -> the interface index of `name` in that network namespace, 0 if none, or -errno. */
+static napi_value link_index_in(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char ns[4096], name[IFNAMSIZ] = {0};
+  size_t n;
+  if (argc < 2 || napi_get_value_string_utf8(env, argv[0], ns, sizeof ns, &n) != napi_ok || napi_get_value_string_utf8(env, argv[1], name, sizeof name, &n) != napi_ok) {
+    napi_throw_type_error(env, "EARGS", "linkIndexIn(nsPath, name)");
+    return NULL;
+  }
+  int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  int target = open(ns, O_RDONLY | O_CLOEXEC);
+  int64_t index;
+  if (self >= 0 && target >= 0 && setns(target, CLONE_NEWNET) == 0) {
+    index = (int64_t)if_nametoindex(name);
+    if (setns(self, CLONE_NEWNET) < 0) abort();
+  } else index = -errno;
+  if (self >= 0) close(self);
+  if (target >= 0) close(target);
+  return make_int(env, index);
+}
+
+/*
+ * tapOpen(name, flags, ownerUid, nsPath?) -> [fd, actualName]; flags: 1 persist, 2 vnet header; ownerUid -1
+ * for none; nsPath: attach to (or create) the TAP in that network namespace (a persistent TAP that a VM's
+ * namespace holds, after a restart). Throws with errno on failure.
+ */
 static napi_value tap_open(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   char name[IFNAMSIZ] = {0};
   size_t n;
@@ -192,10 +244,19 @@ static napi_value tap_open(napi_env env, napi_callback_info info) {
   int32_t flags = 0, owner = -1;
   if (argc > 1) napi_get_value_int32(env, argv[1], &flags);
   if (argc > 2) napi_get_value_int32(env, argv[2], &owner);
-  int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  char ns[4096];
+  const char* ns_path = NULL;
+  napi_valuetype nt = napi_undefined;
+  if (argc > 3) napi_typeof(env, argv[3], &nt);
+  if (nt == napi_string) {
+    size_t nl;
+    CHECK(napi_get_value_string_utf8(env, argv[3], ns, sizeof ns, &nl));
+    ns_path = ns;
+  }
+  int fd = open_in_netns(ns_path, "/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
-    char msg[128];
-    snprintf(msg, sizeof msg, "open /dev/net/tun: %s", strerror(errno));
+    char msg[4200];
+    snprintf(msg, sizeof msg, "open /dev/net/tun%s%s: %s", ns_path ? " in " : "", ns_path ? ns_path : "", strerror(-fd));
     napi_throw_error(env, "ENODEV_TUN", msg);
     return NULL;
   }
@@ -672,6 +733,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"setWatchWritable", NULL, set_watch_writable, NULL, NULL, NULL, napi_default, NULL},
     {"usesRing", NULL, uses_ring, NULL, NULL, NULL, napi_default, NULL},
     {"mapFile", NULL, map_file, NULL, NULL, NULL, napi_default, NULL},
+    {"linkIndexIn", NULL, link_index_in, NULL, NULL, NULL, napi_default, NULL},
     {"dropPrivileges", NULL, drop_privileges, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

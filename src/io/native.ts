@@ -8,7 +8,9 @@
 import { createRequire } from 'node:module';
 
 export interface NativeAddon {
-  tapOpen(name: string, flags: number, ownerUid?: number): [number, string];
+  tapOpen(name: string, flags: number, ownerUid?: number, netnsPath?: string): [number, string];
+  /** The index of interface `name` in the network namespace at nsPath, 0 if it has none, -errno if it cannot be entered. */
+  linkIndexIn(nsPath: string, name: string): number;
   packetOpen(ifname: string, useRing?: boolean, vnetHdr?: boolean): number;
   usesRing(fd: number): boolean;
   readBatch(fd: number, kind: number, buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, start: number, max: number, stride: number): number;

@@ -13,6 +13,7 @@
  * the port for; EAGAIN is a short count.
  */
 import { createRequire } from 'node:module';
+import { readdirSync, readlinkSync } from 'node:fs';
 import { native, NATIVE_LAYOUT, TAP_PERSIST, TAP_VNET_HDR } from './native.js';
 
 export type PortMode = 'tap' | 'attach' | 'pcap';
@@ -166,9 +167,38 @@ export interface PortOptions {
   offload?: boolean;
 }
 
+/**
+ * The network namespace that holds interface `name` now, if not this
+ * process's own: a persistent TAP whose kernel side was moved into a VM's or
+ * container's namespace stays there when tapwall exits, and a restart must
+ * attach to it there rather than make a new one here. Looks in the named
+ * namespaces (/run/netns) and those of running processes. Control path.
+ */
+export function netnsHolding(name: string): string | null {
+  const n = native();
+  if (n.linkIndexIn('/proc/self/ns/net', name) > 0) return null;
+  const seen = new Set<string>([readlinkSafe('/proc/self/ns/net')]);
+  const candidates: string[] = [];
+  try { for (const f of readdirSync('/run/netns')) candidates.push(`/run/netns/${f}`); } catch { /* none */ }
+  try { for (const pid of readdirSync('/proc')) if (/^\d+$/.test(pid)) candidates.push(`/proc/${pid}/ns/net`); } catch { /* none */ }
+  for (const path of candidates) {
+    const id = path.startsWith('/proc/') ? readlinkSafe(path) : path;
+    if (id === '' || seen.has(id)) continue;
+    seen.add(id);
+    if (n.linkIndexIn(path, name) > 0) return path;
+  }
+  return null;
+}
+
+function readlinkSafe(path: string): string {
+  try { return readlinkSync(path); } catch { return ''; }
+}
+
 export function portOpen(name: string, mode: PortMode, opts: PortOptions = {}): PortIo {
   if (mode === 'tap') {
-    const [fd, actual] = native().tapOpen(name, (opts.persist ? TAP_PERSIST : 0) | (opts.offload ? TAP_VNET_HDR : 0), opts.ownerUid ?? -1);
+    // A persistent TAP from before a restart may sit in a VM's namespace: attach to it there.
+    const netns = opts.persist ? netnsHolding(name) : null;
+    const [fd, actual] = native().tapOpen(name, (opts.persist ? TAP_PERSIST : 0) | (opts.offload ? TAP_VNET_HDR : 0), opts.ownerUid ?? -1, netns ?? undefined);
     return new NativePort(actual, mode, NATIVE_LAYOUT.kindTap, fd, opts.offload ? NATIVE_LAYOUT.vnetHdrSize : 0);
   }
   if (mode === 'attach') {
