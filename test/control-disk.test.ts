@@ -1,5 +1,6 @@
 // The state folder full or read-only: the daemon never stops, and a change is
-// either applied and recorded or not applied at all. The state folder (tags,
+// either applied and recorded or not applied at all; the flow log loses
+// lines (counted) rather than the process. The state folder (tags,
 // audit log) is a 256 KiB tmpfs, the policy file lives elsewhere; the
 // daemon runs in attach mode with vNICs that do not exist (reported absent),
 // so no devices are needed. The mount is removed at the end, also on failure.
@@ -12,6 +13,10 @@ import { fileURLToPath } from 'node:url';
 import { lineReader, sh } from '../src/util/lab.js';
 import { ApiError, apiCall } from '../src/cli/client.js';
 import { until, untilValue } from './fixtures.js';
+import { MemLab } from './memlab.js';
+import { FlowLogWriter } from '../src/control/flowLogWriter.js';
+import { frameBuild } from '../src/packet/build.js';
+import { TCP_SYN } from '../src/packet/parse.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const policy = (port: number) => `default: drop
@@ -139,4 +144,39 @@ t.test('a read-only state folder: refused with the reason, nothing changes, and 
   t.same(await untilValue('the tag', () => dynamicTags('db'), (v) => v.length === 1), ['suspect'], 'writable again: the change goes through');
   t.ok(existsSync(join(state, 'tags.json')), 'and is stored');
   t.ok(alive(), 'the daemon never stopped');
+});
+
+t.test('the flow log on a full disk: lines counted as lost, never half written, and no crash', async (t) => {
+  const lab = new MemLab(`default: drop
+workloads:
+  a: { nic: twd-a, mac: "02:84:00:00:01:01", ips: [10.84.1.1] }
+  b: { nic: twd-b, mac: "02:84:00:00:01:02", ips: [10.84.1.2] }
+sections:
+  - name: s
+    rules:
+      - { id: a-to-b, from: 10.84.1.1, to: 10.84.1.2, services: [tcp/80], action: allow, log: true }
+`, { uplink: null, dataplane: { flowLog: { rate: 1000, burst: 1000 } } });
+  const file = join(state, 'flows.jsonl');
+  const told: string[] = [];
+  const writer = new FlowLogWriter(lab.dp, lab.dp.ct.flowLog!, file, false, (m) => told.push(m));
+  let sport = 40000;
+  const syn = () => lab.send('twd-a', frameBuild({ family: 4, proto: 6, srcMac: '02:84:00:00:01:01', dstMac: '02:84:00:00:01:02', src: '10.84.1.1', dst: '10.84.1.2', sport: sport++, dport: 80, flags: TCP_SYN }));
+  syn();
+  writer.drain();
+  t.equal(writer.lines, 1, 'a decision line written while there is room');
+  fill();
+  // Enough lines to need a new page of the file.
+  for (let i = 0; i < 40; i++) syn();
+  t.doesNotThrow(() => writer.drain(), 'a write the disk refuses does not throw');
+  t.equal(writer.lost, 40, 'its lines are counted as lost');
+  t.match(told.join('\n'), /flow log .* cannot be written \(ENOSPC\): 40 lines lost/, 'and told');
+  const whole = () => readFileSync(file, 'utf8').split('\n').filter((l) => l !== '').every((l) => { try { JSON.parse(l); return true; } catch { return false; } });
+  t.ok(whole(), 'the file holds whole lines only');
+  unfill();
+  syn();
+  writer.drain();
+  t.equal(readFileSync(file, 'utf8').trim().split('\n').length, 2, 'room again: the next line is written after the first');
+  t.ok(whole(), 'still whole lines');
+  writer.stop();
+  lab.stop();
 });

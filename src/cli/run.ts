@@ -268,7 +268,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
     api = new ApiServer(controller, dp, { version: opts.version, socketPath: opts.apiSocket, listen: opts.apiListen ?? null, token, tls, store: etcd, host: opts.host ?? null });
     await api.start();
   }
-  const flowLog = dp.ct.flowLog ? new FlowLogWriter(dp, dp.ct.flowLog, opts.flowLog ?? null, opts.flowLogStdout ?? false) : null;
+  const flowLog = dp.ct.flowLog ? new FlowLogWriter(dp, dp.ct.flowLog, opts.flowLog ?? null, opts.flowLogStdout ?? false, (message) => log.error(message)) : null;
   flowLog?.start();
   dp.start();
   let metricsUrl: string | null = null;

@@ -9,7 +9,7 @@
  * src, sport, dst, dport, section, rule, point, verdict, reason, packets?,
  * bytes? }; "suppressed" lines: { time, event, vnic, count }.
  */
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { FLE, FLK, flowLogTake, type FlowLog } from '../flow/flowLog.js';
 import type { Family } from '../policy/addresses.js';
 import { OUTCOME_NAMES } from '../packet/verdict.js';
@@ -23,8 +23,15 @@ export class FlowLogWriter {
   private timer: NodeJS.Timeout | null = null;
   private readonly reported: Float64Array;
   lines = 0;
+  /** Lines the file could not take (a full or read-only disk): counted, told, never a crash. */
+  lost = 0;
+  private lastComplaint = 0;
 
-  constructor(private readonly dp: Dataplane, private readonly log: FlowLog, private readonly path: string | null, private readonly toStdout: boolean) {
+  constructor(
+    private readonly dp: Dataplane, private readonly log: FlowLog, private readonly path: string | null, private readonly toStdout: boolean,
+    /** Told (at most every 10 s) when lines are lost or the file cannot be reopened. */
+    private readonly onError: (message: string) => void = () => undefined,
+  ) {
     this.reported = new Float64Array(log.suppressed.length);
     if (path) this.fd = openSync(path, 'a', 0o640);
   }
@@ -38,7 +45,13 @@ export class FlowLogWriter {
   reopen(): void {
     if (!this.path) return;
     this.drain();
-    const fd = openSync(this.path, 'a', 0o640);
+    let fd: number;
+    try {
+      fd = openSync(this.path, 'a', 0o640);
+    } catch (e) {
+      this.onError(`cannot reopen the flow log ${this.path} (${(e as Error).message}); writing on to the file open before`);
+      return;
+    }
     if (this.fd !== null) closeSync(this.fd);
     this.fd = fd;
   }
@@ -92,7 +105,25 @@ export class FlowLogWriter {
     if (out.length === 0) return;
     const text = `${out.join('\n')}\n`;
     this.lines += out.length;
-    if (this.fd !== null) writeSync(this.fd, text);
+    if (this.fd !== null) this.write(text, out.length);
     if (this.toStdout) process.stdout.write(text);
+  }
+
+  /** Whole lines or none: a write the disk refuses is cut back, and its lines are counted as lost. */
+  private write(text: string, lines: number): void {
+    const fd = this.fd as number, bytes = Buffer.from(text);
+    let size = -1;
+    try {
+      size = fstatSync(fd).size;
+      for (let off = 0; off < bytes.length;) off += writeSync(fd, bytes, off);
+    } catch (e) {
+      if (size >= 0) try { ftruncateSync(fd, size); } catch { /* the file stays as the disk left it */ }
+      this.lost += lines;
+      const now = Date.now();
+      if (now - this.lastComplaint >= 10_000) {
+        this.lastComplaint = now;
+        this.onError(`the flow log ${this.path} cannot be written (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): ${this.lost} lines lost so far`);
+      }
+    }
   }
 }
