@@ -183,26 +183,37 @@ static int get_typed(napi_env env, napi_value v, napi_typedarray_type want, void
 }
 
 /*
- * Run `open(path)` from inside the network namespace at nsPath (this thread
- * only, and back before returning): a tun descriptor belongs to the
- * namespace it was opened in, which is where TUNSETIFF finds its device.
- * Returns the descriptor or -errno.
+ * Enter the network namespace at nsPath on this thread only; returns a
+ * descriptor of the namespace to come back to with netns_leave, or -errno.
+ * A tun descriptor belongs to the namespace it was opened in, which is where
+ * TUNSETIFF finds its device; if_nametoindex looks where the thread is.
  */
-static int open_in_netns(const char* ns_path, const char* path, int flags) {
-  if (!ns_path) { int fd = open(path, flags); return fd < 0 ? -errno : fd; }
+static int netns_enter(const char* ns_path) {
   int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
   if (self < 0) return -errno;
   int target = open(ns_path, O_RDONLY | O_CLOEXEC);
-  if (target < 0) { int e = errno; close(self); return -e; }
-  int fd;
-  if (setns(target, CLONE_NEWNET) < 0) fd = -errno;
-  else {
-    fd = open(path, flags);
-    if (fd < 0) fd = -errno;
-    if (setns(self, CLONE_NEWNET) < 0) abort(); /* this thread would stay in another namespace: nothing sane is left */
+  if (target < 0 || setns(target, CLONE_NEWNET) < 0) {
+    int e = errno;
+    if (target >= 0) close(target);
+    close(self);
+    return -e;
   }
   close(target);
+  return self;
+}
+
+static void netns_leave(int self) {
+  if (setns(self, CLONE_NEWNET) < 0) abort(); /* this thread would stay in another namespace: nothing sane is left */
   close(self);
+}
+
+/* Run `open(path)` from inside the network namespace at nsPath (or here, for NULL); the descriptor or -errno. */
+static int open_in_netns(const char* ns_path, const char* path, int flags) {
+  int self = -1;
+  if (ns_path && (self = netns_enter(ns_path)) < 0) return self;
+  int fd = open(path, flags);
+  if (fd < 0) fd = -errno;
+  if (ns_path) netns_leave(self);
   return fd;
 }
 
@@ -217,15 +228,10 @@ static napi_value link_index_in(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, "EARGS", "linkIndexIn(nsPath, name)");
     return NULL;
   }
-  int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-  int target = open(ns, O_RDONLY | O_CLOEXEC);
-  int64_t index;
-  if (self >= 0 && target >= 0 && setns(target, CLONE_NEWNET) == 0) {
-    index = (int64_t)if_nametoindex(name);
-    if (setns(self, CLONE_NEWNET) < 0) abort();
-  } else index = -errno;
-  if (self >= 0) close(self);
-  if (target >= 0) close(target);
+  int self = netns_enter(ns);
+  if (self < 0) return make_int(env, self);
+  int64_t index = (int64_t)if_nametoindex(name);
+  netns_leave(self);
   return make_int(env, index);
 }
 

@@ -110,6 +110,7 @@ export async function clusterHosts(o: StoreCliOptions): Promise<{ revision: numb
       h.workloads++;
       byHost.set(w.host, h);
     }
+    const writtenAt = store.policyWrittenAt();
     for (const r of registered) {
       const name = String(r.host ?? '?');
       const h = byHost.get(name) ?? { host: name, alive: false, vnics: [], workloads: 0, enforcing: null, behind: null, behindSeconds: null, since: null, appliedAt: null };
@@ -117,7 +118,6 @@ export async function clusterHosts(o: StoreCliOptions): Promise<{ revision: numb
       h.vnics = Array.isArray(r.vnics) ? r.vnics.map(String) : [];
       h.enforcing = typeof r.enforcing === 'number' ? r.enforcing : null;
       h.behind = h.enforcing === null ? null : Math.max(0, revision - h.enforcing);
-      const writtenAt = store.policyWrittenAt();
       h.behindSeconds = h.enforcing !== null && h.enforcing < revision && writtenAt !== null ? Math.max(0, Math.round((Date.now() - writtenAt) / 100) / 10) : null;
       h.since = typeof r.since === 'string' ? r.since : null;
       h.appliedAt = typeof r.appliedAt === 'string' ? r.appliedAt : null;

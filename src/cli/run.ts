@@ -52,7 +52,7 @@ export interface RunOptions {
   metrics?: string;
   /** Directory for the dynamic tags (tags.json) and the audit log (audit.jsonl). */
   stateDir: string;
-  /** The file the flow table is kept in across restarts (default STATE_DIR/flows.table); null: memory only. */
+  /** The file the flow table is kept in across restarts (default: defaultFlowState()); null: memory only. */
   flowState?: string | null;
   /** Unix socket for the API; null: none. */
   apiSocket: string | null;
@@ -76,13 +76,18 @@ export interface RunOptions {
 /** No workloads, no rules: what the data plane holds until the store's policy is applied. */
 const EMPTY_POLICY: Policy = { source: '(starting)', default: 'drop', spoofguard: true, workloads: new Map(), groups: new Map(), services: new Map(), sections: [] };
 
-/** The API token, read before anything is opened: a file others can read is refused, not used. */
-function apiToken(file: string | undefined): string | null {
-  if (!file) return null;
+/** A secret's file, refused (not used) when others than its owner may read it. */
+function ownerOnly(file: string, what: string, code: string): void {
   const mode = statSync(file).mode & 0o777;
   if ((mode & 0o077) !== 0) {
-    throw Object.assign(new Error(`${file}: the API token file can be read by others (mode ${mode.toString(8).padStart(4, '0')}); make it readable by its owner only (chmod 600)`), { code: 'EAPITOKEN' });
+    throw Object.assign(new Error(`${file}: ${what} can be read by others (mode ${mode.toString(8).padStart(4, '0')}); make it readable by its owner only (chmod 600)`), { code });
   }
+}
+
+/** The API token, read before anything is opened. */
+function apiToken(file: string | undefined): string | null {
+  if (!file) return null;
+  ownerOnly(file, 'the API token file', 'EAPITOKEN');
   const token = readFileSync(file, 'utf8').trim();
   if (token.length < 16) throw Object.assign(new Error(`${file}: the API token must be at least 16 characters`), { code: 'EAPITOKEN' });
   return token;
@@ -108,12 +113,11 @@ function defaultFlowState(stateDir: string): string {
   }
 }
 
-/** The TCP API's certificate and key, read before anything is opened; both or neither; a key others can read is refused. */
+/** The TCP API's certificate and key, read before anything is opened; both or neither. */
 function apiTls(cert: string | undefined, key: string | undefined): { cert: string; key: string } | null {
   if (!cert && !key) return null;
   if (!cert || !key) throw Object.assign(new Error('--api-cert and --api-key go together'), { code: 'EAPITLS' });
-  const mode = statSync(key).mode & 0o777;
-  if ((mode & 0o077) !== 0) throw Object.assign(new Error(`${key}: the API's private key can be read by others (mode ${mode.toString(8).padStart(4, '0')}); chmod 600 it`), { code: 'EAPITLS' });
+  ownerOnly(key, "the API's private key", 'EAPITLS');
   return { cert: readFileSync(cert, 'utf8'), key: readFileSync(key, 'utf8') };
 }
 
@@ -133,7 +137,7 @@ function resolveUser(spec: string): { uid: number; gid: number } {
 }
 
 /** The capabilities a mode needs after start: to open vNICs that the policy adds later. */
-function capabilitiesFor(mode: PortMode | 'tap' | 'attach' | 'pcap'): { numbers: number[]; names: string[] } {
+function capabilitiesFor(mode: PortMode): { numbers: number[]; names: string[] } {
   // CAP_NET_RAW (13): AF_PACKET sockets (attach, pcap, the uplink); CAP_NET_ADMIN (12): creating TAP devices.
   return mode === 'tap' ? { numbers: [12, 13], names: ['CAP_NET_ADMIN', 'CAP_NET_RAW'] } : { numbers: [13], names: ['CAP_NET_RAW'] };
 }
@@ -143,7 +147,7 @@ function capabilitiesFor(mode: PortMode | 'tap' | 'attach' | 'pcap'): { numbers:
  * files, the flow table, the flow log) is handed to it first; then every
  * other capability goes, for good (native dropPrivileges).
  */
-function dropPrivileges(user: { uid: number; gid: number }, mode: 'tap' | 'attach' | 'pcap', paths: Array<string | null | undefined>): void {
+function dropPrivileges(user: { uid: number; gid: number }, mode: PortMode, paths: Array<string | null | undefined>): void {
   for (const p of paths) {
     if (!p || !existsSync(p)) continue;
     chownSync(p, user.uid, user.gid);

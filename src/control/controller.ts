@@ -22,7 +22,8 @@
  *
  * Every change is appended to the audit log (JSON lines): what, who, why.
  */
-import { closeSync, fstatSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
+import { appendWhole } from './appendWhole.js';
 import type { Logger } from 'pino';
 import { NAME_RE } from '../policy/load.js';
 import type { CompiledPolicy } from '../policy/compile.js';
@@ -232,6 +233,8 @@ export class Controller {
     } catch {
       // The refusal is in the log and the status; a full disk must not turn it into a crash.
     }
+    // A change the audit log could not take is not refused: it is applied once it can be recorded.
+    if (isUnrecorded(e)) this.retryUnrecorded();
   }
 
   /**
@@ -246,13 +249,11 @@ export class Controller {
     if (!path) return;
     const time = new Date().toISOString();
     const bytes = Buffer.from(entries.map((e) => `${JSON.stringify({ time, generation, ...e })}\n`).join(''));
-    let fd = -1, size = -1;
+    let fd = -1;
     try {
       fd = openSync(path, 'a', 0o600);
-      size = fstatSync(fd).size;
-      for (let off = 0; off < bytes.length;) off += writeSync(fd, bytes, off);
+      appendWhole(fd, bytes);
     } catch (e) {
-      if (fd >= 0 && size >= 0) try { ftruncateSync(fd, size); } catch { /* nothing more to do */ }
       const err = e as NodeJS.ErrnoException;
       throw new ControlError(503, 'audit-unwritable', `the audit log ${path} cannot be written (${err.code ?? err.message}): the change is not applied until it is recorded`);
     } finally {
@@ -272,7 +273,6 @@ export class Controller {
     } catch (e) {
       const err = new ControlError(503, 'audit-unwritable', `stored at revision ${revision} but not applied: ${(e as Error).message}; it is applied as soon as it can be recorded`);
       this.fail(by, err);
-      this.retryUnrecorded();
       throw err;
     }
   }
@@ -287,10 +287,7 @@ export class Controller {
         const state = await this.store.read();
         await this.onStoreChangeNow('policy', state);
         await this.onStoreChangeNow('tags', state);
-      }).catch((e: Error) => {
-        this.fail('retry', e);
-        if (e instanceof ControlError && e.code === 'audit-unwritable') this.retryUnrecorded();
-      });
+      }).catch((e: Error) => this.fail('retry', e));
     }, 1000);
     this.unrecordedTimer.unref();
   }
@@ -298,10 +295,7 @@ export class Controller {
   /** A change in the store, from this process or from outside. */
   private onStoreChange(key: 'policy' | 'tags', state: StoreState): void {
     if (this.writing) return;
-    void this.serial(() => this.onStoreChangeNow(key, state)).catch((e: Error) => {
-      this.fail(this.storeName, e);
-      if (e instanceof ControlError && e.code === 'audit-unwritable') this.retryUnrecorded();
-    });
+    void this.serial(() => this.onStoreChangeNow(key, state)).catch((e: Error) => this.fail(this.storeName, e));
   }
 
   private async onStoreChangeNow(key: 'policy' | 'tags', state: StoreState): Promise<void> {
@@ -331,9 +325,7 @@ export class Controller {
       return true;
     } catch (e) {
       this.fail(by, e);
-      // A policy the log could not record is not refused: it is applied once it can be.
-      if (e instanceof ControlError && e.code === 'audit-unwritable') this.retryUnrecorded();
-      else this.rejectedText = text;
+      if (!isUnrecorded(e)) this.rejectedText = text;
       return false;
     }
   }
@@ -456,6 +448,11 @@ export class Controller {
     }
     this.scheduleExpiry();
   }
+}
+
+/** The audit log could not take the change's record (it is retried, not refused). */
+function isUnrecorded(e: unknown): boolean {
+  return e instanceof ControlError && e.code === 'audit-unwritable';
 }
 
 /** Validate a policy as a store holds it (prepare.ts: documentCheck); `tapwall ... --store` reads a store's policy so. */

@@ -9,7 +9,8 @@
  * src, sport, dst, dport, section, rule, point, verdict, reason, packets?,
  * bytes? }; "suppressed" lines: { time, event, vnic, count }.
  */
-import { closeSync, fstatSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
+import { appendWhole } from './appendWhole.js';
 import { FLE, FLK, flowLogTake, type FlowLog } from '../flow/flowLog.js';
 import type { Family } from '../policy/addresses.js';
 import { OUTCOME_NAMES } from '../packet/verdict.js';
@@ -111,13 +112,9 @@ export class FlowLogWriter {
 
   /** Whole lines or none: a write the disk refuses is cut back, and its lines are counted as lost. */
   private write(text: string, lines: number): void {
-    const fd = this.fd as number, bytes = Buffer.from(text);
-    let size = -1;
     try {
-      size = fstatSync(fd).size;
-      for (let off = 0; off < bytes.length;) off += writeSync(fd, bytes, off);
+      appendWhole(this.fd as number, Buffer.from(text));
     } catch (e) {
-      if (size >= 0) try { ftruncateSync(fd, size); } catch { /* the file stays as the disk left it */ }
       this.lost += lines;
       const now = Date.now();
       if (now - this.lastComplaint >= 10_000) {

@@ -348,7 +348,7 @@ export class Dataplane {
   importPortFlows(workload: string, flows: FlowRecord[]): number {
     const port = this.ports.find((p) => !p.retired && p.spec.workload === workload);
     if (!port) return 0;
-    const i = port.index, sw = this.sw, t = this.table, now = this.now();
+    const i = port.index, sw = this.sw, now = this.now();
     const key = new Int32Array(8);
     let taken = 0;
     for (const f of flows) {
@@ -359,16 +359,7 @@ export class Dataplane {
       const peer = owner >= 0 ? owner : sw.uplink >= 0 ? sw.uplink : NO_PORT;
       if (peer === NO_PORT || peer === i) continue;
       const orig = f.vmIsOrig ? i : peer, reply = f.vmIsOrig ? peer : i;
-      const ent = flowInsert(t, key, 0, 4, f.sport & 0xffff, f.dport & 0xffff, f.proto & 0xff, f.family, orig, reply, orig === sw.uplink, now);
-      if (ent < 0) continue;
-      const o = ent * ENTRY_WORDS;
-      const e = t.entries;
-      // Keep the state and its flags, but not who owned the quota or whether it was logged: those are this host's.
-      e[o + F.state] = (e[o + F.state] & (FLAG.ownerIsReply << 8)) | (f.state & ~((FLAG.ownerIsReply | FLAG.logged) << 8));
-      e[o + F.generation] = 0;
-      e[o + F.ruleOut] = f.ruleOut | 0;
-      e[o + F.ruleIn] = f.ruleIn | 0;
-      taken++;
+      if (this.insertCarried(key, 0, 4, f.sport & 0xffff, f.dport & 0xffff, f.proto & 0xff, f.family, orig, reply, f.state, f.ruleOut | 0, f.ruleIn | 0, now) >= 0) taken++;
     }
     return taken;
   }
@@ -388,7 +379,7 @@ export class Dataplane {
     if (prev === null) return { resumed: 0, left: 0, from: null };
     const slotOf = new Map<string, number>();
     for (const p of this.ports) if (!p.retired) slotOf.set(p.spec.name, p.index);
-    const old = prev.entries, t = this.table, e = t.entries, uplink = this.sw.uplink, now = this.now();
+    const old = prev.entries, e = this.table.entries, now = this.now();
     let resumed = 0, left = 0;
     for (let ent = 0; ent < prev.capacity; ent++) {
       const o = ent * ENTRY_WORDS;
@@ -403,17 +394,36 @@ export class Dataplane {
       if (orig < 0 || reply < 0 || orig === reply) { left++; continue; }
       const ports = old[o + F.ports];
       const family = (meta & 0x100) !== 0 ? 6 : 4;
-      const n = flowInsert(t, old, o + F.src, o + F.dst, ports >>> 16, ports & 0xffff, meta & 0xff, family, orig, reply, orig === uplink, now);
+      const n = this.insertCarried(old, o + F.src, o + F.dst, ports >>> 16, ports & 0xffff, meta & 0xff, family, orig, reply, state, old[o + F.ruleOut], old[o + F.ruleIn], now);
       if (n < 0) { left++; continue; }
+      // Its counters come along too (this process's flow log reports them when it closes).
       const no = n * ENTRY_WORDS;
-      // The state and its flags carry over; who owns the quota and whether it was logged are this process's.
-      e[no + F.state] = (e[no + F.state] & (FLAG.ownerIsReply << 8)) | (state & ~((FLAG.ownerIsReply | FLAG.logged) << 8));
-      e[no + F.ruleOut] = old[o + F.ruleOut];
-      e[no + F.ruleIn] = old[o + F.ruleIn];
       for (let w = F.packetsOrig; w <= F.bytesReply + 1; w++) e[no + w] = old[o + w];
       resumed++;
     }
     return { resumed, left, from: prev.pid };
+  }
+
+  /**
+   * Insert a connection another process decided (a VM's old host, or this
+   * host before a restart): its state and flags carry over, but not who owns
+   * the quota or whether it was logged (this process's), and not its verdict
+   * (generation 0: its next packet is decided by the policy in force).
+   * Returns the entry, or a negative INSERT_* code. Control path.
+   */
+  private insertCarried(
+    key: Int32Array, src: number, dst: number, sport: number, dport: number, proto: number, family: number,
+    orig: number, reply: number, state: number, ruleOut: number, ruleIn: number, now: number,
+  ): number {
+    const t = this.table;
+    const ent = flowInsert(t, key, src, dst, sport, dport, proto, family, orig, reply, orig === this.sw.uplink, now);
+    if (ent < 0) return ent;
+    const o = ent * ENTRY_WORDS, e = t.entries;
+    e[o + F.state] = (e[o + F.state] & (FLAG.ownerIsReply << 8)) | (state & ~((FLAG.ownerIsReply | FLAG.logged) << 8));
+    e[o + F.generation] = 0;
+    e[o + F.ruleOut] = ruleOut;
+    e[o + F.ruleIn] = ruleIn;
+    return ent;
   }
 
   /** The ports as the decision path numbers them (free slots keep their place, with no name), for the tracer. */
