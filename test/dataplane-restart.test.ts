@@ -17,15 +17,17 @@ import { apiCall } from '../src/cli/client.js';
 import { collect, echoes, errors, until } from './fixtures.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const POLICY = `default: drop
+/** Two VMs, `<p>a` and `<p>b` (vNICs tws-<p>a/b, in 10.83.<net>.0/24), a allowed to b's port 8080. */
+const pairPolicy = (p: string, net: number, services: string) => `default: drop
 workloads:
-  a: { nic: tws-a, mac: "02:83:00:00:00:0a", ips: [10.83.0.1] }
-  b: { nic: tws-b, mac: "02:83:00:00:00:0b", ips: [10.83.0.2] }
+  ${p}a: { nic: tws-${p}a, mac: "02:83:00:00:0${net}:0a", ips: [10.83.${net}.1] }
+  ${p}b: { nic: tws-${p}b, mac: "02:83:00:00:0${net}:0b", ips: [10.83.${net}.2] }
 sections:
   - name: s
     rules:
-      - { id: a-to-b, from: 10.83.0.1, to: 10.83.0.2, services: [tcp/8080, udp/8080], action: allow }
+      - { id: ${p}a-to-${p}b, from: 10.83.${net}.1, to: 10.83.${net}.2, services: [${services}], action: allow }
 `;
+const POLICY = pairPolicy('', 0, 'tcp/8080, udp/8080');
 
 const lab = new Lab();
 const dir = mkdtempSync(join(tmpdir(), 'tw-restart-'));
@@ -136,15 +138,7 @@ t.test('a state folder on a full file system: no table file, forwarding as ever'
 
 t.test('tap mode with --tap-persist: the new process attaches to the TAPs inside the VMs, and the connection carries on', async (t) => {
   const config = join(dir, 'tap-policy.yaml');
-  writeFileSync(config, `default: drop
-workloads:
-  ta: { nic: tws-ta, mac: "02:83:00:00:01:0a", ips: [10.83.1.1] }
-  tb: { nic: tws-tb, mac: "02:83:00:00:01:0b", ips: [10.83.1.2] }
-sections:
-  - name: s
-    rules:
-      - { id: ta-to-tb, from: 10.83.1.1, to: 10.83.1.2, services: [tcp/8080], action: allow }
-`);
+  writeFileSync(config, pairPolicy('t', 1, 'tcp/8080'));
   const state = join(dir, 'state-tap');
   const first = await daemon(state, ['--tap-persist'], config, 'tap');
   // The TAPs' kernel sides become the VMs' NICs, in their own namespaces (as a container's would).
