@@ -368,6 +368,7 @@ class FuzzPort implements PortIo {
   frames: GeneratedFrame[] = [];
   constructor(readonly name: string, private readonly run: FuzzRun) {}
   start(): void {}
+  dropped(): number { return 0; }
   read(buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, max: number, stride: number): number {
     const n = Math.min(max, this.pending);
     for (let i = 0; i < n; i++) {

@@ -46,6 +46,7 @@ class MemoryPort implements PortIo {
   private next = 0;
   constructor(readonly name: string, private readonly frames: Uint8Array[]) {}
   start(): void {}
+  dropped(): number { return 0; }
   read(buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, max: number, stride: number): number {
     if (this.frames.length === 0) return 0;
     const n = Math.min(max, BATCH);

@@ -51,7 +51,7 @@ console.log('ready');
 const buf = new Uint8Array(64 * 2048), off = new Int32Array(64), len = new Int32Array(64);
 const seen = { 5353: 0, 7777: 0 };
 const timer = setInterval(() => {
-  const r = n.readBatch(fd, 1, buf, off, len, 0, 64, 2048);
+  const r = n.readBatch(fd, 1, buf, off, len, 64, 2048);
   for (let i = 0; i < r; i++) {
     const o = off[i];
     if (buf[o + 12] !== 0x81 || buf[o + 13] !== 0 || ((buf[o + 14] << 8 | buf[o + 15]) & 0xfff) !== 100) continue;
@@ -71,7 +71,7 @@ import(process.argv[2]).then(({ frameBuild }) => {
     src: '10.77.1.11', dst: '10.77.2.21', sport: 3000 + i, dport, srcMac: '02:77:00:00:01:11', dstMac: '02:77:00:00:02:21' }));
   const buf = new Uint8Array(frames.length * 2048), off = new Int32Array(frames.length), len = new Int32Array(frames.length);
   frames.forEach((f, i) => { buf.set(f, i * 2048); off[i] = i * 2048; len[i] = f.length; });
-  const sent = n.writeBatch(fd, 1, buf, off, len, 0, frames.length);
+  const sent = n.writeBatch(fd, 1, buf, off, len, frames.length);
   n.closeFd(fd);
   console.log(sent === frames.length ? 'sent' : 'sent ' + sent);
 });

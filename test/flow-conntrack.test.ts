@@ -11,7 +11,7 @@ import { policyLoad, policyFromData } from '../src/policy/load.js';
 import { policyCompile } from '../src/policy/compile.js';
 import { PolicyDecider } from '../src/datapath/decide.js';
 import { CT, ENTRY_WORDS, F, FC, FlowTable, NO_PORT } from '../src/flow/flowTable.js';
-import { CTC, Conntrack, RS, RS_COUNT, ctPolicyChanged, ctProcess, ctProcessBatch, ctSweep, type ConntrackOptions } from '../src/flow/conntrack.js';
+import { CTC, Conntrack, RS, RS_COUNT, ctPolicyChanged, ctProcess, ctSweep, type ConntrackOptions } from '../src/flow/conntrack.js';
 
 const example = fileURLToPath(new URL('../examples/three-tier.yaml', import.meta.url));
 // Ports: 0 web-1, 1 web-2, 2 app-1, 3 db-1, 4 jump-1, 5 uplink.
@@ -270,29 +270,6 @@ t.test('frames from the uplink are charged to the vNIC they reach', async (t) =>
   t.equal(table.ownerCount[WEB1], 3, "web-1's quota holds connections from outside");
   t.equal(table.ownerCount[UPLINK], 0);
   t.equal(tcp(UPLINK, NO_PORT as number, 50000, 443, TCP_SYN, '203.0.113.9', '198.51.100.1'), 'policy', 'uplink to nowhere is never allowed');
-});
-
-t.test('a batch of frames: every frame gets exactly one outcome, and they add up', async (t) => {
-  const { ct } = setup();
-  const frames = [
-    frameBuild({ family: 4, proto: 6, src: IP[APP], dst: IP[DB], sport: 41000, dport: 5432, flags: TCP_SYN }),
-    frameBuild({ family: 4, proto: 6, src: IP[APP], dst: IP[DB], sport: 41000, dport: 5432, flags: TCP_SYN }), // retransmit: a hit
-    frameBuild({ family: 4, proto: 6, src: IP[APP], dst: IP[DB], sport: 41001, dport: 22, flags: TCP_SYN }), // policy
-    frameBuild({ family: 4, proto: 6, src: IP[APP], dst: IP[DB], sport: 41002, dport: 5432, flags: TCP_ACK }), // invalid
-    new Uint8Array(10), // malformed
-    Uint8Array.from([1, 0x80, 0xc2, 0, 0, 0x0e, 2, 0, 0, 0, 0, 1, 0x88, 0xcc, ...new Array(46).fill(0)]), // LLDP
-  ];
-  const buf = new Uint8Array(frames.length * 128);
-  const offsets = new Int32Array(frames.length), lengths = new Int32Array(frames.length), dest = new Int32Array(frames.length).fill(DB);
-  frames.forEach((f, i) => { buf.set(f, i * 128); offsets[i] = i * 128; lengths[i] = f.length; });
-  const outcomes = new Uint8Array(frames.length), entries = new Int32Array(frames.length);
-  const pkt = new Int32Array(PKT_WORDS);
-  const forwarded = ctProcessBatch(ct, buf, offsets, lengths, 0, frames.length, APP, dest, 5000, pkt, outcomes, entries);
-  t.equal(forwarded, 2);
-  t.same([...outcomes].map((o) => OUTCOME_NAMES[o]), ['forward', 'forward', 'policy', 'invalid_state', 'malformed', 'ethertype']);
-  t.same([entries[0], entries[1], entries[2]], [0, 0, -1], 'the forwarded frames name their connection');
-  t.equal(ct.counters[CTC.hits], 1, 'one hit (the retransmit), counted where the packet found its connection');
-  t.equal(ct.counters[CTC.misses], 3);
 });
 
 t.test('per-rule counters count what a rule let through or stopped, never what it could not open', async (t) => {

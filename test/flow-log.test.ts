@@ -22,20 +22,20 @@ function packet(opts: { sport: number; dport: number; flags: number; reply?: boo
 t.test('rate limit per vNIC, suppressed counts, a full ring', async (t) => {
   const log = new FlowLog(4, 2, 1, 2); // 4 records, 2 ports, 1 per second, bursts of 2
   const pkt = packet({ sport: 1000, dport: 80, flags: TCP_SYN });
-  for (let i = 0; i < 5; i++) flowLogDecision(log, pkt, 0, 0, 1, 3, -2, Outcome.policy, 1000);
+  for (let i = 0; i < 5; i++) flowLogDecision(log, pkt, 0, 0, 1, 3, -2, Outcome.policy, 1000, 1);
   t.equal(log.count, 2, 'a burst of 2 from port 0 is written');
   t.equal(log.suppressed[0], 3, 'the other 3 are counted as suppressed');
-  flowLogDecision(log, pkt, 1, 1, 0, 3, -2, Outcome.policy, 1000);
+  flowLogDecision(log, pkt, 1, 1, 0, 3, -2, Outcome.policy, 1000, 1);
   t.equal(log.count, 3, 'port 1 has its own bucket');
-  flowLogDecision(log, pkt, 0, 0, 1, 3, -2, Outcome.policy, 2000);
+  flowLogDecision(log, pkt, 0, 0, 1, 3, -2, Outcome.policy, 2000, 1);
   t.equal(log.count, 4, 'a second later port 0 may log one more');
-  flowLogDecision(log, pkt, 1, 1, 0, 3, -2, Outcome.policy, 9000);
+  flowLogDecision(log, pkt, 1, 1, 0, 3, -2, Outcome.policy, 9000, 1);
   t.equal(log.count, 4, 'the ring is full: the event is not written over an older one');
   t.equal(log.suppressed[1], 1, 'and is counted as suppressed');
   const events = flowLogTake(log);
   t.same(events.map((e) => e[FLE.port]), [0, 0, 1, 0], 'events come out oldest first');
   t.equal(log.count, 0, 'and the ring is empty');
-  flowLogDecision(log, pkt, 1, 1, 0, 3, -2, Outcome.policy, 12_000);
+  flowLogDecision(log, pkt, 1, 1, 0, 3, -2, Outcome.policy, 12_000, 1);
   t.same(flowLogTake(log).map((e) => e[FLE.port]), [1], 'it wraps around');
 });
 

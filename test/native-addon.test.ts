@@ -14,11 +14,11 @@ t.test('layout contract', async (t) => {
 
 t.test('batch calls refuse buffers that do not fit', async (t) => {
   const buf = new Uint8Array(100), off = new Int32Array(4), len = new Int32Array(4);
-  t.throws(() => n.readBatch(-1, 0, buf, off, len, 0, 4, 2048), { code: 'ERANGE' }, 'slots larger than the buffer');
-  t.throws(() => n.readBatch(-1, 0, new Float64Array(4) as unknown as Uint8Array, off, len, 0, 1, 10), { code: 'EARGS' }, 'wrong array types');
+  t.throws(() => n.readBatch(-1, 0, buf, off, len, 4, 2048), { code: 'ERANGE' }, 'slots larger than the buffer');
+  t.throws(() => n.readBatch(-1, 0, new Float64Array(4) as unknown as Uint8Array, off, len, 1, 10), { code: 'EARGS' }, 'wrong array types');
   off[0] = 90; len[0] = 20;
-  t.throws(() => n.writeBatch(-1, 0, buf, off, len, 0, 1), { code: 'ERANGE' }, 'a frame outside the buffer');
-  t.ok(n.readBatch(-1, 0, new Uint8Array(4096), off, len, 0, 1, 2048) < 0, 'a bad descriptor is -errno, not a throw');
+  t.throws(() => n.writeBatch(-1, 0, buf, off, len, 1), { code: 'ERANGE' }, 'a frame outside the buffer');
+  t.ok(n.readBatch(-1, 0, new Uint8Array(4096), off, len, 1, 2048) < 0, 'a bad descriptor is -errno, not a throw');
 });
 
 t.test('a TAP: empty reads are 0, a batch goes in and comes out', async (t) => {
@@ -29,7 +29,7 @@ t.test('a TAP: empty reads are 0, a batch goes in and comes out', async (t) => {
   });
   t.equal(name, 'twt-native0');
   const buf = new Uint8Array(8 * 2048), off = new Int32Array(8), len = new Int32Array(8);
-  t.equal(n.readBatch(fd, NATIVE_LAYOUT.kindTap, buf, off, len, 0, 8, 2048), 0, 'nothing to read: 0, not an error');
+  t.equal(n.readBatch(fd, NATIVE_LAYOUT.kindTap, buf, off, len, 8, 2048), 0, 'nothing to read: 0, not an error');
   execFileSync('ip', ['netns', 'add', 'twt-native']);
   execFileSync('ip', ['link', 'set', 'twt-native0', 'netns', 'twt-native']);
   execFileSync('ip', ['-n', 'twt-native', 'addr', 'add', '10.78.0.1/24', 'dev', 'twt-native0']);
@@ -37,17 +37,17 @@ t.test('a TAP: empty reads are 0, a batch goes in and comes out', async (t) => {
   // Write 4 frames into the namespace's stack in one call: UDP to a closed port draws ICMP errors back.
   const frames = [1, 2, 3, 4].map((i) => frameBuild({ family: 4, src: '10.78.0.2', dst: '10.78.0.1', proto: 17, sport: 1000 + i, dport: 9, srcMac: '02:78:00:00:00:02', dstMac: 'ff:ff:ff:ff:ff:ff' }));
   frames.forEach((f, i) => { buf.set(f, i * 2048); off[i] = i * 2048; len[i] = f.length; });
-  t.equal(n.writeBatch(fd, NATIVE_LAYOUT.kindTap, buf, off, len, 0, 4), 4, 'four frames written in one call');
+  t.equal(n.writeBatch(fd, NATIVE_LAYOUT.kindTap, buf, off, len, 4), 4, 'four frames written in one call');
   const got: number[] = [];
   const deadline = Date.now() + 3000;
   while (got.length === 0 && Date.now() < deadline) {
-    const r = n.readBatch(fd, NATIVE_LAYOUT.kindTap, buf, off, len, 0, 8, 2048);
+    const r = n.readBatch(fd, NATIVE_LAYOUT.kindTap, buf, off, len, 8, 2048);
     for (let i = 0; i < r; i++) got.push(len[i]);
     if (r === 0) execFileSync('sleep', ['0.05']);
   }
   t.ok(got.length > 0, `the namespace answered; ${got.length} frames read in one call`);
   // Drain, then let the namespace send (an ARP for a neighbour that does not exist) while we wait on the loop.
-  while (n.readBatch(fd, NATIVE_LAYOUT.kindTap, buf, off, len, 0, 8, 2048) > 0) { /* drain */ }
+  while (n.readBatch(fd, NATIVE_LAYOUT.kindTap, buf, off, len, 8, 2048) > 0) { /* drain */ }
   const handle = { h: null as object | null };
   const watched = await new Promise<number>((resolve) => {
     const timer = setTimeout(() => resolve(0), 5000);
@@ -72,12 +72,12 @@ t.test('AF_PACKET on a veth reads through a TPACKET_V3 ring, in batches', async 
   const buf = new Uint8Array(64 * 2048), off = new Int32Array(64), len = new Int32Array(64);
   const frames = Array.from({ length: 40 }, (_, i) => frameBuild({ family: 4, src: '10.79.0.1', dst: '10.79.0.2', proto: 17, sport: 2000 + i, dport: 9, dstMac: '02:79:00:00:00:02', srcMac: '02:79:00:00:00:01' }));
   frames.forEach((f, i) => { buf.set(f, i * 2048); off[i] = i * 2048; len[i] = f.length; });
-  t.equal(n.writeBatch(tx, NATIVE_LAYOUT.kindPacket, buf, off, len, 0, 40), 40, '40 frames sent with one sendmmsg');
+  t.equal(n.writeBatch(tx, NATIVE_LAYOUT.kindPacket, buf, off, len, 40), 40, '40 frames sent with one sendmmsg');
   const seen: number[] = [];
   const deadline = Date.now() + 3000;
   const rbuf = new Uint8Array(64 * 2048);
   while (seen.length < 40 && Date.now() < deadline) {
-    const r = n.readBatch(rx, NATIVE_LAYOUT.kindPacket, rbuf, off, len, 0, 16, 2048);
+    const r = n.readBatch(rx, NATIVE_LAYOUT.kindPacket, rbuf, off, len, 16, 2048);
     t.ok(r >= 0, 'no error');
     for (let i = 0; i < r; i++) seen.push((rbuf[off[i] + 34] << 8) | rbuf[off[i] + 35]);
     if (r === 0) execFileSync('sleep', ['0.01']);
@@ -95,4 +95,63 @@ t.test('a persistent TAP owned by a user outlives its descriptor, as libvirt mak
   const [fd2] = n.tapOpen('twt-persist0', 0);
   t.ok(fd2 >= 0, 'and it can be opened again');
   n.closeFd(fd2);
+});
+
+/** A veth pair for one test, removed at its end; both ends up, no IPv6 chatter. */
+function vethPair(t: Tap.Test, a: string, b: string): void {
+  execFileSync('ip', ['link', 'add', a, 'type', 'veth', 'peer', 'name', b]);
+  t.teardown(() => { try { execFileSync('ip', ['link', 'del', a]); } catch { /* gone */ } });
+  for (const d of [a, b]) {
+    execFileSync('sysctl', ['-qw', `net.ipv6.conf.${d}.disable_ipv6=1`]);
+    execFileSync('ip', ['link', 'set', d, 'up']);
+  }
+}
+declare namespace Tap { type Test = typeof t; }
+
+t.test('frames the kernel drops when the ring is full are counted (packetDrops)', async (t) => {
+  vethPair(t, 'twt-drop0', 'twt-drop1');
+  const rx = n.packetOpen('twt-drop0'), tx = n.packetOpen('twt-drop1', false);
+  t.teardown(() => { n.closeFd(rx); n.closeFd(tx); });
+  t.equal(n.packetDrops(rx), 0, 'none dropped yet');
+  // 1400-byte frames: the ring's 64 blocks of 256 KiB hold about 11,000; send 30,000 without reading.
+  const frame = frameBuild({ family: 4, src: '10.79.0.1', dst: '10.79.0.2', proto: 17, sport: 2000, dport: 9, dstMac: '02:79:00:00:00:02', srcMac: '02:79:00:00:00:01', payload: new Uint8Array(1350) });
+  const buf = new Uint8Array(256 * 2048), off = new Int32Array(256), len = new Int32Array(256);
+  for (let i = 0; i < 256; i++) { buf.set(frame, i * 2048); off[i] = i * 2048; len[i] = frame.length; }
+  let sent = 0;
+  for (let tries = 0; sent < 30_000 && tries < 100_000; tries++) {
+    const r = n.writeBatch(tx, NATIVE_LAYOUT.kindPacket, buf, off, len, 256);
+    if (r > 0) sent += r;
+  }
+  t.ok(sent >= 30_000, `${sent} frames sent`);
+  await new Promise((r) => setTimeout(r, 100));
+  const dropped = n.packetDrops(rx);
+  t.ok(dropped > 0, `the kernel dropped ${dropped} frames for the full ring, and says so`);
+  t.equal(n.packetDrops(rx), 0, 'the count starts again from zero once read');
+  let read = 0;
+  const rbuf = new Uint8Array(256 * 2048);
+  for (let r = n.readBatch(rx, NATIVE_LAYOUT.kindPacket, rbuf, off, len, 256, 2048); r > 0; r = n.readBatch(rx, NATIVE_LAYOUT.kindPacket, rbuf, off, len, 256, 2048)) read += r;
+  t.ok(read > 0 && read + dropped <= sent, `${read} read and ${dropped} dropped of ${sent} sent`);
+});
+
+t.test('the addon keeps its state per instance: a worker thread has its own', async (t) => {
+  vethPair(t, 'twt-wrk0', 'twt-wrk1');
+  const mine = n.packetOpen('twt-wrk0');
+  t.teardown(() => n.closeFd(mine));
+  t.equal(n.usesRing(mine), true, 'this thread opened a ring');
+  const { Worker } = await import('node:worker_threads');
+  const { createRequire } = await import('node:module');
+  const addonPath = createRequire(import.meta.url).resolve('tapwall-native');
+  const worker = new Worker(`
+    const { parentPort, workerData } = require('node:worker_threads');
+    const n = require(workerData.addon);
+    const fd = n.packetOpen('twt-wrk1');
+    parentPort.postMessage({ own: n.usesRing(fd), others: n.usesRing(workerData.mine) });
+    n.closeFd(fd);
+  `, { eval: true, workerData: { addon: addonPath, mine } });
+  const answer = await new Promise<{ own: boolean; others: boolean }>((resolve, reject) => { worker.once('message', resolve); worker.once('error', reject); });
+  await new Promise((r) => worker.once('exit', r));
+  t.same(answer, { own: true, others: false }, "the worker's instance has its own ring, and knows nothing of this thread's");
+  t.equal(n.usesRing(mine), true, "after the worker's instance is gone, this thread's ring is still there");
+  const buf = new Uint8Array(8 * 2048), off = new Int32Array(8), len = new Int32Array(8);
+  t.ok(n.readBatch(mine, NATIVE_LAYOUT.kindPacket, buf, off, len, 8, 2048) >= 0, 'and reads');
 });

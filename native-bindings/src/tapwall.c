@@ -8,18 +8,22 @@
  *     transmit is sendmmsg. Either way one call moves a batch.
  *   - A batch lives in one caller-owned Uint8Array `buf`; frame i occupies
  *     buf[offsets[i] .. offsets[i] + lengths[i]). offsets and lengths are
- *     Int32Arrays. readBatch fills slots of `stride` bytes from `start`;
- *     writeBatch sends frames start .. start + count - 1.
+ *     Int32Arrays. readBatch fills slots 0 .. max-1 of `stride` bytes;
+ *     writeBatch sends frames 0 .. count-1.
  *   - Return values: a count >= 0, or -errno. EAGAIN is not an error: a read
  *     returns the frames it got (maybe 0), a write the frames the kernel took.
  *   - Descriptors are non-blocking. watch(fd, cb) registers a libuv poll for
- *     readability (and writability when asked) on the Node.js event loop;
+ *     readability on the Node.js event loop;
  *     cb(events) runs on the JS thread; unwatch(handle) stops it. Nothing
  *     here spins or blocks.
  *
  * Nothing here allocates per frame; readBatch/writeBatch allocate nothing at
- * all (iovec and mmsghdr arrays are fixed-size statics, MAX_BATCH entries;
- * rings are mapped once when a socket opens).
+ * all (iovec and mmsghdr arrays are fixed-size, MAX_BATCH entries; rings are
+ * mapped once when a socket opens).
+ *
+ * State is per instance (napi_set_instance_data), never in module statics:
+ * each Node.js environment that loads the addon (the main thread, a worker
+ * thread) gets its own batch arrays and ring table, freed with it.
  */
 #define _GNU_SOURCE
 #include <sched.h>
@@ -54,17 +58,6 @@
 #define PACKET_IGNORE_OUTGOING 23
 #endif
 
-static struct mmsghdr g_msgs[MAX_BATCH];
-static struct iovec g_iov[MAX_BATCH];
-
-/* Point message i of the recvmmsg/sendmmsg batch at one frame. */
-static void msg_set(int i, uint8_t* base, size_t len) {
-  g_iov[i].iov_base = base;
-  g_iov[i].iov_len = len;
-  memset(&g_msgs[i].msg_hdr, 0, sizeof g_msgs[i].msg_hdr);
-  g_msgs[i].msg_hdr.msg_iov = &g_iov[i];
-  g_msgs[i].msg_hdr.msg_iovlen = 1;
-}
 
 /*
  * TPACKET_V3 receive rings, by descriptor. The kernel fills blocks of frames;
@@ -85,9 +78,29 @@ typedef struct {
   uint8_t* next;       /* next frame in it */
   uint32_t vnet;       /* bytes of virtio_net_hdr the kernel puts before each frame (PACKET_VNET_HDR) */
 } ring_t;
-static ring_t* g_rings[MAX_RING_FD];
 
-static int ring_setup(int fd, uint32_t vnet) {
+/* One instance's state: the recvmmsg/sendmmsg batch and the receive rings by descriptor. */
+typedef struct {
+  struct mmsghdr msgs[MAX_BATCH];
+  struct iovec iov[MAX_BATCH];
+  ring_t* rings[MAX_RING_FD];
+} instance_t;
+
+/* Point message i of the recvmmsg/sendmmsg batch at one frame. */
+static void msg_set(instance_t* in, int i, uint8_t* base, size_t len) {
+  in->iov[i].iov_base = base;
+  in->iov[i].iov_len = len;
+  memset(&in->msgs[i].msg_hdr, 0, sizeof in->msgs[i].msg_hdr);
+  in->msgs[i].msg_hdr.msg_iov = &in->iov[i];
+  in->msgs[i].msg_hdr.msg_iovlen = 1;
+}
+
+/* The ring of descriptor fd, or NULL. */
+static ring_t* ring_of(instance_t* in, int fd) {
+  return fd >= 0 && fd < MAX_RING_FD ? in->rings[fd] : NULL;
+}
+
+static int ring_setup(instance_t* in, int fd, uint32_t vnet) {
   int v = TPACKET_V3;
   if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof v) < 0) return -1;
   struct tpacket_req3 req;
@@ -107,12 +120,12 @@ static int ring_setup(int fd, uint32_t vnet) {
   r->map = map;
   r->map_len = len;
   r->vnet = vnet;
-  g_rings[fd] = r;
+  in->rings[fd] = r;
   return 0;
 }
 
 /* Copy up to max frames out of the ring; returns how many. */
-static int ring_read(ring_t* r, uint8_t* buf, int32_t* offsets, int32_t* lengths, int start, int max, int stride) {
+static int ring_read(ring_t* r, uint8_t* buf, int32_t* offsets, int32_t* lengths, int max, int stride) {
   int got = 0;
   while (got < max) {
     struct tpacket_block_desc* bd = (struct tpacket_block_desc*)(r->map + (size_t)r->block * RING_BLOCK_SIZE);
@@ -123,17 +136,17 @@ static int ring_read(ring_t* r, uint8_t* buf, int32_t* offsets, int32_t* lengths
     }
     while (r->left > 0 && got < max) {
       struct tpacket3_hdr* h = (struct tpacket3_hdr*)r->next;
-      int32_t off = (start + got) * stride;
+      int32_t off = got * stride;
       /* With PACKET_VNET_HDR the virtio_net_hdr sits right before the MAC header: copy it along.
        * A VLAN tag the kernel took out of the frame (VLAN offload) is put back after the MACs,
        * so the frame goes on as it was sent. */
       int vlan = (h->tp_status & TP_STATUS_VLAN_VALID) && h->tp_snaplen >= 12;
       uint32_t len = h->tp_snaplen + r->vnet + (vlan ? 4 : 0);
       if (len > (uint32_t)stride || h->tp_snaplen < h->tp_len) {
-        lengths[start + got] = stride + 1; /* cut short: the caller counts it malformed */
+        lengths[got] = stride + 1; /* cut short: the caller counts it malformed */
       } else if (!vlan) {
         memcpy(buf + off, (uint8_t*)h + h->tp_mac - r->vnet, len);
-        lengths[start + got] = (int32_t)len;
+        lengths[got] = (int32_t)len;
       } else {
         uint8_t* src = (uint8_t*)h + h->tp_mac;
         uint8_t* dst = buf + off;
@@ -143,9 +156,9 @@ static int ring_read(ring_t* r, uint8_t* buf, int32_t* offsets, int32_t* lengths
         dst += r->vnet + 12;
         dst[0] = tpid >> 8; dst[1] = tpid & 0xff; dst[2] = tci >> 8; dst[3] = tci & 0xff;
         memcpy(dst + 4, src + 12, h->tp_snaplen - 12);
-        lengths[start + got] = (int32_t)len;
+        lengths[got] = (int32_t)len;
       }
-      offsets[start + got] = off;
+      offsets[got] = off;
       got++;
       r->left--;
       r->next = (uint8_t*)h + h->tp_next_offset;
@@ -172,6 +185,12 @@ static napi_value make_int(napi_env env, int64_t v) {
   napi_value out;
   napi_create_int64(env, v, &out);
   return out;
+}
+
+static instance_t* instance(napi_env env) {
+  void* data = NULL;
+  napi_get_instance_data(env, &data);
+  return (instance_t*)data;
 }
 
 static int get_typed(napi_env env, napi_value v, napi_typedarray_type want, void** data, size_t* len) {
@@ -351,7 +370,7 @@ static napi_value packet_open(napi_env env, napi_callback_info info) {
     napi_throw_error(env, "EVNETHDR", msg);
     return NULL;
   }
-  if (fd < MAX_RING_FD && use_ring) ring_setup(fd, vnet ? (uint32_t)sizeof(struct virtio_net_hdr) : 0);
+  if (fd < MAX_RING_FD && use_ring) ring_setup(instance(env), fd, vnet ? (uint32_t)sizeof(struct virtio_net_hdr) : 0);
   struct sockaddr_ll sll;
   memset(&sll, 0, sizeof sll);
   sll.sll_family = AF_PACKET;
@@ -366,16 +385,16 @@ static napi_value packet_open(napi_env env, napi_callback_info info) {
     return NULL;
   }
   /* Frames queued before the bind may belong to any interface: drain them. */
-  if (g_rings[fd] == NULL) {
+  if (ring_of(instance(env), fd) == NULL) {
     char junk[2048];
     while (recv(fd, junk, sizeof junk, MSG_DONTWAIT) > 0) {}
   }
   return make_int(env, fd);
 }
 
-/* The arguments every batch call shares: (fd, kind, buf, offsets, lengths, start, count). */
+/* The arguments every batch call shares: (fd, kind, buf, offsets, lengths, count). */
 typedef struct {
-  int32_t fd, kind, start, count;
+  int32_t fd, kind, count;
   uint8_t* buf;
   int32_t *offsets, *lengths;
   size_t buflen, noff, nlen;
@@ -390,9 +409,8 @@ static int get_batch_args(napi_env env, napi_value* argv, batch_args* a, const c
     napi_throw_type_error(env, "EARGS", usage);
     return -1;
   }
-  napi_get_value_int32(env, argv[5], &a->start);
-  napi_get_value_int32(env, argv[6], &a->count);
-  if (a->start < 0 || a->count < 0 || (size_t)a->start + (size_t)a->count > a->noff || (size_t)a->start + (size_t)a->count > a->nlen) {
+  napi_get_value_int32(env, argv[5], &a->count);
+  if (a->count < 0 || (size_t)a->count > a->noff || (size_t)a->count > a->nlen) {
     napi_throw_range_error(env, "ERANGE", "the batch does not fit the offset and length arrays");
     return -1;
   }
@@ -400,68 +418,70 @@ static int get_batch_args(napi_env env, napi_value* argv, batch_args* a, const c
   return 0;
 }
 
-/* readBatch(fd, kind, buf, offsets, lengths, start, max, stride) -> frames read, or -errno */
+/* readBatch(fd, kind, buf, offsets, lengths, max, stride) -> frames read, or -errno */
 static napi_value read_batch(napi_env env, napi_callback_info info) {
-  size_t argc = 8;
-  napi_value argv[8];
+  size_t argc = 7;
+  napi_value argv[7];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   batch_args a;
-  if (get_batch_args(env, argv, &a, "readBatch(fd, kind, Uint8Array, Int32Array, Int32Array, start, max, stride)")) return NULL;
+  if (get_batch_args(env, argv, &a, "readBatch(fd, kind, Uint8Array, Int32Array, Int32Array, max, stride)")) return NULL;
   int32_t stride;
-  napi_get_value_int32(env, argv[7], &stride);
-  if (stride <= 0 || ((size_t)a.start + (size_t)a.count) * (size_t)stride > a.buflen) {
+  napi_get_value_int32(env, argv[6], &stride);
+  if (stride <= 0 || (size_t)a.count * (size_t)stride > a.buflen) {
     napi_throw_range_error(env, "ERANGE", "readBatch: the batch does not fit the buffer");
     return NULL;
   }
-  int32_t fd = a.fd, kind = a.kind, start = a.start, max = a.count;
+  int32_t fd = a.fd, kind = a.kind, max = a.count;
+  instance_t* in = instance(env);
   uint8_t* buf = a.buf;
   int32_t *offsets = a.offsets, *lengths = a.lengths;
   int got = 0;
   if (kind == KIND_TAP) {
     for (; got < max; got++) {
-      int32_t off = (start + got) * stride;
+      int32_t off = got * stride;
       ssize_t r = read(fd, buf + off, (size_t)stride);
       if (r < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) break;
         if (errno == EINTR) { got--; continue; }
         return make_int(env, got > 0 ? got : -errno);
       }
-      offsets[start + got] = off;
-      lengths[start + got] = (int32_t)r;
+      offsets[got] = off;
+      lengths[got] = (int32_t)r;
     }
     return make_int(env, got);
   }
-  if (fd >= 0 && fd < MAX_RING_FD && g_rings[fd] != NULL) {
+  ring_t* ring = ring_of(in, fd);
+  if (ring != NULL) {
     /* The ring cannot report a vanished interface: ask the socket for a pending error. */
     int err = 0;
     socklen_t el = sizeof err;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err != 0) return make_int(env, -err);
-    return make_int(env, ring_read(g_rings[fd], buf, offsets, lengths, start, max, stride));
+    return make_int(env, ring_read(ring, buf, offsets, lengths, max, stride));
   }
-  for (int i = 0; i < max; i++) msg_set(i, buf + (size_t)(start + i) * stride, (size_t)stride);
-  int r = recvmmsg(fd, g_msgs, (unsigned)max, MSG_DONTWAIT, NULL);
+  for (int i = 0; i < max; i++) msg_set(in, i, buf + (size_t)i * stride, (size_t)stride);
+  int r = recvmmsg(fd, in->msgs, (unsigned)max, MSG_DONTWAIT, NULL);
   if (r < 0) return make_int(env, (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -errno);
   for (int i = 0; i < r; i++) {
-    offsets[start + i] = (start + i) * stride;
+    offsets[i] = i * stride;
     /* A frame longer than the slot is cut: report it as its true length so the caller drops it. */
-    lengths[start + i] = (g_msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? stride + 1 : (int32_t)g_msgs[i].msg_len;
+    lengths[i] = (in->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? stride + 1 : (int32_t)in->msgs[i].msg_len;
   }
   return make_int(env, r);
 }
 
-/* writeBatch(fd, kind, buf, offsets, lengths, start, count) -> frames sent, or -errno */
+/* writeBatch(fd, kind, buf, offsets, lengths, count) -> frames sent, or -errno */
 static napi_value write_batch(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value argv[7];
+  size_t argc = 6;
+  napi_value argv[6];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   batch_args a;
-  if (get_batch_args(env, argv, &a, "writeBatch(fd, kind, Uint8Array, Int32Array, Int32Array, start, count)")) return NULL;
-  int32_t fd = a.fd, kind = a.kind, start = a.start, count = a.count;
+  if (get_batch_args(env, argv, &a, "writeBatch(fd, kind, Uint8Array, Int32Array, Int32Array, count)")) return NULL;
+  int32_t fd = a.fd, kind = a.kind, count = a.count;
   uint8_t* buf = a.buf;
   size_t buflen = a.buflen;
   int32_t *offsets = a.offsets, *lengths = a.lengths;
   for (int i = 0; i < count; i++) {
-    int32_t off = offsets[start + i], len = lengths[start + i];
+    int32_t off = offsets[i], len = lengths[i];
     if (off < 0 || len < 0 || (size_t)off + (size_t)len > buflen) {
       napi_throw_range_error(env, "ERANGE", "writeBatch: a frame lies outside the buffer");
       return NULL;
@@ -470,7 +490,7 @@ static napi_value write_batch(napi_env env, napi_callback_info info) {
   int sent = 0;
   if (kind == KIND_TAP) {
     for (; sent < count; sent++) {
-      ssize_t r = write(fd, buf + offsets[start + sent], (size_t)lengths[start + sent]);
+      ssize_t r = write(fd, buf + offsets[sent], (size_t)lengths[sent]);
       if (r < 0) {
         if (errno == EINTR) { sent--; continue; }
         if (errno == EAGAIN || errno == EWOULDBLOCK) break;
@@ -479,8 +499,9 @@ static napi_value write_batch(napi_env env, napi_callback_info info) {
     }
     return make_int(env, sent);
   }
-  for (int i = 0; i < count; i++) msg_set(i, buf + offsets[start + i], (size_t)lengths[start + i]);
-  int r = sendmmsg(fd, g_msgs, (unsigned)count, MSG_DONTWAIT);
+  instance_t* in = instance(env);
+  for (int i = 0; i < count; i++) msg_set(in, i, buf + offsets[i], (size_t)lengths[i]);
+  int r = sendmmsg(fd, in->msgs, (unsigned)count, MSG_DONTWAIT);
   if (r < 0) return make_int(env, (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -errno);
   return make_int(env, r);
 }
@@ -492,10 +513,12 @@ static napi_value close_fd(napi_env env, napi_callback_info info) {
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd;
   napi_get_value_int32(env, argv[0], &fd);
-  if (fd >= 0 && fd < MAX_RING_FD && g_rings[fd] != NULL) {
-    munmap(g_rings[fd]->map, g_rings[fd]->map_len);
-    free(g_rings[fd]);
-    g_rings[fd] = NULL;
+  instance_t* in = instance(env);
+  ring_t* ring = ring_of(in, fd);
+  if (ring != NULL) {
+    munmap(ring->map, ring->map_len);
+    free(ring);
+    in->rings[fd] = NULL;
   }
   return make_int(env, close(fd) < 0 ? -errno : 0);
 }
@@ -526,15 +549,13 @@ static void on_closed(uv_handle_t* handle) {
   free(handle->data);
 }
 
-/* watch(fd, callback, wantWritable) -> handle: callback(events) on the event loop (1 readable, 2 writable, < 0 error) */
+/* watch(fd, callback) -> handle: callback(events) on the event loop (1 readable, < 0 error) */
 static napi_value watch(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 2;
+  napi_value argv[2];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd;
   napi_get_value_int32(env, argv[0], &fd);
-  bool writable = false;
-  if (argc > 2) napi_get_value_bool(env, argv[2], &writable);
   struct uv_loop_s* loop;
   CHECK(napi_get_uv_event_loop(env, &loop));
   watch_t* w = calloc(1, sizeof *w);
@@ -550,7 +571,7 @@ static napi_value watch(napi_env env, napi_callback_info info) {
   int r = uv_poll_init(loop, &w->poll, fd);
   if (r == 0) {
     w->poll.data = w;
-    r = uv_poll_start(&w->poll, UV_READABLE | (writable ? UV_WRITABLE : 0), on_poll);
+    r = uv_poll_start(&w->poll, UV_READABLE, on_poll);
   }
   if (r != 0) {
     napi_delete_reference(env, w->callback);
@@ -581,17 +602,19 @@ static napi_value unwatch(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* setWatchWritable(handle, on): also wake for writability (after EAGAIN on write) or stop that. */
-static napi_value set_watch_writable(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+/* packetDrops(fd) -> frames the kernel dropped on this AF_PACKET socket since the last call (its ring or
+ * buffer full), or -errno. PACKET_STATISTICS resets the kernel's counts when read. */
+static napi_value packet_drops(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  watch_t* w;
-  bool on;
-  CHECK(napi_get_value_external(env, argv[0], (void**)&w));
-  CHECK(napi_get_value_bool(env, argv[1], &on));
-  if (w && !w->closing) uv_poll_start(&w->poll, UV_READABLE | (on ? UV_WRITABLE : 0), on_poll);
-  return NULL;
+  int32_t fd;
+  napi_get_value_int32(env, argv[0], &fd);
+  struct tpacket_stats_v3 st; /* tp_drops is the second field in every version */
+  memset(&st, 0, sizeof st);
+  socklen_t len = sizeof st;
+  if (getsockopt(fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) < 0) return make_int(env, -errno);
+  return make_int(env, st.tp_drops);
 }
 
 /* usesRing(fd) -> true when the descriptor reads through a TPACKET_V3 ring. */
@@ -601,7 +624,7 @@ static napi_value uses_ring(napi_env env, napi_callback_info info) {
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd;
   napi_get_value_int32(env, argv[0], &fd);
-  napi_get_boolean(env, fd >= 0 && fd < MAX_RING_FD && g_rings[fd] != NULL, &out);
+  napi_get_boolean(env, ring_of(instance(env), fd) != NULL, &out);
   return out;
 }
 
@@ -727,7 +750,28 @@ static napi_value drop_privileges(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* The environment is going away: its rings are unmapped and its state freed. */
+static void instance_free(napi_env env, void* data, void* hint) {
+  instance_t* in = (instance_t*)data;
+  for (int fd = 0; fd < MAX_RING_FD; fd++) {
+    if (in->rings[fd] == NULL) continue;
+    munmap(in->rings[fd]->map, in->rings[fd]->map_len);
+    free(in->rings[fd]);
+  }
+  free(in);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
+  instance_t* in = calloc(1, sizeof *in);
+  if (in == NULL) {
+    napi_throw_error(env, "ENOMEM", "tapwall-native: out of memory");
+    return NULL;
+  }
+  if (napi_set_instance_data(env, in, instance_free, NULL) != napi_ok) {
+    free(in);
+    napi_throw_error(env, "TAPWALL_NAPI", "tapwall-native: cannot keep its state");
+    return NULL;
+  }
   napi_property_descriptor props[] = {
     {"tapOpen", NULL, tap_open, NULL, NULL, NULL, napi_default, NULL},
     {"packetOpen", NULL, packet_open, NULL, NULL, NULL, napi_default, NULL},
@@ -736,7 +780,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"closeFd", NULL, close_fd, NULL, NULL, NULL, napi_default, NULL},
     {"watch", NULL, watch, NULL, NULL, NULL, napi_default, NULL},
     {"unwatch", NULL, unwatch, NULL, NULL, NULL, napi_default, NULL},
-    {"setWatchWritable", NULL, set_watch_writable, NULL, NULL, NULL, napi_default, NULL},
+    {"packetDrops", NULL, packet_drops, NULL, NULL, NULL, napi_default, NULL},
     {"usesRing", NULL, uses_ring, NULL, NULL, NULL, napi_default, NULL},
     {"mapFile", NULL, map_file, NULL, NULL, NULL, napi_default, NULL},
     {"linkIndexIn", NULL, link_index_in, NULL, NULL, NULL, napi_default, NULL},
@@ -749,14 +793,9 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, layout, "maxBatch", make_int(env, MAX_BATCH));
   napi_set_named_property(env, layout, "kindTap", make_int(env, KIND_TAP));
   napi_set_named_property(env, layout, "kindPacket", make_int(env, KIND_PACKET));
-  napi_set_named_property(env, layout, "eagain", make_int(env, EAGAIN));
-  napi_set_named_property(env, layout, "enodev", make_int(env, ENODEV));
   napi_set_named_property(env, layout, "enxio", make_int(env, ENXIO));
-  napi_set_named_property(env, layout, "enetdown", make_int(env, ENETDOWN));
-  napi_set_named_property(env, layout, "enobufs", make_int(env, ENOBUFS));
   napi_set_named_property(env, layout, "eio", make_int(env, EIO));
   napi_set_named_property(env, layout, "uvReadable", make_int(env, UV_READABLE));
-  napi_set_named_property(env, layout, "uvWritable", make_int(env, UV_WRITABLE));
   napi_set_named_property(env, layout, "vnetHdrSize", make_int(env, (int64_t)sizeof(struct virtio_net_hdr)));
   napi_set_named_property(env, exports, "layout", layout);
   return exports;

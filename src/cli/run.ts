@@ -303,7 +303,10 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
       const c = portCounts(dp, i);
       // Outcomes that happened, then the port's own counters, flat.
       const o: Record<string, number> = Object.fromEntries(Object.entries(c.outcomes).filter(([, v]) => v !== 0));
-      Object.assign(o, { rx: c.rx, tx: c.tx, txDropped: c.txDropped, replies: c.replies, rxErrors: c.rxErrors, up: c.up ? 1 : 0, attaches: c.attaches });
+      Object.assign(o, {
+        rx: c.rx, tx: c.tx, txDropped: c.txDropped, replies: c.replies, rxErrors: c.rxErrors, up: c.up ? 1 : 0, attaches: c.attaches,
+        txQueueFull: c.txQueueFull, repliesLimited: c.repliesLimited, groupRefused: c.groupRefused, backendDropped: c.backendDropped,
+      });
       out[p.io.name] = o;
     });
     return out;

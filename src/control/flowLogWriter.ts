@@ -15,7 +15,7 @@ import { FLE, FLK, flowLogTake, type FlowLog } from '../flow/flowLog.js';
 import type { Family } from '../policy/addresses.js';
 import { OUTCOME_NAMES } from '../packet/verdict.js';
 import type { Dataplane } from '../datapath/dataplane.js';
-import { addressOwners, portNameOf, protoName, ruleRef, wordsAddress } from './views.js';
+import { addressOwners, portNameOf, protoName, wordsAddress } from './views.js';
 
 const DRAIN_MS = 200;
 
@@ -72,21 +72,27 @@ export class FlowLogWriter {
     const portName = (p: number) => portNameOf(this.dp, p);
     for (const r of events) {
       const family = r[FLE.family] as Family;
-      const src = wordsAddress(r, FLE.src, family), dst = wordsAddress(r, FLE.dst, family);
+      const ether = family !== 4 && family !== 6;
+      const src = ether ? null : wordsAddress(r, FLE.src, family), dst = ether ? null : wordsAddress(r, FLE.dst, family);
       const ruleOut = r[FLE.ruleOut], ruleIn = r[FLE.ruleIn];
-      // The deciding point: ingress when it was checked, else egress.
+      // The deciding point: ingress when it was checked, else egress; its rule as it was when it decided.
       const point = ruleIn !== -2 ? 'ingress' : 'egress';
-      const ref = ruleRef(compiled, point === 'ingress' ? ruleIn : ruleOut);
+      const order = point === 'ingress' ? ruleIn : ruleOut;
+      const rules = this.dp.rulesAt(r[FLE.generation]);
+      const rule = order === -1 || rules === null ? null : rules[order] ?? null;
       const closing = r[FLE.kind] === FLK.close;
       const outcome = OUTCOME_NAMES[r[FLE.outcome]] ?? 'forward';
       const line: Record<string, unknown> = {
         time: new Date(r[FLE.time]).toISOString(),
         event: closing ? 'close' : 'decision',
         vnic: portName(r[FLE.port]), peerPort: portName(r[FLE.peerPort]),
-        from: owners!.get(src) ?? null, to: owners!.get(dst) ?? null,
-        proto: protoName(r[FLE.proto]), src, sport: r[FLE.sport], dst, dport: r[FLE.dport],
-        section: ref === 'default' || ref === null ? null : ref.section,
-        rule: ref === 'default' ? 'default' : ref === null ? null : ref.id,
+        from: src === null ? null : owners!.get(src) ?? null, to: dst === null ? null : owners!.get(dst) ?? null,
+        proto: ether ? 'ether' : protoName(r[FLE.proto]),
+        ...(ether ? { ethertype: `0x${r[FLE.proto].toString(16).padStart(4, '0')}` } : {}),
+        src, sport: r[FLE.sport], dst, dport: r[FLE.dport],
+        section: rule === null ? null : rule.section,
+        // 'default': no rule matched (a non-IP frame with no ether/ rule is dropped); null: the policy it was decided under is long gone.
+        rule: order === -1 ? 'default' : rule === null ? null : rule.id,
         point,
         verdict: closing || outcome === 'forward' ? 'allow' : outcome === 'reject' ? 'reject' : 'drop',
         reason: closing ? 'closed' : outcome === 'forward' ? 'allowed' : outcome,

@@ -119,8 +119,10 @@ export interface TraceResult {
   verdict: Action;
   /** What the data plane counts it as: forward, or the named drop reason. */
   outcome: OutcomeName;
-  /** The port it leaves by, when forwarded. */
+  /** The port it leaves by, when forwarded (the first of them for a multicast or broadcast packet). */
   port: string | null;
+  /** Every port it leaves by: one, or for a multicast or broadcast packet each port whose policy takes it. */
+  ports: string[];
   /** What happens to the replies. */
   replies: string;
 }
@@ -212,9 +214,9 @@ const OUTCOME_WORDS: Partial<Record<OutcomeName, string>> = {
 
 /** Collects the decision path's steps. */
 class TraceExplain implements Explain {
-  readonly steps: Array<{ stage: string; outcome: number; why: string }> = [];
-  step(stage: string, outcome: number, why: string): void {
-    this.steps.push({ stage, outcome, why });
+  readonly steps: Array<{ stage: string; outcome: number; why: string; port: number }> = [];
+  step(stage: string, outcome: number, why: string, port = -1): void {
+    this.steps.push({ stage, outcome, why, port });
   }
 }
 
@@ -248,10 +250,13 @@ function runTrace(compiled: CompiledPolicy, sw: Switch, ports: SwitchPort[], fra
   const name = OUTCOME_NAMES[outcome];
   const from = sw.workloads[P]?.name ?? null;
   const dest = outcome === Outcome.forward ? sw.dest : -1;
+  const destPorts = outcome === Outcome.forward ? Array.from(sw.dests.subarray(0, sw.destCount), (p) => ports[p].name) : [];
+  const group = ex.steps.some((s) => s.stage === 'group');
   const pkt = sw.pkt;
   // The receiving workload: where it went, else the owner of the destination address.
   let toPort = dest;
-  if (toPort < 0 && pkt[PKT.family] !== 0 && (sw.ct.rules[1] !== -3)) {
+  if (group) toPort = -1; // many receivers: each has its own step below
+  else if (toPort < 0 && pkt[PKT.family] !== 0 && (sw.ct.rules[1] !== -3)) {
     toPort = sw.addrOwner(pkt[PKT.family], pkt, PKT.dst, false);
   }
   const to = toPort >= 0 ? sw.workloads[toPort]?.name ?? null : null;
@@ -264,15 +269,15 @@ function runTrace(compiled: CompiledPolicy, sw: Switch, ports: SwitchPort[], fra
   }
   const rules = sw.ct.rules;
   if (rules[0] >= -1 && from !== null) steps.push(ruleStep(compiled, from, 'egress', rules[0], spec));
-  if (rules[1] >= -1) {
+  if (rules[1] >= -1 && !group) {
     const ingressAt = sw.workloads[dest >= 0 ? dest : toPort >= 0 ? toPort : -1]?.name ?? to;
     if (ingressAt !== null) steps.push(ruleStep(compiled, ingressAt, 'ingress', rules[1], spec));
   }
   for (const s of ex.steps) {
     if (s.stage === 'conntrack' && (outcome === Outcome.policy || outcome === Outcome.reject)) continue; // the rule steps say it
-    const at = from ?? to;
+    const at = s.port >= 0 ? sw.workloads[s.port]?.name ?? null : from ?? to;
     const w = at === null ? null : compiled.policy.workloads.get(at)!;
-    const where = { workload: w?.name ?? 'uplink', nic: w?.nic ?? ports[P].name, rule: null, why: [] };
+    const where = { workload: w?.name ?? 'uplink', nic: w?.nic ?? ports[s.port >= 0 ? s.port : P].name, rule: null, why: [] };
     if (s.outcome < 0) { steps.push({ point: s.stage, ...where, verdict: 'allow', reason: s.why }); continue; }
     const words = OUTCOME_WORDS[OUTCOME_NAMES[s.outcome]];
     steps.push({
@@ -283,12 +288,13 @@ function runTrace(compiled: CompiledPolicy, sw: Switch, ports: SwitchPort[], fra
   const verdict: Action = outcome === Outcome.forward ? 'allow' : outcome === Outcome.reject ? 'reject' : 'drop';
   let replies: string;
   if (outcome !== Outcome.forward) replies = 'none: the packet does not pass';
+  else if (group) replies = 'a multicast or broadcast packet is not tracked: replies are checked against the policy on their own';
   else if (sw.ct.lastEntry < 0) {
     replies = pkt[PKT.family] !== 0 && (pkt[PKT.proto] === 6 || pkt[PKT.proto] === 17 || pkt[PKT.icmpClass] === ICMP.echoRequest)
       ? 'a stateless rule decided: replies are checked against the policy on their own'
       : 'not tracked: replies are checked against the policy on their own';
   } else replies = 'stateful: replies of this connection pass';
-  return { packet: text, from, to, steps, verdict, outcome: name, port: dest >= 0 ? ports[dest].name : null, replies };
+  return { packet: text, from, to, steps, verdict, outcome: name, port: dest >= 0 ? ports[dest].name : null, ports: destPorts, replies };
 }
 
 function macOfGroup(family: Family, words: readonly number[]): string | null {
@@ -353,7 +359,7 @@ export function formatTrace(r: TraceResult): string {
     for (const w of s.why) lines.push(`     ${w}`);
     if (s.rule?.comment) lines.push(`     comment: ${s.rule.comment}`);
   });
-  lines.push(`verdict  ${r.verdict.toUpperCase()} (outcome ${r.outcome}${r.port ? `, out of ${r.port}` : ''})`);
+  lines.push(`verdict  ${r.verdict.toUpperCase()} (outcome ${r.outcome}${r.ports.length > 0 ? `, out of ${r.ports.join(', ')}` : ''})`);
   lines.push(`replies  ${r.replies}`);
   return lines.join('\n');
 }

@@ -43,6 +43,14 @@ export interface PortCounts {
   replies: number;
   rxErrors: number;
   attaches: number;
+  /** Frames for the port dropped because its transmit queue was full. */
+  txQueueFull: number;
+  /** Replies the port's reply rate limit held back. */
+  repliesLimited: number;
+  /** Multicast and broadcast packets of other ports that this port's ingress policy refused. */
+  groupRefused: number;
+  /** Frames its backend dropped before tapwall read them (libpcap's queue, the AF_PACKET ring). */
+  backendDropped: number;
   up: boolean;
 }
 
@@ -53,7 +61,8 @@ export function portCounts(dp: Dataplane, i: number): PortCounts {
   for (let k = 0; k < OUTCOME_COUNT; k++) outcomes[OUTCOME_NAMES[k]] = dp.outcomes[i * OUTCOME_COUNT + k];
   return {
     outcomes, rx: pc(PC.rxPackets), tx: pc(PC.txPackets), txDropped: pc(PC.txDropped), replies: pc(PC.replies),
-    rxErrors: pc(PC.rxErrors), attaches: pc(PC.attaches), up: dp.ports[i].up,
+    rxErrors: pc(PC.rxErrors), attaches: pc(PC.attaches), txQueueFull: pc(PC.txQueueFull), repliesLimited: pc(PC.repliesLimited),
+    groupRefused: dp.sw.groupRefused[i], backendDropped: dp.backendDropped(i), up: dp.ports[i].up,
   };
 }
 

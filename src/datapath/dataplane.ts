@@ -21,6 +21,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { portOpen, type PortIo, type PortMode, type PortOptions } from '../io/ports.js';
+import { NATIVE_LAYOUT } from '../io/native.js';
 import { CT, CT_STATES, ENTRY_WORDS, F, FLAG, FlowTable, NO_PORT, flowInsert, flowRemovePort } from '../flow/flowTable.js';
 import { FlowStateFile, flowStateOpen, type PreviousFlows } from '../flow/flowState.js';
 import { Conntrack, RS_COUNT, ctSweep } from '../flow/conntrack.js';
@@ -28,9 +29,10 @@ import { FlowLog } from '../flow/flowLog.js';
 import { FRAG, PKT } from '../packet/parse.js';
 import { OUTCOME_COUNT, Outcome } from '../packet/verdict.js';
 import type { CompiledPolicy } from '../policy/compile.js';
+import type { Rule } from '../policy/model.js';
 import { PolicyDecider } from './decide.js';
 import { Switch, frameDecide, type SwitchOptions } from './frameDecide.js';
-import { buildReject, ReplyLimiter } from './reject.js';
+import { rejectWrite, ReplyLimiter } from './reject.js';
 import { TypedHistogram } from '../metrics/histogram.js';
 
 /** One batch in BATCH_TIME_SAMPLE is timed: two clock reads per sampled batch, nothing per packet. */
@@ -41,6 +43,8 @@ export const FRAME_STRIDE = 2048; // a 1514-byte frame and a VLAN tag fit; large
 /** With virtio-net headers a frame may be a whole TSO segment: 64 KiB and the header. */
 export const OFFLOAD_STRIDE = 65536 + 64;
 const MAX_BATCHES_PER_EVENT = 16;
+/** Policies whose rule numbering the flow log can still resolve (a record is read within 200 ms; a closing connection may be older). */
+const RULE_HISTORY = 64;
 
 export interface PortSpec {
   /** Interface name. */
@@ -103,8 +107,14 @@ export interface FlowRecord {
 }
 
 /** Port counters besides outcomes: [port * PC_COUNT + PC.x]. */
-export const enum PC { rxPackets = 0, rxBytes = 1, txPackets = 2, txBytes = 3, txDropped = 4, rxErrors = 5, replies = 6, attaches = 7 }
-export const PC_COUNT = 8;
+export const enum PC {
+  rxPackets = 0, rxBytes = 1, txPackets = 2, txBytes = 3, txDropped = 4, rxErrors = 5, replies = 6, attaches = 7,
+  /** Frames for this port that found its transmit queue full (dropped; cannot happen while a queue holds two batches). */
+  txQueueFull = 8,
+  /** Replies (resets, ICMP errors) not sent because the port's reply budget was spent. */
+  repliesLimited = 9,
+}
+export const PC_COUNT = 10;
 
 /**
  * A port whose interface is not there (a guest that is off): reads nothing,
@@ -114,7 +124,8 @@ class AbsentPort implements PortIo {
   constructor(readonly name: string, readonly mode: PortMode, readonly vnetHdr: number) {}
   start(): void {}
   read(): number { return 0; }
-  write(): number { return -6; } // -ENXIO: counted as dropped by flush()
+  write(): number { return -NATIVE_LAYOUT.enxio; } // counted as dropped by flush()
+  dropped(): number { return 0; }
   close(): void {}
 }
 
@@ -158,11 +169,18 @@ class Port {
   txBuf: Uint8Array;
   /** Interface index when attached (attach and pcap modes), -1 when absent. */
   ifindex = -1;
+  /** Frames dropped by the backends this port had before its current one (a counter never goes back). */
+  droppedBefore = 0;
   readonly limiter = new ReplyLimiter();
   constructor(readonly index: number, public spec: PortSpec, public io: PortIo, private readonly upFlags: Uint8Array) {
     this.stride = io.vnetHdr > 0 ? OFFLOAD_STRIDE : FRAME_STRIDE;
     this.rxBuf = new Uint8Array(BATCH * this.stride);
     this.txBuf = this.rxBuf;
+  }
+  /** Put in a new backend (attached, re-attached, absent); the old one's drops stay counted. */
+  replaceIo(io: PortIo): void {
+    if (io !== this.io) this.droppedBefore += this.io.dropped();
+    this.io = io;
   }
   /** Up: the decision path may send to it (kept in the switch's typed array). */
   get up(): boolean { return this.upFlags[this.index] === 1; }
@@ -195,6 +213,12 @@ export class Dataplane {
   private previousFlows: PreviousFlows | null = null;
   /** Why the flow state file could not be read or kept (the table is then in memory only). */
   readonly flowStateProblems: string[] = [];
+  /**
+   * The rules of the last RULE_HISTORY policies, by conntrack generation: a
+   * flow-log record names its rules by number, and is read (every 200 ms, or
+   * when a logged connection closes) under the policy it was decided under.
+   */
+  private readonly rulesByGeneration = new Map<number, readonly Rule[]>();
 
   constructor(compiled: CompiledPolicy, specs: PortSpec[], private readonly opts: DataplaneOptions = {}) {
     // Frames with virtio-net headers are forwarded with them: every port must carry them (TAP, AF_PACKET; not libpcap).
@@ -225,6 +249,7 @@ export class Dataplane {
     // The ports the policy's points name, if they differ from the specs (a policy that moved vNICs since).
     this.reconcilePorts(compiled);
     this.ct.ruleStats = new Float64Array((compiled.rules.length + 1) * RS_COUNT);
+    this.rulesByGeneration.set(this.ct.generation, compiled.rules);
     if (opts.flowLog) this.ct.flowLog = new FlowLog(8192, this.capacity, opts.flowLog.rate, opts.flowLog.burst);
   }
 
@@ -249,7 +274,7 @@ export class Dataplane {
       opts.onError?.(spec.name, `cannot open: ${(e as Error).message}`);
       io = new AbsentPort(spec.name, spec.mode, opts.tap?.offload ? 10 : 0);
     }
-    port.io = io;
+    port.replaceIo(io);
     port.ifindex = ifindex;
     port.up = !(io instanceof AbsentPort);
     if (this.started && port.up) io.start((events) => this.onEvent(port, events));
@@ -279,7 +304,7 @@ export class Dataplane {
   private retirePort(port: Port, next: CompiledPolicy): void {
     if (this.opts.onDetach && port.spec.workload !== null) this.opts.onDetach(port.spec.workload, this.exportPortFlows(port.index), next);
     port.io.close();
-    port.io = new AbsentPort(port.spec.name, port.spec.mode, port.io.vnetHdr);
+    port.replaceIo(new AbsentPort(port.spec.name, port.spec.mode, port.io.vnetHdr));
     port.up = false;
     port.retired = true;
     port.txCount = 0;
@@ -296,6 +321,8 @@ export class Dataplane {
         // Another vNIC's old slot: its counters start again from zero under the new name.
         this.outcomes.fill(0, port.index * OUTCOME_COUNT, (port.index + 1) * OUTCOME_COUNT);
         this.portCounters.fill(0, port.index * PC_COUNT, (port.index + 1) * PC_COUNT);
+        port.droppedBefore = 0;
+        this.sw.groupRefused[port.index] = 0;
       } else if (this.ports.length < this.capacity) {
         port = new Port(this.ports.length, spec, new AbsentPort(spec.name, spec.mode, 0), this.sw.up);
         this.ports.push(port);
@@ -444,6 +471,11 @@ export class Dataplane {
     this.reconcilePorts(compiled);
     this.sw.setPolicy(compiled);
     this.policy = compiled;
+    this.rulesByGeneration.set(this.ct.generation, compiled.rules);
+    for (const g of this.rulesByGeneration.keys()) {
+      if (this.rulesByGeneration.size <= RULE_HISTORY) break;
+      this.rulesByGeneration.delete(g); // the oldest first (insertion order)
+    }
     const attached = this.attached;
     this.attached = [];
     for (const w of attached) this.opts.onAttach?.(w);
@@ -460,6 +492,17 @@ export class Dataplane {
       if (from !== undefined) stats.set(old.subarray(from * RS_COUNT, (from + 1) * RS_COUNT), (i + 1) * RS_COUNT);
     });
     this.ct.ruleStats = stats;
+  }
+
+  /** The rules of the policy in force at conntrack generation `g` (recent ones only), or null. */
+  rulesAt(g: number): readonly Rule[] | null {
+    return this.rulesByGeneration.get(g) ?? null;
+  }
+
+  /** Frames port i's backends dropped before they could be read, since it was first opened (control path). */
+  backendDropped(i: number): number {
+    const port = this.ports[i];
+    return port.droppedBefore + port.io.dropped();
   }
 
   /** The vNICs (workload ports) this data plane serves now. */
@@ -502,14 +545,14 @@ export class Dataplane {
       if (port.up && now === port.ifindex && now > 0) continue;
       if (!(port.io instanceof AbsentPort)) {
         port.io.close();
-        port.io = new AbsentPort(port.spec.name, port.spec.mode, port.io.vnetHdr);
+        port.replaceIo(new AbsentPort(port.spec.name, port.spec.mode, port.io.vnetHdr));
         if (port.up) this.opts.onError?.(port.spec.name, now < 0 ? 'interface gone: port down' : 'interface replaced: attaching again');
         port.up = false;
       }
       if (now < 0) continue;
       try {
         const io = portOpen(port.spec.name, port.spec.mode, this.opts.tap);
-        port.io = io;
+        port.replaceIo(io);
         port.ifindex = now;
         port.up = true;
         this.portCounters[port.index * PC_COUNT + PC.attaches]++;
@@ -550,11 +593,12 @@ export class Dataplane {
     }
   }
 
-  private enqueue(dest: Port, src: Port, i: number): void {
-    if (dest.txCount === dest.txOff.length) return; // cannot happen: at most BATCH frames, each queued once per port
+  /** Queue buf[off .. off+len) of src's receive buffer on dest; a full queue is a counted drop. */
+  private enqueue(dest: Port, src: Port, off: number, len: number): void {
+    if (dest.txCount === dest.txOff.length) { this.portCounters[dest.index * PC_COUNT + PC.txQueueFull]++; return; }
     dest.txBuf = src.rxBuf;
-    dest.txOff[dest.txCount] = src.rxOff[i];
-    dest.txLen[dest.txCount] = src.rxLen[i];
+    dest.txOff[dest.txCount] = off;
+    dest.txLen[dest.txCount] = len;
     dest.txCount++;
   }
 
@@ -581,8 +625,10 @@ export class Dataplane {
       if (len > port.stride - hdr || len < 0) outcome = Outcome.malformed;
       else {
         outcome = frameDecide(sw, buf, off, len, P, now, null);
-        if (outcome === Outcome.forward) this.enqueue(ports[sw.dest], port, i);
-        else if ((outcome === Outcome.reject || outcome === Outcome.cut) && sw.pkt[PKT.fragment] !== FRAG.later) this.reply(port, i, sw.pkt, now);
+        if (outcome === Outcome.forward) {
+          const dests = sw.dests, rxOff = port.rxOff[i], rxLen = port.rxLen[i];
+          for (let k = 0; k < sw.destCount; k++) this.enqueue(ports[dests[k]], port, rxOff, rxLen);
+        } else if ((outcome === Outcome.reject || outcome === Outcome.cut) && sw.pkt[PKT.fragment] !== FRAG.later) this.reply(port, i, sw.pkt, now);
       }
       outcomes[P * OUTCOME_COUNT + outcome]++;
     }
@@ -591,16 +637,16 @@ export class Dataplane {
     if (timed) this.batchSeconds.observe((performance.now() - started) / 1000);
   }
 
+  /** Answer frame i (rejected or cut) out of its own port, written over the frame itself (reject.ts). */
   private reply(port: Port, i: number, pkt: Int32Array, now: number): void {
-    if (!port.limiter.take(now)) return;
-    const hdr = port.io.vnetHdr;
-    const reply = buildReject(port.rxBuf, port.rxOff[i] + hdr, port.rxLen[i] - hdr, pkt);
-    if (!reply) return;
+    if (!port.limiter.take(now)) { this.portCounters[port.index * PC_COUNT + PC.repliesLimited]++; return; }
+    const hdr = port.io.vnetHdr, start = port.rxOff[i];
+    const len = rejectWrite(port.rxBuf, start + hdr, port.rxLen[i] - hdr, pkt);
+    if (len === 0) return;
     // A zeroed virtio-net header: a whole frame with its checksums done.
-    const frame = hdr > 0 ? new Uint8Array(hdr + reply.length) : reply;
-    if (hdr > 0) frame.set(reply, hdr);
-    const r = port.io.write(frame, Int32Array.of(0), Int32Array.of(frame.length), 1);
-    if (r === 1) this.portCounters[port.index * PC_COUNT + PC.replies]++;
+    if (hdr > 0) port.rxBuf.fill(0, start, start + hdr);
+    this.portCounters[port.index * PC_COUNT + PC.replies]++;
+    this.enqueue(port, port, start, hdr + len);
   }
 
   private flush(): void {

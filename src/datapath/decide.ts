@@ -116,18 +116,35 @@ export class PolicyDecider implements FlowDecider {
 
   /**
    * A non-IP frame: allowed only where every vNIC it crosses has an allowing
-   * ether/ rule for its EtherType; the default does not apply to these.
+   * ether/ rule for its EtherType; the default does not apply to these (no
+   * rule is a drop, written as RULE_DEFAULT). Writes the deciding rules into
+   * rules[0] and rules[1] like decide(); returns a Verdict with its flags.
    */
-  decideEther(ethertype: number, origPort: number, replyPort: number): boolean {
+  decideEther(ethertype: number, origPort: number, replyPort: number, rules: Int32Array): number {
     const out = origPort >= 0 && origPort < this.portTables.length ? this.portTables[origPort] : null;
     const into = replyPort >= 0 && replyPort < this.portTables.length ? this.portTables[replyPort] : null;
-    if (out === null && into === null) return false;
-    return this.etherAllowed(out, ethertype) && this.etherAllowed(into, ethertype);
+    rules[0] = RULE_NOT_CHECKED;
+    rules[1] = RULE_NOT_CHECKED;
+    if (out === null && into === null) return Verdict.drop;
+    let flags = 0;
+    if (out !== null) {
+      const d = this.etherPoint(out, ethertype, rules, 0);
+      if ((d & Verdict.mask) !== Verdict.allow) return d;
+      flags |= d;
+    }
+    if (into !== null) {
+      const d = this.etherPoint(into, ethertype, rules, 1);
+      if ((d & Verdict.mask) !== Verdict.allow) return d;
+      flags |= d;
+    }
+    return flags;
   }
 
-  private etherAllowed(tables: PointTables | null, ethertype: number): boolean {
-    if (tables === null) return true;
+  private etherPoint(tables: PointTables, ethertype: number, rules: Int32Array, slot: number): number {
     const order = pointClassifyEther(tables, ethertype);
-    return order >= 0 && this.compiled.ruleAction[order] === Verdict.allow;
+    rules[slot] = order;
+    if (order < 0) return Verdict.drop;
+    const action = this.compiled.ruleAction[order];
+    return (action === Verdict.allow ? Verdict.allow : Verdict.drop) | ((this.compiled.ruleFlags[order] & RULE_FLAG.log) !== 0 ? Verdict.log : 0);
   }
 }

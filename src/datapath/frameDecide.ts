@@ -3,7 +3,8 @@
  *
  * What
  *   frameDecide(sw, buf, off, len, arrival, now, explain) returns the frame's
- *   Outcome and, for `forward`, the one port it goes to (sw.dest). The data
+ *   Outcome and, for `forward`, the ports it goes to (sw.dests[0 ..
+ *   destCount): one, or for a group packet every receiver). The data
  *   plane calls it for every frame it reads (explain = null); the tracer
  *   builds a frame from a packet description and calls it with an explain
  *   hook that records each step. There is no second implementation of any
@@ -16,8 +17,10 @@
  *      or carry one VLAN its workload declares (`vlans`, none by default),
  *      and a vNIC receives only such frames (`vlan`).
  *   3. destination by MAC: a vNIC's MAC is its port; any other unicast MAC is
- *      behind the uplink; broadcast and multicast go towards the uplink only
- *      (never flooded to vNICs); back out of the arrival port is `no_route`.
+ *      behind the uplink; back out of the arrival port is `no_route`. A group
+ *      MAC is decided by what the frame is: ARP and ND go to the owner of the
+ *      address asked about (4), IP to a group goes to every port whose policy
+ *      takes it (5, groupDecide), anything else towards the uplink.
  *   4. ARP (ETHERTYPE 0x0806) and neighbour solicitation/advertisement:
  *      well-formed or `malformed` (Ethernet/IPv4 ARP with nothing but zero
  *      padding after it; ND with hop limit 255, code 0, a unicast target, at
@@ -37,8 +40,11 @@
  *      are then ordinary ICMPv6 for the policy; a frame for a vNIC must carry
  *      one of its addresses, or a multicast or broadcast one (`misdirected`);
  *      later fragments follow their first fragment (decided again if the
- *      policy changed since); everything else is connection tracking and the
- *      policy (flow/conntrack.ts, decide.ts).
+ *      policy changed since); a whole packet to a multicast or broadcast
+ *      group is flooded to the ports whose ingress policy takes it, after the
+ *      sender's egress point (groupDecide, flow/conntrack.ts ctGroup);
+ *      everything else is connection tracking and the policy
+ *      (flow/conntrack.ts, decide.ts).
  *   6. Other EtherTypes: the policy's ether/ rules at both ends, else
  *      `ethertype`.
  *
@@ -47,11 +53,11 @@
  *   throws; the explain hook is called with constant strings only. Switch's
  *   constructor and setPolicy are control path.
  */
-import { Conntrack, ctPolicyChanged, ctProcess, type ConntrackOptions } from '../flow/conntrack.js';
+import { Conntrack, ctDecided, ctGroup, ctPolicyChanged, ctProcess, type ConntrackOptions } from '../flow/conntrack.js';
 import { FragmentTable, fragLookup, fragRemember, fragUpdate } from '../flow/fragments.js';
 import { NO_PORT, type FlowTable } from '../flow/flowTable.js';
 import { FRAG, PARSE, PKT, PKT_WORDS, parseFrame } from '../packet/parse.js';
-import { Outcome } from '../packet/verdict.js';
+import { Outcome, Verdict } from '../packet/verdict.js';
 import type { CompiledPolicy } from '../policy/compile.js';
 import type { Workload } from '../policy/model.js';
 import { spoofAddresses, spoofSourceAllowed, type SpoofAddresses } from '../policy/spoofguard.js';
@@ -59,8 +65,8 @@ import { PolicyDecider } from './decide.js';
 
 /** Records the steps of one decision (the tracer); the data plane passes null. */
 export interface Explain {
-  /** One step: its stage, the outcome it ended in (-1 when the frame went on), and why. */
-  step(stage: string, outcome: number, why: string): void;
+  /** One step: its stage, the outcome it ended in (-1 when the frame went on), and why; `port` when it concerns one receiver of several. */
+  step(stage: string, outcome: number, why: string, port?: number): void;
 }
 
 export interface SwitchPort {
@@ -74,11 +80,42 @@ export interface SwitchOptions extends ConntrackOptions {
   /** ARP and ND messages per second a port may send, and the burst (the uplink gets UPLINK_RESOLUTION_FACTOR times both). */
   resolutionRate?: number;
   resolutionBurst?: number;
+  /** Multicast and broadcast IP packets per second a vNIC may send to other ports, and the burst (the uplink: UPLINK_RESOLUTION_FACTOR times both). */
+  groupRate?: number;
+  groupBurst?: number;
 }
 
 /** Everything behind the uplink shares one port: its resolution budget is this many vNICs' worth. */
 const UPLINK_RESOLUTION_FACTOR = 16;
 const ADDR_WORDS = 6; // family, four address words, port
+
+/** A token bucket per port (rate per second, burst), in typed arrays; a factor scales one port's (the uplink's). */
+class PortBuckets {
+  private readonly tokens: Float64Array;
+  private readonly refilled: Float64Array;
+  private readonly rate: Float64Array;
+  private readonly burst: Float64Array;
+  constructor(n: number, private readonly baseRate: number, private readonly baseBurst: number) {
+    this.tokens = new Float64Array(n);
+    this.refilled = new Float64Array(n);
+    this.rate = new Float64Array(n);
+    this.burst = new Float64Array(n);
+  }
+  reset(port: number, factor: number): void {
+    this.rate[port] = this.baseRate * factor;
+    this.burst[port] = this.baseBurst * factor;
+    this.tokens[port] = this.burst[port];
+    this.refilled[port] = 0;
+  }
+  /** Take one token at `now` (ms); false when the bucket is empty. Hot path. */
+  take(port: number, now: number): boolean {
+    const t = Math.min(this.burst[port], this.tokens[port] + ((now - this.refilled[port]) * this.rate[port]) / 1000);
+    this.refilled[port] = now;
+    if (t < 1) { this.tokens[port] = t; return false; }
+    this.tokens[port] = t - 1;
+    return true;
+  }
+}
 
 function macParts(mac: string): [number, number] {
   const b = mac.split(':').map((h) => parseInt(h, 16));
@@ -120,8 +157,15 @@ export class Switch {
   readonly ct: Conntrack;
   readonly frags = new FragmentTable();
   readonly pkt = new Int32Array(PKT_WORDS);
-  /** Set by frameDecide for `forward`: the port the frame goes to. */
+  /** Set by frameDecide for `forward`: the port the frame goes to (the first of them for a group packet). */
   dest = -1;
+  /** Set by frameDecide for `forward`: every port the frame goes to, dests[0 .. destCount); one but for group packets. */
+  readonly dests: Int32Array;
+  destCount = 0;
+  /** Per port: group packets its ingress policy refused (the sender's other receivers may have taken them). */
+  readonly groupRefused: Float64Array;
+  /** Scratch for the tracer: a group packet's candidate receivers before the policy sorted them. */
+  readonly groupCandidates: Int32Array;
   spoofguard = true;
   policy: CompiledPolicy;
   private macTable = new Int32Array(0);
@@ -129,16 +173,14 @@ export class Switch {
   /** Open-addressed: [family, w0, w1, w2, w3, port] per slot, port -1 when empty. */
   private addrTable = new Int32Array(0);
   private addrMask = 0;
-  private readonly l2Tokens: Float64Array;
-  private readonly l2Refilled: Float64Array;
-  private readonly l2Rate: Float64Array;
-  private readonly l2Burst: Float64Array;
+  /** ARP and neighbour discovery a port may send. */
+  private readonly resolutionBudget: PortBuckets;
   /** Scratch: the two addresses (four words each) of a resolution check. */
   private readonly addrScratch = new Int32Array(4);
   private readonly addrScratch2 = new Int32Array(4);
 
-  private readonly rate: number;
-  private readonly burst: number;
+  /** Multicast and broadcast packets a port may send. */
+  private readonly groupBudget: PortBuckets;
 
   /**
    * `specs` are the ports at start; `capacity` bounds how many port slots
@@ -159,12 +201,11 @@ export class Switch {
     this.vlans = Array.from({ length: n }, () => null);
     this.spoof = Array.from({ length: n }, () => ({ v4: new Int32Array(0), v6: new Int32Array(0) }));
     this.workloads = Array.from({ length: n }, () => null);
-    this.rate = opts.resolutionRate ?? 100;
-    this.burst = opts.resolutionBurst ?? 200;
-    this.l2Rate = new Float64Array(n);
-    this.l2Burst = new Float64Array(n);
-    this.l2Tokens = new Float64Array(n);
-    this.l2Refilled = new Float64Array(n);
+    this.resolutionBudget = new PortBuckets(n, opts.resolutionRate ?? 100, opts.resolutionBurst ?? 200);
+    this.groupBudget = new PortBuckets(n, opts.groupRate ?? 1000, opts.groupBurst ?? 2000);
+    this.dests = new Int32Array(n);
+    this.groupRefused = new Float64Array(n);
+    this.groupCandidates = new Int32Array(n);
     for (let i = 0; i < n; i++) this.resetBucket(i);
     this.policy = compiled;
     this.decider = new PolicyDecider(compiled, this.names.map((name, i) => (this.isVnic[i] === 1 ? name : '')));
@@ -174,10 +215,9 @@ export class Switch {
 
   private resetBucket(i: number): void {
     const factor = i === this.uplink ? UPLINK_RESOLUTION_FACTOR : 1;
-    this.l2Rate[i] = this.rate * factor;
-    this.l2Burst[i] = this.burst * factor;
-    this.l2Tokens[i] = this.l2Burst[i];
-    this.l2Refilled[i] = 0;
+    this.resolutionBudget.reset(i, factor);
+    this.groupBudget.reset(i, factor);
+    this.groupRefused[i] = 0;
   }
 
   /** A vNIC port in slot i (control path); takes effect for addresses and policy at the next setPolicy. */
@@ -293,11 +333,12 @@ export class Switch {
 
   /** Take one ARP/ND token for a port; false when its bucket is empty. */
   resolutionToken(port: number, now: number): boolean {
-    const t = Math.min(this.l2Burst[port], this.l2Tokens[port] + ((now - this.l2Refilled[port]) * this.l2Rate[port]) / 1000);
-    this.l2Refilled[port] = now;
-    if (t < 1) { this.l2Tokens[port] = t; return false; }
-    this.l2Tokens[port] = t - 1;
-    return true;
+    return this.resolutionBudget.take(port, now);
+  }
+
+  /** Take one group-send token for a port; false when its bucket is empty. */
+  groupToken(port: number, now: number): boolean {
+    return this.groupBudget.take(port, now);
   }
 
   /** Is the address (raw words) one of the port's own? */
@@ -373,6 +414,8 @@ function deliver(sw: Switch, to: number, ex: Explain | null): number {
   if (sw.up[to] !== 1) return say(ex, 'switch', Outcome.no_route, 'the port it goes to is down');
   if (sw.isVnic[to] === 1 && !vlanAllowed(sw, to)) return say(ex, 'switch', Outcome.vlan, 'the receiving vNIC does not declare this VLAN');
   sw.dest = to;
+  sw.dests[0] = to;
+  sw.destCount = 1;
   return Outcome.forward;
 }
 
@@ -383,6 +426,7 @@ function deliver(sw: Switch, to: number, ex: Explain | null): number {
 export function frameDecide(sw: Switch, buf: Uint8Array, off: number, len: number, P: number, now: number, ex: Explain | null): number {
   const pkt = sw.pkt;
   sw.dest = -1;
+  sw.destCount = 0;
   const kind = parseFrame(buf, off, len, pkt);
   if (kind === PARSE.malformed) return say(ex, 'parse', Outcome.malformed, 'the frame cannot be read to the end (truncated, bad lengths, or headers tapwall does not read past)');
   const vnic = sw.isVnic[P] === 1;
@@ -401,8 +445,14 @@ export function frameDecide(sw: Switch, buf: Uint8Array, off: number, len: numbe
   // Another EtherType: the policy's ether/ rules at both ends, else dropped.
   const target = dest < 0 ? towardsUplink(sw, P) : dest;
   if (target === NO_PORT) return say(ex, 'switch', Outcome.no_route, 'there is no port to send it to');
-  if (!sw.decider.decideEther(pkt[PKT.ethertype], P, target)) return say(ex, 'policy', Outcome.ethertype, 'no ether/ rule allows this EtherType at every vNIC it crosses');
-  return deliver(sw, target, ex);
+  const d = sw.decider.decideEther(pkt[PKT.ethertype], P, target, sw.ct.rules);
+  if ((d & Verdict.mask) !== Verdict.allow) {
+    ctDecided(sw.ct, pkt, d, P, target, Outcome.ethertype, now);
+    return say(ex, 'policy', Outcome.ethertype, 'no ether/ rule allows this EtherType at every vNIC it crosses');
+  }
+  const outcome = deliver(sw, target, ex);
+  ctDecided(sw.ct, pkt, d, P, target, outcome, now);
+  return outcome;
 }
 
 function arpDecide(sw: Switch, buf: Uint8Array, off: number, len: number, P: number, dest: number, now: number, ex: Explain | null): number {
@@ -485,6 +535,8 @@ function ipDecide(sw: Switch, buf: Uint8Array, P: number, dest: number, now: num
       if (pkt[PKT.icmpCode] !== 0 || hop !== (mld ? 1 : 255)) return say(ex, 'nd', Outcome.malformed, 'neighbour discovery with a hop limit other than 255, MLD other than 1, or a non-zero code');
     }
   }
+  // To a group, whole (not fragmented): every port whose policy takes it, not only the uplink.
+  if (dest < 0 && pkt[PKT.fragment] === FRAG.none && dstIsGroup(pkt)) return groupDecide(sw, P, now, ex);
   let to = dest >= 0 ? dest : dest === NO_PORT ? NO_PORT : towardsUplink(sw, P);
   if (to === NO_PORT) return say(ex, 'switch', Outcome.no_route, 'there is no port to send it to');
   if (!dstIsGroup(pkt)) {
@@ -594,4 +646,47 @@ function ndDecide(sw: Switch, buf: Uint8Array, P: number, dest: number, now: num
   }
   say(ex, 'resolution', -1, 'neighbour discovery between addresses no drop rule cuts off from each other');
   return deliver(sw, to, ex);
+}
+
+/**
+ * An IP packet to a multicast or broadcast group (group MAC and group
+ * address), as a switch floods it: to every other port that is up, takes its
+ * VLAN and whose ingress policy allows it (flow/conntrack.ts ctGroup: the
+ * sender's egress point once, each receiver's ingress point, untracked);
+ * from a vNIC the uplink gets it too, by the sender's point alone. Rate
+ * limited per sending port (`rate_limit`). The outcome is `forward` when at
+ * least one port takes it, `policy` when the sender's point or every
+ * receiver's refused it, `no_route` when no port could have. Fragmented
+ * group packets are not flooded: they take the unicast path (towards the
+ * uplink), since a later fragment follows one port.
+ */
+function groupDecide(sw: Switch, P: number, now: number, ex: Explain | null): number {
+  const dests = sw.dests;
+  let count = 0;
+  for (let p = 0; p < sw.portCount; p++) {
+    if (p === P || sw.up[p] !== 1) continue;
+    if (sw.isVnic[p] === 1) {
+      if (sw.workloads[p] === null || !vlanAllowed(sw, p)) continue;
+    } else if (p !== sw.uplink || sw.isVnic[P] !== 1) continue;
+    dests[count++] = p;
+  }
+  if (count === 0) return say(ex, 'group', Outcome.no_route, 'a multicast or broadcast packet with no other port to take it');
+  if (!sw.groupToken(P, now)) return say(ex, 'rate', Outcome.rate_limit, "above the port's multicast and broadcast rate");
+  if (ex !== null) sw.groupCandidates.set(dests.subarray(0, count));
+  const taken = ctGroup(sw.ct, sw.pkt, P, sw.isVnic, dests, count, sw.groupRefused, now);
+  if (ex !== null && taken >= 0) {
+    // Each receiver's own answer, for the tracer (the data plane passes null and skips this).
+    for (let k = 0; k < count; k++) {
+      const r = sw.groupCandidates[k];
+      let took = false;
+      for (let j = 0; j < taken; j++) if (dests[j] === r) took = true;
+      ex.step('group', took ? -1 : Outcome.policy, took ? 'this receiver takes it' : "this receiver's ingress policy refuses it", r);
+    }
+  }
+  if (taken < 0) return say(ex, 'group', Outcome.policy, "the sender's egress policy does not let this multicast or broadcast packet out");
+  if (taken === 0) return say(ex, 'group', Outcome.policy, "no receiver's ingress policy takes this multicast or broadcast packet");
+  sw.dest = dests[0];
+  sw.destCount = taken;
+  say(ex, 'group', -1, 'a multicast or broadcast packet: to every port whose policy takes it');
+  return Outcome.forward;
 }

@@ -45,7 +45,7 @@
  *   as does the end of a logged connection.
  */
 import { Outcome, Verdict } from '../packet/verdict.js';
-import { FRAG, ICMP, PARSE, PKT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parseFrame } from '../packet/parse.js';
+import { FRAG, ICMP, PKT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../packet/parse.js';
 import { flowLogClose, flowLogDecision, type FlowLog } from './flowLog.js';
 import {
   CT, CT_NAMES, CT_STATES, ENTRY_WORDS, F, FLAG, FlowTable, INSERT_QUOTA, NO_PORT,
@@ -254,7 +254,7 @@ function logDecision(ct: Conntrack, pkt: Int32Array, d: number, origPort: number
   if ((d & Verdict.log) === 0 && !(denied && deciding === -1)) return;
   // Charged to the vNIC whose point decided: the receiver when its ingress decided or the sender is no vNIC.
   const charged = out === -2 || (denied && into !== -2) ? replyPort : origPort;
-  flowLogDecision(log, pkt, charged, origPort, replyPort, out, into, outcome, now);
+  flowLogDecision(log, pkt, charged, origPort, replyPort, out, into, outcome, now, ct.generation);
 }
 
 function isIcmpEcho(pkt: Int32Array): boolean {
@@ -271,6 +271,16 @@ function isIcmpEcho(pkt: Int32Array): boolean {
 function ruleCountDecision(ct: Conntrack, pkt: Int32Array): void {
   ruleCount(ct.ruleStats, ct.rules[0], pkt[PKT.length], 1);
   if (ct.rules[1] !== ct.rules[0]) ruleCount(ct.ruleStats, ct.rules[1], pkt[PKT.length], 1);
+}
+
+/**
+ * A decision the data plane took without a connection (a non-IP frame by
+ * its ether/ rules): counted for its rules and logged like any other, with
+ * `outcome` what became of the frame. Hot path.
+ */
+export function ctDecided(ct: Conntrack, pkt: Int32Array, d: number, origPort: number, replyPort: number, outcome: number, now: number): void {
+  ruleCountDecision(ct, pkt);
+  logDecision(ct, pkt, d, origPort, replyPort, outcome, now);
 }
 
 /** The Outcome of a packet no connection covers, by the policy; opens an entry when it should. */
@@ -438,32 +448,51 @@ export function ctProcess(ct: Conntrack, pkt: Int32Array, arrivalPort: number, d
   return Outcome.forward;
 }
 
+/**
+ * A packet to a multicast or broadcast group, between a sender and several
+ * receivers: decided at the sender's egress point once, then at each
+ * receiver's ingress point, and never tracked (a group has no reply
+ * direction; what comes back is unicast and decided on its own). ports[0 ..
+ * count) are the candidate receivers; those whose point allows it are moved
+ * to the front. Returns how many may receive it, or -1 when the sender's
+ * point stops it (ct.rules[0] is then the rule). `isPoint[p]` is 1 where port
+ * p is a vNIC with a policy point; a receiver with none (the uplink) takes
+ * what the sender's point let out. `refused[p]` counts receivers' refusals.
+ * A reject is a drop here: nothing is answered to a group packet (RFC 1122
+ * 3.2.2). Hot path: allocation-free.
+ */
+export function ctGroup(
+  ct: Conntrack, pkt: Int32Array, arrivalPort: number, isPoint: Uint8Array,
+  ports: Int32Array, count: number, refused: Float64Array, now: number,
+): number {
+  const decider = ct.decider, rules = ct.rules, bytes = pkt[PKT.length];
+  let egressRule = -2;
+  if (isPoint[arrivalPort] === 1) {
+    const d = decider.decide(pkt, arrivalPort, NO_PORT, rules);
+    ruleCount(ct.ruleStats, rules[0], bytes, 0);
+    if ((d & Verdict.mask) !== Verdict.allow) {
+      logDecision(ct, pkt, d, arrivalPort, NO_PORT, Outcome.policy, now);
+      return -1;
+    }
+    logDecision(ct, pkt, d, arrivalPort, NO_PORT, Outcome.forward, now);
+    egressRule = rules[0];
+  }
+  let taken = 0;
+  for (let k = 0; k < count; k++) {
+    const r = ports[k];
+    if (isPoint[r] === 1) {
+      const d = decider.decide(pkt, NO_PORT, r, rules);
+      ruleCount(ct.ruleStats, rules[1], bytes, 0);
+      const allowed = (d & Verdict.mask) === Verdict.allow;
+      logDecision(ct, pkt, d, arrivalPort, r, allowed ? Outcome.forward : Outcome.policy, now);
+      if (!allowed) { refused[r]++; continue; }
+    } else if (isPoint[arrivalPort] !== 1) continue; // neither end has a point: nothing lets it through
+    ports[taken++] = r;
+  }
+  rules[0] = egressRule; // the sender's rule, for the caller (each receiver's was counted and logged above)
+  rules[1] = -2;
+  return taken;
+}
+
 export { CT_STATES };
 
-/**
- * A batch of frames from one port: parse each and track it. Frame i, for i
- * from `start` to start + count - 1, is buf[offsets[i] .. offsets[i] +
- * lengths[i]) and is headed to destPorts[i]. Writes its Outcome to
- * outcomes[i - start] and its connection entry (or -1) to entries[i - start];
- * returns how many were forwarded.
- * Non-IP frames are not this function's: they come out as `ethertype`
- * for the caller (ARP and neighbour discovery are the data plane's).
- */
-export function ctProcessBatch(
-  ct: Conntrack, buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, start: number, count: number,
-  arrivalPort: number, destPorts: Int32Array, now: number, pkt: Int32Array,
-  outcomes: Uint8Array, entries: Int32Array,
-): number {
-  let forwarded = 0;
-  for (let i = start, j = 0; j < count; i++, j++) {
-    const r = parseFrame(buf, offsets[i], lengths[i], pkt);
-    let o: number;
-    if (r === PARSE.ip) o = ctProcess(ct, pkt, arrivalPort, destPorts[i], now);
-    else if (r === PARSE.malformed) { o = Outcome.malformed; ct.lastEntry = -1; }
-    else { o = Outcome.ethertype; ct.lastEntry = -1; }
-    outcomes[j] = o;
-    entries[j] = ct.lastEntry;
-    if (o === Outcome.forward) forwarded++;
-  }
-  return forwarded;
-}

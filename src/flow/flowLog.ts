@@ -31,8 +31,10 @@ export const enum FLE {
   dst = 10, // 4 words
   sport = 14, dport = 15, ruleOut = 16, ruleIn = 17, outcome = 18,
   packetsOrig = 19, packetsReply = 20, bytesOrig = 21, bytesReply = 22,
+  /** The policy generation the rules were decided under (their numbers mean rules of that policy); 0: unknown. */
+  generation = 23,
 }
-export const FLE_WORDS = 23;
+export const FLE_WORDS = 24;
 /** Event kinds: a connection decision (allowed and opened, or denied), and the end of a logged connection. */
 export const enum FLK { decision = 0, close = 1 }
 
@@ -79,16 +81,19 @@ function slot(log: FlowLog): number {
 /** A connection decided (opened or denied) for a parsed packet; `port` is the vNIC charged for it. */
 export function flowLogDecision(
   log: FlowLog, pkt: Int32Array, port: number, origPort: number, replyPort: number,
-  ruleOut: number, ruleIn: number, outcome: number, now: number,
+  ruleOut: number, ruleIn: number, outcome: number, now: number, generation: number,
 ): void {
   if (!admit(log, port, now)) return;
   const r = log.ring, o = slot(log);
+  const family = pkt[PKT.family];
   r[o + FLE.kind] = FLK.decision;
   r[o + FLE.time] = Date.now();
   r[o + FLE.port] = origPort;
   r[o + FLE.peerPort] = replyPort;
-  r[o + FLE.family] = pkt[PKT.family];
-  r[o + FLE.proto] = pkt[PKT.proto];
+  r[o + FLE.family] = family;
+  // A non-IP frame (family 0) is logged by its EtherType, with no addresses.
+  r[o + FLE.proto] = family === 0 ? pkt[PKT.ethertype] : pkt[PKT.proto];
+  r[o + FLE.generation] = generation;
   for (let i = 0; i < 4; i++) { r[o + FLE.src + i] = pkt[PKT.src + i]; r[o + FLE.dst + i] = pkt[PKT.dst + i]; }
   r[o + FLE.sport] = pkt[PKT.sport];
   r[o + FLE.dport] = pkt[PKT.dport];
@@ -118,6 +123,7 @@ export function flowLogClose(log: FlowLog, t: FlowTable, ent: number, now: numbe
   r[o + FLE.dport] = e[eo + F.ports] & 0xffff;
   r[o + FLE.ruleOut] = e[eo + F.ruleOut];
   r[o + FLE.ruleIn] = e[eo + F.ruleIn];
+  r[o + FLE.generation] = e[eo + F.generation];
   r[o + FLE.outcome] = 0;
   r[o + FLE.packetsOrig] = e[eo + F.packetsOrig];
   r[o + FLE.packetsReply] = e[eo + F.packetsReply];

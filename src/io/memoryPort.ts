@@ -40,5 +40,9 @@ export class MemoryPort implements PortIo {
     return count;
   }
 
+  dropped(): number {
+    return 0;
+  }
+
   close(): void {}
 }

@@ -12,13 +12,18 @@ export interface NativeAddon {
   /** The index of interface `name` in the network namespace at nsPath, 0 if it has none, -errno if it cannot be entered. */
   linkIndexIn(nsPath: string, name: string): number;
   packetOpen(ifname: string, useRing?: boolean, vnetHdr?: boolean): number;
+  /** True when the AF_PACKET descriptor reads through a TPACKET_V3 ring (tests check the fast path is taken). */
   usesRing(fd: number): boolean;
-  readBatch(fd: number, kind: number, buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, start: number, max: number, stride: number): number;
-  writeBatch(fd: number, kind: number, buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, start: number, count: number): number;
+  /** Frames 0..max-1 read into `stride`-byte slots of buf; the count, or -errno. */
+  readBatch(fd: number, kind: number, buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, max: number, stride: number): number;
+  /** Frames 0..count-1 written; how many the kernel took, or -errno. */
+  writeBatch(fd: number, kind: number, buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, count: number): number;
   closeFd(fd: number): number;
-  watch(fd: number, onEvent: (events: number) => void, writable?: boolean): object;
+  /** onEvent(events) on the event loop whenever fd is readable (events & uvReadable), or -errno once the poll fails. */
+  watch(fd: number, onEvent: (events: number) => void): object;
   unwatch(handle: object): void;
-  setWatchWritable(handle: object, on: boolean): void;
+  /** Frames the kernel dropped on an AF_PACKET socket since the last call, or -errno. */
+  packetDrops(fd: number): number;
   /** A MAP_SHARED mapping of a file created at `path` (0600), its blocks reserved first; throws ENOSPC/EMAPFILE. */
   mapFile(path: string, bytes: number): ArrayBuffer;
   /** Become uid/gid keeping only these capabilities (numbers) on the calling thread; throws EPRIVDROP. */
@@ -31,7 +36,9 @@ export const NATIVE_LAYOUT = {
   kindTap: 0,
   kindPacket: 1,
   uvReadable: 1,
-  uvWritable: 2,
+  /** errno values the TypeScript side returns itself (a port with no interface, a libpcap send that failed). */
+  eio: 5,
+  enxio: 6,
   /** struct virtio_net_hdr, in front of every frame on a TAP opened with TAP_VNET_HDR. */
   vnetHdrSize: 10,
 } as const;

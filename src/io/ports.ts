@@ -18,7 +18,6 @@ import { native, NATIVE_LAYOUT, TAP_PERSIST, TAP_VNET_HDR } from './native.js';
 
 export type PortMode = 'tap' | 'attach' | 'pcap';
 
-const EIO = 5;
 
 export interface PortIo {
   readonly name: string;
@@ -31,6 +30,8 @@ export interface PortIo {
   read(buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, max: number, stride: number): number;
   /** Frames 0..count-1 of buf at offsets/lengths. */
   write(buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, count: number): number;
+  /** Frames the backend dropped before tapwall could read them, since it opened (control path: read at scrape time). */
+  dropped(): number;
   close(): void;
 }
 
@@ -47,13 +48,23 @@ class NativePort implements PortIo {
   }
 
   read(buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, max: number, stride: number): number {
-    const n = native().readBatch(this.fd, this.kind, buf, offsets, lengths, 0, max, stride);
+    const n = native().readBatch(this.fd, this.kind, buf, offsets, lengths, max, stride);
     if (n < 0) this.stopWatching();
     return n;
   }
 
   write(buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, count: number): number {
-    return native().writeBatch(this.fd, this.kind, buf, offsets, lengths, 0, count);
+    return native().writeBatch(this.fd, this.kind, buf, offsets, lengths, count);
+  }
+
+  private drops = 0;
+  dropped(): number {
+    // AF_PACKET: the kernel's count of frames its ring had no room for (reset by each read); a TAP drops nothing itself.
+    if (this.kind === NATIVE_LAYOUT.kindPacket) {
+      const d = native().packetDrops(this.fd);
+      if (d > 0) this.drops += d;
+    }
+    return this.drops;
   }
 
   private stopWatching(): void {
@@ -86,7 +97,8 @@ class PcapPort implements PortIo {
   private readonly pendingLen: Int32Array;
   private pendingCount = 0;
   private scheduled = false;
-  dropped = 0;
+  /** Frames libpcap handed over that the pending queue had no room for, or cut short. */
+  private drops = 0;
   private onReadable: ((events: number) => void) | null = null;
 
   constructor(readonly name: string, private readonly slots = 256, private readonly stride = 2048) {
@@ -106,7 +118,7 @@ class PcapPort implements PortIo {
   }
 
   private onPacket(nbytes: number, truncated: boolean): void {
-    if (this.pendingCount === this.slots || truncated || nbytes > this.stride) { this.dropped++; return; }
+    if (this.pendingCount === this.slots || truncated || nbytes > this.stride) { this.drops++; return; }
     this.pending.set(this.frame.subarray(0, nbytes), this.pendingCount * this.stride);
     this.pendingLen[this.pendingCount++] = nbytes;
     if (!this.scheduled) {
@@ -117,6 +129,10 @@ class PcapPort implements PortIo {
 
   start(onReadable: (events: number) => void): void {
     this.onReadable = onReadable;
+  }
+
+  dropped(): number {
+    return this.drops;
   }
 
   read(buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, max: number, stride: number): number {
@@ -141,7 +157,7 @@ class PcapPort implements PortIo {
       try {
         this.cap.send(Buffer.from(buf.buffer, buf.byteOffset + offsets[i], lengths[i]), lengths[i]);
       } catch {
-        return i > 0 ? i : -EIO;
+        return i > 0 ? i : -NATIVE_LAYOUT.eio;
       }
     }
     return count;

@@ -31,11 +31,12 @@ export function metricsRegistry(dp: Dataplane, controller: Controller | null = n
   // Ports whose vNIC left this host are not reported (their series end; a slot reused starts from zero).
   const live = (each: (i: number) => void) => dp.ports.forEach((p, i) => { if (!p.retired) each(i); });
 
-  const portCounter = (name: string, help: string, pc: PC) => new Counter({
+  /** A counter per live port, read from the data plane at scrape time: one of its PC counters, or another per-port value. */
+  const portCounter = (name: string, help: string, pc: PC | ((i: number) => number)) => new Counter({
     name, help, labelNames: ['port', 'workload'], registers: [registry],
     collect() {
       this.reset();
-      live((i) => this.inc(portLabels(i), dp.portCounters[i * PC_COUNT + pc]));
+      live((i) => this.inc(portLabels(i), typeof pc === 'function' ? pc(i) : dp.portCounters[i * PC_COUNT + pc]));
     },
   });
   portCounter('tapwall_port_received_packets_total', 'Frames received on the port.', PC.rxPackets);
@@ -45,6 +46,29 @@ export function metricsRegistry(dp: Dataplane, controller: Controller | null = n
   portCounter('tapwall_port_transmit_dropped_total', 'Frames for the port that the kernel did not take (full queue, port down).', PC.txDropped);
   portCounter('tapwall_port_receive_errors_total', 'Read or poll failures on the port (the interface went away).', PC.rxErrors);
   portCounter('tapwall_port_reject_replies_total', 'TCP resets and ICMP errors sent for rejected or cut packets.', PC.replies);
+  portCounter('tapwall_port_transmit_queue_full_total', 'Frames for the port dropped because its transmit queue was full.', PC.txQueueFull);
+  portCounter('tapwall_port_reject_replies_limited_total', 'Resets and ICMP errors not sent because the port\'s reply rate limit was reached.', PC.repliesLimited);
+  portCounter('tapwall_port_group_refused_total',
+    'Multicast and broadcast packets another port sent that this port\'s ingress policy refused (the other receivers may have taken them).',
+    (i) => dp.sw.groupRefused[i]);
+  portCounter('tapwall_port_backend_dropped_total',
+    'Frames the port\'s backend dropped before tapwall read them (libpcap: its pending queue full or a frame cut short; AF_PACKET: the kernel\'s ring full).',
+    (i) => dp.backendDropped(i));
+  if (dp.ct.flowLog) {
+    const fl = dp.ct.flowLog;
+    new Counter({
+      name: 'tapwall_flow_log_events_total',
+      help: 'Flow log events per port: written to the log, or suppressed by its per-vNIC rate limit or a full ring (reported as "suppressed" lines).',
+      labelNames: ['port', 'workload', 'result'], registers: [registry],
+      collect() {
+        this.reset();
+        live((i) => {
+          this.inc({ ...portLabels(i), result: 'written' }, fl.written[i]);
+          this.inc({ ...portLabels(i), result: 'suppressed' }, fl.suppressed[i]);
+        });
+      },
+    });
+  }
   portCounter('tapwall_port_attaches_total', 'Times the port was attached again after its interface appeared or came back (a guest started or restarted).', PC.attaches);
 
   new Counter({

@@ -187,6 +187,8 @@ export function parseFrame(b: Uint8Array, off: number, len: number, pkt: Int32Ar
   pkt[PKT.innerProto] = -1;
   pkt[PKT.fragment] = FRAG.none;
   pkt[PKT.fragmentId] = 0;
+  pkt[PKT.family] = 0; // not IP until the IP header says so (a non-IP frame is logged and traced by its EtherType)
+  pkt[PKT.proto] = 0;
 
   if (ethertype === ETH_IPV4) {
     if (o + 20 > end) return PARSE.malformed;
