@@ -32,6 +32,7 @@ COPY package.json package-lock.json tsconfig.json ./
 COPY native-bindings ./native-bindings
 COPY bin ./bin
 COPY src ./src
+COPY tools ./tools
 COPY bench ./bench
 RUN npm ci --no-audit --no-fund && npm prune --omit=dev
 

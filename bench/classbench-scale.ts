@@ -21,8 +21,8 @@
  * Output is in ClassBench's own format, so every tool here reads it.
  */
 import { writeFileSync } from 'node:fs';
-import { readClassbenchRules, CLASSBENCH_DIMS } from '../src/classify/classbench.js';
-import { prng } from '../src/util/prng.js';
+import { readClassbenchRules, CLASSBENCH_DIMS } from '../tools/classbench.js';
+import { prng } from '../tools/prng.js';
 
 const KEEP_TOP_BITS = 8;
 

@@ -6,7 +6,7 @@
  * each figure is the median of its rounds. Lookups are uncached: every packet
  * of the trace goes through the classifier, cycling over the trace.
  */
-import { readClassbenchRules, readClassbenchTrace, CLASSBENCH_DIMS } from '../src/classify/classbench.js';
+import { readClassbenchRules, readClassbenchTrace, CLASSBENCH_DIMS } from '../tools/classbench.js';
 import { linearLookup, trieBuild, trieLookup, type RuleTrie } from '../src/classify/ruleTrie.js';
 import { countGcDuring, machineInfo, median, type MachineInfo } from './machine.js';
 

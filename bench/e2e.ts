@@ -8,20 +8,22 @@
  *   ovs         Open vSwitch's userspace datapath with a conntrack firewall
  *               of RULES OpenFlow rules (when it installs and starts);
  *   tapwall     tapwall with TAP ports and a policy of the same RULES rules,
- *               without and with virtio-net headers (--offload).
+ *               without virtio-net headers (--no-offload) and with them
+ *               (its default).
  * For each: 64-byte UDP frames per second received (trafgen from netsniff-ng
  * sending on one core), once as one flow and once as new flows (random
  * source address and port: every packet a new connection), and one iperf3
  * TCP stream. Each figure is packets counted at the receiver's NIC over a
- * fixed time. Ratios are against the bridge and against nftables from the
- * same run. Every namespace and link is named tw... and removed at the end.
+ * fixed time, with the CPU time it cost per packet (the sender's excluded:
+ * it has one core to itself and bounds the rates here). Ratios are against
+ * the bridge and against nftables from the same run. Every namespace and link is named tw... and removed at the end.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Lab, lineReader, sh } from '../src/util/lab.js';
+import { Lab, lineReader, sh } from '../tools/lab.js';
 import { machineInfo, type MachineInfo } from './machine.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
@@ -30,12 +32,30 @@ const IP_A = '10.123.0.1', IP_B = '10.123.0.2';
 
 export type E2ePath = 'bridge' | 'nft-linear' | 'nft-set' | 'ovs' | 'tapwall' | 'tapwall-offload';
 
+/**
+ * Where the CPU went while a load ran, per packet received: the whole
+ * machine's busy time less the sender's own (trafgen's process time), the
+ * kernel's softirq time (where the bridge, nftables and veths forward), and
+ * the forwarding process's own time (tapwall or ovs-vswitchd; 0 for the
+ * kernel paths). From /proc/stat and /proc/PID/stat, in clock ticks.
+ */
+export interface CpuCost {
+  /** Nanoseconds of CPU per packet received, all but the sender's. */
+  nsPerPacket: number;
+  softirqNsPerPacket: number;
+  forwarderNsPerPacket: number;
+  /** Packets received per second of that CPU time: what a core would carry. */
+  packetsPerCpuSecond: number;
+}
+
 export interface E2eVariant {
   name: string;
   path: E2ePath;
   rules: number;
   oneFlowPps: number;
   newFlowsPps: number;
+  oneFlowCpu?: CpuCost;
+  newFlowsCpu?: CpuCost;
   tcpGbps: number;
   gcPerMillionPackets?: number;
   /** Round-trip times of sequential 64-byte UDP echoes, in microseconds. */
@@ -115,13 +135,44 @@ function rxPackets(ns: string, dev: string): number {
   return Number(sh(['ip', 'netns', 'exec', ns, 'cat', `/sys/class/net/${dev}/statistics/rx_packets`]).trim());
 }
 
-function ppsRun(lab: Lab, cfg: string, devA: string, devB: string, seconds: number): number {
+const TICK_NS = 1e9 / 100; // USER_HZ
+
+/** Busy and softirq ticks of the whole machine, this process's waited-for children's ticks, and a process's own. */
+function cpuTicks(pid: number | null): { busy: number; softirq: number; children: number; forwarder: number } {
+  const cpu = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal
+  const busy = cpu.reduce((a, b) => a + b, 0) - cpu[3] - cpu[4];
+  const procTicks = (path: string, fields: number[]) => {
+    try {
+      const stat = readFileSync(path, 'utf8');
+      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // fields from 3 (state) on
+      return fields.reduce((a, f) => a + Number(rest[f - 3]), 0);
+    } catch { return 0; }
+  };
+  return { busy, softirq: cpu[6], children: procTicks('/proc/self/stat', [16, 17]), forwarder: pid === null ? 0 : procTicks(`/proc/${pid}/stat`, [14, 15]) };
+}
+
+function ppsRun(lab: Lab, cfg: string, devA: string, devB: string, seconds: number, forwarderPid: number | null): { pps: number; cpu: CpuCost } {
   const before = rxPackets('twb-b', devB);
+  const cpu0 = cpuTicks(forwarderPid);
   try {
     execFileSync('ip', ['netns', 'exec', 'twb-a', 'timeout', '-s', 'INT', String(seconds), 'trafgen', '-o', devA, '-i', cfg, '-P', '1', '-q'], { stdio: 'ignore' });
   } catch { /* timeout ends trafgen with a non-zero status */ }
   execFileSync('sleep', ['0.3']);
-  return Math.round((rxPackets('twb-b', devB) - before) / seconds);
+  const cpu1 = cpuTicks(forwarderPid);
+  const got = rxPackets('twb-b', devB) - before;
+  const n = Math.max(1, got);
+  // The sender (trafgen, waited for through ip and timeout) is this process's child: its time is in our children's.
+  const forwarding = Math.max(0, (cpu1.busy - cpu0.busy) - (cpu1.children - cpu0.children));
+  return {
+    pps: Math.round(got / seconds),
+    cpu: {
+      nsPerPacket: Math.round((forwarding * TICK_NS) / n),
+      softirqNsPerPacket: Math.round(((cpu1.softirq - cpu0.softirq) * TICK_NS) / n),
+      forwarderNsPerPacket: Math.round(((cpu1.forwarder - cpu0.forwarder) * TICK_NS) / n),
+      packetsPerCpuSecond: forwarding > 0 ? Math.round(got / ((forwarding * TICK_NS) / 1e9)) : 0,
+    },
+  };
 }
 
 function tcpRun(lab: Lab, seconds: number): number {
@@ -157,7 +208,7 @@ function bridgeTopology(lab: Lab): void {
  * priorities: OVS's classifier is not a linear scan), the last allows and
  * commits. Returns a function that stops it all.
  */
-function ovsStart(dir: string, rules: number): () => void {
+function ovsStart(dir: string, rules: number): { stop: () => void; pid: () => number | null } {
   const run = join(dir, 'ovs');
   mkdirSync(run, { recursive: true });
   const env = { ...process.env, OVS_RUNDIR: run, OVS_DBDIR: run, OVS_LOGDIR: run, OVS_SYSCONFDIR: run };
@@ -191,9 +242,12 @@ function ovsStart(dir: string, rules: number): () => void {
     stop();
     throw e;
   }
-  return () => {
-    try { x(['ovs-vsctl', `--db=unix:${join(run, 'db.sock')}`, '--if-exists', 'del-br', 'twb-ovs']); } catch { /* stopping anyway */ }
-    stop();
+  return {
+    stop: () => {
+      try { x(['ovs-vsctl', `--db=unix:${join(run, 'db.sock')}`, '--if-exists', 'del-br', 'twb-ovs']); } catch { /* stopping anyway */ }
+      stop();
+    },
+    pid: () => { try { return Number(readFileSync(join(run, 'ovs-vswitchd.pid'), 'utf8')); } catch { return null; } },
   };
 }
 
@@ -252,14 +306,16 @@ export async function benchE2e(opts: E2eOptions = {}): Promise<E2eResult> {
   writeFileSync(oneFlow, trafgenConfig(false));
   writeFileSync(newFlows, trafgenConfig(true));
   const variants: E2eVariant[] = [];
-  const measure = async (name: string, path: E2ePath, lab: Lab, devA: string, devB: string) => {
+  const measure = async (name: string, path: E2ePath, lab: Lab, devA: string, devB: string, forwarderPid: number | null = null) => {
     // Teach B's neighbour table A's MAC, so B's replies need no ARP round trip.
     sh(['ip', '-n', 'twb-b', 'neigh', 'replace', IP_A, 'lladdr', MAC_A, 'dev', devB]);
     sh(['ip', '-n', 'twb-a', 'neigh', 'replace', IP_B, 'lladdr', MAC_B, 'dev', devA]);
+    const one = full ? ppsRun(lab, oneFlow, devA, devB, seconds, forwarderPid) : null;
+    const fresh = ppsRun(lab, newFlows, devA, devB, seconds, forwarderPid);
     const r: E2eVariant = {
       name, path, rules: path === 'bridge' ? 0 : rules,
-      oneFlowPps: full ? ppsRun(lab, oneFlow, devA, devB, seconds) : 0,
-      newFlowsPps: ppsRun(lab, newFlows, devA, devB, seconds),
+      oneFlowPps: one?.pps ?? 0, newFlowsPps: fresh.pps,
+      ...(one ? { oneFlowCpu: one.cpu } : {}), newFlowsCpu: fresh.cpu,
       tcpGbps: full ? tcpRun(lab, seconds) : 0,
     };
     if (rttSamples > 0) {
@@ -269,7 +325,7 @@ export async function benchE2e(opts: E2eOptions = {}): Promise<E2eResult> {
       if (j.p50 !== undefined) r.rttUs = { p50: Math.round(j.p50), p90: Math.round(j.p90!), p99: Math.round(j.p99!), max: Math.round(j.max!) };
       echo.kill('SIGKILL');
     }
-    log(`${name}: ${r.oneFlowPps} pps one flow, ${r.newFlowsPps} pps new flows, ${r.tcpGbps} Gbit/s TCP${r.rttUs ? `, UDP round trip p50 ${r.rttUs.p50} us p99 ${r.rttUs.p99} us` : ''}`);
+    log(`${name}: ${r.oneFlowPps} pps one flow, ${r.newFlowsPps} pps new flows (${r.newFlowsCpu!.nsPerPacket} ns CPU per packet), ${r.tcpGbps} Gbit/s TCP${r.rttUs ? `, UDP round trip p50 ${r.rttUs.p50} us p99 ${r.rttUs.p99} us` : ''}`);
     variants.push(r);
   };
 
@@ -305,31 +361,31 @@ export async function benchE2e(opts: E2eOptions = {}): Promise<E2eResult> {
   const skipped: E2eResult['skipped'] = [];
   if (paths.has('ovs')) {
     lab = new Lab();
-    let stopOvs: (() => void) | null = null;
+    let ovs: ReturnType<typeof ovsStart> | null = null;
     try {
       need('ovs-vswitchd', 'openvswitch-switch');
       // Its userspace datapath forwards correctly only with offloads off on the veths.
       lab.vethHost('twb-a', 'twb-a0', 'twb-a1', MAC_A, [`${IP_A}/24`]);
       lab.vethHost('twb-b', 'twb-b0', 'twb-b1', MAC_B, [`${IP_B}/24`]);
-      stopOvs = ovsStart(dir, rules);
-      await measure(`Open vSwitch userspace + conntrack, ${rules} rules`, 'ovs', lab, 'twb-a1', 'twb-b1');
+      ovs = ovsStart(dir, rules);
+      await measure(`Open vSwitch userspace + conntrack, ${rules} rules`, 'ovs', lab, 'twb-a1', 'twb-b1', ovs.pid());
     } catch (e) {
       const why = `Open vSwitch could not be measured: ${((e as { stderr?: string }).stderr || (e as Error).message).split('\n')[0]}`;
       skipped.push({ path: 'ovs', why });
       log(why);
     } finally {
-      stopOvs?.();
+      ovs?.stop();
       lab.cleanup();
     }
   }
 
-  // 4. tapwall, TAP ports; 5. the same with virtio-net headers (checksum and TSO offload through).
+  // 4. tapwall, TAP ports without virtio-net headers (--no-offload); 5. with them, its default (checksum and TSO offload through).
   const policyFile = join(dir, 'policy.yaml');
   writeFileSync(policyFile, tapwallPolicy(rules));
   for (const offload of [false, true]) {
     if (!paths.has(offload ? 'tapwall-offload' : 'tapwall')) continue;
     lab = new Lab();
-    const args = [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, '--flow-capacity', '1048576', '--metrics', '127.0.0.1:0', '--state-dir', dir, '--no-api-socket', ...(offload ? ['--offload'] : [])];
+    const args = [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, '--flow-capacity', '1048576', '--metrics', '127.0.0.1:0', '--state-dir', dir, '--no-api-socket', ...(offload ? [] : ['--no-offload'])];
     const daemon = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'ignore'] });
     lab.procs.push(daemon);
     const nextLine = lineReader(daemon, 30_000);
@@ -345,7 +401,7 @@ export async function benchE2e(opts: E2eOptions = {}): Promise<E2eResult> {
       lab.host('twb-a', 'twb-ta', MAC_A, [`${IP_A}/24`]);
       lab.host('twb-b', 'twb-tb', MAC_B, [`${IP_B}/24`]);
       const before = await daemonStats();
-      await measure(`tapwall${offload ? ' --offload' : ''}, ${rules} rules`, offload ? 'tapwall-offload' : 'tapwall', lab, 'twb-ta', 'twb-tb');
+      await measure(`tapwall${offload ? '' : ' --no-offload'}, ${rules} rules`, offload ? 'tapwall-offload' : 'tapwall', lab, 'twb-ta', 'twb-tb', daemon.pid ?? null);
       const after = await daemonStats();
       const rx = after.rx - before.rx;
       variants[variants.length - 1].gcPerMillionPackets = Number((((after.gc - before.gc) * 1e6) / Math.max(1, rx)).toFixed(2));
@@ -369,14 +425,19 @@ export async function benchE2e(opts: E2eOptions = {}): Promise<E2eResult> {
   };
 }
 
+function cpuText(c: CpuCost | undefined): string {
+  return c ? `${c.nsPerPacket} (${c.softirqNsPerPacket}, ${c.forwarderNsPerPacket})` : '-';
+}
+
 export function formatE2e(r: E2eResult): string {
   const m = r.machine;
   return [
     `machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, ${m.kernel}, Node.js ${m.node}`,
     `sender: trafgen on one core, 64-byte UDP; ${r.seconds} s per figure; policy size ${r.rules} rules`,
-    '| path | one flow (pps) | new flows (pps) | TCP, one stream (Gbit/s) |',
-    '|---|---:|---:|---:|',
-    ...r.variants.map((v) => `| ${v.name} | ${v.oneFlowPps} | ${v.newFlowsPps} | ${v.tcpGbps} |`),
+    'CPU: the machine\'s busy time less the sender\'s, per packet received (softirq: the kernel\'s forwarding; process: tapwall\'s or ovs-vswitchd\'s own), and packets per CPU-second of it',
+    '| path | one flow (pps) | CPU ns/pkt (softirq, process) | pkts per CPU-s | new flows (pps) | CPU ns/pkt (softirq, process) | pkts per CPU-s | TCP, one stream (Gbit/s) |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|',
+    ...r.variants.map((v) => `| ${v.name} | ${v.oneFlowPps} | ${cpuText(v.oneFlowCpu)} | ${v.oneFlowCpu?.packetsPerCpuSecond ?? '-'} | ${v.newFlowsPps} | ${cpuText(v.newFlowsCpu)} | ${v.newFlowsCpu?.packetsPerCpuSecond ?? '-'} | ${v.tcpGbps} |`),
     ...r.skipped.map((x) => `not measured: ${x.path}: ${x.why}`),
     `tapwall / bridge, one flow: ${r.ratios.tapwallVsBridgeOneFlow}`,
     `tapwall / nftables linear, new flows: ${r.ratios.tapwallVsNftNewFlows}x`,

@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { policyCompile } from '../src/policy/compile.js';
 import { policyParse } from '../src/policy/load.js';
-import { prng } from '../src/util/prng.js';
+import { prng } from '../tools/prng.js';
 
 /** The examples folder, whether this runs from bench/ (tests) or dist/bench/ (the CLI). */
 const examplesDir = [new URL('../examples/', import.meta.url), new URL('../../examples/', import.meta.url)].map((u) => fileURLToPath(u)).find((d) => existsSync(d))!;

@@ -29,7 +29,7 @@ import { policyCompile } from '../src/policy/compile.js';
 import { policyParse } from '../src/policy/load.js';
 import { addressText } from '../src/policy/addresses.js';
 import { linkLocalOf } from '../src/policy/spoofguard.js';
-import { prng } from '../src/util/prng.js';
+import { prng } from '../tools/prng.js';
 
 export const FUZZ_MACS = { a: '02:5a:00:00:00:01', b: '02:5a:00:00:00:02', c: '02:5a:00:00:00:03', out: '02:5a:00:00:00:99' };
 const LL = { a: addressText(6, linkLocalOf(FUZZ_MACS.a)), b: addressText(6, linkLocalOf(FUZZ_MACS.b)), c: addressText(6, linkLocalOf(FUZZ_MACS.c)) };

@@ -46,7 +46,7 @@ function version(cmd: string[], pattern: RegExp): string {
 
 const PATH_NAMES: Record<E2ePath, string> = {
   bridge: 'Linux bridge, no rules', 'nft-linear': 'nftables, linear chain', 'nft-set': 'nftables, one set', ovs: 'Open vSwitch userspace + ct',
-  tapwall: 'tapwall', 'tapwall-offload': 'tapwall --offload',
+  tapwall: 'tapwall --no-offload', 'tapwall-offload': 'tapwall (offload, the default)',
 };
 
 export async function benchReport(opts: { quick?: boolean; out?: string; log?: (l: string) => void } = {}): Promise<string> {
@@ -125,9 +125,11 @@ export async function benchReport(opts: { quick?: boolean; out?: string; log?: (
   md.push('## End to end', '',
     `Two namespaces; trafgen sends 64-byte UDP on one core (new flows: random source address and port, every packet a new connection); ${seconds} s per figure. The policy is N rules that do not match followed by one that allows (nftables: \`ct state established accept\` first, then the same rules).`, '',
     '![new flows](e2e-new-flows.svg)', '',
-    '| path | rules | new flows (pps) | one flow (pps) | TCP (Gbit/s) | UDP RTT p50 / p99 (us) |', '|---|---:|---:|---:|---:|---:|');
+    'The sender has one of the two cores to itself and bounds the rates, so each figure also says what it cost: CPU time per packet received, the sender\'s excluded (the machine\'s busy time from /proc/stat less trafgen\'s), and how many packets a CPU-second of it carries.', '',
+    '| path | rules | new flows (pps) | CPU ns/pkt | pkts per CPU-s | one flow (pps) | CPU ns/pkt | pkts per CPU-s | TCP (Gbit/s) | UDP RTT p50 / p99 (us) |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const v of e2e) {
-    md.push(`| ${PATH_NAMES[v.path]} | ${v.rules} | ${v.newFlowsPps} | ${v.oneFlowPps || '-'} | ${v.tcpGbps || '-'} | ${v.rttUs ? `${v.rttUs.p50} / ${v.rttUs.p99}` : '-'} |`);
+    const nf = v.newFlowsCpu, of = v.oneFlowCpu;
+    md.push(`| ${PATH_NAMES[v.path]} | ${v.rules} | ${v.newFlowsPps} | ${nf?.nsPerPacket ?? '-'} | ${nf?.packetsPerCpuSecond ?? '-'} | ${v.oneFlowPps || '-'} | ${of?.nsPerPacket ?? '-'} | ${of?.packetsPerCpuSecond ?? '-'} | ${v.tcpGbps || '-'} | ${v.rttUs ? `${v.rttUs.p50} / ${v.rttUs.p99}` : '-'} |`);
   }
   md.push('');
   for (const n of sizes) {

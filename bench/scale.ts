@@ -38,7 +38,7 @@ import { policyCompile, pointClassify, type CompiledPolicy } from '../src/policy
 import { policyParse } from '../src/policy/load.js';
 import type { Policy } from '../src/policy/model.js';
 import { findShadowedRules } from '../src/policy/shadow.js';
-import { prng } from '../src/util/prng.js';
+import { prng } from '../tools/prng.js';
 import { machineInfo, machineLine, median, type MachineInfo } from './machine.js';
 import { scalePolicy, SCALE_CASES, type ScaleCase } from './scalePolicies.js';
 

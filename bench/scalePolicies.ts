@@ -15,7 +15,7 @@
  *              /24s to the web tier, over the three tiers of rules10k's
  *              first application.
  */
-import { prng } from '../src/util/prng.js';
+import { prng } from '../tools/prng.js';
 
 export type ScaleCase = 'rules10k' | 'groups1m' | 'rules100k';
 export const SCALE_CASES: ScaleCase[] = ['rules10k', 'groups1m', 'rules100k'];

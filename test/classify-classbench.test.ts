@@ -3,7 +3,7 @@
 import t from 'tap';
 import { readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { readClassbenchRules, readClassbenchTrace, CLASSBENCH_DIMS } from '../src/classify/classbench.js';
+import { readClassbenchRules, readClassbenchTrace, CLASSBENCH_DIMS } from '../tools/classbench.js';
 import { linearLookup, trieBuild, trieLookup } from '../src/classify/ruleTrie.js';
 
 const root = fileURLToPath(new URL('../data/classbench/', import.meta.url));

@@ -5,7 +5,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { readClassbenchRules, readClassbenchTrace, CLASSBENCH_DIMS } from '../src/classify/classbench.js';
+import { readClassbenchRules, readClassbenchTrace, CLASSBENCH_DIMS } from '../tools/classbench.js';
 import { trieBuild, linearLookup } from '../src/classify/ruleTrie.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));

@@ -14,7 +14,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Lab, SERVERS, TCP_CONNECT, TCP_STREAM, lineReader, sh } from '../src/util/lab.js';
+import { Lab, SERVERS, TCP_CONNECT, TCP_STREAM, lineReader, sh } from '../tools/lab.js';
 import { apiCall } from '../src/cli/client.js';
 import { EtcdCluster } from '../bench/etcd.js';
 import { collect, echoes, errors, until, untilValue } from './fixtures.js';
@@ -98,7 +98,7 @@ t.test('two hypervisors on one etcd, VMs talking across them', async (t) => {
   const hb = await start('hb');
   t.same(ha.ready.ports.map((p) => p.name).sort(), ['twk-ua', 'twk-web1'], 'host A opened its uplink and web-1 only');
   t.same(hb.ready.ports.map((p) => p.name).sort(), ['twk-app1', 'twk-db1', 'twk-ub'], 'host B its uplink, app-1 and db-1');
-  for (const vm of Object.values(VMS)) lab.host(vm.ns, vm.nic, vm.mac, [`${vm.ip}/24`]);
+  for (const vm of Object.values(VMS)) lab.host(vm.ns, vm.nic, vm.mac, [`${vm.ip}/24`], [], { ipv6: false });
   const servers = [lab.spawnIn(VMS.app.ns, SERVERS, ['app', '8080', '8081']), lab.spawnIn(VMS.db.ns, SERVERS, ['db', '5432'])];
   await Promise.all(servers.map((s) => new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('echo servers did not start')), 10_000);

@@ -11,7 +11,7 @@ import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { lineReader } from '../src/util/lab.js';
+import { lineReader } from '../tools/lab.js';
 import { apiCall } from '../src/cli/client.js';
 import { makeTls } from '../bench/etcd.js';
 import { tieredPolicy, until } from './fixtures.js';

@@ -10,7 +10,7 @@ import { appendFileSync, existsSync, mkdirSync, statSync, mkdtempSync, readFileS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { lineReader, sh } from '../src/util/lab.js';
+import { lineReader, sh } from '../tools/lab.js';
 import { ApiError, apiCall } from '../src/cli/client.js';
 import { until, untilValue } from './fixtures.js';
 import { MemLab } from './memlab.js';

@@ -12,7 +12,7 @@ import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Lab, SERVERS, TCP_CONNECT, TCP_STREAM, UDP_STREAM, lineReader } from '../src/util/lab.js';
+import { Lab, SERVERS, TCP_CONNECT, TCP_STREAM, UDP_STREAM, lineReader } from '../tools/lab.js';
 import { apiCall } from '../src/cli/client.js';
 import { collect, echoes, errors, tieredPolicy, until } from './fixtures.js';
 
@@ -58,7 +58,8 @@ t.test('quarantine, flows, rule counters, flow logs and hitless updates with rea
   let stderr = '';
   daemon.stderr!.on('data', (d) => { stderr += String(d); });
   const ready = JSON.parse(await lineReader(daemon, 15_000)()) as { metrics: string };
-  for (const h of HOSTS) lab.host(h.ns, h.nic, h.mac, [h.v4]);
+  // IPv4 only: no IPv6 chatter of the VMs' own (router solicitations, MLD reports) among the frames counted below.
+  for (const h of HOSTS) lab.host(h.ns, h.nic, h.mac, [h.v4], [], { ipv6: false });
   const api = { socket };
   const servers = [lab.spawnIn('twn-app', SERVERS, ['app', '8080', '5353']), lab.spawnIn('twn-db', SERVERS, ['db', '5432'])];
   await Promise.all(servers.map((s) => new Promise<void>((resolve, reject) => {

@@ -10,7 +10,7 @@ import { chmodSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, wr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Lab, SERVERS, TCP_CONNECT, lineReader } from '../src/util/lab.js';
+import { Lab, SERVERS, TCP_CONNECT, lineReader } from '../tools/lab.js';
 import { apiCall } from '../src/cli/client.js';
 import { until } from './fixtures.js';
 

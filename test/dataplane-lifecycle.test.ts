@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Lab, SERVERS, TCP_CONNECT, lineReader, sh } from '../src/util/lab.js';
+import { Lab, SERVERS, TCP_CONNECT, lineReader, sh } from '../tools/lab.js';
 import { apiCall } from '../src/cli/client.js';
 import { untilValue } from './fixtures.js';
 

@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Lab, lineReader, sh } from '../src/util/lab.js';
+import { Lab, lineReader, sh } from '../tools/lab.js';
 import { until } from './fixtures.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));

@@ -13,7 +13,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Lab, SERVERS, TCP_CLIENT, UDP_CLIENT, lineReader, sh } from '../src/util/lab.js';
+import { Lab, SERVERS, TCP_CLIENT, UDP_CLIENT, lineReader, sh } from '../tools/lab.js';
 import { until } from './fixtures.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -113,7 +113,8 @@ async function scenario(t: Tap.Test, mode: 'tap' | 'offload' | 'attach' | 'attac
   // With attach-offload the veths keep their offloads: segments and partial checksums come with virtio-net headers.
   if (!tapLike) for (const h of HOSTS) lab.vethHost(h.ns, h.nic, h.nic.replace('twt-', 'twp-'), h.mac, [h.v4], [h.v6], mode !== 'attach-offload');
   const metricsArgs = ['--metrics', '127.0.0.1:0'];
-  const modeArgs = mode === 'offload' ? ['--mode', 'tap', '--offload'] : mode === 'attach-offload' ? ['--mode', 'attach', '--offload'] : ['--mode', mode];
+  // Offload (virtio-net headers) is the default in tap and attach modes; the other two runs turn it off.
+  const modeArgs = mode === 'offload' ? ['--mode', 'tap'] : mode === 'attach-offload' ? ['--mode', 'attach'] : mode === 'pcap' ? ['--mode', 'pcap'] : ['--mode', mode, '--no-offload'];
   daemon = spawn(process.execPath, [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, ...modeArgs, ...metricsArgs, '--state-dir', dir, '--api-socket', join(dir, 'api.sock')], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   daemon.stderr!.on('data', (d) => { stderr += String(d); });

@@ -12,7 +12,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Lab, SERVERS, TCP_CONNECT, TCP_STREAM, UDP_STREAM, lineReader, sh } from '../src/util/lab.js';
+import { Lab, SERVERS, TCP_CONNECT, TCP_STREAM, UDP_STREAM, lineReader, sh } from '../tools/lab.js';
 import { apiCall } from '../src/cli/client.js';
 import { collect, echoes, errors, until } from './fixtures.js';
 

@@ -8,7 +8,7 @@ import t from 'tap';
 import { MemLab } from './memlab.js';
 import { FUZZ_MACS, framesOfEveryKind, mutateInto } from '../bench/fuzz.js';
 import { frameTrace } from '../src/control/trace.js';
-import { prng } from '../src/util/prng.js';
+import { prng } from '../tools/prng.js';
 import { policyCompile } from '../src/policy/compile.js';
 import { policyParse } from '../src/policy/load.js';
 

@@ -13,8 +13,8 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Lab, lineReader, sh } from '../src/util/lab.js';
-import { Guest, buildInitramfs, guestAccel, type GuestSpec } from '../src/util/guest.js';
+import { Lab, lineReader, sh } from '../tools/lab.js';
+import { Guest, buildInitramfs, guestAccel, type GuestSpec } from '../tools/guest.js';
 import { apiCall } from '../src/cli/client.js';
 import { until } from './fixtures.js';
 

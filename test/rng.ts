@@ -1,5 +1,5 @@
 /** Helpers for randomised tests, over the seeded PRNG the benchmarks use too. */
-import { prng } from '../src/util/prng.js';
+import { prng } from '../tools/prng.js';
 
 export const rng = prng;
 

@@ -8,7 +8,6 @@ import { formatProblem, PolicyError, type PolicyProblem } from '../policy/errors
 import { policyLoad, policyParse } from '../policy/load.js';
 import { policyCompile } from '../policy/compile.js';
 import { formatTrace, parsePacketSpec, policyTrace, TraceSpecError } from '../control/trace.js';
-import { ClassbenchFormatError, readClassbenchRules, readClassbenchTrace, CLASSBENCH_DIMS } from '../classify/classbench.js';
 import { trieBuild, trieLookup } from '../classify/ruleTrie.js';
 import { dumpCompiled } from './dump.js';
 import { ApiError, apiCall, formatFlows, formatRules, formatStatus, parseTagChanges, type ApiTarget } from './client.js';
@@ -27,8 +26,8 @@ function fail(e: unknown): never {
     for (const p of e.problems) process.stderr.write(`${formatProblem(p)}\n`);
     process.exit(EXIT_INVALID);
   }
-  if (e instanceof TraceSpecError || e instanceof ClassbenchFormatError) {
-    process.stderr.write(`tapwall: ${e.message}\n`);
+  if (e instanceof TraceSpecError || (e as { code?: string } | null)?.code === 'CLASSBENCH_FORMAT') {
+    process.stderr.write(`tapwall: ${(e as Error).message}\n`);
     process.exit(EXIT_INVALID);
   }
   const err = e as NodeJS.ErrnoException;
@@ -144,7 +143,8 @@ program
   .option('--stats-every <seconds>', 'log counters this often', (v) => Number(v), 0)
   .option('--tap-persist', 'keep the TAP devices when tapwall exits (TUNSETPERSIST), as libvirt does')
   .option('--tap-owner <uid>', 'the user that may open the TAP devices (TUNSETOWNER)', (v) => Number(v))
-  .option('--offload', 'virtio-net headers on every port (IFF_VNET_HDR, PACKET_VNET_HDR): checksum and TSO offload pass through (tap and attach modes)')
+  .option('--offload', 'virtio-net headers on every port (IFF_VNET_HDR, PACKET_VNET_HDR), so checksum and TSO offload pass through: the default in tap and attach modes (libpcap cannot carry them)')
+  .option('--no-offload', 'no virtio-net headers: every frame whole, its checksums done, at most one MTU (the kernel segments and checksums before tapwall sees it)')
   .option('--metrics <host:port>', 'serve Prometheus metrics on http://HOST:PORT/metrics (loopback by default)', '127.0.0.1:9810')
   .option('--no-metrics', 'serve no metrics')
   .option('--state-dir <dir>', 'where the tags added at run time (tags.json) and the audit log (audit.jsonl) are kept', '/var/lib/tapwall')
@@ -178,7 +178,7 @@ program
   .option('--policy <file>', 'the policy to run (default: examples/three-tier.yaml)')
   .option('--duration <seconds>', 'stop after this long (default: run until Ctrl-C)', (v) => Number(v))
   .action(guarded(async (opts: { policy?: string; duration?: number }) => {
-    const { runDemo } = await import('./demo.js');
+    const { runDemo } = await import('../../tools/demo.js');
     await runDemo({ policy: opts.policy, duration: opts.duration ?? null });
     process.exit(0);
   }));
@@ -191,6 +191,8 @@ classbench
   .argument('<rules>', 'ClassBench rule file')
   .argument('<trace>', 'ClassBench trace file')
   .action(guarded(async (rulesPath: string, tracePath: string) => {
+    // The ClassBench reader is tooling (tools/), loaded only for this command.
+    const { readClassbenchRules, readClassbenchTrace, CLASSBENCH_DIMS } = await import('../../tools/classbench.js');
     const rules = readClassbenchRules(rulesPath);
     const trace = readClassbenchTrace(tracePath);
     const t = trieBuild(CLASSBENCH_DIMS, rules.count, rules.lo, rules.hi);
@@ -291,7 +293,7 @@ bench
 
 bench
   .command('e2e')
-  .description('Packets per second (64-byte UDP, one flow and new flows) and single-stream TCP between two namespaces: through a Linux bridge, the bridge filtered by nftables (a linear chain, and the rules as one set), Open vSwitch\'s userspace datapath with conntrack, and tapwall (without and with --offload), in one run. Needs root; installs trafgen, iperf3, nft and Open vSwitch if missing.')
+  .description('Packets per second (64-byte UDP, one flow and new flows) and single-stream TCP between two namespaces: through a Linux bridge, the bridge filtered by nftables (a linear chain, and the rules as one set), Open vSwitch\'s userspace datapath with conntrack, and tapwall (with --no-offload, and with its default virtio-net offload), each with the CPU time it cost per packet, in one run. Needs root; installs trafgen, iperf3, nft and Open vSwitch if missing.')
   .option('--json', 'print the result as JSON')
   .option('--rules <n>', 'policy size for every filtering path', (v) => Number(v), 10000)
   .option('--seconds <n>', 'length of each measurement', (v) => Number(v), 5)

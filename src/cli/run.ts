@@ -203,7 +203,8 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
     flowCapacity: opts.flowCapacity,
     flowState: opts.flowState === null ? undefined : opts.flowState ?? defaultFlowState(opts.stateDir),
     perPortQuota: opts.quota,
-    tap: { persist: opts.tapPersist, ownerUid: opts.tapOwner, offload: opts.offload },
+    // Offload unless told otherwise (QEMU turns virtio-net headers on by default too); libpcap cannot carry the headers.
+    tap: { persist: opts.tapPersist, ownerUid: opts.tapOwner, offload: opts.offload ?? opts.mode !== 'pcap' },
     flowLog: opts.flowLog || opts.flowLogStdout ? { rate: opts.flowLogRate, burst: Math.max(1, opts.flowLogRate * 2) } : undefined,
     onError: (port, message) => {
       // At most one log line per port per 10 s; the counters keep the full count.

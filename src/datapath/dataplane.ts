@@ -33,7 +33,7 @@ import type { Rule } from '../policy/model.js';
 import { PolicyDecider } from './decide.js';
 import { Switch, frameDecide, type SwitchOptions } from './frameDecide.js';
 import { rejectWrite, ReplyLimiter } from './reject.js';
-import { TypedHistogram } from '../metrics/histogram.js';
+import { TypedHistogram } from '../util/typedHistogram.js';
 
 /** One batch in BATCH_TIME_SAMPLE is timed: two clock reads per sampled batch, nothing per packet. */
 const BATCH_TIME_SAMPLE = 8;

@@ -1,30 +1,9 @@
 /**
- * A histogram in typed arrays, for the hot loop: observe() is a few compares
- * and two additions, no allocation; prom-client reads it only when scraped
- * (promHistogram turns it into a metric in the Prometheus histogram format).
- *
- * counts[i] holds observations <= bounds[i] and > bounds[i - 1]; the last
- * slot holds those above every bound (+Inf). Cumulated at scrape time.
+ * A TypedHistogram (util/typedHistogram.ts) as a Prometheus histogram,
+ * cumulated at scrape time.
  */
 import type { Registry } from 'prom-client';
-
-export class TypedHistogram {
-  readonly counts: Float64Array;
-  sum = 0;
-  count = 0;
-  constructor(readonly bounds: Float64Array) {
-    this.counts = new Float64Array(bounds.length + 1);
-  }
-
-  observe(v: number): void {
-    const b = this.bounds;
-    let i = 0;
-    while (i < b.length && v > b[i]) i++;
-    this.counts[i]++;
-    this.sum += v;
-    this.count++;
-  }
-}
+import type { TypedHistogram } from '../util/typedHistogram.js';
 
 /** Register `h` in `registry` as a Prometheus histogram called `name`. */
 export function promHistogram(registry: Registry, name: string, help: string, h: TypedHistogram): void {

@@ -21,12 +21,17 @@ export class Lab {
   readonly links: string[] = [];
   readonly procs: ChildProcess[] = [];
 
-  /** A namespace holding `dev` (already created, in the root namespace) as its NIC. */
-  host(ns: string, dev: string, mac: string, v4: string[], v6: string[] = []): void {
+  /**
+   * A namespace holding `dev` (already created, in the root namespace) as its NIC. With `ipv6: false` the
+   * NIC has no IPv6 at all (no link-local address, no router solicitation or MLD report when it comes up):
+   * for tests that count every frame a VM sends.
+   */
+  host(ns: string, dev: string, mac: string, v4: string[], v6: string[] = [], opts: { ipv6?: boolean } = {}): void {
     if (ns.length > 15 || !ns.startsWith('tw')) throw new Error(`test namespaces are named tw..., at most 15 characters: ${ns}`);
     sh(['ip', 'netns', 'add', ns]);
     this.namespaces.push(ns);
     sh(['ip', 'link', 'set', dev, 'netns', ns]);
+    if (opts.ipv6 === false) sh(['ip', 'netns', 'exec', ns, 'sysctl', '-qw', `net.ipv6.conf.${dev}.disable_ipv6=1`]);
     sh(['ip', '-n', ns, 'link', 'set', dev, 'address', mac]);
     for (const a of v4) sh(['ip', '-n', ns, 'addr', 'add', a, 'dev', dev]);
     for (const a of v6) sh(['ip', '-n', ns, 'addr', 'add', a, 'dev', dev, 'nodad']);

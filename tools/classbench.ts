@@ -8,7 +8,7 @@
  * dimensions (src, dst, proto, sport, dport). The flags column is ignored.
  */
 import { readFileSync } from 'node:fs';
-import { bias } from './ruleTrie.js';
+import { bias } from '../src/classify/ruleTrie.js';
 
 export const CLASSBENCH_DIMS = 5;
 

@@ -19,10 +19,10 @@ import { mkdtempSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CONNECT_LOOP, Lab, PORT_SCAN, SERVERS, TCP_CLIENT, TCP_STREAM, lineReader, sh } from '../util/lab.js';
-import { policyParse } from '../policy/load.js';
-import type { TraceResult } from '../control/trace.js';
-import { apiCall } from './client.js';
+import { CONNECT_LOOP, Lab, PORT_SCAN, SERVERS, TCP_CLIENT, TCP_STREAM, lineReader, sh } from './lab.js';
+import { policyParse } from '../src/policy/load.js';
+import type { TraceResult } from '../src/control/trace.js';
+import { apiCall } from '../src/cli/client.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 
