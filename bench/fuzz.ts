@@ -28,7 +28,7 @@ import { OUTCOME_COUNT, OUTCOME_NAMES } from '../src/packet/verdict.js';
 import { policyCompile } from '../src/policy/compile.js';
 import { policyParse } from '../src/policy/load.js';
 import { addressText } from '../src/policy/addresses.js';
-import { linkLocalOf } from '../src/policy/spoofguard.js';
+import { linkLocalOf } from '../src/policy/addresses.js';
 import { prng } from '../tools/prng.js';
 
 export const FUZZ_MACS = { a: '02:5a:00:00:00:01', b: '02:5a:00:00:00:02', c: '02:5a:00:00:00:03', out: '02:5a:00:00:00:99' };

@@ -10,6 +10,7 @@ import { MemLab } from './memlab.js';
 import { arpFrame, frameBuild } from '../src/packet/build.js';
 import { PARSE, PKT, PKT_WORDS, TCP_ACK, TCP_RST, TCP_SYN, parseFrame } from '../src/packet/parse.js';
 import { OUTCOME_NAMES } from '../src/packet/verdict.js';
+import { STAGE_NAMES } from '../src/datapath/switch.js';
 import { RS, RS_COUNT } from '../src/flow/conntrack.js';
 import { FLE, flowLogTake } from '../src/flow/flowLog.js';
 import { FlowLogWriter } from '../src/control/flowLogWriter.js';
@@ -290,6 +291,10 @@ t.test('one batch of mixed frames: every frame one outcome, and they add up', as
   t.equal(counts.reduce((x, y) => x + y, 0), frames.length, 'received = the sum of the outcomes');
   t.same([lab.dp.ct.counters[0] - hitsBefore, lab.dp.ct.counters[1] - missesBefore], [1, 3], 'one cache hit (the retransmission), three misses, counted on the daemon\'s path');
   t.same(['twf-b', 'twf-up'].map((p) => lab.sentBy(p).length), [3, 2], 'b got two SYNs and the VRRP packet, the uplink LLDP and VRRP');
+  // The stages, in order: [in, dropped] each. parse drops the cut-short frame; ip takes five (two SYNs, the
+  // port-22 SYN and the lone ACK, VRRP) and drops two; ether takes LLDP.
+  const stages = Object.fromEntries(STAGE_NAMES.map((name, k) => [name, [lab.dp.sw.stageCounts[k * 2], lab.dp.sw.stageCounts[k * 2 + 1]]]));
+  t.same(stages, { parse: [7, 1], link: [6, 0], steering: [6, 0], resolution: [0, 0], ip: [5, 2], ether: [1, 0] }, 'each stage counted what it took in and dropped');
 });
 
 t.test('a flow-log line names the rule that decided, as it was when it decided', async (t) => {

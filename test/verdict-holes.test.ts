@@ -8,7 +8,7 @@ import { MemLab } from './memlab.js';
 import { arpFrame, frameBuild, ndFrame, solicitedNode } from '../src/packet/build.js';
 import { TCP_SYN } from '../src/packet/parse.js';
 import { addressText } from '../src/policy/addresses.js';
-import { linkLocalOf } from '../src/policy/spoofguard.js';
+import { linkLocalOf } from '../src/policy/addresses.js';
 import { frameTrace, parsePacketSpec, policyTrace, specFrame } from '../src/control/trace.js';
 
 const MAC = { a: '02:50:00:00:00:01', b: '02:50:00:00:00:02', c: '02:50:00:00:00:03', out: '02:50:00:00:00:99' };

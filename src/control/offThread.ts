@@ -30,7 +30,7 @@ import { SegmentCache, ResolvedGroup, type CompiledPolicy, type FamilyTable, typ
 import type { Prefix } from '../policy/addresses.js';
 import type { ServiceAtom } from '../policy/services.js';
 import type { Group, Policy, Rule, Section, Workload } from '../policy/model.js';
-import { workloadPrefixes } from '../policy/spoofguard.js';
+import { workloadPrefixes } from '../policy/addresses.js';
 import { PrepareRefused, type DocumentRef, type Prepared, type Preparer } from './prepare.js';
 import type { TagMap } from './store.js';
 

@@ -15,7 +15,8 @@ import { addressText, parsePrefix, prefixContains, type Family, type Prefix } fr
 import { ruleServices, type CompiledPolicy, type Direction } from '../policy/compile.js';
 import type { Action, Rule } from '../policy/model.js';
 import { ICMP_TYPES, ICMPV6_TYPES, PROTO, isPorted, serviceAtomText } from '../policy/services.js';
-import { spoofCheck, workloadPrefixes } from '../policy/spoofguard.js';
+import { workloadPrefixes } from '../policy/addresses.js';
+import { spoofCheck } from '../datapath/spoofguard.js';
 import { FlowTable } from '../flow/flowTable.js';
 import { frameBuild, ndFrame } from '../packet/build.js';
 import { ICMP, PKT, TCP_SYN } from '../packet/parse.js';

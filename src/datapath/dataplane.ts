@@ -1,28 +1,27 @@
 /**
  * The data plane: an L2 switch between ports (vNICs and an optional uplink)
- * that runs every frame through the one decision path (frameDecide.ts:
- * parse, SpoofGuard, steering, ARP/ND, conntrack and policy). It needs no
- * MAC learning: every vNIC's MAC is declared in the policy (and enforced by
+ * that runs every frame through the one decision path. It needs no MAC
+ * learning: every vNIC's MAC is declared in the policy (and enforced by
  * SpoofGuard), and any other unicast MAC can only be behind the uplink.
  *
- * This file owns the ports and their I/O: the per-packet loop
- * (processBatch) runs once per batch read from one port, asks frameDecide
- * for each frame's Outcome and destination, queues forwarded frames on
- * their destination port, answers rejects, and at the end of the batch
- * makes one writeBatch per destination port.
+ * The pipeline, per batch read from one port (processBatch):
+ *   read (ports.ts, io/) -> decide each frame (frameDecide.ts: parse, link
+ *   SpoofGuard and VLAN, steering, then resolution, ip or ether) -> queue it
+ *   on the ports it goes to, or write a reply over it (transmit.ts,
+ *   reject.ts) -> one write per port with frames queued (transmit.ts).
  * Every received frame ends in exactly one Outcome, counted per port in
- * `outcomes` (port * OUTCOME_COUNT + outcome); rx = sum of outcomes.
+ * `outcomes` (port * OUTCOME_COUNT + outcome); rx = sum of outcomes. The
+ * stages count what they take in and drop (sw.stageCounts), the transmit
+ * stage what does not leave (port counters).
  *
- * Frames are never copied on the way through: tx queues hold offsets into
- * the arrival port's receive buffer, flushed before the next read.
- * Descriptors are watched by libuv (never a busy loop); one readable event
- * reads at most MAX_BATCHES_PER_EVENT batches, so the API and metrics get
- * their turn.
+ * This file owns the ports' lifecycle (attach, re-attach, vNICs that come
+ * and go with the policy), the policy swap, and the batch loop. Connections
+ * carried from another host or process are carried.ts's. Descriptors are
+ * watched by libuv (never a busy loop); one readable event reads at most
+ * MAX_BATCHES_PER_EVENT batches, so the API and metrics get their turn.
  */
-import { readFileSync } from 'node:fs';
 import { portOpen, type PortIo, type PortMode, type PortOptions } from '../io/ports.js';
-import { NATIVE_LAYOUT } from '../io/native.js';
-import { CT, CT_STATES, ENTRY_WORDS, F, FLAG, FlowTable, NO_PORT, flowInsert, flowRemovePort } from '../flow/flowTable.js';
+import { FlowTable, flowRemovePort } from '../flow/flowTable.js';
 import { FlowStateFile, flowStateOpen, type PreviousFlows } from '../flow/flowState.js';
 import { Conntrack, RS_COUNT, ctSweep } from '../flow/conntrack.js';
 import { FlowLog } from '../flow/flowLog.js';
@@ -32,30 +31,20 @@ import type { CompiledPolicy } from '../policy/compile.js';
 import type { Rule } from '../policy/model.js';
 import { PolicyDecider } from './decide.js';
 import { Switch, frameDecide, type SwitchOptions } from './frameDecide.js';
-import { rejectWrite, ReplyLimiter } from './reject.js';
 import { TypedHistogram } from '../util/typedHistogram.js';
+import { ATTACH_CHECK_MS, AbsentPort, BATCH, DEFAULT_MAX_PORTS, PC, PC_COUNT, Port, fairQuota, ifindexIfUp, type PortSpec } from './ports.js';
+import { txEnqueue, txFlush, txReply } from './transmit.js';
+import { flowsExport, flowsImport, flowsResume, type FlowRecord } from './carried.js';
+
+export { BATCH, DEFAULT_MAX_PORTS, FRAME_STRIDE, OFFLOAD_STRIDE, PC, PC_COUNT, fairQuota, type PortSpec } from './ports.js';
+export type { FlowRecord } from './carried.js';
 
 /** One batch in BATCH_TIME_SAMPLE is timed: two clock reads per sampled batch, nothing per packet. */
 const BATCH_TIME_SAMPLE = 8;
 
-export const BATCH = 64;
-export const FRAME_STRIDE = 2048; // a 1514-byte frame and a VLAN tag fit; larger ones are dropped as malformed
-/** With virtio-net headers a frame may be a whole TSO segment: 64 KiB and the header. */
-export const OFFLOAD_STRIDE = 65536 + 64;
 const MAX_BATCHES_PER_EVENT = 16;
 /** Policies whose rule numbering the flow log can still resolve (a record is read within 200 ms; a closing connection may be older). */
 const RULE_HISTORY = 64;
-
-export interface PortSpec {
-  /** Interface name. */
-  name: string;
-  mode: PortMode;
-  /** The workload whose vNIC this is; null for the uplink. */
-  workload: string | null;
-}
-
-/** Port slots a data plane has room for by default (vNICs come and go; a slot is reused). */
-export const DEFAULT_MAX_PORTS = 1024;
 
 export interface DataplaneOptions extends SwitchOptions {
   /** Port options: TAP persistence and owner; virtio-net headers (offload). */
@@ -84,107 +73,6 @@ export interface DataplaneOptions extends SwitchOptions {
    * flowStateProblems, and the table then lives in memory.
    */
   flowState?: string;
-}
-
-/**
- * A connection as another host can take it over (live migration): the
- * 5-tuple in the original direction, which end is the migrating VM, its
- * state and rules. Plain data (JSON through etcd).
- */
-export interface FlowRecord {
-  family: 4 | 6;
-  proto: number;
-  src: number[];
-  dst: number[];
-  sport: number;
-  dport: number;
-  /** state | flags << 8, as the flow table keeps it. */
-  state: number;
-  /** True when the VM is the original side (it opened the connection). */
-  vmIsOrig: boolean;
-  ruleOut: number;
-  ruleIn: number;
-}
-
-/** Port counters besides outcomes: [port * PC_COUNT + PC.x]. */
-export const enum PC {
-  rxPackets = 0, rxBytes = 1, txPackets = 2, txBytes = 3, txDropped = 4, rxErrors = 5, replies = 6, attaches = 7,
-  /** Frames for this port that found its transmit queue full (dropped; cannot happen while a queue holds two batches). */
-  txQueueFull = 8,
-  /** Replies (resets, ICMP errors) not sent because the port's reply budget was spent. */
-  repliesLimited = 9,
-}
-export const PC_COUNT = 10;
-
-/**
- * A port whose interface is not there (a guest that is off): reads nothing,
- * takes nothing. It stands in until the interface appears and is attached.
- */
-class AbsentPort implements PortIo {
-  constructor(readonly name: string, readonly mode: PortMode, readonly vnetHdr: number) {}
-  start(): void {}
-  read(): number { return 0; }
-  write(): number { return -NATIVE_LAYOUT.enxio; } // counted as dropped by flush()
-  dropped(): number { return 0; }
-  close(): void {}
-}
-
-/** The interface's index if it exists and is administratively up, else -1 (control path). */
-function ifindexIfUp(name: string): number {
-  try {
-    const flags = parseInt(readFileSync(`/sys/class/net/${name}/flags`, 'utf8'), 16);
-    if ((flags & 1) === 0) return -1;
-    return Number(readFileSync(`/sys/class/net/${name}/ifindex`, 'utf8'));
-  } catch {
-    return -1;
-  }
-}
-
-/**
- * The default per-vNIC quota: 2 x capacity / (vNICs + 1). One vNIC may use
- * the whole table; with n vNICs one of them can hold at most 2/(n+1) of it,
- * so a VM that floods the table with connections leaves the others at least
- * (n-1)/(n+1) of it (seen without a quota: one VM's UDP flows filled 262,144
- * entries and the others' new connections failed). What it refuses is
- * counted (refused_quota, outcome quota).
- */
-export function fairQuota(capacity: number, vnics: number): number {
-  return Math.max(1, Math.floor((2 * capacity) / (Math.max(1, vnics) + 1)));
-}
-
-/** How often attached ports look for their interface (gone, back, replaced). */
-const ATTACH_CHECK_MS = 500;
-
-class Port {
-  /** Its vNIC left this host (moved or deleted): closed, counters kept until the slot is reused. */
-  retired = false;
-  readonly stride: number;
-  readonly rxBuf: Uint8Array;
-  readonly rxOff = new Int32Array(BATCH);
-  readonly rxLen = new Int32Array(BATCH);
-  readonly txOff = new Int32Array(BATCH * 2);
-  readonly txLen = new Int32Array(BATCH * 2);
-  txCount = 0;
-  /** Where queued frames live: the arrival port's buffer of the batch being handled. */
-  txBuf: Uint8Array;
-  /** Interface index when attached (attach and pcap modes), -1 when absent. */
-  ifindex = -1;
-  /** Frames dropped by the backends this port had before its current one (a counter never goes back). */
-  droppedBefore = 0;
-  readonly limiter = new ReplyLimiter();
-  constructor(readonly index: number, public spec: PortSpec, public io: PortIo, private readonly upFlags: Uint8Array) {
-    this.stride = io.vnetHdr > 0 ? OFFLOAD_STRIDE : FRAME_STRIDE;
-    this.rxBuf = new Uint8Array(BATCH * this.stride);
-    this.txBuf = this.rxBuf;
-  }
-  /** Put in a new backend (attached, re-attached, absent); the old one's drops stay counted. */
-  replaceIo(io: PortIo): void {
-    if (io !== this.io) this.droppedBefore += this.io.dropped();
-    this.io = io;
-  }
-  /** Up: the decision path may send to it (kept in the switch's typed array). */
-  get up(): boolean { return this.upFlags[this.index] === 1; }
-  set up(v: boolean) { this.upFlags[this.index] = v ? 1 : 0; }
 }
 
 export class Dataplane {
@@ -344,61 +232,23 @@ export class Dataplane {
 
   /** The connections with an end at port i (control path). */
   exportPortFlows(i: number): FlowRecord[] {
-    const t = this.table, e = t.entries;
-    const out: FlowRecord[] = [];
-    for (let ent = 0; ent < t.capacity; ent++) {
-      const o = ent * ENTRY_WORDS;
-      const meta = e[o + F.meta];
-      if (meta < 0) continue;
-      const nics = e[o + F.nics];
-      const orig = nics & 0xffff, reply = nics >>> 16;
-      if (orig !== i && reply !== i) continue;
-      const state = e[o + F.state];
-      if ((state & 0xff) === CT.cut) continue; // nothing to carry over
-      const ports = e[o + F.ports];
-      out.push({
-        family: (meta & 0x100) !== 0 ? 6 : 4, proto: meta & 0xff,
-        src: [0, 1, 2, 3].map((k) => e[o + F.src + k] >>> 0), dst: [0, 1, 2, 3].map((k) => e[o + F.dst + k] >>> 0),
-        sport: ports >>> 16, dport: ports & 0xffff, state, vmIsOrig: orig === i, ruleOut: e[o + F.ruleOut], ruleIn: e[o + F.ruleIn],
-      });
-    }
-    return out;
+    return flowsExport(this.table, i);
   }
 
   /**
    * Take over connections handed from a VM's old host, for its vNIC here
-   * (control path). The other end's port is the vNIC that owns its address,
-   * else the uplink. Each entry is stale (decided under no generation of
-   * this host), so its next packet is checked against the policy in force
-   * here, like after any policy change. Returns how many were taken.
+   * (control path; carried.ts). Returns how many were taken.
    */
   importPortFlows(workload: string, flows: FlowRecord[]): number {
     const port = this.ports.find((p) => !p.retired && p.spec.workload === workload);
-    if (!port) return 0;
-    const i = port.index, sw = this.sw, now = this.now();
-    const key = new Int32Array(8);
-    let taken = 0;
-    for (const f of flows) {
-      if (!(f.family === 4 || f.family === 6) || !Array.isArray(f.src) || !Array.isArray(f.dst)) continue;
-      for (let k = 0; k < 4; k++) { key[k] = f.src[k] | 0; key[4 + k] = f.dst[k] | 0; }
-      const peerOff = f.vmIsOrig ? 4 : 0;
-      const owner = sw.addrOwner(f.family, key, peerOff, false);
-      const peer = owner >= 0 ? owner : sw.uplink >= 0 ? sw.uplink : NO_PORT;
-      if (peer === NO_PORT || peer === i) continue;
-      const orig = f.vmIsOrig ? i : peer, reply = f.vmIsOrig ? peer : i;
-      if (this.insertCarried(key, 0, 4, f.sport & 0xffff, f.dport & 0xffff, f.proto & 0xff, f.family, orig, reply, f.state, f.ruleOut | 0, f.ruleIn | 0, now) >= 0) taken++;
-    }
-    return taken;
+    return port ? flowsImport(this.table, this.sw, port.index, flows, this.now()) : 0;
   }
 
   /**
    * Take up the connections the previous process left in the flow state
    * file (control path: after the first policy has attached the ports,
-   * before forwarding starts). An entry comes back when both its ports are
-   * here under the same interface names; it keeps its connection state and
-   * counters, but not its verdict: its next packet is decided by the policy
-   * in force, as after any policy change. Cut, closed and TIME_WAIT entries
-   * are left behind. Call once; later calls find nothing.
+   * before forwarding starts; carried.ts). Call once; later calls find
+   * nothing.
    */
   resumeFlows(): { resumed: number; left: number; from: number | null } {
     const prev = this.previousFlows;
@@ -406,51 +256,7 @@ export class Dataplane {
     if (prev === null) return { resumed: 0, left: 0, from: null };
     const slotOf = new Map<string, number>();
     for (const p of this.ports) if (!p.retired) slotOf.set(p.spec.name, p.index);
-    const old = prev.entries, e = this.table.entries, now = this.now();
-    let resumed = 0, left = 0;
-    for (let ent = 0; ent < prev.capacity; ent++) {
-      const o = ent * ENTRY_WORDS;
-      const meta = old[o + F.meta];
-      if (meta < 0) continue;
-      const state = old[o + F.state];
-      const s = state & 0xff;
-      if (s === CT.free || s === CT.cut || s === CT.closed || s === CT.timeWait || s >= CT_STATES) { left++; continue; }
-      const nics = old[o + F.nics];
-      const orig = slotOf.get(prev.ports[nics & 0xffff] ?? '') ?? -1;
-      const reply = slotOf.get(prev.ports[nics >>> 16] ?? '') ?? -1;
-      if (orig < 0 || reply < 0 || orig === reply) { left++; continue; }
-      const ports = old[o + F.ports];
-      const family = (meta & 0x100) !== 0 ? 6 : 4;
-      const n = this.insertCarried(old, o + F.src, o + F.dst, ports >>> 16, ports & 0xffff, meta & 0xff, family, orig, reply, state, old[o + F.ruleOut], old[o + F.ruleIn], now);
-      if (n < 0) { left++; continue; }
-      // Its counters come along too (this process's flow log reports them when it closes).
-      const no = n * ENTRY_WORDS;
-      for (let w = F.packetsOrig; w <= F.bytesReply + 1; w++) e[no + w] = old[o + w];
-      resumed++;
-    }
-    return { resumed, left, from: prev.pid };
-  }
-
-  /**
-   * Insert a connection another process decided (a VM's old host, or this
-   * host before a restart): its state and flags carry over, but not who owns
-   * the quota or whether it was logged (this process's), and not its verdict
-   * (generation 0: its next packet is decided by the policy in force).
-   * Returns the entry, or a negative INSERT_* code. Control path.
-   */
-  private insertCarried(
-    key: Int32Array, src: number, dst: number, sport: number, dport: number, proto: number, family: number,
-    orig: number, reply: number, state: number, ruleOut: number, ruleIn: number, now: number,
-  ): number {
-    const t = this.table;
-    const ent = flowInsert(t, key, src, dst, sport, dport, proto, family, orig, reply, orig === this.sw.uplink, now);
-    if (ent < 0) return ent;
-    const o = ent * ENTRY_WORDS, e = t.entries;
-    e[o + F.state] = (e[o + F.state] & (FLAG.ownerIsReply << 8)) | (state & ~((FLAG.ownerIsReply | FLAG.logged) << 8));
-    e[o + F.generation] = 0;
-    e[o + F.ruleOut] = ruleOut;
-    e[o + F.ruleIn] = ruleIn;
-    return ent;
+    return flowsResume(this.table, this.sw, prev, slotOf, this.now());
   }
 
   /** The ports as the decision path numbers them (free slots keep their place, with no name), for the tracer. */
@@ -593,15 +399,6 @@ export class Dataplane {
     }
   }
 
-  /** Queue buf[off .. off+len) of src's receive buffer on dest; a full queue is a counted drop. */
-  private enqueue(dest: Port, src: Port, off: number, len: number): void {
-    if (dest.txCount === dest.txOff.length) { this.portCounters[dest.index * PC_COUNT + PC.txQueueFull]++; return; }
-    dest.txBuf = src.rxBuf;
-    dest.txOff[dest.txCount] = off;
-    dest.txLen[dest.txCount] = len;
-    dest.txCount++;
-  }
-
   /** Read and process what port `index` has waiting, as on a readable event (benchmarks drive this directly). */
   pump(index: number): void {
     this.onEvent(this.ports[index], 1);
@@ -627,45 +424,14 @@ export class Dataplane {
         outcome = frameDecide(sw, buf, off, len, P, now, null);
         if (outcome === Outcome.forward) {
           const dests = sw.dests, rxOff = port.rxOff[i], rxLen = port.rxLen[i];
-          for (let k = 0; k < sw.destCount; k++) this.enqueue(ports[dests[k]], port, rxOff, rxLen);
-        } else if ((outcome === Outcome.reject || outcome === Outcome.cut) && sw.pkt[PKT.fragment] !== FRAG.later) this.reply(port, i, sw.pkt, now);
+          for (let k = 0; k < sw.destCount; k++) txEnqueue(pc, ports[dests[k]], port, rxOff, rxLen);
+        } else if ((outcome === Outcome.reject || outcome === Outcome.cut) && sw.pkt[PKT.fragment] !== FRAG.later) txReply(pc, port, i, sw.pkt, now);
       }
       outcomes[P * OUTCOME_COUNT + outcome]++;
     }
-    this.flush();
+    txFlush(pc, ports, this.opts.onError);
     ctSweep(this.ct, now, 64);
     if (timed) this.batchSeconds.observe((performance.now() - started) / 1000);
   }
 
-  /** Answer frame i (rejected or cut) out of its own port, written over the frame itself (reject.ts). */
-  private reply(port: Port, i: number, pkt: Int32Array, now: number): void {
-    if (!port.limiter.take(now)) { this.portCounters[port.index * PC_COUNT + PC.repliesLimited]++; return; }
-    const hdr = port.io.vnetHdr, start = port.rxOff[i];
-    const len = rejectWrite(port.rxBuf, start + hdr, port.rxLen[i] - hdr, pkt);
-    if (len === 0) return;
-    // A zeroed virtio-net header: a whole frame with its checksums done.
-    if (hdr > 0) port.rxBuf.fill(0, start, start + hdr);
-    this.portCounters[port.index * PC_COUNT + PC.replies]++;
-    this.enqueue(port, port, start, hdr + len);
-  }
-
-  private flush(): void {
-    for (const dest of this.ports) {
-      if (dest.txCount === 0) continue;
-      const count = dest.txCount;
-      dest.txCount = 0;
-      if (!dest.up) { this.portCounters[dest.index * PC_COUNT + PC.txDropped] += count; continue; }
-      const sent = dest.io.write(dest.txBuf, dest.txOff, dest.txLen, count);
-      const base = dest.index * PC_COUNT;
-      if (sent < 0) {
-        this.portCounters[base + PC.txDropped] += count;
-        this.opts.onError?.(dest.spec.name, `write failed: errno ${-sent}`);
-        continue;
-      }
-      this.portCounters[base + PC.txPackets] += sent;
-      for (let k = 0; k < sent; k++) this.portCounters[base + PC.txBytes] += dest.txLen[k];
-      // EAGAIN / ENOBUFS: what the kernel did not take is dropped and counted, not retried in a loop.
-      if (sent < count) this.portCounters[base + PC.txDropped] += count - sent;
-    }
-  }
 }

@@ -10,6 +10,7 @@
 import { createServer, type Server } from 'node:http';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { Dataplane, PC, PC_COUNT } from '../datapath/dataplane.js';
+import { STAGE_NAMES } from '../datapath/switch.js';
 import { OUTCOME_COUNT, OUTCOME_NAMES } from '../packet/verdict.js';
 import { FLOW_COUNTER_NAMES } from '../flow/flowTable.js';
 import { CTC, RS, RS_COUNT } from '../flow/conntrack.js';
@@ -79,6 +80,19 @@ export function metricsRegistry(dp: Dataplane, controller: Controller | null = n
       this.reset();
       live((i) => {
         for (let o = 0; o < OUTCOME_COUNT; o++) this.inc({ ...portLabels(i), outcome: OUTCOME_NAMES[o] }, dp.outcomes[i * OUTCOME_COUNT + o]);
+      });
+    },
+  });
+  new Counter({
+    name: 'tapwall_stage_frames_total',
+    help: 'Frames each stage of the decision path took in (result="in") and dropped (result="dropped"); the rest went on. Stages in order: parse (its in is every frame read), link, steering, then one of resolution, ip, ether.',
+    labelNames: ['stage', 'result'], registers: [registry],
+    collect() {
+      this.reset();
+      const c = dp.sw.stageCounts;
+      STAGE_NAMES.forEach((stage, k) => {
+        this.inc({ stage, result: 'in' }, c[k * 2]);
+        this.inc({ stage, result: 'dropped' }, c[k * 2 + 1]);
       });
     },
   });

@@ -10,6 +10,7 @@
  */
 import IPCIDR from 'ip-cidr';
 import { isIPv6 } from 'node:net';
+import type { Workload } from './model.js';
 
 export type Family = 4 | 6;
 
@@ -256,4 +257,21 @@ export function addressText(family: Family, words: readonly number[]): string {
   }
   if (bestStart < 0) return hex.join(':');
   return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
+}
+
+/** The EUI-64 link-local address of a MAC, as four words. */
+export function linkLocalOf(mac: string): [number, number, number, number] {
+  const b = mac.split(':').map((h) => parseInt(h, 16));
+  b[0] ^= 0x02;
+  const w2 = ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | 0xff) >>> 0;
+  const w3 = ((0xfe << 24) | (b[3] << 16) | (b[4] << 8) | b[5]) >>> 0;
+  return [0xfe800000, 0, w2, w3];
+}
+
+/** Every address of a workload as a /128 or /32 prefix: its ips and the link-local address of its MAC. */
+export function workloadPrefixes(w: Workload): Prefix[] {
+  const ll = linkLocalOf(w.mac);
+  const text = addressText(6, ll);
+  if (w.ips.some((p) => p.family === 6 && p.words.every((x, i) => x === ll[i]))) return w.ips;
+  return [...w.ips, { family: 6, words: ll, len: 128, text: `${text}/128` }];
 }

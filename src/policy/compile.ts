@@ -28,7 +28,7 @@ import { prefixAggregate, type Family, type Prefix } from './addresses.js';
 import { groupSelects, WorkloadIndex, type Action, type AddressRef, type Group, type Policy, type Rule, type Workload } from './model.js';
 import { classesBuild, classOf4, classOf6, rangesMerge, type AddressClasses } from './addressClasses.js';
 import { ANY_SERVICE, type IpServiceAtom, type ServiceAtom } from './services.js';
-import { workloadPrefixes } from './spoofguard.js';
+import { workloadPrefixes } from './addresses.js';
 import { VERDICT_OF_ACTION } from '../packet/verdict.js';
 
 export type Direction = 'egress' | 'ingress';
