@@ -24,7 +24,7 @@ import { policyParse } from '../src/policy/load.js';
 import type { TraceResult } from '../src/control/trace.js';
 import { apiCall } from '../src/cli/client.js';
 
-const root = fileURLToPath(new URL('../../../', import.meta.url));
+const root = fileURLToPath(new URL('../../', import.meta.url)); // dist/tools/demo.js -> the repository
 
 interface Check { from: string; to: string; ip: string; port: number }
 
