@@ -14,8 +14,9 @@
  * sending on one core), once as one flow and once as new flows (random
  * source address and port: every packet a new connection), and one iperf3
  * TCP stream. Each figure is packets counted at the receiver's NIC over a
- * fixed time, with the CPU time it cost per packet (the sender's excluded:
- * it has one core to itself and bounds the rates here). Ratios are against
+ * fixed time, with the CPU time it cost per packet (the whole machine's:
+ * the sender has one core to itself and bounds the rates here, so the
+ * rates alone hide what each path costs). Ratios are against
  * the bridge and against nftables from the same run. Every namespace and link is named tw... and removed at the end.
  */
 import { execFileSync, spawn } from 'node:child_process';
@@ -34,13 +35,15 @@ export type E2ePath = 'bridge' | 'nft-linear' | 'nft-set' | 'ovs' | 'tapwall' | 
 
 /**
  * Where the CPU went while a load ran, per packet received: the whole
- * machine's busy time less the sender's own (trafgen's process time), the
- * kernel's softirq time (where the bridge, nftables and veths forward), and
- * the forwarding process's own time (tapwall or ovs-vswitchd; 0 for the
- * kernel paths). From /proc/stat and /proc/PID/stat, in clock ticks.
+ * machine's busy time (the sender's included: the same trafgen for every
+ * path; the kernel paths forward in softirq, much of it run in the sender's
+ * own system calls, so the sender's time cannot be told apart from theirs),
+ * the kernel's softirq time, and the forwarding process's own time (tapwall
+ * or ovs-vswitchd; 0 for the kernel paths). From /proc/stat and
+ * /proc/PID/stat, in clock ticks (10 ms).
  */
 export interface CpuCost {
-  /** Nanoseconds of CPU per packet received, all but the sender's. */
+  /** Nanoseconds of CPU per packet received, the whole machine's. */
   nsPerPacket: number;
   softirqNsPerPacket: number;
   forwarderNsPerPacket: number;
@@ -137,8 +140,8 @@ function rxPackets(ns: string, dev: string): number {
 
 const TICK_NS = 1e9 / 100; // USER_HZ
 
-/** Busy and softirq ticks of the whole machine, this process's waited-for children's ticks, and a process's own. */
-function cpuTicks(pid: number | null): { busy: number; softirq: number; children: number; forwarder: number } {
+/** Busy and softirq ticks of the whole machine, and a process's own. */
+function cpuTicks(pid: number | null): { busy: number; softirq: number; forwarder: number } {
   const cpu = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
   // user nice system idle iowait irq softirq steal
   const busy = cpu.reduce((a, b) => a + b, 0) - cpu[3] - cpu[4];
@@ -149,7 +152,7 @@ function cpuTicks(pid: number | null): { busy: number; softirq: number; children
       return fields.reduce((a, f) => a + Number(rest[f - 3]), 0);
     } catch { return 0; }
   };
-  return { busy, softirq: cpu[6], children: procTicks('/proc/self/stat', [16, 17]), forwarder: pid === null ? 0 : procTicks(`/proc/${pid}/stat`, [14, 15]) };
+  return { busy, softirq: cpu[6], forwarder: pid === null ? 0 : procTicks(`/proc/${pid}/stat`, [14, 15]) };
 }
 
 function ppsRun(lab: Lab, cfg: string, devA: string, devB: string, seconds: number, forwarderPid: number | null): { pps: number; cpu: CpuCost } {
@@ -162,15 +165,14 @@ function ppsRun(lab: Lab, cfg: string, devA: string, devB: string, seconds: numb
   const cpu1 = cpuTicks(forwarderPid);
   const got = rxPackets('twb-b', devB) - before;
   const n = Math.max(1, got);
-  // The sender (trafgen, waited for through ip and timeout) is this process's child: its time is in our children's.
-  const forwarding = Math.max(0, (cpu1.busy - cpu0.busy) - (cpu1.children - cpu0.children));
+  const busy = cpu1.busy - cpu0.busy;
   return {
     pps: Math.round(got / seconds),
     cpu: {
-      nsPerPacket: Math.round((forwarding * TICK_NS) / n),
+      nsPerPacket: Math.round((busy * TICK_NS) / n),
       softirqNsPerPacket: Math.round(((cpu1.softirq - cpu0.softirq) * TICK_NS) / n),
       forwarderNsPerPacket: Math.round(((cpu1.forwarder - cpu0.forwarder) * TICK_NS) / n),
-      packetsPerCpuSecond: forwarding > 0 ? Math.round(got / ((forwarding * TICK_NS) / 1e9)) : 0,
+      packetsPerCpuSecond: busy > 0 ? Math.round(got / ((busy * TICK_NS) / 1e9)) : 0,
     },
   };
 }
@@ -434,7 +436,7 @@ export function formatE2e(r: E2eResult): string {
   return [
     `machine: ${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, ${m.kernel}, Node.js ${m.node}`,
     `sender: trafgen on one core, 64-byte UDP; ${r.seconds} s per figure; policy size ${r.rules} rules`,
-    'CPU: the machine\'s busy time less the sender\'s, per packet received (softirq: the kernel\'s forwarding; process: tapwall\'s or ovs-vswitchd\'s own), and packets per CPU-second of it',
+    'CPU: the whole machine\'s busy time per packet received, the sender\'s included (softirq: the kernel\'s share; process: tapwall\'s or ovs-vswitchd\'s own), and packets per CPU-second of it',
     '| path | one flow (pps) | CPU ns/pkt (softirq, process) | pkts per CPU-s | new flows (pps) | CPU ns/pkt (softirq, process) | pkts per CPU-s | TCP, one stream (Gbit/s) |',
     '|---|---:|---:|---:|---:|---:|---:|---:|',
     ...r.variants.map((v) => `| ${v.name} | ${v.oneFlowPps} | ${cpuText(v.oneFlowCpu)} | ${v.oneFlowCpu?.packetsPerCpuSecond ?? '-'} | ${v.newFlowsPps} | ${cpuText(v.newFlowsCpu)} | ${v.newFlowsCpu?.packetsPerCpuSecond ?? '-'} | ${v.tcpGbps} |`),

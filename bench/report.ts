@@ -125,7 +125,7 @@ export async function benchReport(opts: { quick?: boolean; out?: string; log?: (
   md.push('## End to end', '',
     `Two namespaces; trafgen sends 64-byte UDP on one core (new flows: random source address and port, every packet a new connection); ${seconds} s per figure. The policy is N rules that do not match followed by one that allows (nftables: \`ct state established accept\` first, then the same rules).`, '',
     '![new flows](e2e-new-flows.svg)', '',
-    'The sender has one of the two cores to itself and bounds the rates, so each figure also says what it cost: CPU time per packet received, the sender\'s excluded (the machine\'s busy time from /proc/stat less trafgen\'s), and how many packets a CPU-second of it carries.', '',
+    'The sender has one of the two cores to itself and bounds the rates, so each figure also says what it cost: the whole machine\'s CPU time per packet received (busy time from /proc/stat, the sender\'s included: the kernel paths forward in softirq inside the sender\'s own system calls, so the two cannot be told apart), and how many packets a CPU-second of it carries.', '',
     '| path | rules | new flows (pps) | CPU ns/pkt | pkts per CPU-s | one flow (pps) | CPU ns/pkt | pkts per CPU-s | TCP (Gbit/s) | UDP RTT p50 / p99 (us) |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const v of e2e) {
     const nf = v.newFlowsCpu, of = v.oneFlowCpu;

@@ -171,6 +171,27 @@ const timer = setInterval(() => {
 }, every);
 `;
 
+/**
+ * A bulk TCP transfer to one of SERVERS: sends `bytes` in large writes (with
+ * offload on, the kernel hands these to the NIC as segments of up to 64 KiB)
+ * and prints "echoed N of M" once the echo is complete, or when timeoutMs
+ * ran out. Args: host port bytes timeoutMs
+ */
+export const TCP_BULK = `
+const [host, port, bytes, ms] = process.argv.slice(1).map((v, i) => (i === 0 ? v : Number(v)));
+const s = require('net').connect({ host, port });
+let head = true, got = 0;
+const done = () => { console.log('echoed ' + got + ' of ' + bytes); process.exit(0); };
+const t = setTimeout(done, ms);
+s.on('connect', () => { for (let sent = 0; sent < bytes; sent += 65536) s.write(Buffer.alloc(Math.min(65536, bytes - sent), 97)); });
+s.on('data', (d) => {
+  if (head) { const i = d.indexOf(10); if (i < 0) return; head = false; d = d.subarray(i + 1); }
+  got += d.length;
+  if (got >= bytes) { clearTimeout(t); s.destroy(); done(); }
+});
+s.on('error', (e) => { console.log('error:' + e.code); process.exit(0); });
+`;
+
 /** A TCP connect only: prints connected, refused, timeout or error:<code>. Args: host port timeoutMs */
 export const TCP_CONNECT = `
 const [host, port, ms] = process.argv.slice(1);

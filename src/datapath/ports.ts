@@ -91,8 +91,9 @@ export const ATTACH_CHECK_MS = 500;
 export class Port {
   /** Its vNIC left this host (moved or deleted): closed, counters kept until the slot is reused. */
   retired = false;
-  readonly stride: number;
-  readonly rxBuf: Uint8Array;
+  /** Bytes per receive slot: set by the backend in use (replaceIo), since only it knows if frames come with virtio-net headers. */
+  stride: number;
+  rxBuf: Uint8Array;
   readonly rxOff = new Int32Array(BATCH);
   readonly rxLen = new Int32Array(BATCH);
   readonly txOff = new Int32Array(BATCH * 2);
@@ -114,6 +115,14 @@ export class Port {
   replaceIo(io: PortIo): void {
     if (io !== this.io) this.droppedBefore += this.io.dropped();
     this.io = io;
+    // A backend with virtio-net headers hands over whole TSO segments: its slots must hold 64 KiB. Between
+    // batches (control path), so no queue points into the buffer being replaced.
+    const stride = io.vnetHdr > 0 ? OFFLOAD_STRIDE : FRAME_STRIDE;
+    if (stride !== this.stride) {
+      this.stride = stride;
+      this.rxBuf = new Uint8Array(BATCH * stride);
+      this.txBuf = this.rxBuf;
+    }
   }
   /** Up: the decision path may send to it (kept in the switch's typed array). */
   get up(): boolean { return this.upFlags[this.index] === 1; }
