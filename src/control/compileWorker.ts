@@ -24,7 +24,7 @@ import { setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import type { CompiledPolicy, FamilyTable, ResolvedGroup } from '../policy/compile.js';
 import type { Policy } from '../policy/model.js';
-import { DocumentCache, PrepareRefused, prepareNow, type DocumentRef } from './prepare.js';
+import { DocumentCache, PrepareRefused, prepareNow, type DocumentRef, type EffectiveMemo } from './prepare.js';
 import type { TagMap } from './store.js';
 
 /** The worker's nice value: weight 335 against the forwarding thread's 1024. */
@@ -46,6 +46,8 @@ const MEMBER_SLICE = 5_000;
 
 const docs = new DocumentCache();
 let previous: CompiledPolicy | null = null;
+/** The last effective policy, patched by the next tag change instead of made whole. */
+const effectiveMemo: { last: EffectiveMemo | null } = { last: null };
 /** Documents, tables and group versions the main thread has. */
 const mainDocs = new Set<number>();
 const mainTables = new Set<number>();
@@ -178,7 +180,7 @@ parentPort!.on('message', (m: { t: string; doc?: DocumentRef; tags?: TagMap; hos
     return;
   }
   try {
-    const prepared = prepareNow(docs, previous, m.doc!, m.tags!, m.host ?? null);
+    const prepared = prepareNow(docs, previous, m.doc!, m.tags!, m.host ?? null, effectiveMemo);
     previous = prepared.compiled;
     parts = resultParts(m.doc!.id, prepared.document, prepared.compiled, prepared.compileMs);
   } catch (e) {

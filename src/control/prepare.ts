@@ -108,11 +108,63 @@ export function effectivePolicy(policy: Policy, tags: TagMap, now = Date.now()):
   return { ...policy, workloads };
 }
 
-/** This host's workloads in a policy (null, meaning all of them, when no host is set). */
+/** A workload's live dynamic tags as one string ('' for none): what its effective tags depend on. */
+function liveTagsKey(tags: TagMap, name: string, now: number): string {
+  const list = tagsOf(tags, name);
+  if (!list) return '';
+  let key = '';
+  for (const t of list) if (t.expiresAt === null || t.expiresAt > now) key += `${t.tag}\n`;
+  return key;
+}
+
+/** The last effective policy made, to patch the next from: a tag change touches a few workloads, not all 10,000. */
+export interface EffectiveMemo {
+  document: Policy;
+  /** Workloads with live dynamic tags -> liveTagsKey. */
+  live: Map<string, string>;
+  effective: Policy;
+}
+
+/**
+ * effectivePolicy, made by patching the last one when the document is the
+ * same: only the workloads whose live tags differ get new objects, and the
+ * answer says which (`changed`, for the compiler's incremental path); a new
+ * document is made whole (changed: null). Returns the memo for next time.
+ */
+export function effectivePolicyFrom(memo: EffectiveMemo | null, policy: Policy, tags: TagMap, now = Date.now()): { memo: EffectiveMemo; changed: Set<string> | null } {
+  const live = new Map<string, string>();
+  for (const name of Object.keys(tags)) {
+    if (!policy.workloads.has(name)) continue;
+    const key = liveTagsKey(tags, name, now);
+    if (key !== '') live.set(name, key);
+  }
+  if (memo === null || memo.document !== policy) return { memo: { document: policy, live, effective: effectivePolicy(policy, tags, now) }, changed: null };
+  const changed = new Set<string>();
+  for (const [name, key] of live) if (memo.live.get(name) !== key) changed.add(name);
+  for (const name of memo.live.keys()) if (!live.has(name)) changed.add(name);
+  if (changed.size === 0) return { memo: { ...memo, live }, changed };
+  const workloads = new Map(memo.effective.workloads);
+  for (const name of changed) {
+    const w = policy.workloads.get(name)!;
+    const extra = (tagsOf(tags, name) ?? []).filter((t) => t.expiresAt === null || t.expiresAt > now).map((t) => t.tag);
+    workloads.set(name, extra.length === 0 ? w : { ...w, tags: [...new Set([...w.tags, ...extra])] });
+  }
+  return { memo: { document: policy, live, effective: { ...memo.effective, workloads } }, changed };
+}
+
+const localOf = new WeakMap<Policy, Map<string | null, Set<string> | null>>();
+
+/** This host's workloads in a policy (null, meaning all of them, when no host is set); kept per document. */
 export function localWorkloads(policy: Policy, host: string | null): Set<string> | null {
   if (host === null) return null;
-  const out = new Set<string>();
-  for (const w of policy.workloads.values()) if (w.host === host) out.add(w.name);
+  let byHost = localOf.get(policy);
+  if (!byHost) localOf.set(policy, (byHost = new Map()));
+  let out = byHost.get(host);
+  if (out === undefined) {
+    out = new Set<string>();
+    for (const w of policy.workloads.values()) if (w.host === host) out.add(w.name);
+    byHost.set(host, out);
+  }
   return out;
 }
 
@@ -130,9 +182,10 @@ export class DocumentCache {
 export class InlinePreparer implements Preparer {
   private readonly docs = new DocumentCache();
   private previous: CompiledPolicy | null = null;
+  private readonly memo: { last: EffectiveMemo | null } = { last: null };
 
   async prepare(doc: DocumentRef, tags: TagMap, host: string | null): Promise<Prepared> {
-    return prepareNow(this.docs, this.previous, doc, tags, host);
+    return prepareNow(this.docs, this.previous, doc, tags, host, this.memo);
   }
 
   installed(compiled: CompiledPolicy): void {
@@ -143,7 +196,10 @@ export class InlinePreparer implements Preparer {
 }
 
 /** One preparation, synchronously (the inline preparer and the worker both run it). */
-export function prepareNow(docs: DocumentCache, previous: CompiledPolicy | null, doc: DocumentRef, tags: TagMap, host: string | null): Prepared {
+export function prepareNow(
+  docs: DocumentCache, previous: CompiledPolicy | null, doc: DocumentRef, tags: TagMap, host: string | null,
+  memo: { last: EffectiveMemo | null } = { last: null },
+): Prepared {
   let document = docs.get(doc.id);
   if (!document) {
     const { policy, problems } = documentCheck(doc);
@@ -152,6 +208,11 @@ export function prepareNow(docs: DocumentCache, previous: CompiledPolicy | null,
     docs.set(doc.id, document);
   }
   const t0 = performance.now();
-  const compiled = policyCompile(effectivePolicy(document, tags), previous, { workloads: localWorkloads(document, host) });
+  const before = memo.last;
+  const { memo: next, changed } = effectivePolicyFrom(before, document, tags);
+  memo.last = next;
+  // The compiler may skip scanning every workload only when it compiled from the effective policy this one patched.
+  const hint = changed !== null && before !== null && previous !== null && previous.policy === before.effective ? changed : null;
+  const compiled = policyCompile(next.effective, previous, { workloads: localWorkloads(document, host), changed: hint });
   return { document, compiled, compileMs: performance.now() - t0 };
 }

@@ -173,7 +173,7 @@ function sameAddresses(a: Workload, b: Workload): boolean {
  * direct members. A tag change on one workload therefore re-resolves only
  * the groups that workload enters or leaves.
  */
-export function resolveGroups(policy: Policy, previous: CompiledPolicy | null = null): CompiledPolicy['groups'] {
+export function resolveGroups(policy: Policy, previous: CompiledPolicy | null = null, changedHint: ReadonlySet<string> | null = null): CompiledPolicy['groups'] {
   const out: CompiledPolicy['groups'] = new Map();
   const resolving = new Set<string>();
   // Workloads that are not the same object as in the previous compile (tags changed, added, removed).
@@ -181,8 +181,13 @@ export function resolveGroups(policy: Policy, previous: CompiledPolicy | null = 
   if (previous) {
     changed = [];
     const before = previous.policy.workloads;
-    for (const [name, w] of policy.workloads) if (before.get(name) !== w) changed.push({ name, before: before.get(name), after: w });
-    for (const [name, w] of before) if (!policy.workloads.has(name)) changed.push({ name, before: w, after: undefined });
+    if (changedHint !== null) {
+      // The caller knows which workloads can differ (a tag change): no scan of every workload.
+      for (const name of changedHint) if (before.get(name) !== policy.workloads.get(name)) changed.push({ name, before: before.get(name), after: policy.workloads.get(name) });
+    } else {
+      for (const [name, w] of policy.workloads) if (before.get(name) !== w) changed.push({ name, before: before.get(name), after: w });
+      for (const [name, w] of before) if (!policy.workloads.has(name)) changed.push({ name, before: w, after: undefined });
+    }
     // Many changes (a new document): resolving afresh is simpler than patching.
     if (changed.length > 64) changed = null;
   }
@@ -433,22 +438,47 @@ export class SegmentCache {
 export interface CompileOptions {
   /** Build points only for these workloads' vNICs (this host's); groups still hold every workload. Null: all. */
   workloads?: Set<string> | null;
+  /**
+   * The only workloads whose objects may differ from `previous`'s (a tag
+   * change), so that nothing scans all of them; null or unset: any may.
+   * Only valid when `policy` was made from previous.policy by replacing
+   * those workloads.
+   */
+  changed?: ReadonlySet<string> | null;
+}
+
+/** What a document's rules compile to whatever the workloads: kept per document (its sections array). */
+interface RuleTables { rules: Rule[]; scoped: Rule[]; ruleAction: Uint8Array; ruleFlags: Uint8Array }
+const ruleTablesOf = new WeakMap<Policy['sections'], RuleTables>();
+function ruleTables(policy: Policy): RuleTables {
+  let t = ruleTablesOf.get(policy.sections);
+  if (!t) {
+    const rules = policy.sections.flatMap((s) => s.rules);
+    t = {
+      rules,
+      // Rules without appliedTo apply at every vNIC: vNICs differ only by the scoped rules that reach them.
+      scoped: rules.filter((r) => !r.disabled && r.appliedTo.length > 0),
+      ruleAction: Uint8Array.from(rules.map((r) => VERDICT_OF_ACTION[r.action])),
+      ruleFlags: Uint8Array.from(rules.map((r) => (r.stateless ? RULE_FLAG.stateless : 0) | (r.log ? RULE_FLAG.log : 0))),
+    };
+    ruleTablesOf.set(policy.sections, t);
+  }
+  return t;
 }
 
 export function policyCompile(policy: Policy, previous: CompiledPolicy | null = null, opts: CompileOptions = {}): CompiledPolicy {
   const only = opts.workloads ?? null;
   const started = performance.now();
-  const rules = policy.sections.flatMap((s) => s.rules);
-  const groups = resolveGroups(policy, previous);
+  const { rules, scoped, ruleAction, ruleFlags } = ruleTables(policy);
+  const groups = resolveGroups(policy, previous, opts.changed ?? null);
   const groupText = (name: string): string => String(groups.get(name)?.version ?? '');
   const segments = new SegmentCache();
-  // Rules without appliedTo apply at every vNIC: vNICs differ only by the scoped rules that reach them.
-  const scoped = rules.filter((r) => !r.disabled && r.appliedTo.length > 0);
   const byScope = new Map<string, PointTables>();
   const points: CompiledPolicy['points'] = new Map();
   let atomsTotal = 0, bytes = 0, reused = 0, tries = 0;
-  for (const w of policy.workloads.values()) {
-    if (only !== null && !only.has(w.name)) continue; // another host's vNIC
+  // This host's workloads only (the others' vNICs are another host's), in the document's order.
+  const local: Iterable<Workload> = only === null ? policy.workloads.values() : [...only].flatMap((n) => policy.workloads.get(n) ?? []);
+  for (const w of local) {
     const scope = scoped.filter((r) => ruleAppliesAt(r, w.name, groups)).map((r) => r.order);
     const scopeKey = scope.join(',');
     let tables = byScope.get(scopeKey);
@@ -491,8 +521,6 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
       ingress: { workload: w.name, nic: w.nic, direction: 'ingress', tables },
     });
   }
-  const ruleAction = Uint8Array.from(rules.map((r) => VERDICT_OF_ACTION[r.action]));
-  const ruleFlags = Uint8Array.from(rules.map((r) => (r.stateless ? RULE_FLAG.stateless : 0) | (r.log ? RULE_FLAG.log : 0)));
   return {
     policy,
     rules,
