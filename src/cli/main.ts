@@ -486,6 +486,54 @@ storeOptions(apiOptions(policyCmd
     process.stdout.write(`applied: revision ${r.body.revision}, generation ${r.body.generation}, ${r.body.rules} rules, compiled in ${r.body.compileMs.toFixed(1)} ms (${r.body.reused} section tables reused); 'tapwall check' lists shadowed rules\n`);
   }));
 
+interface HistoryEntryView { id: number; at: string; by: string; revision: number; rules: number; bytes: number; sha256: string }
+apiOptions(policyCmd
+  .command('history')
+  .description('The policy versions this daemon put in force, newest first (kept in its state folder): id, when, by whom, store revision, rules.')
+  .option('--json', 'print the API answer as JSON'))
+  .action(guarded(async (opts: ApiOpts & { json?: boolean }) => {
+    const r = await apiCall<{ entries: HistoryEntryView[] }>(apiTarget(opts), 'GET', '/v1/policy/history');
+    if (opts.json) { printJson(r.body); return; }
+    const lines = ['ID     WHEN                      REVISION  RULES  BY'];
+    for (const e of r.body.entries) lines.push(`${String(e.id).padEnd(6)} ${e.at.padEnd(25)} ${String(e.revision).padEnd(9)} ${String(e.rules).padEnd(6)} ${e.by}`);
+    process.stdout.write(`${lines.join('\n')}\n`);
+  }));
+apiOptions(policyCmd
+  .command('show')
+  .description('Print one kept policy version as it was applied.')
+  .argument('<id>', 'history entry id (tapwall policy history)'))
+  .action(guarded(async (id: string, opts: ApiOpts) => {
+    const r = await apiCall<HistoryEntryView & { text: string }>(apiTarget(opts), 'GET', `/v1/policy/history/${encodeURIComponent(id)}`);
+    process.stderr.write(`#${r.body.id}: ${r.body.at} by ${r.body.by}, revision ${r.body.revision}\n`);
+    process.stdout.write(r.body.text);
+  }));
+apiOptions(policyCmd
+  .command('diff')
+  .description('Rule-level differences between two kept versions (or one and the policy in force): added, removed, moved and changed rules, and what else differs.')
+  .argument('<from>', 'history entry id')
+  .argument('[to]', 'history entry id (default: the policy in force)')
+  .option('--json', 'print the API answer as JSON'))
+  .action(guarded(async (from: string, to: string | undefined, opts: ApiOpts & { json?: boolean }) => {
+    const { formatPolicyDiff } = await import('../control/history.js');
+    const q = `from=${encodeURIComponent(from)}${to === undefined ? '' : `&to=${encodeURIComponent(to)}`}`;
+    const r = await apiCall<Parameters<typeof formatPolicyDiff>[0] & { from: number; to: number | string }>(apiTarget(opts), 'GET', `/v1/policy/diff?${q}`);
+    if (opts.json) { printJson(r.body); return; }
+    process.stdout.write(`#${r.body.from} -> ${typeof r.body.to === 'number' ? `#${r.body.to}` : 'the policy in force'}\n${formatPolicyDiff(r.body)}\n`);
+  }));
+apiOptions(policyCmd
+  .command('rollback')
+  .description('Put a kept version in force again: an ordinary apply (validated, compare-and-set against the revision read just before, audited).')
+  .argument('<id>', 'history entry id')
+  .option('--if-revision <n>', 'roll back only if the running policy is still at this revision')
+  .option('--by <name>', 'who rolls back (goes to the audit log)'))
+  .action(guarded(async (id: string, opts: ApiOpts & { ifRevision?: string; by?: string }) => {
+    const target = apiTarget(opts);
+    const rev = opts.ifRevision ?? String((await apiCall<{ revision: number }>(target, 'GET', '/v1/policy')).body.revision);
+    const r = await apiCall<{ revision: number; generation: number; rules: number }>(target, 'POST', '/v1/policy/rollback',
+      JSON.stringify({ id: Number(id), ...(opts.by ? { by: opts.by } : {}) }), { 'if-match': `"${rev}"`, 'content-type': 'application/json' });
+    process.stdout.write(`rolled back to #${id}: revision ${r.body.revision}, generation ${r.body.generation}, ${r.body.rules} rules\n`);
+  }));
+
 storeOptions(program
   .command('libvirt-hook')
   .description("libvirt's QEMU hook (/etc/libvirt/hooks/qemu): with the domain XML on standard input, registers the domain's vNICs as workloads of this host when it starts, and removes them when it stops. See deploy/libvirt-qemu-hook.")

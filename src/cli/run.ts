@@ -7,6 +7,7 @@
  * validation is logged and the running policy stays in force. SIGUSR1 reopens
  * the flow log (for logrotate); SIGUSR2 prints counters.
  */
+import { HISTORY_LIMIT, PolicyHistory } from '../control/history.js';
 import pino from 'pino';
 import { PerformanceObserver } from 'node:perf_hooks';
 import { chownSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
@@ -243,8 +244,10 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   if (etcd) etcd.flowListener = (workload, value) => takeOverFlows(workload, value);
   // Validation and compilation in a worker thread at a lower CPU priority: forwarding never waits for
   // them (--no-compile-thread: on this thread, between batches).
+  const history = new PolicyHistory(opts.stateDir, HISTORY_LIMIT, (message) => log.warn({ history: true }, message));
+  for (const problem of history.problems) log.warn({ history: true }, problem);
   const controller = new Controller(store, dp, {
-    log, auditPath: join(opts.stateDir, 'audit.jsonl'), host: opts.host ?? null, preparer: opts.compileThread ? new OffThreadPreparer() : undefined,
+    log, auditPath: join(opts.stateDir, 'audit.jsonl'), host: opts.host ?? null, preparer: opts.compileThread ? new OffThreadPreparer() : undefined, history,
     onApplied: (rec, vnics) => etcd?.updateHost({ enforcing: rec.revision, generation: rec.generation, vnics, appliedAt: rec.at }),
   });
   if (etcd) controller.storeName = 'etcd';
@@ -285,7 +288,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   }
   // Everything privileged is open now: become the given user, keeping only what opening a vNIC later needs.
   if (user) {
-    dropPrivileges(user, opts.mode, [opts.stateDir, dp.flowState?.path, opts.flowLog]);
+    dropPrivileges(user, opts.mode, [opts.stateDir, join(opts.stateDir, 'history'), dp.flowState?.path, opts.flowLog]);
     log.info({ uid: user.uid, gid: user.gid, capabilities: capabilitiesFor(opts.mode).names }, 'running as an unprivileged user');
   }
   const ports = dp.ports.map((p) => ({ name: p.io.name, mode: p.io.mode, workload: dp.workloadOf(p.index) }));

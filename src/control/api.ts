@@ -18,6 +18,10 @@
  *   GET  /v1/flows?workload=&state=&verdict=&limit=
  *   POST /v1/trace                    { packet, from?, to? }
  *   GET  /v1/rules                    per-rule packets, bytes, connections
+ *   GET  /v1/policy/history           the versions put in force, newest first
+ *   GET  /v1/policy/history/{id}      one version with its text
+ *   GET  /v1/policy/diff?from=&to=    rule-level differences (to: the policy in force when left out)
+ *   POST /v1/policy/rollback          { id, by? }; If-Match: "<revision>" (or *) required
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
@@ -32,6 +36,8 @@ import { flowList, portCounts, ruleList } from './views.js';
 import { parsePacketSpec, policyTrace, TraceSpecError } from './trace.js';
 import type { EtcdStore } from './etcdStore.js';
 import { tagsOf } from './store.js';
+import { policyDiff, type HistoryEntry, type PolicyHistory } from './history.js';
+import { policyParse } from '../policy/load.js';
 
 export const REQUEST_LIMIT = 1 << 20;
 const REQUEST_SOURCE = '(request)';
@@ -295,8 +301,40 @@ export class ApiServer {
         return send(res, 200, policyTrace(this.controller.policy, parsePacketSpec(packet), { from: from as string | undefined, to: to as string | undefined, ports: this.dp.switchPorts() }));
       }
       if (route === 'GET /v1/rules') return send(res, 200, ruleList(this.dp));
-      const known = ['/v1/status', '/v1/policy', '/v1/workloads', '/v1/flows', '/v1/trace', '/v1/rules'];
-      if (known.includes(url.pathname) || tagRoute) throw new ControlError(405, 'method-not-allowed', `${req.method} is not allowed on ${url.pathname}`);
+      const historyRoute = /^\/v1\/policy\/history\/([^/]+)$/.exec(url.pathname);
+      if (route === 'GET /v1/policy/history') return send(res, 200, { entries: this.historyOrFail().list() });
+      if (historyRoute && req.method === 'GET') {
+        const { entry, text } = this.historyEntry(historyRoute[1], 'id');
+        return send(res, 200, { ...entry, text });
+      }
+      if (route === 'GET /v1/policy/diff') {
+        // Rule-level differences between two kept versions (to: the one in force when left out).
+        const from = this.historyEntry(url.searchParams.get('from') ?? '', 'from');
+        const toParam = url.searchParams.get('to');
+        const to = toParam === null ? null : this.historyEntry(toParam, 'to');
+        const parse = (text: string, what: string) => {
+          const { policy } = policyParse(text, what, { shadows: false });
+          if (!policy) throw new ControlError(409, 'unreadable-version', `history entry ${what} no longer validates with this version of tapwall`);
+          return policy;
+        };
+        const a = parse(from.text, `#${from.entry.id}`);
+        const b = to === null ? this.controller.policy.policy : parse(to.text, `#${to.entry.id}`);
+        return send(res, 200, { from: from.entry.id, to: to?.entry.id ?? 'running', ...policyDiff(a, b) });
+      }
+      if (route === 'POST /v1/policy/rollback') {
+        // An ordinary apply of a kept version's text: validated, compare-and-set (If-Match), audited.
+        const body = parseBody(await readBody(req));
+        onlyKeys(body, ['id', 'by']);
+        const expect = ifMatch(req);
+        if (expect === undefined) throw new ControlError(428, 'if-match-required', 'POST /v1/policy/rollback needs If-Match: "<revision>" (from GET /v1/policy), or If-Match: *');
+        const id = body.value.id;
+        if (!(Number.isInteger(id) && (id as number) > 0)) throw fieldError(body, 'id', 'bad-type', 'expected a history entry id (a positive integer, from GET /v1/policy/history)');
+        const { text } = this.historyEntry(String(id), 'id');
+        const result = await this.controller.putPolicy(text, expect, `${actor(body)} rollback to #${id}`);
+        return send(res, 200, { ...result, rolledBackTo: id }, { etag: `"${result.revision}"` });
+      }
+      const known = ['/v1/status', '/v1/policy', '/v1/workloads', '/v1/flows', '/v1/trace', '/v1/rules', '/v1/policy/history', '/v1/policy/diff', '/v1/policy/rollback'];
+      if (known.includes(url.pathname) || tagRoute || historyRoute) throw new ControlError(405, 'method-not-allowed', `${req.method} is not allowed on ${url.pathname}`);
       throw new ControlError(404, 'not-found', `no such endpoint: ${url.pathname}`);
     } catch (e) {
       req.resume();
@@ -327,6 +365,21 @@ export class ApiServer {
         return { name: p.spec.name, mode: p.spec.mode, workload: this.dp.workloadOf(p.index), up: c.up, attaches: c.attaches, rx: c.rx, tx: c.tx, outcomes: c.outcomes };
       }),
     };
+  }
+
+  private historyOrFail(): PolicyHistory {
+    const h = this.controller.history;
+    if (!h) throw new ControlError(404, 'no-history', 'this daemon keeps no policy history');
+    return h;
+  }
+
+  /** A kept version by its id (text from a path or query), or a 400/404 that names the parameter. */
+  private historyEntry(text: string, param: string): { entry: HistoryEntry; text: string } {
+    const id = Number(text);
+    if (!/^[1-9][0-9]{0,9}$/.test(text)) throw new ControlError(400, 'bad-request', `${param}: expected a history entry id (a positive integer), found '${text.slice(0, 40)}'`, [problem('bad-value', param, 'expected a history entry id')]);
+    const found = this.historyOrFail().get(id);
+    if (!found) throw new ControlError(404, 'unknown-version', `${param}: no history entry #${id} is kept (GET /v1/policy/history lists them)`);
+    return found;
   }
 
   private workloads(): unknown[] {

@@ -22,6 +22,7 @@
  *
  * Every change is appended to the audit log (JSON lines): what, who, why.
  */
+import type { PolicyHistory } from './history.js';
 import { closeSync, openSync } from 'node:fs';
 import { appendWhole } from './appendWhole.js';
 import type { Logger } from 'pino';
@@ -113,9 +114,16 @@ export class Controller {
       onApplied?: (rec: ApplyRecord, vnics: string[]) => void;
       /** Who validates and compiles (default: inline, on this thread). */
       preparer?: Preparer;
+      /** Where every document put in force is kept (history, diff, rollback); none: no history. */
+      history?: PolicyHistory | null;
     } = {},
   ) {
     this.preparer = opts.preparer ?? new InlinePreparer();
+  }
+
+  /** The policy history, if this daemon keeps one. */
+  get history(): PolicyHistory | null {
+    return this.opts.history ?? null;
   }
 
   /** Load what the store holds and apply it; throws ControlError when the stored policy is invalid. */
@@ -201,6 +209,7 @@ export class Controller {
   /** Swap; the data plane sees the old policy or the new one, nothing between. */
   private install(prepared: Prepared, ref: DocumentRef, revision: number, source: string): ApplyRecord {
     const { compiled, compileMs } = prepared;
+    const newText = ref.text !== this.documentText;
     const t1 = performance.now();
     this.target.setPolicy(compiled);
     const t2 = performance.now();
@@ -217,6 +226,8 @@ export class Controller {
       reused: compiled.stats.reused, rules: compiled.stats.rules, at: new Date().toISOString(),
     };
     this.opts.log?.info({ source, ...this.lastApply }, 'policy applied');
+    // A new document (not a tag change) goes into the history, after its audit record.
+    if (newText) this.opts.history?.record(ref.text, { by: source, revision, rules: compiled.stats.rules });
     this.opts.onApplied?.(this.lastApply, [...compiled.points.keys()]);
     return this.lastApply;
   }
