@@ -486,6 +486,32 @@ storeOptions(apiOptions(policyCmd
     process.stdout.write(`applied: revision ${r.body.revision}, generation ${r.body.generation}, ${r.body.rules} rules, compiled in ${r.body.compileMs.toFixed(1)} ms (${r.body.reused} section tables reused); 'tapwall check' lists shadowed rules\n`);
   }));
 
+apiOptions(policyCmd
+  .command('whatif')
+  .description('Replay connections that really happened against a candidate policy, before anything is staged or applied: the decisions in a flow log (--flows) and the connections open now (--live, through the API), and list those whose verdict would change, by the candidate rule that decides them.')
+  .argument('<candidate>', 'candidate policy file (YAML or JSON)')
+  .option('--flows <file>', "a flow log (tapwall run --flow-log): its decision events")
+  .option('--live', "also the daemon's open connections (GET /v1/flows)")
+  .option('--json', 'print the result as JSON'))
+  .action(guarded(async (file: string, opts: ApiOpts & { flows?: string; live?: boolean; json?: boolean }) => {
+    if (!opts.flows && !opts.live) throw Object.assign(new Error('give a flow log (--flows FILE), --live, or both'), { code: 'EUSAGE' });
+    const { connectionsFromFlowLog, formatWhatIf, whatIf } = await import('../control/whatif.js');
+    const { policy } = policyLoad(file);
+    const candidate = policyCompile(policy);
+    const skipped: Parameters<typeof whatIf>[2] = [];
+    const recorded = opts.flows ? connectionsFromFlowLog(readFileSync(opts.flows, 'utf8'), skipped) : [];
+    if (opts.live) {
+      const r = await apiCall<{ flows: Array<{ proto: string; src: string; sport: number; dst: string; dport: number; from: string | null; to: string | null; verdict: string; egressRule: unknown; ingressRule: unknown }> }>(apiTarget(opts), 'GET', '/v1/flows?limit=10000');
+      for (const f of r.body.flows) {
+        const rule = (f.ingressRule ?? f.egressRule) as { section: string; id: string } | 'default' | null;
+        recorded.push({ proto: f.proto, src: f.src, sport: f.sport, dst: f.dst, dport: f.dport, from: f.from, to: f.to,
+          verdict: f.verdict === 'allowed' ? 'allow' : 'drop', section: rule && rule !== 'default' ? rule.section : null, rule: rule === 'default' ? 'default' : rule?.id ?? null });
+      }
+    }
+    const result = whatIf(candidate, recorded, skipped);
+    if (opts.json) { printJson(result); return; }
+    process.stdout.write(`${formatWhatIf(result)}\n`);
+  }));
 interface HistoryEntryView { id: number; at: string; by: string; revision: number; rules: number; bytes: number; sha256: string }
 apiOptions(policyCmd
   .command('history')
