@@ -11,7 +11,9 @@ import { arpFrame, frameBuild } from '../src/packet/build.js';
 import { PARSE, PKT, PKT_WORDS, TCP_ACK, TCP_RST, TCP_SYN, parseFrame } from '../src/packet/parse.js';
 import { OUTCOME_NAMES } from '../src/packet/verdict.js';
 import { STAGE_NAMES } from '../src/datapath/switch.js';
-import { RS, RS_COUNT } from '../src/flow/conntrack.js';
+import { RS, RS_COUNT, SK, SK_COUNT } from '../src/flow/conntrack.js';
+import { policyCompile } from '../src/policy/compile.js';
+import { policyParse } from '../src/policy/load.js';
 import { FLE, flowLogTake } from '../src/flow/flowLog.js';
 import { FlowLogWriter } from '../src/control/flowLogWriter.js';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -312,6 +314,30 @@ t.test('a flow-log line names the rule that decided, as it was when it decided',
   writer.stop();
   const lines = readFileSync(join(dir, 'flows.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
   t.same(lines.map((l) => [l.rule, l.section, l.proto, l.ethertype, l.verdict]), [['lldp', 's', 'ether', '0x88cc', 'allow']], 'the line names lldp, the rule that let it through, with its EtherType');
+});
+
+t.test('a staged policy is evaluated on new connections only, never enforced, and its disagreements counted by kind', async (t) => {
+  const lab = new MemLab(POLICY(), { uplink: 'twf-up' });
+  t.teardown(() => lab.stop());
+  // Staged: web-to-app gone (80 would be denied), tcp/22 allowed by a new rule, 5432 to db allowed by another rule id.
+  const stagedText = POLICY().replace(/ {6}- \{ id: web-to-app[^\n]*\n/, '      - { id: ssh, from: web, to: app, services: [tcp/22], action: allow }\n')
+    .replace('id: web-to-db, from: web, to: db, services: [tcp/5432], action: reject', 'id: db-open, from: web, to: db, services: [tcp/5432], action: reject');
+  const staged = policyCompile(policyParse(stagedText, 'staged', { shadows: false }).policy!);
+  lab.dp.setStaged(staged);
+  runRows(t, lab, [
+    ['web -> app:80, allowed now', 'twf-a', tcp(MAC.a, MAC.b, '10.60.0.1', '10.60.0.2', 80, { sport: 50001 }), 'forward', ['twf-b']],
+    ['its retransmission: a cache hit, not evaluated again', 'twf-a', tcp(MAC.a, MAC.b, '10.60.0.1', '10.60.0.2', 80, { sport: 50001 }), 'forward', ['twf-b']],
+    ['web -> app:22, refused now', 'twf-a', tcp(MAC.a, MAC.b, '10.60.0.1', '10.60.0.2', 22, { sport: 50002 }), 'policy', []],
+    ['web -> db:5432, rejected now and staged (by a rule of another id)', 'twf-a', tcp(MAC.a, MAC.c, '10.60.0.1', '10.60.0.3', 5432, { sport: 50003 }), 'reject', ['twf-a']],
+    ['web -> db:9, allowed by the same rule in both', 'twf-a', udp(MAC.a, MAC.c, '10.60.0.1', '10.60.0.3', 9, { sport: 50004 }), 'forward', ['twf-c']],
+  ]);
+  const st = lab.dp.ct.stagedStats;
+  const at = (id: string | null, kind: number) => st[(id === null ? 0 : staged.rules.findIndex((r) => r.id === id) + 1) * SK_COUNT + kind];
+  t.same([at(null, SK.wouldDeny), at('ssh', SK.wouldAllow), at('db-open', SK.otherRule)], [1, 1, 1], 'would-deny by the default, would-allow by ssh, other-rule by db-open: once each');
+  t.equal(st.reduce((a, b) => a + b, 0), 3, 'and nothing else (the retransmission and the agreeing connection are not counted)');
+  lab.dp.setStaged(null);
+  lab.send('twf-a', tcp(MAC.a, MAC.b, '10.60.0.1', '10.60.0.2', 22, { sport: 50005 }));
+  t.equal(lab.dp.ct.staged, null, 'unstaged: nothing is evaluated');
 });
 
 t.test('every outcome has a row', async (t) => {

@@ -535,16 +535,62 @@ apiOptions(policyCmd
   }));
 apiOptions(policyCmd
   .command('diff')
-  .description('Rule-level differences between two kept versions (or one and the policy in force): added, removed, moved and changed rules, and what else differs.')
-  .argument('<from>', 'history entry id')
+  .description('With no ids: where the staged policy disagrees with the enforced one (per staged rule: would deny, would allow, decided by another rule) and the latest examples. With ids: rule-level differences between two kept versions (or one and the policy in force): added, removed, moved and changed rules.')
+  .argument('[from]', 'history entry id')
   .argument('[to]', 'history entry id (default: the policy in force)')
   .option('--json', 'print the API answer as JSON'))
-  .action(guarded(async (from: string, to: string | undefined, opts: ApiOpts & { json?: boolean }) => {
+  .action(guarded(async (from: string | undefined, to: string | undefined, opts: ApiOpts & { json?: boolean }) => {
+    if (from === undefined) {
+      const r = await apiCall<{ stagedRevision: number; text: string | null; disagreements: Array<Record<string, unknown>>; examples: Array<Record<string, any>> }>(apiTarget(opts), 'GET', '/v1/policy/staged');
+      if (opts.json) { printJson(r.body); return; }
+      if (r.body.text === null) { process.stdout.write('no policy is staged\n'); return; }
+      const lines = [`staged revision ${r.body.stagedRevision}`, 'STAGED RULE                      ACTION  WOULD-DENY  WOULD-ALLOW  OTHER-RULE'];
+      for (const d of r.body.disagreements) {
+        const name = `${d.section ? `${d.section}/` : ''}${d.rule}`;
+        lines.push(`${name.padEnd(32)} ${String(d.action).padEnd(7)} ${String(d['would-deny'] ?? 0).padEnd(11)} ${String(d['would-allow'] ?? 0).padEnd(12)} ${d['other-rule'] ?? 0}`);
+      }
+      if (r.body.disagreements.length === 0) lines.push('(no disagreement on any new connection so far)');
+      for (const e of r.body.examples.slice(0, 10)) lines.push(`  ${e.time} ${e.proto} ${e.src}:${e.sport} -> ${e.dst}:${e.dport}: ${e.kind}, now ${e.enforced.verdict} by ${e.enforced.rule}, staged ${e.staged.rule}`);
+      process.stdout.write(`${lines.join('\n')}\n`);
+      return;
+    }
     const { formatPolicyDiff } = await import('../control/history.js');
     const q = `from=${encodeURIComponent(from)}${to === undefined ? '' : `&to=${encodeURIComponent(to)}`}`;
     const r = await apiCall<Parameters<typeof formatPolicyDiff>[0] & { from: number; to: number | string }>(apiTarget(opts), 'GET', `/v1/policy/diff?${q}`);
     if (opts.json) { printJson(r.body); return; }
     process.stdout.write(`#${r.body.from} -> ${typeof r.body.to === 'number' ? `#${r.body.to}` : 'the policy in force'}\n${formatPolicyDiff(r.body)}\n`);
+  }));
+apiOptions(policyCmd
+  .command('stage')
+  .description('Evaluate a policy beside the enforced one on every new connection, never enforcing it: disagreements are counted per staged rule (tapwall_staged_disagreements_total), flow-logged as "staged" and shown by `tapwall policy diff`.')
+  .argument('<file>', 'policy file (YAML or JSON)')
+  .option('--by <name>', 'who stages it (goes to the audit log)'))
+  .action(guarded(async (file: string, opts: ApiOpts & { by?: string }) => {
+    const headers: Record<string, string> = { 'content-type': 'application/yaml' };
+    if (opts.by) headers['x-tapwall-actor'] = opts.by;
+    const r = await apiCall<{ stagedRevision: number; rules: number }>(apiTarget(opts), 'PUT', '/v1/policy/staged', readFileSync(file, 'utf8'), headers);
+    process.stdout.write(`staged: revision ${r.body.stagedRevision}, ${r.body.rules} rules; 'tapwall policy diff' shows where it disagrees\n`);
+  }));
+apiOptions(policyCmd
+  .command('unstage')
+  .description('Stop evaluating the staged policy.'))
+  .action(guarded(async (opts: ApiOpts) => {
+    await apiCall(apiTarget(opts), 'DELETE', '/v1/policy/staged');
+    process.stdout.write('nothing is staged now\n');
+  }));
+apiOptions(policyCmd
+  .command('promote')
+  .description('Make the staged policy the enforced one in one step: refused if either the enforced or the staged policy changed since they were read just before (or since --if-revision / --if-staged).')
+  .option('--if-revision <n>', 'the enforced revision it must still be at')
+  .option('--if-staged <n>', 'the staged revision it must still be at')
+  .option('--by <name>', 'who promotes it (goes to the audit log)'))
+  .action(guarded(async (opts: ApiOpts & { ifRevision?: string; ifStaged?: string; by?: string }) => {
+    const target = apiTarget(opts);
+    const rev = opts.ifRevision ?? String((await apiCall<{ revision: number }>(target, 'GET', '/v1/policy')).body.revision);
+    const staged = Number(opts.ifStaged ?? (await apiCall<{ stagedRevision: number }>(target, 'GET', '/v1/policy/staged')).body.stagedRevision);
+    const r = await apiCall<{ revision: number; generation: number; rules: number }>(target, 'POST', '/v1/policy/promote',
+      JSON.stringify({ stagedRevision: staged, ...(opts.by ? { by: opts.by } : {}) }), { 'if-match': `"${rev}"`, 'content-type': 'application/json' });
+    process.stdout.write(`promoted staged #${staged}: revision ${r.body.revision}, generation ${r.body.generation}, ${r.body.rules} rules\n`);
   }));
 apiOptions(policyCmd
   .command('rollback')

@@ -22,6 +22,10 @@
  *   GET  /v1/policy/history/{id}      one version with its text
  *   GET  /v1/policy/diff?from=&to=    rule-level differences (to: the policy in force when left out)
  *   POST /v1/policy/rollback          { id, by? }; If-Match: "<revision>" (or *) required
+ *   PUT  /v1/policy/staged            a policy evaluated beside the enforced one, never enforced; If-Match: staged revision (optional)
+ *   GET  /v1/policy/staged            its text, disagreements per staged rule, the latest examples
+ *   DELETE /v1/policy/staged          stop evaluating it
+ *   POST /v1/policy/promote           { stagedRevision }; If-Match: "<enforced revision>": the staged policy becomes the enforced one
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
@@ -32,7 +36,10 @@ import type { Dataplane } from '../datapath/dataplane.js';
 import type { PolicyProblem } from '../policy/errors.js';
 import { CT_NAMES } from '../flow/flowTable.js';
 import { ControlError, type Controller } from './controller.js';
-import { flowList, portCounts, ruleList } from './views.js';
+import { flowList, portCounts, protoName, ruleList, wordsAddress } from './views.js';
+import { FLE, flowLogTake } from '../flow/flowLog.js';
+import { SK_COUNT, SK_NAMES } from '../flow/conntrack.js';
+import { OUTCOME_NAMES } from '../packet/verdict.js';
 import { parsePacketSpec, policyTrace, TraceSpecError } from './trace.js';
 import type { EtcdStore } from './etcdStore.js';
 import { tagsOf } from './store.js';
@@ -301,6 +308,27 @@ export class ApiServer {
         return send(res, 200, policyTrace(this.controller.policy, parsePacketSpec(packet), { from: from as string | undefined, to: to as string | undefined, ports: this.dp.switchPorts() }));
       }
       if (route === 'GET /v1/rules') return send(res, 200, ruleList(this.dp));
+      if (route === 'PUT /v1/policy/staged') {
+        const text = await readBody(req);
+        const expect = ifMatch(req) ?? null;
+        const result = await this.controller.stage(text, expect, actor());
+        return send(res, 200, result, { etag: `"${result.stagedRevision}"` });
+      }
+      if (route === 'GET /v1/policy/staged') return send(res, 200, this.stagedView(), { etag: `"${this.controller.staged.revision}"` });
+      if (route === 'DELETE /v1/policy/staged') {
+        await this.controller.unstage(actor());
+        return send(res, 200, { stagedRevision: this.controller.staged.revision });
+      }
+      if (route === 'POST /v1/policy/promote') {
+        const body = parseBody(await readBody(req));
+        onlyKeys(body, ['stagedRevision', 'by']);
+        const expect = ifMatch(req);
+        if (expect === undefined) throw new ControlError(428, 'if-match-required', 'POST /v1/policy/promote needs If-Match: "<revision>" of the enforced policy (or *)');
+        const staged = body.value.stagedRevision;
+        if (!(Number.isInteger(staged) && (staged as number) > 0)) throw fieldError(body, 'stagedRevision', 'bad-type', 'expected the staged revision (from GET /v1/policy/staged) as a positive integer');
+        const result = await this.controller.promote(expect, staged as number, actor(body));
+        return send(res, 200, result, { etag: `"${result.revision}"` });
+      }
       const historyRoute = /^\/v1\/policy\/history\/([^/]+)$/.exec(url.pathname);
       if (route === 'GET /v1/policy/history') return send(res, 200, { entries: this.historyOrFail().list() });
       if (historyRoute && req.method === 'GET') {
@@ -333,7 +361,7 @@ export class ApiServer {
         const result = await this.controller.putPolicy(text, expect, `${actor(body)} rollback to #${id}`);
         return send(res, 200, { ...result, rolledBackTo: id }, { etag: `"${result.revision}"` });
       }
-      const known = ['/v1/status', '/v1/policy', '/v1/workloads', '/v1/flows', '/v1/trace', '/v1/rules', '/v1/policy/history', '/v1/policy/diff', '/v1/policy/rollback'];
+      const known = ['/v1/status', '/v1/policy', '/v1/workloads', '/v1/flows', '/v1/trace', '/v1/rules', '/v1/policy/history', '/v1/policy/diff', '/v1/policy/rollback', '/v1/policy/staged', '/v1/policy/promote'];
       if (known.includes(url.pathname) || tagRoute || historyRoute) throw new ControlError(405, 'method-not-allowed', `${req.method} is not allowed on ${url.pathname}`);
       throw new ControlError(404, 'not-found', `no such endpoint: ${url.pathname}`);
     } catch (e) {
@@ -365,6 +393,42 @@ export class ApiServer {
         return { name: p.spec.name, mode: p.spec.mode, workload: this.dp.workloadOf(p.index), up: c.up, attaches: c.attaches, rx: c.rx, tx: c.tx, outcomes: c.outcomes };
       }),
     };
+  }
+
+  /** The latest disagreements of the staged policy, kept here as the data plane's small ring is drained. */
+  private readonly stagedExamples: Array<Record<string, unknown>> = [];
+
+  private stagedView(): Record<string, unknown> {
+    const { text, revision } = this.controller.staged;
+    const staged = this.dp.stagedPolicy;
+    const ct = this.dp.ct;
+    if (ct.stagedLog) {
+      for (const r of flowLogTake(ct.stagedLog)) {
+        const family = r[FLE.family] as 4 | 6;
+        const order = r[FLE.stagedRule];
+        const sr = order >= 0 ? staged?.rules[order] ?? null : null;
+        const now = r[FLE.ruleIn] !== -2 ? r[FLE.ruleIn] : r[FLE.ruleOut];
+        const er = now >= 0 ? this.dp.rulesAt(r[FLE.generation])?.[now] ?? null : null;
+        this.stagedExamples.push({
+          time: new Date(r[FLE.time]).toISOString(), kind: SK_NAMES[r[FLE.staged] - 1], proto: protoName(r[FLE.proto]),
+          src: wordsAddress(r, FLE.src, family), sport: r[FLE.sport], dst: wordsAddress(r, FLE.dst, family), dport: r[FLE.dport],
+          enforced: { verdict: OUTCOME_NAMES[r[FLE.outcome]] === 'forward' ? 'allow' : OUTCOME_NAMES[r[FLE.outcome]] === 'reject' ? 'reject' : 'drop', rule: now === -1 ? 'default' : er?.id ?? null },
+          staged: { section: sr?.section ?? null, rule: order === -1 ? 'default' : sr?.id ?? null },
+        });
+      }
+      this.stagedExamples.splice(0, Math.max(0, this.stagedExamples.length - 50));
+    }
+    const disagreements: Array<Record<string, unknown>> = [];
+    if (staged && text !== null) {
+      const st = ct.stagedStats;
+      for (let i = -1; i < staged.rules.length; i++) {
+        const r = i >= 0 ? staged.rules[i] : null;
+        const row: Record<string, number> = {};
+        SK_NAMES.forEach((k, j) => { const v = st[(i + 1) * SK_COUNT + j] ?? 0; if (v > 0) row[k] = v; });
+        if (Object.keys(row).length > 0) disagreements.push({ section: r?.section ?? null, rule: r?.id ?? 'default', action: r?.action ?? staged.defaultAction, ...row });
+      }
+    }
+    return { stagedRevision: revision, text, disagreements, examples: text === null ? [] : this.stagedExamples.slice().reverse() };
   }
 
   private historyOrFail(): PolicyHistory {

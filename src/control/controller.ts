@@ -41,6 +41,8 @@ import { tagsOf, type DynamicTag, type PolicyStore, type StoreState, type TagMap
  */
 export interface PolicyTarget {
   setPolicy(compiled: CompiledPolicy): void;
+  /** Evaluate a staged policy beside the enforced one, never enforcing it (null: stop). */
+  setStaged?(compiled: CompiledPolicy | null): void;
 }
 
 /** A refused request: an HTTP status, a stable code, a message, and policy problems when there are any. */
@@ -99,6 +101,9 @@ export class Controller {
   /** The document in force, as the preparer knows it (a tag change names it without sending its text). */
   private documentRef!: DocumentRef;
   private nextDocumentId = 1;
+  /** The staged policy (evaluated, never enforced), and a revision counting stage, unstage and promote. */
+  private stagedRef: DocumentRef | null = null;
+  private stagedRevision = 0;
   /** Changes are prepared and installed one after another, in the order they came. */
   private lane: Promise<unknown> = Promise.resolve();
 
@@ -321,6 +326,7 @@ export class Controller {
       this.tagsRevision = state.tags.revision;
       this.install(prepared, this.documentRef, this.documentRevision, 'tags');
       this.scheduleExpiry();
+      await this.restage();
     }
   }
 
@@ -356,21 +362,90 @@ export class Controller {
 
   /** PUT /v1/policy: validate and compile first, then compare-and-set in the store, then swap. */
   async putPolicy(text: string, expectRevision: number | null, by: string): Promise<ApplyRecord> {
+    return this.serial(async () => this.putPolicyNow(text, expectRevision, by));
+  }
+
+  /** The staged policy's text and revision (0: none staged yet), or null text when none is staged. */
+  get staged(): { text: string | null; revision: number } {
+    return { text: this.stagedRef?.text ?? null, revision: this.stagedRevision };
+  }
+
+  /**
+   * PUT /v1/policy/staged: validate and compile a policy to evaluate beside
+   * the enforced one on every new connection, never enforced. If-Match on
+   * the staged revision (null: any). Audited.
+   */
+  async stage(text: string, expectStaged: number | null, by: string): Promise<{ stagedRevision: number; rules: number; compileMs: number }> {
     return this.serial(async () => {
-      // Prepared before writing: a policy that cannot be compiled must not reach the store. The
-      // tags cannot change meanwhile (changes take turns), so what is prepared is what is swapped in.
-      const ref = this.documentOf(text, '(request)');
+      if (!this.target.setStaged) throw new ControlError(501, 'no-staging', 'this data plane cannot evaluate a staged policy');
+      if (expectStaged !== null && expectStaged !== this.stagedRevision) throw new ControlError(412, 'stale-revision', `the staged policy changed since revision ${expectStaged}: it is now at ${this.stagedRevision}`);
+      const ref: DocumentRef = { id: this.nextDocumentId++, text, source: '(staged)' };
       const prepared = await this.prepare(ref, this.tags);
-      const cas = await this.own(() => this.store.putPolicy(text, expectRevision));
-      if (!cas.ok) throw new ControlError(412, 'stale-revision', `the policy changed since revision ${expectRevision}: it is now at ${cas.revision}; read it again and reapply`);
-      if (this.documentRevision !== cas.revision) {
-        this.recordStored([{ action: 'policy.applied', by, revision: cas.revision, rules: prepared.compiled.stats.rules, compileMs: round(prepared.compileMs) }], cas.revision, by);
-        this.tags = this.pruneTags(this.tags, prepared.document);
-        this.install(prepared, ref, cas.revision, by);
-      }
-      this.rejectedText = null;
-      return { ...this.lastApply! };
+      const revision = this.stagedRevision + 1;
+      this.record([{ action: 'policy.staged', by, stagedRevision: revision, rules: prepared.compiled.stats.rules }]);
+      this.target.setStaged(prepared.compiled);
+      this.stagedRef = ref;
+      this.stagedRevision = revision;
+      return { stagedRevision: revision, rules: prepared.compiled.stats.rules, compileMs: prepared.compileMs };
     });
+  }
+
+  /** DELETE /v1/policy/staged. */
+  async unstage(by: string): Promise<void> {
+    return this.serial(async () => {
+      if (this.stagedRef === null) return;
+      this.record([{ action: 'policy.unstaged', by, stagedRevision: this.stagedRevision }]);
+      this.target.setStaged?.(null);
+      this.stagedRef = null;
+      this.stagedRevision++;
+    });
+  }
+
+  /**
+   * POST /v1/policy/promote: the staged policy becomes the enforced one, in
+   * one step of the change lane: both revisions must still be the ones the
+   * caller saw (412 otherwise), then it is applied like PUT /v1/policy and
+   * nothing is staged any more.
+   */
+  async promote(expectEnforced: number | null, expectStaged: number | null, by: string): Promise<ApplyRecord & { stagedRevision: number }> {
+    return this.serial(async () => {
+      const ref = this.stagedRef;
+      if (ref === null) throw new ControlError(409, 'nothing-staged', 'no policy is staged');
+      if (expectStaged !== null && expectStaged !== this.stagedRevision) throw new ControlError(412, 'stale-revision', `the staged policy changed since revision ${expectStaged}: it is now at ${this.stagedRevision}`);
+      const promoted = this.stagedRevision;
+      const rec = await this.putPolicyNow(ref.text, expectEnforced, `${by} promote staged #${promoted}`);
+      this.target.setStaged?.(null);
+      this.stagedRef = null;
+      this.stagedRevision++;
+      return { ...rec, stagedRevision: promoted };
+    });
+  }
+
+  /** A tag change reaches the staged policy too: it is compiled again with the tags in force. */
+  private async restage(): Promise<void> {
+    const ref = this.stagedRef;
+    if (ref === null || !this.target.setStaged) return;
+    try {
+      this.target.setStaged((await this.prepare(ref, this.tags)).compiled);
+    } catch (e) {
+      this.opts.log?.warn({ err: (e as Error).message }, 'the staged policy could not be compiled with the new tags; it is evaluated with the old ones');
+    }
+  }
+
+  private async putPolicyNow(text: string, expectRevision: number | null, by: string): Promise<ApplyRecord> {
+    // Prepared before writing: a policy that cannot be compiled must not reach the store. The
+    // tags cannot change meanwhile (changes take turns), so what is prepared is what is swapped in.
+    const ref = this.documentOf(text, '(request)');
+    const prepared = await this.prepare(ref, this.tags);
+    const cas = await this.own(() => this.store.putPolicy(text, expectRevision));
+    if (!cas.ok) throw new ControlError(412, 'stale-revision', `the policy changed since revision ${expectRevision}: it is now at ${cas.revision}; read it again and reapply`);
+    if (this.documentRevision !== cas.revision) {
+      this.recordStored([{ action: 'policy.applied', by, revision: cas.revision, rules: prepared.compiled.stats.rules, compileMs: round(prepared.compileMs) }], cas.revision, by);
+      this.tags = this.pruneTags(this.tags, prepared.document);
+      this.install(prepared, ref, cas.revision, by);
+    }
+    this.rejectedText = null;
+    return { ...this.lastApply! };
   }
 
   /** POST /v1/workloads/{name}/tags. */

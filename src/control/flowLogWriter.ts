@@ -12,6 +12,7 @@
 import { closeSync, openSync } from 'node:fs';
 import { appendWhole } from './appendWhole.js';
 import { FLE, FLK, flowLogTake, type FlowLog } from '../flow/flowLog.js';
+import { SK_NAMES } from '../flow/conntrack.js';
 import type { Family } from '../policy/addresses.js';
 import { OUTCOME_NAMES } from '../packet/verdict.js';
 import type { Dataplane } from '../datapath/dataplane.js';
@@ -97,6 +98,14 @@ export class FlowLogWriter {
         verdict: closing || outcome === 'forward' ? 'allow' : outcome === 'reject' ? 'reject' : 'drop',
         reason: closing ? 'closed' : outcome === 'forward' ? 'allowed' : outcome,
       };
+      const stagedKind = r[FLE.staged];
+      if (stagedKind > 0) {
+        // A staged policy's disagreement: the enforced decision above, and what the staged policy would do.
+        const order = r[FLE.stagedRule];
+        const sr = order >= 0 ? this.dp.stagedPolicy?.rules[order] ?? null : null;
+        line.event = 'staged';
+        line.staged = { kind: SK_NAMES[stagedKind - 1], section: sr?.section ?? null, rule: order === -1 ? 'default' : sr?.id ?? null };
+      }
       if (closing) {
         line.packets = { orig: r[FLE.packetsOrig], reply: r[FLE.packetsReply] };
         line.bytes = { orig: r[FLE.bytesOrig], reply: r[FLE.bytesReply] };

@@ -23,7 +23,7 @@
 import { portOpen, type PortIo, type PortMode, type PortOptions } from '../io/ports.js';
 import { FlowTable, flowRemovePort } from '../flow/flowTable.js';
 import { FlowStateFile, flowStateOpen, type PreviousFlows } from '../flow/flowState.js';
-import { Conntrack, RS_COUNT, ctSweep } from '../flow/conntrack.js';
+import { Conntrack, RS_COUNT, SK_COUNT, ctSweep } from '../flow/conntrack.js';
 import { FlowLog } from '../flow/flowLog.js';
 import { FRAG, PKT } from '../packet/parse.js';
 import { OUTCOME_COUNT, Outcome } from '../packet/verdict.js';
@@ -93,6 +93,7 @@ export class Dataplane {
   readonly batchSeconds = new TypedHistogram(Float64Array.of(5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2));
   private batchSeq = 0;
   private policy: CompiledPolicy;
+  private staged: CompiledPolicy | null = null;
   private readonly capacity: number;
   private readonly vnicMode: PortMode;
   private started = false;
@@ -282,9 +283,41 @@ export class Dataplane {
       if (this.rulesByGeneration.size <= RULE_HISTORY) break;
       this.rulesByGeneration.delete(g); // the oldest first (insertion order)
     }
+    // The staged policy's points follow the ports, and "the same rule" follows the enforced rules' new places.
+    if (this.staged !== null) this.setStaged(this.staged);
     const attached = this.attached;
     this.attached = [];
     for (const w of attached) this.opts.onAttach?.(w);
+  }
+
+  /** The staged policy evaluated beside the enforced one (never enforced), or null. */
+  get stagedPolicy(): CompiledPolicy | null {
+    return this.staged;
+  }
+
+  /**
+   * Evaluate `compiled` beside the enforced policy on every new connection,
+   * never enforcing it (null: stop). Its disagreement counters start again
+   * for a new document and are kept when the same document is recompiled
+   * (a tag change). Control path.
+   */
+  setStaged(compiled: CompiledPolicy | null): void {
+    const ct = this.ct;
+    if (compiled === null) {
+      ct.staged = null;
+      this.staged = null;
+      return;
+    }
+    const nics = this.sw.names.map((name, i) => (this.sw.isVnic[i] === 1 ? name : ''));
+    const enforcedById = new Map(this.policy.rules.map((r, i) => [r.id, i]));
+    const map = Int32Array.from(compiled.rules, (r) => enforcedById.get(r.id) ?? -3);
+    const sameDocument = this.staged !== null && this.staged.policy.sections === compiled.policy.sections;
+    const decider = new PolicyDecider(compiled, nics);
+    if (!sameDocument) ct.stagedStats = new Float64Array((compiled.rules.length + 1) * SK_COUNT);
+    if (ct.stagedLog === null) ct.stagedLog = new FlowLog(256, this.capacity, 20, 40);
+    ct.stagedToEnforced = map;
+    ct.staged = decider;
+    this.staged = compiled;
   }
 
   private ruleStatsFollow(compiled: CompiledPolicy): void {

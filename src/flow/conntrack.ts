@@ -46,7 +46,7 @@
  */
 import { Outcome, Verdict } from '../packet/verdict.js';
 import { FRAG, ICMP, PKT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN } from '../packet/parse.js';
-import { flowLogClose, flowLogDecision, type FlowLog } from './flowLog.js';
+import { flowLogClose, flowLogDecision, flowLogStaged, type FlowLog } from './flowLog.js';
 import {
   CT, CT_NAMES, CT_STATES, ENTRY_WORDS, F, FLAG, FlowTable, INSERT_QUOTA, NO_PORT,
   flowCount, flowInsert, flowLookup, flowRemove, flowSweep, type CtStateName,
@@ -99,6 +99,16 @@ export const RS_COUNT = 3;
 export const enum CTC { hits = 0, misses = 1, related = 2, revalidated = 3, cut = 4, stateless = 5 }
 export const CTC_COUNT = 6;
 
+/**
+ * How a staged policy disagreed with the enforced one on a new connection
+ * (stagedStats[(stagedRule + 1) * SK_COUNT + SK.x], by the staged rule that
+ * decided): it would refuse what is allowed, allow what is refused, or
+ * decide the same by another rule.
+ */
+export const enum SK { wouldDeny = 0, wouldAllow = 1, otherRule = 2 }
+export const SK_COUNT = 3;
+export const SK_NAMES = ['would-deny', 'would-allow', 'other-rule'] as const;
+
 export class Conntrack {
   readonly loose: boolean;
   readonly uplinkPort: number;
@@ -115,6 +125,18 @@ export class Conntrack {
   ruleStats = new Float64Array(RS_COUNT);
   /** Where logged decisions go; null: no flow log. */
   flowLog: FlowLog | null = null;
+  /**
+   * A staged policy, evaluated beside the enforced one on every new
+   * connection and never enforced (null: none). stagedToEnforced maps a
+   * staged rule order to the enforced rule of the same id (-1 for the
+   * default, -3 for none), so "the same rule" is judged by id.
+   */
+  staged: FlowDecider | null = null;
+  stagedToEnforced = new Int32Array(0);
+  stagedStats = new Float64Array(SK_COUNT);
+  readonly stagedRules = new Int32Array(2);
+  /** The latest disagreements (a small rate-limited ring, for the API's examples); null: none kept. */
+  stagedLog: FlowLog | null = null;
 
   constructor(readonly table: FlowTable, readonly decider: FlowDecider, opts: ConntrackOptions = {}) {
     this.loose = opts.loose ?? false;
@@ -283,10 +305,42 @@ export function ctDecided(ct: Conntrack, pkt: Int32Array, d: number, origPort: n
   logDecision(ct, pkt, d, origPort, replyPort, outcome, now);
 }
 
+/** The rule that decided at the points a decision checked: ingress when it was checked, else egress. */
+function decidingRule(rules: Int32Array): number {
+  return rules[1] !== -2 ? rules[1] : rules[0];
+}
+
+/**
+ * The staged policy's answer for a new connection, beside the enforced
+ * one's (d, ct.rules): a disagreement is counted by the staged rule and
+ * logged (flow log and examples) marked staged. Only on a flow-cache miss.
+ */
+function ctStagedCompare(ct: Conntrack, staged: FlowDecider, pkt: Int32Array, d: number, arrivalPort: number, destPort: number, now: number): void {
+  const sr = ct.stagedRules;
+  const ds = staged.decide(pkt, arrivalPort, destPort, sr);
+  const allowedNow = (d & Verdict.mask) === Verdict.allow, allowedStaged = (ds & Verdict.mask) === Verdict.allow;
+  const stagedRule = decidingRule(sr), enforcedRule = decidingRule(ct.rules);
+  let kind: number;
+  if (allowedNow && !allowedStaged) kind = SK.wouldDeny;
+  else if (!allowedNow && allowedStaged) kind = SK.wouldAllow;
+  else {
+    const same = stagedRule === -1 ? enforcedRule === -1 : stagedRule >= 0 && stagedRule < ct.stagedToEnforced.length && ct.stagedToEnforced[stagedRule] === enforcedRule;
+    if (same) return;
+    kind = SK.otherRule;
+  }
+  const o = (stagedRule + 1) * SK_COUNT + kind;
+  if (stagedRule >= -1 && o < ct.stagedStats.length) ct.stagedStats[o]++;
+  const charged = sr[0] === -2 || (!allowedStaged && sr[1] !== -2) ? destPort : arrivalPort;
+  const outcome = allowedNow ? Outcome.forward : (d & Verdict.mask) === Verdict.reject ? Outcome.reject : Outcome.policy;
+  if (ct.flowLog !== null) flowLogStaged(ct.flowLog, pkt, charged, arrivalPort, destPort, ct.rules[0], ct.rules[1], outcome, now, ct.generation, kind, stagedRule);
+  if (ct.stagedLog !== null) flowLogStaged(ct.stagedLog, pkt, charged, arrivalPort, destPort, ct.rules[0], ct.rules[1], outcome, now, ct.generation, kind, stagedRule);
+}
+
 /** The Outcome of a packet no connection covers, by the policy; opens an entry when it should. */
 function ctNew(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort: number, now: number): number {
   const proto = pkt[PKT.proto];
   const d = ct.decider.decide(pkt, arrivalPort, destPort, ct.rules);
+  if (ct.staged !== null) ctStagedCompare(ct, ct.staged, pkt, d, arrivalPort, destPort, now);
   const verdict = d & Verdict.mask;
   if (verdict === Verdict.drop) { ruleCountDecision(ct, pkt); logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.policy, now); return Outcome.policy; }
   if (verdict === Verdict.reject) { ruleCountDecision(ct, pkt); logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.reject, now); return Outcome.reject; }

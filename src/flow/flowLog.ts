@@ -33,8 +33,10 @@ export const enum FLE {
   packetsOrig = 19, packetsReply = 20, bytesOrig = 21, bytesReply = 22,
   /** The policy generation the rules were decided under (their numbers mean rules of that policy); 0: unknown. */
   generation = 23,
+  /** A staged policy's disagreement: its kind + 1 (SK in conntrack.ts), 0 for an ordinary event; and the staged rule. */
+  staged = 24, stagedRule = 25,
 }
-export const FLE_WORDS = 24;
+export const FLE_WORDS = 26;
 /** Event kinds: a connection decision (allowed and opened, or denied), and the end of a logged connection. */
 export const enum FLK { decision = 0, close = 1 }
 
@@ -100,10 +102,24 @@ export function flowLogDecision(
   r[o + FLE.ruleOut] = ruleOut;
   r[o + FLE.ruleIn] = ruleIn;
   r[o + FLE.outcome] = outcome;
+  r[o + FLE.staged] = 0;
   r[o + FLE.packetsOrig] = 1;
   r[o + FLE.packetsReply] = 0;
   r[o + FLE.bytesOrig] = pkt[PKT.length];
   r[o + FLE.bytesReply] = 0;
+}
+
+/** A staged policy disagreed on a new connection: the enforced decision (as flowLogDecision) marked with the kind and the staged rule. */
+export function flowLogStaged(
+  log: FlowLog, pkt: Int32Array, port: number, origPort: number, replyPort: number,
+  ruleOut: number, ruleIn: number, outcome: number, now: number, generation: number, kind: number, stagedRule: number,
+): void {
+  const before = log.count, head = log.head;
+  flowLogDecision(log, pkt, port, origPort, replyPort, ruleOut, ruleIn, outcome, now, generation);
+  if (log.count === before) return; // refused by the rate limit or a full ring
+  const o = head * FLE_WORDS;
+  log.ring[o + FLE.staged] = kind + 1;
+  log.ring[o + FLE.stagedRule] = stagedRule;
 }
 
 /** A logged connection ended (closed, expired or evicted): its totals. */
@@ -124,6 +140,7 @@ export function flowLogClose(log: FlowLog, t: FlowTable, ent: number, now: numbe
   r[o + FLE.ruleOut] = e[eo + F.ruleOut];
   r[o + FLE.ruleIn] = e[eo + F.ruleIn];
   r[o + FLE.generation] = e[eo + F.generation];
+  r[o + FLE.staged] = 0;
   r[o + FLE.outcome] = 0;
   r[o + FLE.packetsOrig] = e[eo + F.packetsOrig];
   r[o + FLE.packetsReply] = e[eo + F.packetsReply];

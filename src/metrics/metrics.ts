@@ -13,7 +13,7 @@ import { Dataplane, PC, PC_COUNT } from '../datapath/dataplane.js';
 import { STAGE_NAMES } from '../datapath/switch.js';
 import { OUTCOME_COUNT, OUTCOME_NAMES } from '../packet/verdict.js';
 import { FLOW_COUNTER_NAMES } from '../flow/flowTable.js';
-import { CTC, RS, RS_COUNT } from '../flow/conntrack.js';
+import { CTC, RS, RS_COUNT, SK_COUNT, SK_NAMES } from '../flow/conntrack.js';
 import type { Controller } from '../control/controller.js';
 import { promHistogram } from './histogram.js';
 
@@ -161,6 +161,24 @@ export function metricsRegistry(dp: Dataplane, controller: Controller | null = n
       const s = dp.ct.ruleStats, c = dp.compiled;
       this.inc({ section: '', rule: 'default', action: c.defaultAction }, s[k]);
       c.rules.forEach((r, i) => this.inc({ section: r.section, rule: r.id, action: r.action }, s[(i + 1) * RS_COUNT + k] ?? 0));
+    },
+  });
+  new Counter({
+    name: 'tapwall_staged_disagreements_total',
+    help: 'New connections on which the staged policy (evaluated, never enforced) disagrees with the enforced one, by the staged rule that decided: would-deny (allowed now), would-allow (refused now), other-rule (same verdict, another rule). Starts again for each staged document.',
+    labelNames: ['section', 'rule', 'kind'], registers: [registry],
+    collect() {
+      this.reset();
+      const staged = dp.stagedPolicy;
+      if (!staged) return;
+      const st = dp.ct.stagedStats;
+      for (let i = -1; i < staged.rules.length; i++) {
+        const r = i >= 0 ? staged.rules[i] : null;
+        SK_NAMES.forEach((kind, k) => {
+          const v = st[(i + 1) * SK_COUNT + k] ?? 0;
+          if (v > 0) this.inc({ section: r?.section ?? '', rule: r?.id ?? 'default', kind }, v);
+        });
+      }
     },
   });
   ruleCounter('tapwall_rule_packets_total', 'Packets matched by the rule at a vNIC (rule "default": the default action).', RS.packets);
