@@ -97,6 +97,10 @@ t.test('stage, see the disagreement, promote, roll back', async (t) => {
   const rb = tw('policy', 'rollback', String(historyBefore[0].id), '--by', 'carol');
   t.equal(rb.status, 0, rb.stderr);
   t.equal(connect(), 'connected', 'after the rollback, web -> app:8080 is allowed again');
+  // Rule analytics: web-to-app was hit (and removed and restored since: its counts were kept); app-to-db and the quarantine rules never.
+  const unused = tw('rules', '--unused', '1h', '--json');
+  t.equal(unused.status, 0, unused.stderr);
+  t.same((JSON.parse(unused.stdout) as { rules: Array<{ id: string }> }).rules.map((r) => r.id).sort(), ['app-to-db', 'quarantine-in', 'quarantine-out'], 'rules --unused lists exactly the rules no traffic hit');
   const audit = readFileSync(join(dir, 'state', 'audit.jsonl'), 'utf8');
   t.match(audit, /"action":"policy.staged","by":"alice/, 'staging is audited');
   t.match(audit, /bob .*promote staged #/, 'so is the promotion');

@@ -105,7 +105,7 @@ export function formatFlows(r: { total: number; matched: number; flows: Array<Re
   return `${table(rows)}\n${r.flows.length} shown, ${r.matched} matched, ${r.total} in the table`;
 }
 
-export function formatRules(r: { rules: Array<{ section: string; id: string; action: string; packets: number; bytes: number; connections: number }>; default: { action: string; packets: number; bytes: number; connections: number } }, all: boolean): string {
+export function formatRules(r: { rules: Array<{ section: string; id: string; action: string; packets: number; bytes: number; connections: number; lastHit?: string | null }>; default: { action: string; packets: number; bytes: number; connections: number } }, all: boolean): string {
   const rows = [['RULE', 'ACTION', 'CONNECTIONS', 'PACKETS', 'BYTES']];
   for (const x of r.rules) if (all || x.packets > 0) rows.push([`${x.section}/${x.id}`, x.action, String(x.connections), String(x.packets), String(x.bytes)]);
   rows.push(['(default)', r.default.action, String(r.default.connections), String(r.default.packets), String(r.default.bytes)]);

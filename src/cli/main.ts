@@ -439,12 +439,19 @@ apiOptions(program
 
 apiOptions(program
   .command('rules')
-  .description('Per-rule hit counts of the running policy (rules with hits, and the default).')
+  .description('Per-rule hit counts of the running policy (rules with hits, and the default); with --unused, the rules not hit since a time (kept across policy changes and restarts), to find rules that can go.')
   .option('--all', 'also the rules with no hits')
+  .option('--unused <since>', 'only the rules never hit, or last hit before this: 7d, 12h, 30m, or an ISO time')
   .option('--json', 'print the API answer as JSON'))
-  .action(guarded(async (opts: ApiOpts & { all?: boolean }) => {
-    const r = await apiCall<Parameters<typeof formatRules>[0]>(apiTarget(opts), 'GET', '/v1/rules');
-    if (opts.json) printJson(r.body); else process.stdout.write(`${formatRules(r.body, opts.all ?? false)}\n`);
+  .action(guarded(async (opts: ApiOpts & { all?: boolean; unused?: string }) => {
+    const r = await apiCall<Parameters<typeof formatRules>[0] & { since?: string }>(apiTarget(opts), 'GET', `/v1/rules${opts.unused ? `?unused=${encodeURIComponent(opts.unused)}` : ''}`);
+    if (opts.json) { printJson(r.body); return; }
+    if (opts.unused) {
+      const rows = r.body.rules.map((x) => `${x.section}/${x.id} (${x.action}): ${x.lastHit ? `last hit ${x.lastHit}` : 'never hit'}`);
+      process.stdout.write(`${rows.length} rules not hit since ${r.body.since}${rows.length ? `:\n${rows.join('\n')}` : ''}\n`);
+      return;
+    }
+    process.stdout.write(`${formatRules(r.body, opts.all ?? false)}\n`);
   }));
 
 const policyCmd = program.command('policy').description("Read or replace the running daemon's policy.");

@@ -7,6 +7,7 @@
  * validation is logged and the running policy stays in force. SIGUSR1 reopens
  * the flow log (for logrotate); SIGUSR2 prints counters.
  */
+import { RuleAnalytics } from '../control/ruleAnalytics.js';
 import { HISTORY_LIMIT, PolicyHistory } from '../control/history.js';
 import pino from 'pino';
 import { PerformanceObserver } from 'node:perf_hooks';
@@ -198,6 +199,8 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   // The data plane starts with the uplink only; the controller's first apply opens the vNICs the policy gives this host.
   const specs: PortSpec[] = opts.uplink ? [{ name: opts.uplink, mode: opts.mode === 'pcap' ? 'pcap' : 'attach', workload: null }] : [];
   const errorsLogged = new Map<string, number>();
+  const analytics = new RuleAnalytics(opts.stateDir, (message) => log.warn({ rules: true }, message));
+  for (const problem of analytics.problems) log.warn({ rules: true }, problem);
   const dp = new Dataplane(policyCompile(EMPTY_POLICY), specs, {
     vnicMode: opts.mode,
     loose: opts.loose,
@@ -215,6 +218,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
       log.error({ port }, message);
     },
     onInfo: (port, message) => log.info({ port }, message),
+    onRulesRetired: (counts) => analytics.retired(counts),
     // Live migration: a workload that moves to another host takes its open connections along, through etcd.
     onDetach: (workload, flows, next) => {
       const to = next.policy.workloads.get(workload)?.host;
@@ -260,6 +264,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
     if (e instanceof ControlError) throw new PolicyError(e.problems);
     throw e;
   }
+  analytics.start(dp);
   // Connections the previous process had open: taken up before the first frame is forwarded.
   for (const problem of dp.flowStateProblems) log.warn({ flowState: true }, problem);
   const resumed = dp.resumeFlows();
@@ -273,7 +278,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   let api: ApiServer | null = null;
   if (opts.apiSocket || opts.apiListen) {
     if (opts.apiSocket) mkdirSync(dirname(opts.apiSocket), { recursive: true, mode: 0o755 });
-    api = new ApiServer(controller, dp, { version: opts.version, socketPath: opts.apiSocket, listen: opts.apiListen ?? null, token, tls, store: etcd, host: opts.host ?? null });
+    api = new ApiServer(controller, dp, { version: opts.version, socketPath: opts.apiSocket, listen: opts.apiListen ?? null, token, tls, store: etcd, host: opts.host ?? null, analytics });
     await api.start();
   }
   const flowLog = dp.ct.flowLog ? new FlowLogWriter(dp, dp.ct.flowLog, opts.flowLog ?? null, opts.flowLogStdout ?? false, (message) => log.error(message)) : null;
@@ -288,7 +293,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   }
   // Everything privileged is open now: become the given user, keeping only what opening a vNIC later needs.
   if (user) {
-    dropPrivileges(user, opts.mode, [opts.stateDir, join(opts.stateDir, 'history'), dp.flowState?.path, opts.flowLog]);
+    dropPrivileges(user, opts.mode, [opts.stateDir, join(opts.stateDir, 'history'), join(opts.stateDir, 'rules.json'), dp.flowState?.path, opts.flowLog]);
     log.info({ uid: user.uid, gid: user.gid, capabilities: capabilitiesFor(opts.mode).names }, 'running as an unprivileged user');
   }
   const ports = dp.ports.map((p) => ({ name: p.io.name, mode: p.io.mode, workload: dp.workloadOf(p.index) }));
@@ -330,6 +335,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
     void controller.close();
     api?.close();
     flowLog?.stop();
+    analytics.stop();
     dp.stop();
     process.stdout.write(`${JSON.stringify({ stopped: true, stats: stats() })}\n`);
     // A cluster store revokes this host's registration first (a few seconds at most), so it shows as gone at once.

@@ -44,6 +44,7 @@ import { parsePacketSpec, policyTrace, TraceSpecError } from './trace.js';
 import type { EtcdStore } from './etcdStore.js';
 import { tagsOf } from './store.js';
 import { policyDiff, type HistoryEntry, type PolicyHistory } from './history.js';
+import { sinceOf, type RuleAnalytics } from './ruleAnalytics.js';
 import { policyParse } from '../policy/load.js';
 
 export const REQUEST_LIMIT = 1 << 20;
@@ -63,6 +64,8 @@ export interface ApiOptions {
   store?: EtcdStore | null;
   /** This host's name in the cluster. */
   host?: string | null;
+  /** Per-rule totals across policy changes and restarts (GET /v1/rules: lastHit, total, ?unused=). */
+  analytics?: RuleAnalytics | null;
 }
 
 function problem(code: string, path: string, message: string, line = 1, column = 1): PolicyProblem {
@@ -307,7 +310,26 @@ export class ApiServer {
         for (const [k, v] of [['from', from], ['to', to]] as const) if (v !== undefined && typeof v !== 'string') throw fieldError(body, k, 'bad-type', 'expected a workload name');
         return send(res, 200, policyTrace(this.controller.policy, parsePacketSpec(packet), { from: from as string | undefined, to: to as string | undefined, ports: this.dp.switchPorts() }));
       }
-      if (route === 'GET /v1/rules') return send(res, 200, ruleList(this.dp));
+      if (route === 'GET /v1/rules') {
+        const list = ruleList(this.dp) as unknown as { rules: Array<Record<string, unknown>>; default: Record<string, unknown> };
+        const totals = this.opts.analytics?.totals();
+        if (totals) {
+          for (const r of list.rules) {
+            const t = totals.get(`${r.section}/${r.id}`);
+            r.total = t ? { packets: t.packets, bytes: t.bytes, connections: t.connections } : { packets: 0, bytes: 0, connections: 0 };
+            r.lastHit = t?.lastHit ? new Date(t.lastHit).toISOString() : null;
+          }
+        }
+        const unused = url.searchParams.get('unused');
+        if (unused !== null) {
+          // Rules not hit since a time: never (in the totals kept across restarts), or last before it.
+          const since = sinceOf(unused);
+          if (since === null) throw new ControlError(400, 'bad-request', `unused: expected a duration like 7d, 12h or 30m, or an ISO time, found '${unused.slice(0, 40)}'`, [problem('bad-value', 'unused', 'expected a duration or an ISO time')]);
+          list.rules = list.rules.filter((r) => r.lastHit === null || r.lastHit === undefined || Date.parse(r.lastHit as string) < since);
+          return send(res, 200, { since: new Date(since).toISOString(), ...list });
+        }
+        return send(res, 200, list);
+      }
       if (route === 'PUT /v1/policy/staged') {
         const text = await readBody(req);
         const expect = ifMatch(req) ?? null;

@@ -23,7 +23,7 @@
 import { portOpen, type PortIo, type PortMode, type PortOptions } from '../io/ports.js';
 import { FlowTable, flowRemovePort } from '../flow/flowTable.js';
 import { FlowStateFile, flowStateOpen, type PreviousFlows } from '../flow/flowState.js';
-import { Conntrack, RS_COUNT, SK_COUNT, ctSweep } from '../flow/conntrack.js';
+import { Conntrack, RS, RS_COUNT, SK_COUNT, ctSweep } from '../flow/conntrack.js';
 import { FlowLog } from '../flow/flowLog.js';
 import { FRAG, PKT } from '../packet/parse.js';
 import { OUTCOME_COUNT, Outcome } from '../packet/verdict.js';
@@ -38,6 +38,19 @@ import { flowsExport, flowsImport, flowsResume, type FlowRecord } from './carrie
 
 export { BATCH, DEFAULT_MAX_PORTS, FRAME_STRIDE, OFFLOAD_STRIDE, PC, PC_COUNT, fairQuota, type PortSpec } from './ports.js';
 export type { FlowRecord } from './carried.js';
+
+/** One rule's counters, with its last hit as wall-clock ms (null: never). */
+export interface RuleCount { section: string; id: string; packets: number; bytes: number; connections: number; lastHit: number | null }
+
+function ruleCountsOf(rules: readonly Rule[], s: Float64Array): RuleCount[] {
+  // The data plane's clock (performance.now, ms) to wall-clock time.
+  const offset = Date.now() - performance.now();
+  return rules.map((r, i) => {
+    const o = (i + 1) * RS_COUNT;
+    const last = s[o + RS.lastHit] ?? 0;
+    return { section: r.section, id: r.id, packets: s[o + RS.packets] ?? 0, bytes: s[o + RS.bytes] ?? 0, connections: s[o + RS.connections] ?? 0, lastHit: last > 0 ? Math.round(offset + last) : null };
+  });
+}
 
 /** One batch in BATCH_TIME_SAMPLE is timed: two clock reads per sampled batch, nothing per packet. */
 const BATCH_TIME_SAMPLE = 8;
@@ -65,6 +78,8 @@ export interface DataplaneOptions extends SwitchOptions {
   vnicMode?: PortMode;
   /** A vNIC is being detached (its workload left this host, or the policy): its connections, before they are forgotten. */
   onDetach?: (workload: string, flows: FlowRecord[], next: CompiledPolicy) => void;
+  /** Rules a new policy removed, with their counts (kept by rule analytics across policy changes). */
+  onRulesRetired?: (counts: RuleCount[]) => void;
   /** A vNIC was attached for a workload (it may bring connections handed over from its old host). */
   onAttach?: (workload: string) => void;
   /**
@@ -320,10 +335,22 @@ export class Dataplane {
     this.staged = compiled;
   }
 
+  /**
+   * The counters of the policy's rules now (control path): per rule, and the
+   * last hit as wall-clock milliseconds (null: never).
+   */
+  ruleCounts(): RuleCount[] {
+    return ruleCountsOf(this.policy.rules, this.ct.ruleStats);
+  }
+
   private ruleStatsFollow(compiled: CompiledPolicy): void {
     const old = this.ct.ruleStats, oldRules = this.policy.rules;
     const byId = new Map<string, number>();
     oldRules.forEach((r, i) => byId.set(`${r.section}\0${r.id}`, i + 1));
+    // Rules the new policy no longer has: their counts go to whoever keeps them (rule analytics), not nowhere.
+    const kept = new Set(compiled.rules.map((r) => `${r.section}\0${r.id}`));
+    const retired = ruleCountsOf(oldRules, old).filter((c) => !kept.has(`${c.section}\0${c.id}`) && c.packets > 0);
+    if (retired.length > 0) this.opts.onRulesRetired?.(retired);
     const stats = new Float64Array((compiled.rules.length + 1) * RS_COUNT);
     stats.set(old.subarray(0, RS_COUNT));
     compiled.rules.forEach((r, i) => {

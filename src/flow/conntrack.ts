@@ -93,8 +93,9 @@ export interface ConntrackOptions {
 
 /** Counters the tracker keeps besides the table's (typed-array increments; prom-client reads them at scrape time). */
 /** Per-rule counters: [(order + 1) * RS_COUNT + RS.x]. */
-export const enum RS { packets = 0, bytes = 1, connections = 2 }
-export const RS_COUNT = 3;
+export const enum RS { packets = 0, bytes = 1, connections = 2, lastHit = 3 }
+/** Per rule: packets, bytes, connection decisions, and when it last counted one (the data plane's clock, ms; 0: never). */
+export const RS_COUNT = 4;
 
 export const enum CTC { hits = 0, misses = 1, related = 2, revalidated = 3, cut = 4, stateless = 5 }
 export const CTC_COUNT = 6;
@@ -121,6 +122,8 @@ export class Conntrack {
   /** Set by ctProcess: the entry and direction of the last packet (-1 if none), for the caller. */
   lastEntry = -1;
   lastDir = 0;
+  /** The time of the packet being counted (ms, the data plane's clock), for the rules' last hit. */
+  now = 0;
   /** Per-rule counters (see RS); replaced, with counts carried over, when the policy changes. */
   ruleStats = new Float64Array(RS_COUNT);
   /** Where logged decisions go; null: no flow log. */
@@ -249,21 +252,23 @@ export function ctSweep(ct: Conntrack, now: number, budget: number): number {
 }
 
 /** Count a packet (and maybe a connection decision) for a rule order; -1 is the default, -2 (not checked) counts nowhere. */
-function ruleCount(s: Float64Array, rule: number, bytes: number, connections: number): void {
+function ruleCount(ct: Conntrack, rule: number, bytes: number, connections: number): void {
+  const s = ct.ruleStats;
   const o = (rule + 1) * RS_COUNT;
   if (rule < -1 || o >= s.length) return;
   s[o + RS.packets]++;
   s[o + RS.bytes] += bytes;
   s[o + RS.connections] += connections;
+  s[o + RS.lastHit] = ct.now;
 }
 
 /** A packet of a tracked connection: counted for the rules that allowed it. */
 function ruleCountEntry(ct: Conntrack, o: number, bytes: number): void {
   const e = ct.table.entries;
   const out = e[o + F.ruleOut], into = e[o + F.ruleIn];
-  ruleCount(ct.ruleStats, out, bytes, 0);
+  ruleCount(ct, out, bytes, 0);
   // One packet counts once per rule, also when the same rule allowed it at both ends.
-  if (into !== out) ruleCount(ct.ruleStats, into, bytes, 0);
+  if (into !== out) ruleCount(ct, into, bytes, 0);
 }
 
 /** Log a decision if its rule asks for it, or if the default denied it. */
@@ -291,8 +296,8 @@ function isIcmpEcho(pkt: Int32Array): boolean {
  * not a hit of the rule that would allow the connection).
  */
 function ruleCountDecision(ct: Conntrack, pkt: Int32Array): void {
-  ruleCount(ct.ruleStats, ct.rules[0], pkt[PKT.length], 1);
-  if (ct.rules[1] !== ct.rules[0]) ruleCount(ct.ruleStats, ct.rules[1], pkt[PKT.length], 1);
+  ruleCount(ct, ct.rules[0], pkt[PKT.length], 1);
+  if (ct.rules[1] !== ct.rules[0]) ruleCount(ct, ct.rules[1], pkt[PKT.length], 1);
 }
 
 /**
@@ -301,6 +306,7 @@ function ruleCountDecision(ct: Conntrack, pkt: Int32Array): void {
  * `outcome` what became of the frame. Hot path.
  */
 export function ctDecided(ct: Conntrack, pkt: Int32Array, d: number, origPort: number, replyPort: number, outcome: number, now: number): void {
+  ct.now = now;
   ruleCountDecision(ct, pkt);
   logDecision(ct, pkt, d, origPort, replyPort, outcome, now);
 }
@@ -429,6 +435,7 @@ function ctRelated(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort
  */
 export function ctProcess(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort: number, now: number): number {
   ct.lastEntry = -1;
+  ct.now = now;
   // A later fragment carries no ports: the data plane sends it where its first
   // fragment went (flow/fragments.ts); one that reaches here has no first.
   if (pkt[PKT.fragment] === FRAG.later) return Outcome.invalid_state;
@@ -520,10 +527,11 @@ export function ctGroup(
   ports: Int32Array, count: number, refused: Float64Array, now: number,
 ): number {
   const decider = ct.decider, rules = ct.rules, bytes = pkt[PKT.length];
+  ct.now = now;
   let egressRule = -2;
   if (isPoint[arrivalPort] === 1) {
     const d = decider.decide(pkt, arrivalPort, NO_PORT, rules);
-    ruleCount(ct.ruleStats, rules[0], bytes, 0);
+    ruleCount(ct, rules[0], bytes, 0);
     if ((d & Verdict.mask) !== Verdict.allow) {
       logDecision(ct, pkt, d, arrivalPort, NO_PORT, Outcome.policy, now);
       return -1;
@@ -536,7 +544,7 @@ export function ctGroup(
     const r = ports[k];
     if (isPoint[r] === 1) {
       const d = decider.decide(pkt, NO_PORT, r, rules);
-      ruleCount(ct.ruleStats, rules[1], bytes, 0);
+      ruleCount(ct, rules[1], bytes, 0);
       const allowed = (d & Verdict.mask) === Verdict.allow;
       logDecision(ct, pkt, d, arrivalPort, r, allowed ? Outcome.forward : Outcome.policy, now);
       if (!allowed) { refused[r]++; continue; }
