@@ -116,6 +116,10 @@ t.test('a real Prometheus scraping tapwall', async (t) => {
   await wait('the first scrape', () => scalar('up{job="tapwall"}'), (v) => v === 1);
 
   await t.test('the counters Prometheus stored match the traffic sent and the drops provoked', async (t) => {
+    // A staged policy without web-to-app (evaluated, never enforced), so the staged-policy panel has data:
+    // the web -> app connection below is one it would deny.
+    const staged = await apiCall<{ stagedRevision: number }>({ socket }, 'PUT', '/v1/policy/staged', POLICY.replace(/ {6}- \{ id: web-to-app[^\n]*\n/, ''), { 'content-type': 'application/yaml' });
+    t.equal(staged.body.stagedRevision, 1, 'a policy is staged');
     const server = lab.spawnIn('twx-app', SERVERS, ['app', '5353']);
     await new Promise<void>((resolve) => server.stdout!.on('data', (d) => { if (String(d).includes('ready')) resolve(); }));
     // 50 datagrams on one socket that the policy allows (each echoed), and 20 that it denies.

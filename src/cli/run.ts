@@ -288,7 +288,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   if (opts.metrics) {
     const m = /^(.*):(\d+)$/.exec(opts.metrics) as RegExpExecArray; // checked at start
     const host = m[1].replace(/^\[|\]$/g, '');
-    const { port } = await metricsServe(metricsRegistry(dp, controller, etcd), host, Number(m[2]));
+    const { port } = await metricsServe(metricsRegistry(dp, controller, etcd, analytics), host, Number(m[2]));
     metricsUrl = `http://${host.includes(':') ? `[${host}]` : host}:${port}/metrics`;
   }
   // Everything privileged is open now: become the given user, keeping only what opening a vNIC later needs.

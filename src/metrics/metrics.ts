@@ -15,6 +15,7 @@ import { OUTCOME_COUNT, OUTCOME_NAMES } from '../packet/verdict.js';
 import { FLOW_COUNTER_NAMES } from '../flow/flowTable.js';
 import { CTC, RS, RS_COUNT, SK_COUNT, SK_NAMES } from '../flow/conntrack.js';
 import type { Controller } from '../control/controller.js';
+import type { RuleAnalytics } from '../control/ruleAnalytics.js';
 import { promHistogram } from './histogram.js';
 
 /** What the metrics read of a cluster store (control/etcdStore.ts). */
@@ -25,7 +26,7 @@ export interface StoreHealth {
   compactions: number;
 }
 
-export function metricsRegistry(dp: Dataplane, controller: Controller | null = null, store: StoreHealth | null = null): Registry {
+export function metricsRegistry(dp: Dataplane, controller: Controller | null = null, store: StoreHealth | null = null, analytics: RuleAnalytics | null = null): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const portLabels = (i: number) => ({ port: dp.ports[i].io.name, workload: dp.workloadOf(i) ?? 'uplink' });
@@ -161,6 +162,19 @@ export function metricsRegistry(dp: Dataplane, controller: Controller | null = n
       const s = dp.ct.ruleStats, c = dp.compiled;
       this.inc({ section: '', rule: 'default', action: c.defaultAction }, s[k]);
       c.rules.forEach((r, i) => this.inc({ section: r.section, rule: r.id, action: r.action }, s[(i + 1) * RS_COUNT + k] ?? 0));
+    },
+  });
+  new Gauge({
+    name: 'tapwall_rule_last_hit_timestamp_seconds',
+    help: 'When the rule last let through or stopped a packet (Unix time), kept across policy changes and restarts; 0: never. Rules of the policy in force.',
+    labelNames: ['section', 'rule'], registers: [registry],
+    collect() {
+      this.reset();
+      const totals = analytics?.totals() ?? null;
+      for (const c of dp.ruleCounts()) {
+        const last = totals?.get(`${c.section}/${c.id}`)?.lastHit ?? c.lastHit;
+        this.set({ section: c.section, rule: c.id }, last === null ? 0 : last / 1000);
+      }
     },
   });
   new Counter({
