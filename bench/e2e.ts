@@ -25,13 +25,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Lab, lineReader, sh } from '../tools/lab.js';
+import { apiCall } from '../src/cli/client.js';
 import { machineInfo, type MachineInfo } from './machine.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const MAC_A = '02:7b:00:00:00:0a', MAC_B = '02:7b:00:00:00:0b';
 const IP_A = '10.123.0.1', IP_B = '10.123.0.2';
 
-export type E2ePath = 'bridge' | 'nft-linear' | 'nft-set' | 'ovs' | 'tapwall' | 'tapwall-offload';
+export type E2ePath = 'bridge' | 'nft-linear' | 'nft-set' | 'ovs' | 'tapwall' | 'tapwall-offload' | 'tapwall-staged';
 
 /**
  * Where the CPU went while a load ran, per packet received: the whole
@@ -384,10 +385,17 @@ export async function benchE2e(opts: E2eOptions = {}): Promise<E2eResult> {
   // 4. tapwall, TAP ports without virtio-net headers (--no-offload); 5. with them, its default (checksum and TSO offload through).
   const policyFile = join(dir, 'policy.yaml');
   writeFileSync(policyFile, tapwallPolicy(rules));
-  for (const offload of [false, true]) {
-    if (!paths.has(offload ? 'tapwall-offload' : 'tapwall')) continue;
+  // 6. The default with a staged policy loaded beside (the same rules but the last, so every new connection disagrees):
+  // what evaluating a staged policy on every flow-cache miss costs.
+  const variantsOf: Array<{ path: E2ePath; offload: boolean; staged: boolean }> = [
+    { path: 'tapwall', offload: false, staged: false }, { path: 'tapwall-offload', offload: true, staged: false }, { path: 'tapwall-staged', offload: true, staged: true },
+  ];
+  for (const { path, offload, staged } of variantsOf) {
+    if (!paths.has(path)) continue;
     lab = new Lab();
-    const args = [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, '--flow-capacity', '1048576', '--metrics', '127.0.0.1:0', '--state-dir', dir, '--no-api-socket', ...(offload ? [] : ['--no-offload'])];
+    const socket = join(dir, 'api.sock');
+    const args = [join(root, 'bin/tapwall.js'), 'run', '--config', policyFile, '--flow-capacity', '1048576', '--metrics', '127.0.0.1:0', '--state-dir', dir,
+      ...(staged ? ['--api-socket', socket] : ['--no-api-socket']), ...(offload ? [] : ['--no-offload'])];
     const daemon = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'ignore'] });
     lab.procs.push(daemon);
     const nextLine = lineReader(daemon, 30_000);
@@ -400,10 +408,14 @@ export async function benchE2e(opts: E2eOptions = {}): Promise<E2eResult> {
     };
     try {
       await nextLine();
+      if (staged) {
+        const text = tapwallPolicy(rules).replace(/ {6}- \{ id: allow,[^\n]*\n/, '      - { id: allow-staged, from: senders, to: any, action: allow }\n');
+        await apiCall({ socket }, 'PUT', '/v1/policy/staged', text, { 'content-type': 'application/yaml' });
+      }
       lab.host('twb-a', 'twb-ta', MAC_A, [`${IP_A}/24`]);
       lab.host('twb-b', 'twb-tb', MAC_B, [`${IP_B}/24`]);
       const before = await daemonStats();
-      await measure(`tapwall${offload ? '' : ' --no-offload'}, ${rules} rules`, offload ? 'tapwall-offload' : 'tapwall', lab, 'twb-ta', 'twb-tb', daemon.pid ?? null);
+      await measure(`tapwall${offload ? '' : ' --no-offload'}${staged ? ' with a staged policy' : ''}, ${rules} rules`, path, lab, 'twb-ta', 'twb-tb', daemon.pid ?? null);
       const after = await daemonStats();
       const rx = after.rx - before.rx;
       variants[variants.length - 1].gcPerMillionPackets = Number((((after.gc - before.gc) * 1e6) / Math.max(1, rx)).toFixed(2));

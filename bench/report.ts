@@ -46,7 +46,7 @@ function version(cmd: string[], pattern: RegExp): string {
 
 const PATH_NAMES: Record<E2ePath, string> = {
   bridge: 'Linux bridge, no rules', 'nft-linear': 'nftables, linear chain', 'nft-set': 'nftables, one set', ovs: 'Open vSwitch userspace + ct',
-  tapwall: 'tapwall --no-offload', 'tapwall-offload': 'tapwall (offload, the default)',
+  tapwall: 'tapwall --no-offload', 'tapwall-offload': 'tapwall (offload, the default)', 'tapwall-staged': 'tapwall with a staged policy',
 };
 
 export async function benchReport(opts: { quick?: boolean; out?: string; log?: (l: string) => void } = {}): Promise<string> {
@@ -81,7 +81,7 @@ export async function benchReport(opts: { quick?: boolean; out?: string; log?: (
   const skipped: Array<{ path: E2ePath; why: string }> = [];
   for (const [i, rules] of sizes.entries()) {
     const last = i === sizes.length - 1;
-    const paths: E2ePath[] = [...(last ? ['bridge' as const] : []), 'nft-linear', 'nft-set', 'ovs', 'tapwall', ...(last && !quick ? ['tapwall-offload' as const] : [])];
+    const paths: E2ePath[] = [...(last ? ['bridge' as const] : []), 'nft-linear', 'nft-set', 'ovs', 'tapwall', ...(last && !quick ? ['tapwall-offload' as const, 'tapwall-staged' as const] : [])];
     // Once Open vSwitch failed to install or start, do not try again at the next size.
     const r = await benchE2e({ rules, seconds, paths: paths.filter((p) => !skipped.some((s) => s.path === p)), full: last && !quick, rttSamples: last ? (quick ? 300 : 2000) : 0, log });
     e2e.push(...r.variants);

@@ -95,5 +95,10 @@ t.test('versions are kept, compared rule by rule, and rolled back through an aud
   await start();
   const kept = (await api<{ entries: Array<{ id: number }> }>('GET', '/v1/policy/history')).body.entries;
   t.same(kept.map((e) => e.id), [4, 3, 2, 1], 'the history survives a restart (and the same text applied at start is not a new version)');
+  // The status shows shadowed rules of the policy in force (found off the packet thread, once per document).
+  t.equal((await api<{ shadowed: { count: number } }>('GET', '/v1/status')).body.shadowed.count, 0, 'no shadowed rule in version 1');
+  t.equal((await put(V1.replace(/( {6}- \{ id: web-to-app[^\n]*\n)/, '$1      - { id: dead-web-to-app, from: web, to: app, services: [tcp/8080], action: drop }\n'), 'dave')).status, 200);
+  const status = (await api<{ shadowed: { count: number; rules: Array<{ code: string; message: string }> } }>('GET', '/v1/status')).body.shadowed;
+  t.ok(status.count === 1 && status.rules[0].message.includes('dead-web-to-app'), `the status names the shadowed rule: ${JSON.stringify(status)}`);
   await stop();
 });

@@ -93,6 +93,15 @@ t.test('stage, see the disagreement, promote, roll back', async (t) => {
   t.equal((await staged()).text, null, 'nothing is staged any more');
   t.equal((await apiCall<{ text: string }>(api, 'GET', '/v1/policy')).body.text, STAGED, 'the enforced policy is the staged text');
 
+  // What-if on the flow log recorded meanwhile: the old policy would allow again what the promoted one drops.
+  writeFileSync(join(dir, 'enforced.yaml'), ENFORCED);
+  await until('the flow log to have the denial', () => readFileSync(flowLog, 'utf8').split('\n').some((l) => l.includes('"event":"decision"') && l.includes('"dport":8080')), 5000);
+  const wi = spawnSync(process.execPath, [cli, 'policy', 'whatif', join(dir, 'enforced.yaml'), '--flows', flowLog, '--json'], { encoding: 'utf8' });
+  t.equal(wi.status, 0, wi.stderr);
+  const changed = (JSON.parse(wi.stdout) as { changed: Array<{ src: string; dst: string; dport: number; verdict: string; candidate: { verdict: string; rule: string } }> }).changed;
+  t.ok(changed.length >= 1 && changed.every((c) => c.src === '10.81.1.11' && c.dst === '10.81.2.21' && c.dport === 8080 && c.verdict === 'drop' && c.candidate.verdict === 'allow' && c.candidate.rule === 'web-to-app'),
+    `what-if lists the dropped web -> app:8080 connections as allowed by web-to-app, and nothing else (${changed.length})`);
+
   // Rollback restores the previous verdicts.
   const rb = tw('policy', 'rollback', String(historyBefore[0].id), '--by', 'carol');
   t.equal(rb.status, 0, rb.stderr);

@@ -122,6 +122,9 @@ export function formatStatus(s: Record<string, unknown>): string {
     `policy: generation ${s.generation}, revision ${rev.policy} (tags ${rev.tags}), ${s.rules} rules` +
       (last ? `, last applied ${last.at} (compiled in ${last.compileMs.toFixed(1)} ms)` : ''),
     `apply failures: ${s.applyFailures}${err ? `, last at ${err.at}: ${err.message}` : ''}`,
+    ...((s.shadowed as { count: number; rules: Array<{ message: string }> } | undefined)?.count
+      ? [`shadowed rules: ${(s.shadowed as { count: number }).count}`, ...(s.shadowed as { rules: Array<{ message: string }> }).rules.slice(0, 5).map((r) => `  ${r.message}`)]
+      : []),
     `flows: ${(s.flows as { live: number; capacity: number }).live} of ${(s.flows as { live: number; capacity: number }).capacity}`,
     '',
   ];

@@ -297,10 +297,10 @@ bench
   .option('--json', 'print the result as JSON')
   .option('--rules <n>', 'policy size for every filtering path', (v) => Number(v), 10000)
   .option('--seconds <n>', 'length of each measurement', (v) => Number(v), 5)
-  .option('--paths <list>', 'which paths, comma-separated', 'bridge,nft-linear,nft-set,ovs,tapwall,tapwall-offload')
+  .option('--paths <list>', 'which paths, comma-separated (tapwall-staged: the default with a staged policy evaluated beside)', 'bridge,nft-linear,nft-set,ovs,tapwall,tapwall-offload')
   .action(guarded(async (opts: { json?: boolean; rules: number; seconds: number; paths: string }) => {
     const { benchE2e, formatE2e } = await import('../../bench/e2e.js');
-    const known = ['bridge', 'nft-linear', 'nft-set', 'ovs', 'tapwall', 'tapwall-offload'] as const;
+    const known = ['bridge', 'nft-linear', 'nft-set', 'ovs', 'tapwall', 'tapwall-offload', 'tapwall-staged'] as const;
     const paths = opts.paths.split(',').map((p) => p.trim());
     const bad = paths.filter((p) => !(known as readonly string[]).includes(p));
     if (bad.length) throw Object.assign(new Error(`--paths: unknown ${bad.join(', ')}; known: ${known.join(', ')}`), { code: 'EUSAGE' });

@@ -404,6 +404,9 @@ export class ApiServer {
       lastApply: c.lastApply,
       applyFailures: c.applyFailures,
       lastError: c.lastError,
+      // Rules an earlier rule hides wholly or in part (found once per document, off the packet thread).
+      shadowed: { count: c.shadows.count, rules: c.shadows.list.slice(0, 50).map((p) => ({ code: p.code, path: p.path, line: p.line, message: p.message })) },
+      staged: c.staged.text === null ? null : { revision: c.staged.revision },
       host: this.opts.host ?? null,
       store: this.opts.store
         ? { kind: 'etcd', url: this.opts.store.opts.url, connected: this.opts.store.connected, syncedAt: this.opts.store.syncedAt === null ? null : new Date(this.opts.store.syncedAt).toISOString(),

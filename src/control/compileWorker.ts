@@ -108,7 +108,7 @@ function documentParts(id: number, doc: Policy, out: unknown[]): void {
   });
 }
 
-function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, compileMs: number): unknown[] {
+function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, compileMs: number, shadows: unknown[], shadowCount: number): unknown[] {
   const out: unknown[] = [];
   if (!mainDocs.has(docId)) {
     documentParts(docId, document, out);
@@ -150,7 +150,7 @@ function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, 
   out.push({
     t: 'final', docId, compileMs, scopes, nics, workloads, scopeOf,
     groups: [...compiled.groups].map(([name, g]) => [name, g.version]),
-    ruleAction: compiled.ruleAction, ruleFlags: compiled.ruleFlags, stats: compiled.stats,
+    ruleAction: compiled.ruleAction, ruleFlags: compiled.ruleFlags, stats: compiled.stats, shadows, shadowCount,
   });
   return out;
 }
@@ -182,7 +182,7 @@ parentPort!.on('message', (m: { t: string; doc?: DocumentRef; tags?: TagMap; hos
   try {
     const prepared = prepareNow(docs, previous, m.doc!, m.tags!, m.host ?? null, effectiveMemo);
     previous = prepared.compiled;
-    parts = resultParts(m.doc!.id, prepared.document, prepared.compiled, prepared.compileMs);
+    parts = resultParts(m.doc!.id, prepared.document, prepared.compiled, prepared.compileMs, prepared.shadows ?? [], prepared.shadowCount ?? 0);
   } catch (e) {
     parts = [e instanceof PrepareRefused ? { t: 'refused', message: e.message, problems: e.problems } : { t: 'error', message: (e as Error).stack ?? String(e) }];
   }

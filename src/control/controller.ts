@@ -126,6 +126,9 @@ export class Controller {
     this.preparer = opts.preparer ?? new InlinePreparer();
   }
 
+  /** The shadowed and partly shadowed rules of the document in force (the first SHADOWS_KEPT, and how many in all). */
+  shadows: { count: number; list: PolicyProblem[] } = { count: 0, list: [] };
+
   /** The policy history, if this daemon keeps one. */
   get history(): PolicyHistory | null {
     return this.opts.history ?? null;
@@ -215,6 +218,7 @@ export class Controller {
   private install(prepared: Prepared, ref: DocumentRef, revision: number, source: string): ApplyRecord {
     const { compiled, compileMs } = prepared;
     const newText = ref.text !== this.documentText;
+    if (prepared.shadows) this.shadows = { count: prepared.shadowCount ?? prepared.shadows.length, list: prepared.shadows };
     const t1 = performance.now();
     this.target.setPolicy(compiled);
     const t2 = performance.now();

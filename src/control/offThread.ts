@@ -25,6 +25,7 @@
  *     progress: the policy in force stays. The next preparation starts a new
  *     worker with an empty mirror.
  */
+import type { PolicyProblem } from '../policy/errors.js';
 import { Worker } from 'node:worker_threads';
 import { SegmentCache, ResolvedGroup, type CompiledPolicy, type FamilyTable, type PointTables } from '../policy/compile.js';
 import type { Prefix } from '../policy/addresses.js';
@@ -191,7 +192,7 @@ export class OffThreadPreparer implements Preparer {
       defaultAction: document.default, groups, points, stats: m.stats, segmentsBySignature: new SegmentCache(),
     };
     this.uses.set(compiled, { tables: m.scopes.flatMap((s) => [...s.v4, ...s.v6, ...s.r4, ...s.r6]), versions: m.groups.map(([, v]) => v), docId: m.docId });
-    return { document, compiled, compileMs: m.compileMs };
+    return { document, compiled, compileMs: m.compileMs, shadows: m.shadows, shadowCount: m.shadowCount };
   }
 }
 
@@ -222,6 +223,8 @@ interface FinalPart {
   t: 'final';
   docId: number;
   compileMs: number;
+  shadows: PolicyProblem[];
+  shadowCount: number;
   scopes: Array<{ v4: number[]; v6: number[]; r4: number[]; r6: number[]; ether: Int32Array; rules: number[] }>;
   nics: string[];
   workloads: string[];
