@@ -330,6 +330,7 @@ t.test('a staged policy is evaluated on new connections only, never enforced, an
     ['web -> app:22, refused now', 'twf-a', tcp(MAC.a, MAC.b, '10.60.0.1', '10.60.0.2', 22, { sport: 50002 }), 'policy', []],
     ['web -> db:5432, rejected now and staged (by a rule of another id)', 'twf-a', tcp(MAC.a, MAC.c, '10.60.0.1', '10.60.0.3', 5432, { sport: 50003 }), 'reject', ['twf-a']],
     ['web -> db:9, allowed by the same rule in both', 'twf-a', udp(MAC.a, MAC.c, '10.60.0.1', '10.60.0.3', 9, { sport: 50004 }), 'forward', ['twf-c']],
+    ['a lone ACK to app:80: no connection either way, not a disagreement', 'twf-a', tcp(MAC.a, MAC.b, '10.60.0.1', '10.60.0.2', 80, { sport: 50006, flags: TCP_ACK }), 'invalid_state', []],
   ]);
   const st = lab.dp.ct.stagedStats;
   const at = (id: string | null, kind: number) => st[(id === null ? 0 : staged.rules.findIndex((r) => r.id === id) + 1) * SK_COUNT + kind];

@@ -342,11 +342,21 @@ function ctStagedCompare(ct: Conntrack, staged: FlowDecider, pkt: Int32Array, d:
   if (ct.stagedLog !== null) flowLogStaged(ct.stagedLog, pkt, charged, arrivalPort, destPort, ct.rules[0], ct.rules[1], outcome, now, ct.generation, kind, stagedRule);
 }
 
+/** May this packet open a tracked connection (strict mode)? TCP only with a lone SYN, ICMP echo only with a request. */
+function opensConnection(pkt: Int32Array): boolean {
+  if (pkt[PKT.proto] === 6) return (pkt[PKT.tcpFlags] & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)) === TCP_SYN;
+  return pkt[PKT.icmpClass] !== ICMP.echoReply;
+}
+
 /** The Outcome of a packet no connection covers, by the policy; opens an entry when it should. */
 function ctNew(ct: Conntrack, pkt: Int32Array, arrivalPort: number, destPort: number, now: number): number {
   const proto = pkt[PKT.proto];
   const d = ct.decider.decide(pkt, arrivalPort, destPort, ct.rules);
-  if (ct.staged !== null) ctStagedCompare(ct, ct.staged, pkt, d, arrivalPort, destPort, now);
+  // The staged policy judges the connections the enforced one decides: not a packet that a stateful allow
+  // could not open anyway (a lone ACK, an echo reply with no request: invalid_state either way).
+  if (ct.staged !== null && !(((d & (Verdict.mask | Verdict.stateless)) === Verdict.allow) && !ct.loose && !opensConnection(pkt))) {
+    ctStagedCompare(ct, ct.staged, pkt, d, arrivalPort, destPort, now);
+  }
   const verdict = d & Verdict.mask;
   if (verdict === Verdict.drop) { ruleCountDecision(ct, pkt); logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.policy, now); return Outcome.policy; }
   if (verdict === Verdict.reject) { ruleCountDecision(ct, pkt); logDecision(ct, pkt, d, arrivalPort, destPort, Outcome.reject, now); return Outcome.reject; }
