@@ -41,19 +41,20 @@ const target = { socket };
 const api = <T = Record<string, any>>(method: string, path: string, body?: string | object, headers?: Record<string, string>) => apiCall<T>(target, method, path, body, headers)
   .catch((e: { status?: number; body?: Record<string, any> }) => ({ status: e.status ?? 0, body: e.body ?? {}, headers: {} }));
 const tw = (...args: string[]) => spawnSync(process.execPath, [cli, ...args, '--api-socket', socket], { encoding: 'utf8' });
-const put = async (text: string, by: string) => {
+const put = async (text: string, by: string, reason?: string) => {
   const rev = (await api<{ revision: number }>('GET', '/v1/policy')).body.revision;
-  return api('PUT', '/v1/policy', text, { 'if-match': `"${rev}"`, 'content-type': 'application/yaml', 'x-tapwall-actor': by });
+  return api('PUT', '/v1/policy', text, { 'if-match': `"${rev}"`, 'content-type': 'application/yaml', 'x-tapwall-actor': by, ...(reason ? { 'x-tapwall-reason': reason } : {}) });
 };
 
 t.test('versions are kept, compared rule by rule, and rolled back through an audited apply', async (t) => {
   await start();
-  t.equal((await put(V2, 'alice')).status, 200, 'v2 applied');
+  t.equal((await put(V2, 'alice', 'the replica listens on 6432')).status, 200, 'v2 applied');
   t.equal((await put(V3, 'bob')).status, 200, 'v3 applied');
-  const list = (await api<{ entries: Array<{ id: number; by: string; rules: number }> }>('GET', '/v1/policy/history')).body.entries;
+  const list = (await api<{ entries: Array<{ id: number; by: string; reason?: string; rules: number }> }>('GET', '/v1/policy/history')).body.entries;
   t.same(list.map((e) => [e.id, e.rules]), [[3, 4], [2, 5], [1, 4]], 'three versions, newest first, with their rule counts');
   t.match(list[0].by, /^bob/, 'who applied v3');
   t.match(list[1].by, /^alice/, 'who applied v2');
+  t.equal(list[1].reason, 'the replica listens on 6432', 'and why');
   t.equal((await api<{ text: string }>('GET', '/v1/policy/history/2')).body.text, V2, 'version 2 is kept as it was applied');
 
   const d12 = (await api('GET', '/v1/policy/diff?from=1&to=2')).body;
@@ -81,13 +82,13 @@ t.test('versions are kept, compared rule by rule, and rolled back through an aud
   t.equal((await api<{ revision: number }>('GET', '/v1/policy')).body.revision, before, 'none of them changed the policy');
 
   // The rollback: through the CLI, an ordinary apply.
-  const rb = tw('policy', 'rollback', '1', '--by', 'carol');
+  const rb = tw('policy', 'rollback', '1', '--by', 'carol', '--reason', 'the replica is gone');
   t.equal(rb.status, 0, rb.stderr);
   t.match(rb.stdout, /rolled back to #1/);
   t.equal((await api<{ text: string }>('GET', '/v1/policy')).body.text, V1, 'the policy in force is version 1 again');
   t.equal(readFileSync(policyFile, 'utf8'), V1, 'and so is the config file');
   const audit = readFileSync(join(stateDir, 'audit.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { action: string; by: string });
-  t.match(audit.at(-1), { action: 'policy.applied', by: /^carol .*rollback to #1$/ }, 'the audit log has the rollback, by whom');
+  t.match(audit.at(-1), { action: 'policy.applied', by: /^carol .*rollback to #1$/, reason: 'the replica is gone' }, 'the audit log has the rollback, by whom and why');
   const after = (await api<{ entries: Array<{ id: number; sha256: string }> }>('GET', '/v1/policy/history')).body.entries;
   t.same([after[0].id, after[0].sha256], [4, after.find((e) => e.id === 1)!.sha256], 'the rollback is version 4, the same text as version 1');
 

@@ -476,8 +476,9 @@ storeOptions(apiOptions(policyCmd
   .argument('<file>', 'policy file (YAML or JSON)')
   .option('--if-revision <n>', 'apply only if the running policy is still at this revision')
   .option('--by <name>', 'who applies it (goes to the audit log)')
+  .option('--reason <text>', 'why (goes to the audit log and the policy history)')
   .option('--json', 'print the API answer as JSON')))
-  .action(guarded(async (file: string, opts: ApiOpts & { ifRevision?: string; by?: string }) => {
+  .action(guarded(async (file: string, opts: ApiOpts & { ifRevision?: string; by?: string; reason?: string }) => {
     if (opts.store) {
       const { clusterApply } = await import('./cluster.js');
       process.stdout.write(`${await clusterApply(storeCli(opts), file, opts.ifRevision)}\n`);
@@ -488,6 +489,7 @@ storeOptions(apiOptions(policyCmd
     const rev = opts.ifRevision ?? String((await apiCall<{ revision: number }>(target, 'GET', '/v1/policy')).body.revision);
     const headers: Record<string, string> = { 'if-match': `"${rev}"`, 'content-type': 'application/yaml' };
     if (opts.by) headers['x-tapwall-actor'] = opts.by;
+    if (opts.reason) headers['x-tapwall-reason'] = opts.reason;
     const r = await apiCall<{ revision: number; generation: number; compileMs: number; reused: number; rules: number }>(target, 'PUT', '/v1/policy', text, headers);
     if (opts.json) { printJson(r.body); return; }
     process.stdout.write(`applied: revision ${r.body.revision}, generation ${r.body.generation}, ${r.body.rules} rules, compiled in ${r.body.compileMs.toFixed(1)} ms (${r.body.reused} section tables reused); 'tapwall check' lists shadowed rules\n`);
@@ -519,7 +521,7 @@ apiOptions(policyCmd
     if (opts.json) { printJson(result); return; }
     process.stdout.write(`${formatWhatIf(result)}\n`);
   }));
-interface HistoryEntryView { id: number; at: string; by: string; revision: number; rules: number; bytes: number; sha256: string }
+interface HistoryEntryView { id: number; at: string; by: string; reason?: string; revision: number; rules: number; bytes: number; sha256: string }
 apiOptions(policyCmd
   .command('history')
   .description('The policy versions this daemon put in force, newest first (kept in its state folder): id, when, by whom, store revision, rules.')
@@ -528,7 +530,7 @@ apiOptions(policyCmd
     const r = await apiCall<{ entries: HistoryEntryView[] }>(apiTarget(opts), 'GET', '/v1/policy/history');
     if (opts.json) { printJson(r.body); return; }
     const lines = ['ID     WHEN                      REVISION  RULES  BY'];
-    for (const e of r.body.entries) lines.push(`${String(e.id).padEnd(6)} ${e.at.padEnd(25)} ${String(e.revision).padEnd(9)} ${String(e.rules).padEnd(6)} ${e.by}`);
+    for (const e of r.body.entries) lines.push(`${String(e.id).padEnd(6)} ${e.at.padEnd(25)} ${String(e.revision).padEnd(9)} ${String(e.rules).padEnd(6)} ${e.by}${e.reason ? `: ${e.reason}` : ''}`);
     process.stdout.write(`${lines.join('\n')}\n`);
   }));
 apiOptions(policyCmd
@@ -571,10 +573,12 @@ apiOptions(policyCmd
   .command('stage')
   .description('Evaluate a policy beside the enforced one on every new connection, never enforcing it: disagreements are counted per staged rule (tapwall_staged_disagreements_total), flow-logged as "staged" and shown by `tapwall policy diff`.')
   .argument('<file>', 'policy file (YAML or JSON)')
-  .option('--by <name>', 'who stages it (goes to the audit log)'))
-  .action(guarded(async (file: string, opts: ApiOpts & { by?: string }) => {
+  .option('--by <name>', 'who stages it (goes to the audit log)')
+  .option('--reason <text>', 'why (goes to the audit log)'))
+  .action(guarded(async (file: string, opts: ApiOpts & { by?: string; reason?: string }) => {
     const headers: Record<string, string> = { 'content-type': 'application/yaml' };
     if (opts.by) headers['x-tapwall-actor'] = opts.by;
+    if (opts.reason) headers['x-tapwall-reason'] = opts.reason;
     const r = await apiCall<{ stagedRevision: number; rules: number }>(apiTarget(opts), 'PUT', '/v1/policy/staged', readFileSync(file, 'utf8'), headers);
     process.stdout.write(`staged: revision ${r.body.stagedRevision}, ${r.body.rules} rules; 'tapwall policy diff' shows where it disagrees\n`);
   }));
@@ -590,13 +594,14 @@ apiOptions(policyCmd
   .description('Make the staged policy the enforced one in one step: refused if either the enforced or the staged policy changed since they were read just before (or since --if-revision / --if-staged).')
   .option('--if-revision <n>', 'the enforced revision it must still be at')
   .option('--if-staged <n>', 'the staged revision it must still be at')
-  .option('--by <name>', 'who promotes it (goes to the audit log)'))
-  .action(guarded(async (opts: ApiOpts & { ifRevision?: string; ifStaged?: string; by?: string }) => {
+  .option('--by <name>', 'who promotes it (goes to the audit log)')
+  .option('--reason <text>', 'why (goes to the audit log and the policy history)'))
+  .action(guarded(async (opts: ApiOpts & { ifRevision?: string; ifStaged?: string; by?: string; reason?: string }) => {
     const target = apiTarget(opts);
     const rev = opts.ifRevision ?? String((await apiCall<{ revision: number }>(target, 'GET', '/v1/policy')).body.revision);
     const staged = Number(opts.ifStaged ?? (await apiCall<{ stagedRevision: number }>(target, 'GET', '/v1/policy/staged')).body.stagedRevision);
     const r = await apiCall<{ revision: number; generation: number; rules: number }>(target, 'POST', '/v1/policy/promote',
-      JSON.stringify({ stagedRevision: staged, ...(opts.by ? { by: opts.by } : {}) }), { 'if-match': `"${rev}"`, 'content-type': 'application/json' });
+      JSON.stringify({ stagedRevision: staged, ...(opts.by ? { by: opts.by } : {}), ...(opts.reason ? { reason: opts.reason } : {}) }), { 'if-match': `"${rev}"`, 'content-type': 'application/json' });
     process.stdout.write(`promoted staged #${staged}: revision ${r.body.revision}, generation ${r.body.generation}, ${r.body.rules} rules\n`);
   }));
 apiOptions(policyCmd
@@ -604,12 +609,13 @@ apiOptions(policyCmd
   .description('Put a kept version in force again: an ordinary apply (validated, compare-and-set against the revision read just before, audited).')
   .argument('<id>', 'history entry id')
   .option('--if-revision <n>', 'roll back only if the running policy is still at this revision')
-  .option('--by <name>', 'who rolls back (goes to the audit log)'))
-  .action(guarded(async (id: string, opts: ApiOpts & { ifRevision?: string; by?: string }) => {
+  .option('--by <name>', 'who rolls back (goes to the audit log)')
+  .option('--reason <text>', 'why (goes to the audit log and the policy history)'))
+  .action(guarded(async (id: string, opts: ApiOpts & { ifRevision?: string; by?: string; reason?: string }) => {
     const target = apiTarget(opts);
     const rev = opts.ifRevision ?? String((await apiCall<{ revision: number }>(target, 'GET', '/v1/policy')).body.revision);
     const r = await apiCall<{ revision: number; generation: number; rules: number }>(target, 'POST', '/v1/policy/rollback',
-      JSON.stringify({ id: Number(id), ...(opts.by ? { by: opts.by } : {}) }), { 'if-match': `"${rev}"`, 'content-type': 'application/json' });
+      JSON.stringify({ id: Number(id), ...(opts.by ? { by: opts.by } : {}), ...(opts.reason ? { reason: opts.reason } : {}) }), { 'if-match': `"${rev}"`, 'content-type': 'application/json' });
     process.stdout.write(`rolled back to #${id}: revision ${r.body.revision}, generation ${r.body.generation}, ${r.body.rules} rules\n`);
   }));
 

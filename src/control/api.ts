@@ -68,6 +68,21 @@ export interface ApiOptions {
   analytics?: RuleAnalytics | null;
 }
 
+/** Why a policy change is made: the X-Tapwall-Reason header (at most 1 KiB; longer is refused). */
+function reasonOf(req: IncomingMessage): string | undefined {
+  const r = req.headers['x-tapwall-reason'];
+  if (typeof r !== 'string' || r.trim() === '') return undefined;
+  if (r.length > 1024) throw new ControlError(400, 'bad-request', `X-Tapwall-Reason: at most 1024 characters, found ${r.length}`);
+  return r.trim();
+}
+
+function bodyReason(body: Body): string | undefined {
+  const r = body.value.reason;
+  if (r === undefined || r === null) return undefined;
+  if (typeof r !== 'string' || r.length > 1024) throw fieldError(body, 'reason', 'bad-value', 'expected why, as text of at most 1024 characters');
+  return r.trim() || undefined;
+}
+
 function problem(code: string, path: string, message: string, line = 1, column = 1): PolicyProblem {
   return { severity: 'error', code, file: REQUEST_SOURCE, line, column, path, message };
 }
@@ -255,7 +270,7 @@ export class ApiServer {
         const expect = ifMatch(req);
         const text = await readBody(req);
         if (expect === undefined) throw new ControlError(428, 'if-match-required', 'PUT /v1/policy needs If-Match: "<revision>" (from GET /v1/policy), or If-Match: * to overwrite whatever is there');
-        const result = await this.controller.putPolicy(text, expect, actor());
+        const result = await this.controller.putPolicy(text, expect, actor(), reasonOf(req));
         return send(res, 200, result, { etag: `"${result.revision}"` });
       }
       if (route === 'GET /v1/workloads') return send(res, 200, { workloads: this.workloads() });
@@ -333,7 +348,7 @@ export class ApiServer {
       if (route === 'PUT /v1/policy/staged') {
         const text = await readBody(req);
         const expect = ifMatch(req) ?? null;
-        const result = await this.controller.stage(text, expect, actor());
+        const result = await this.controller.stage(text, expect, actor(), reasonOf(req));
         return send(res, 200, result, { etag: `"${result.stagedRevision}"` });
       }
       if (route === 'GET /v1/policy/staged') return send(res, 200, this.stagedView(), { etag: `"${this.controller.staged.revision}"` });
@@ -343,12 +358,12 @@ export class ApiServer {
       }
       if (route === 'POST /v1/policy/promote') {
         const body = parseBody(await readBody(req));
-        onlyKeys(body, ['stagedRevision', 'by']);
+        onlyKeys(body, ['stagedRevision', 'by', 'reason']);
         const expect = ifMatch(req);
         if (expect === undefined) throw new ControlError(428, 'if-match-required', 'POST /v1/policy/promote needs If-Match: "<revision>" of the enforced policy (or *)');
         const staged = body.value.stagedRevision;
         if (!(Number.isInteger(staged) && (staged as number) > 0)) throw fieldError(body, 'stagedRevision', 'bad-type', 'expected the staged revision (from GET /v1/policy/staged) as a positive integer');
-        const result = await this.controller.promote(expect, staged as number, actor(body));
+        const result = await this.controller.promote(expect, staged as number, actor(body), bodyReason(body) ?? reasonOf(req));
         return send(res, 200, result, { etag: `"${result.revision}"` });
       }
       const historyRoute = /^\/v1\/policy\/history\/([^/]+)$/.exec(url.pathname);
@@ -374,13 +389,13 @@ export class ApiServer {
       if (route === 'POST /v1/policy/rollback') {
         // An ordinary apply of a kept version's text: validated, compare-and-set (If-Match), audited.
         const body = parseBody(await readBody(req));
-        onlyKeys(body, ['id', 'by']);
+        onlyKeys(body, ['id', 'by', 'reason']);
         const expect = ifMatch(req);
         if (expect === undefined) throw new ControlError(428, 'if-match-required', 'POST /v1/policy/rollback needs If-Match: "<revision>" (from GET /v1/policy), or If-Match: *');
         const id = body.value.id;
         if (!(Number.isInteger(id) && (id as number) > 0)) throw fieldError(body, 'id', 'bad-type', 'expected a history entry id (a positive integer, from GET /v1/policy/history)');
         const { text } = this.historyEntry(String(id), 'id');
-        const result = await this.controller.putPolicy(text, expect, `${actor(body)} rollback to #${id}`);
+        const result = await this.controller.putPolicy(text, expect, `${actor(body)} rollback to #${id}`, bodyReason(body) ?? reasonOf(req));
         return send(res, 200, { ...result, rolledBackTo: id }, { etag: `"${result.revision}"` });
       }
       const known = ['/v1/status', '/v1/policy', '/v1/workloads', '/v1/flows', '/v1/trace', '/v1/rules', '/v1/policy/history', '/v1/policy/diff', '/v1/policy/rollback', '/v1/policy/staged', '/v1/policy/promote'];

@@ -215,7 +215,7 @@ export class Controller {
   }
 
   /** Swap; the data plane sees the old policy or the new one, nothing between. */
-  private install(prepared: Prepared, ref: DocumentRef, revision: number, source: string): ApplyRecord {
+  private install(prepared: Prepared, ref: DocumentRef, revision: number, source: string, reason?: string): ApplyRecord {
     const { compiled, compileMs } = prepared;
     const newText = ref.text !== this.documentText;
     if (prepared.shadows) this.shadows = { count: prepared.shadowCount ?? prepared.shadows.length, list: prepared.shadows };
@@ -236,7 +236,7 @@ export class Controller {
     };
     this.opts.log?.info({ source, ...this.lastApply }, 'policy applied');
     // A new document (not a tag change) goes into the history, after its audit record.
-    if (newText) this.opts.history?.record(ref.text, { by: source, revision, rules: compiled.stats.rules });
+    if (newText) this.opts.history?.record(ref.text, { by: source, revision, rules: compiled.stats.rules, reason });
     this.opts.onApplied?.(this.lastApply, [...compiled.points.keys()]);
     return this.lastApply;
   }
@@ -365,8 +365,8 @@ export class Controller {
   }
 
   /** PUT /v1/policy: validate and compile first, then compare-and-set in the store, then swap. */
-  async putPolicy(text: string, expectRevision: number | null, by: string): Promise<ApplyRecord> {
-    return this.serial(async () => this.putPolicyNow(text, expectRevision, by));
+  async putPolicy(text: string, expectRevision: number | null, by: string, reason?: string): Promise<ApplyRecord> {
+    return this.serial(async () => this.putPolicyNow(text, expectRevision, by, reason));
   }
 
   /** The staged policy's text and revision (0: none staged yet), or null text when none is staged. */
@@ -379,14 +379,14 @@ export class Controller {
    * the enforced one on every new connection, never enforced. If-Match on
    * the staged revision (null: any). Audited.
    */
-  async stage(text: string, expectStaged: number | null, by: string): Promise<{ stagedRevision: number; rules: number; compileMs: number }> {
+  async stage(text: string, expectStaged: number | null, by: string, reason?: string): Promise<{ stagedRevision: number; rules: number; compileMs: number }> {
     return this.serial(async () => {
       if (!this.target.setStaged) throw new ControlError(501, 'no-staging', 'this data plane cannot evaluate a staged policy');
       if (expectStaged !== null && expectStaged !== this.stagedRevision) throw new ControlError(412, 'stale-revision', `the staged policy changed since revision ${expectStaged}: it is now at ${this.stagedRevision}`);
       const ref: DocumentRef = { id: this.nextDocumentId++, text, source: '(staged)' };
       const prepared = await this.prepare(ref, this.tags);
       const revision = this.stagedRevision + 1;
-      this.record([{ action: 'policy.staged', by, stagedRevision: revision, rules: prepared.compiled.stats.rules }]);
+      this.record([{ action: 'policy.staged', by, ...(reason ? { reason } : {}), stagedRevision: revision, rules: prepared.compiled.stats.rules }]);
       this.target.setStaged(prepared.compiled);
       this.stagedRef = ref;
       this.stagedRevision = revision;
@@ -411,13 +411,13 @@ export class Controller {
    * caller saw (412 otherwise), then it is applied like PUT /v1/policy and
    * nothing is staged any more.
    */
-  async promote(expectEnforced: number | null, expectStaged: number | null, by: string): Promise<ApplyRecord & { stagedRevision: number }> {
+  async promote(expectEnforced: number | null, expectStaged: number | null, by: string, reason?: string): Promise<ApplyRecord & { stagedRevision: number }> {
     return this.serial(async () => {
       const ref = this.stagedRef;
       if (ref === null) throw new ControlError(409, 'nothing-staged', 'no policy is staged');
       if (expectStaged !== null && expectStaged !== this.stagedRevision) throw new ControlError(412, 'stale-revision', `the staged policy changed since revision ${expectStaged}: it is now at ${this.stagedRevision}`);
       const promoted = this.stagedRevision;
-      const rec = await this.putPolicyNow(ref.text, expectEnforced, `${by} promote staged #${promoted}`);
+      const rec = await this.putPolicyNow(ref.text, expectEnforced, `${by} promote staged #${promoted}`, reason);
       this.target.setStaged?.(null);
       this.stagedRef = null;
       this.stagedRevision++;
@@ -436,7 +436,7 @@ export class Controller {
     }
   }
 
-  private async putPolicyNow(text: string, expectRevision: number | null, by: string): Promise<ApplyRecord> {
+  private async putPolicyNow(text: string, expectRevision: number | null, by: string, reason?: string): Promise<ApplyRecord> {
     // Prepared before writing: a policy that cannot be compiled must not reach the store. The
     // tags cannot change meanwhile (changes take turns), so what is prepared is what is swapped in.
     const ref = this.documentOf(text, '(request)');
@@ -444,9 +444,9 @@ export class Controller {
     const cas = await this.own(() => this.store.putPolicy(text, expectRevision));
     if (!cas.ok) throw new ControlError(412, 'stale-revision', `the policy changed since revision ${expectRevision}: it is now at ${cas.revision}; read it again and reapply`);
     if (this.documentRevision !== cas.revision) {
-      this.recordStored([{ action: 'policy.applied', by, revision: cas.revision, rules: prepared.compiled.stats.rules, compileMs: round(prepared.compileMs) }], cas.revision, by);
+      this.recordStored([{ action: 'policy.applied', by, ...(reason ? { reason } : {}), revision: cas.revision, rules: prepared.compiled.stats.rules, compileMs: round(prepared.compileMs) }], cas.revision, by);
       this.tags = this.pruneTags(this.tags, prepared.document);
-      this.install(prepared, ref, cas.revision, by);
+      this.install(prepared, ref, cas.revision, by, reason);
     }
     this.rejectedText = null;
     return { ...this.lastApply! };

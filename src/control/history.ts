@@ -5,7 +5,7 @@
  *
  * Layout (in the state folder)
  *   history/index.jsonl   one JSON line per entry, oldest first:
- *                         { id, at, by, revision, sha256, bytes, rules }
+ *                         { id, at, by, reason?, revision, sha256, bytes, rules }
  *   history/<id>.policy   the document's text as it was applied
  *   Ids count up from 1 and are never reused; the newest `limit` entries
  *   are kept (older texts are removed and the index rewritten).
@@ -31,6 +31,8 @@ export interface HistoryEntry {
   /** ISO time it was put in force. */
   at: string;
   by: string;
+  /** Why, when the change said (X-Tapwall-Reason, --reason). */
+  reason?: string;
   /** The store's revision of the document. */
   revision: number;
   sha256: string;
@@ -66,11 +68,11 @@ export class PolicyHistory {
   }
 
   /** Record a document put in force; returns its entry (the newest one again when the text is unchanged), or null if it could not be kept. */
-  record(text: string, meta: { by: string; revision: number; rules: number }): HistoryEntry | null {
+  record(text: string, meta: { by: string; revision: number; rules: number; reason?: string }): HistoryEntry | null {
     const sha256 = createHash('sha256').update(text).digest('hex');
     const last = this.entries.at(-1);
     if (last && last.sha256 === sha256) return last;
-    const entry: HistoryEntry = { id: (last?.id ?? 0) + 1, at: new Date().toISOString(), by: meta.by, revision: meta.revision, sha256, bytes: Buffer.byteLength(text), rules: meta.rules };
+    const entry: HistoryEntry = { id: (last?.id ?? 0) + 1, at: new Date().toISOString(), by: meta.by, ...(meta.reason ? { reason: meta.reason } : {}), revision: meta.revision, sha256, bytes: Buffer.byteLength(text), rules: meta.rules };
     try {
       mkdirSync(this.dir, { recursive: true, mode: 0o700 });
       writeFileSync(this.textPath(entry.id), text, { mode: 0o600 });
