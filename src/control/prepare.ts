@@ -118,29 +118,28 @@ export function documentCheck(doc: Pick<DocumentRef, 'text' | 'source' | 'keyPro
   return { policy: problems.length > 0 ? null : parsed.policy, problems };
 }
 
+/** A workload's dynamic tags still in force at `now`. */
+function liveTags(tags: TagMap, name: string, now: number): string[] {
+  return (tagsOf(tags, name) ?? []).filter((t) => t.expiresAt === null || t.expiresAt > now).map((t) => t.tag);
+}
+
+/** The workload with its live dynamic tags added to its own (the same object when it has none). */
+function withLiveTags(w: Workload, tags: TagMap, now: number): Workload {
+  const extra = liveTags(tags, w.name, now);
+  return extra.length === 0 ? w : { ...w, tags: [...new Set([...w.tags, ...extra])] };
+}
+
 /** The document with each workload's live dynamic tags added to its own (expired ones and unknown workloads left out). */
 export function effectivePolicy(policy: Policy, tags: TagMap, now = Date.now()): Policy {
   const workloads = new Map<string, Workload>();
-  for (const [name, w] of policy.workloads) {
-    const extra = (tagsOf(tags, name) ?? []).filter((t) => t.expiresAt === null || t.expiresAt > now).map((t) => t.tag);
-    workloads.set(name, extra.length === 0 ? w : { ...w, tags: [...new Set([...w.tags, ...extra])] });
-  }
+  for (const [name, w] of policy.workloads) workloads.set(name, withLiveTags(w, tags, now));
   return { ...policy, workloads };
-}
-
-/** A workload's live dynamic tags as one string ('' for none): what its effective tags depend on. */
-function liveTagsKey(tags: TagMap, name: string, now: number): string {
-  const list = tagsOf(tags, name);
-  if (!list) return '';
-  let key = '';
-  for (const t of list) if (t.expiresAt === null || t.expiresAt > now) key += `${t.tag}\n`;
-  return key;
 }
 
 /** The last effective policy made, to patch the next from: a tag change touches a few workloads, not all 10,000. */
 export interface EffectiveMemo {
   document: Policy;
-  /** Workloads with live dynamic tags -> liveTagsKey. */
+  /** Workloads with live dynamic tags -> those tags, joined. */
   live: Map<string, string>;
   effective: Policy;
 }
@@ -155,7 +154,7 @@ export function effectivePolicyFrom(memo: EffectiveMemo | null, policy: Policy, 
   const live = new Map<string, string>();
   for (const name of Object.keys(tags)) {
     if (!policy.workloads.has(name)) continue;
-    const key = liveTagsKey(tags, name, now);
+    const key = liveTags(tags, name, now).join('\n');
     if (key !== '') live.set(name, key);
   }
   if (memo === null || memo.document !== policy) return { memo: { document: policy, live, effective: effectivePolicy(policy, tags, now) }, changed: null };
@@ -164,11 +163,7 @@ export function effectivePolicyFrom(memo: EffectiveMemo | null, policy: Policy, 
   for (const name of memo.live.keys()) if (!live.has(name)) changed.add(name);
   if (changed.size === 0) return { memo: { ...memo, live }, changed };
   const workloads = new Map(memo.effective.workloads);
-  for (const name of changed) {
-    const w = policy.workloads.get(name)!;
-    const extra = (tagsOf(tags, name) ?? []).filter((t) => t.expiresAt === null || t.expiresAt > now).map((t) => t.tag);
-    workloads.set(name, extra.length === 0 ? w : { ...w, tags: [...new Set([...w.tags, ...extra])] });
-  }
+  for (const name of changed) workloads.set(name, withLiveTags(policy.workloads.get(name)!, tags, now));
   return { memo: { document: policy, live, effective: { ...memo.effective, workloads } }, changed };
 }
 

@@ -80,12 +80,15 @@ function slot(log: FlowLog): number {
   return o;
 }
 
-/** A connection decided (opened or denied) for a parsed packet; `port` is the vNIC charged for it. */
+/**
+ * A connection decided (opened or denied) for a parsed packet; `port` is the vNIC charged for it.
+ * Returns the record's offset in the ring, or -1 when the rate limit or a full ring refused it.
+ */
 export function flowLogDecision(
   log: FlowLog, pkt: Int32Array, port: number, origPort: number, replyPort: number,
   ruleOut: number, ruleIn: number, outcome: number, now: number, generation: number,
-): void {
-  if (!admit(log, port, now)) return;
+): number {
+  if (!admit(log, port, now)) return -1;
   const r = log.ring, o = slot(log);
   const family = pkt[PKT.family];
   r[o + FLE.kind] = FLK.decision;
@@ -107,6 +110,7 @@ export function flowLogDecision(
   r[o + FLE.packetsReply] = 0;
   r[o + FLE.bytesOrig] = pkt[PKT.length];
   r[o + FLE.bytesReply] = 0;
+  return o;
 }
 
 /** A staged policy disagreed on a new connection: the enforced decision (as flowLogDecision) marked with the kind and the staged rule. */
@@ -114,10 +118,8 @@ export function flowLogStaged(
   log: FlowLog, pkt: Int32Array, port: number, origPort: number, replyPort: number,
   ruleOut: number, ruleIn: number, outcome: number, now: number, generation: number, kind: number, stagedRule: number,
 ): void {
-  const before = log.count, head = log.head;
-  flowLogDecision(log, pkt, port, origPort, replyPort, ruleOut, ruleIn, outcome, now, generation);
-  if (log.count === before) return; // refused by the rate limit or a full ring
-  const o = head * FLE_WORDS;
+  const o = flowLogDecision(log, pkt, port, origPort, replyPort, ruleOut, ruleIn, outcome, now, generation);
+  if (o < 0) return;
   log.ring[o + FLE.staged] = kind + 1;
   log.ring[o + FLE.stagedRule] = stagedRule;
 }
