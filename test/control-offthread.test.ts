@@ -11,9 +11,11 @@ import { parsePrefix } from '../src/policy/addresses.js';
 import { pointClassify, pointClassifyResolution } from '../src/policy/compile.js';
 import { keyWrite } from '../src/packet/key.js';
 import { pick, randInt, rng } from './rng.js';
+import { WorkloadsView } from '../src/policy/model.js';
 
 function modelText(p: unknown): string {
-  return JSON.stringify(p, (_k, v) => (v instanceof Map ? [...v.entries()] : v));
+  // Maps, and the effective policy's workloads (a view over the document's), as their entries.
+  return JSON.stringify(p, (_k, v) => (v instanceof Map || v instanceof WorkloadsView ? [...v.entries()] : v));
 }
 
 /** A document of n applications (web, app, db), one big CIDR group, an emergency section. */

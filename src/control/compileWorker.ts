@@ -10,7 +10,10 @@
  *                     thread keeps now: anything else it has dropped, and is
  *                     sent again if a later result needs it
  *   worker -> main  a sequence of parts ending with { t: 'final' }, or one
- *                   { t: 'refused', problems } / { t: 'error', message }.
+ *                   { t: 'refused', problems } / { t: 'error', message };
+ *                   small parts travel together as { t: 'batch', list }
+ *                   (as many as one slice weighs), so that a tag change's
+ *                   few parts cost one message, not a round trip each.
  *
  * What a result sends (SerializedX types in offThread.ts): the document (the
  * first time its number is prepared) in slices of a few hundred rules,
@@ -23,7 +26,7 @@ import { readlinkSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import type { CompiledPolicy, FamilyTable, ResolvedGroup } from '../policy/compile.js';
-import type { Policy } from '../policy/model.js';
+import { WorkloadsView, type Policy } from '../policy/model.js';
 import { DocumentCache, PrepareRefused, prepareNow, type DocumentRef, type EffectiveMemo } from './prepare.js';
 import type { TagMap } from './store.js';
 
@@ -114,7 +117,11 @@ function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, 
     documentParts(docId, document, out);
     mainDocs.add(docId);
   }
-  const overrides = [...compiled.policy.workloads.values()].filter((w) => document.workloads.get(w.name) !== w);
+  // The workloads the dynamic tags replace: a view's own list, without walking the inventory.
+  const effective = compiled.policy.workloads;
+  const overrides = effective instanceof WorkloadsView && effective.base === document.workloads
+    ? [...effective.changed.values()]
+    : [...effective.values()].filter((w) => document.workloads.get(w.name) !== w);
   for (let i = 0; i < overrides.length; i += SLICE) out.push({ t: 'effective', list: overrides.slice(i, i + SLICE) });
   let batch: unknown[] = [], size = 0;
   const flush = () => { if (batch.length > 0) out.push({ t: 'resolved', list: batch }); batch = []; size = 0; };
@@ -159,9 +166,24 @@ function serializeGroup(name: string, g: ResolvedGroup): unknown {
   return { name, version: g.version, signature: g.signature, direct: [...g.direct], members: [...g.members] };
 }
 
+/** What taking a part costs the main thread, roughly in workloads or rules: a table is shared memory, cheap to take. */
+function partWeight(part: unknown): number {
+  const list = (part as { list?: unknown[] }).list;
+  if (list) return list.length;
+  return (part as { t: string }).t === 'final' ? 1 + (part as { nics: string[] }).nics.length / 10 : 5;
+}
+
+/**
+ * The next parts, as many as fit in one short turn of the main thread
+ * (the weight of one slice): a tag change's few parts go in one message
+ * instead of a round trip each; a whole document still goes slice by slice.
+ */
 function send(): void {
-  const part = parts.shift();
-  if (part !== undefined) parentPort!.postMessage(part);
+  if (parts.length === 0) return;
+  let weight = partWeight(parts[0]);
+  let n = 1;
+  while (n < parts.length && weight + partWeight(parts[n]) <= SLICE) weight += partWeight(parts[n++]);
+  parentPort!.postMessage(n === 1 ? parts.shift() : { t: 'batch', list: parts.splice(0, n) });
 }
 
 parentPort!.on('message', (m: { t: string; doc?: DocumentRef; tags?: TagMap; host?: string | null; tables?: number[]; versions?: number[]; docs?: number[] }) => {

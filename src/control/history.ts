@@ -158,14 +158,14 @@ export function policyDiff(a: Policy, b: Policy): PolicyDiff {
   });
   if (a.default !== b.default) out.other.push(`default: ${a.default} -> ${b.default}`);
   if (a.spoofguard !== b.spoofguard) out.other.push(`spoofguard: ${a.spoofguard} -> ${b.spoofguard}`);
-  const named = (what: string, x: Map<string, unknown>, y: Map<string, unknown>) => {
+  const named = (what: string, x: ReadonlyMap<string, unknown>, y: ReadonlyMap<string, unknown>) => {
     const gone = [...x.keys()].filter((n) => !y.has(n)), come = [...y.keys()].filter((n) => !x.has(n));
     const differ = [...x.keys()].filter((n) => y.has(n) && JSON.stringify(x.get(n)) !== JSON.stringify(y.get(n)));
     if (gone.length + come.length + differ.length > 0) out.other.push(`${what}: ${come.length} added, ${gone.length} removed, ${differ.length} changed`);
   };
   named('workloads', a.workloads, b.workloads);
-  named('groups', a.groups as Map<string, unknown>, b.groups as Map<string, unknown>);
-  named('services', a.services as Map<string, unknown>, b.services as Map<string, unknown>);
+  named('groups', a.groups, b.groups);
+  named('services', a.services, b.services);
   return out;
 }
 

@@ -15,7 +15,7 @@ import { findShadowedRules } from '../policy/shadow.js';
 import { policyCompile, type CompiledPolicy } from '../policy/compile.js';
 import { policyFromData, policyParse } from '../policy/load.js';
 import type { PolicyProblem } from '../policy/errors.js';
-import type { Policy, Workload } from '../policy/model.js';
+import { WorkloadsView, type Policy, type Workload } from '../policy/model.js';
 import { tagsOf, type StoreState, type TagMap } from './store.js';
 
 /** A document to prepare: its number, and its text the first time. */
@@ -131,9 +131,14 @@ function withLiveTags(w: Workload, tags: TagMap, now: number): Workload {
 
 /** The document with each workload's live dynamic tags added to its own (expired ones and unknown workloads left out). */
 export function effectivePolicy(policy: Policy, tags: TagMap, now = Date.now()): Policy {
-  const workloads = new Map<string, Workload>();
-  for (const [name, w] of policy.workloads) workloads.set(name, withLiveTags(w, tags, now));
-  return { ...policy, workloads };
+  const replaced = new Map<string, Workload>();
+  for (const name of Object.keys(tags)) {
+    const w = policy.workloads.get(name);
+    if (!w) continue;
+    const tagged = withLiveTags(w, tags, now);
+    if (tagged !== w) replaced.set(name, tagged);
+  }
+  return { ...policy, workloads: new WorkloadsView(policy.workloads, replaced) };
 }
 
 /** The last effective policy made, to patch the next from: a tag change touches a few workloads, not all 10,000. */
@@ -162,8 +167,13 @@ export function effectivePolicyFrom(memo: EffectiveMemo | null, policy: Policy, 
   for (const [name, key] of live) if (memo.live.get(name) !== key) changed.add(name);
   for (const name of memo.live.keys()) if (!live.has(name)) changed.add(name);
   if (changed.size === 0) return { memo: { ...memo, live }, changed };
-  const workloads = new Map(memo.effective.workloads);
-  for (const name of changed) workloads.set(name, withLiveTags(policy.workloads.get(name)!, tags, now));
+  // The tagged workloads as a view over the document's: copying the few replaced, not the whole inventory.
+  const replaced = new Map(memo.effective.workloads instanceof WorkloadsView ? memo.effective.workloads.changed : []);
+  for (const name of changed) {
+    const w = withLiveTags(policy.workloads.get(name)!, tags, now);
+    if (w === policy.workloads.get(name)) replaced.delete(name); else replaced.set(name, w);
+  }
+  const workloads = new WorkloadsView(policy.workloads, replaced);
   return { memo: { document: policy, live, effective: { ...memo.effective, workloads } }, changed };
 }
 

@@ -345,6 +345,9 @@ export class Dataplane {
 
   private ruleStatsFollow(compiled: CompiledPolicy): void {
     const old = this.ct.ruleStats, oldRules = this.policy.rules;
+    // The usual reload changes a comment or a rule's fields, not which rules sit where: then every
+    // counter stays in its place and nothing is built (10,000 keys, a pause of the packet thread).
+    if (sameRulePlaces(oldRules, compiled.rules)) return;
     const byId = new Map<string, number>();
     oldRules.forEach((r, i) => byId.set(`${r.section}\0${r.id}`, i + 1));
     // Rules the new policy no longer has: their counts go to whoever keeps them (rule analytics), not nowhere.
@@ -494,4 +497,11 @@ export class Dataplane {
     if (timed) this.batchSeconds.observe((performance.now() - started) / 1000);
   }
 
+}
+
+/** Do two rule lists hold the same rules (by section and id) at the same places? */
+function sameRulePlaces(a: readonly Rule[], b: readonly Rule[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i].id !== b[i].id || a[i].section !== b[i].section) return false;
+  return true;
 }

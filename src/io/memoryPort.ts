@@ -11,12 +11,18 @@ export class MemoryPort implements PortIo {
   readonly mode = 'tap' as const;
   readonly vnetHdr = 0;
   readonly sent: Uint8Array[] = [];
+  sentCount = 0;
   private readonly queue: Uint8Array[] = [];
   constructor(readonly name: string, private readonly keep = true) {}
 
   /** Queue frames for the data plane to read. */
   push(...frames: Uint8Array[]): void {
     for (const f of frames) this.queue.push(f);
+  }
+
+  /** Queue one frame (no argument array). */
+  pushFrame(frame: Uint8Array): void {
+    this.queue.push(frame);
   }
 
   start(): void {}
@@ -26,7 +32,7 @@ export class MemoryPort implements PortIo {
     while (n < max && this.queue.length > 0) {
       const f = this.queue.shift()!;
       const len = Math.min(f.length, stride);
-      buf.set(f.subarray(0, len), n * stride);
+      buf.set(len === f.length ? f : f.subarray(0, len), n * stride);
       offsets[n] = n * stride;
       // A frame longer than a slot is handed over as it would be by a device: its true length, truncated data.
       lengths[n] = f.length;
@@ -36,6 +42,7 @@ export class MemoryPort implements PortIo {
   }
 
   write(buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, count: number): number {
+    this.sentCount += count;
     if (this.keep) for (let i = 0; i < count; i++) this.sent.push(buf.slice(offsets[i], offsets[i] + lengths[i]));
     return count;
   }

@@ -71,10 +71,47 @@ export interface Policy {
   source: string;
   default: Action;
   spoofguard: boolean;
-  workloads: Map<string, Workload>;
+  /** A Map for a document; a WorkloadsView for a document with dynamic tags applied. */
+  workloads: ReadonlyMap<string, Workload>;
   groups: Map<string, Group>;
   services: Map<string, { name: string; atoms: ServiceAtom[]; specs: string[] }>;
   sections: Section[];
+}
+
+/**
+ * A workload inventory seen through a few replaced entries: the document's
+ * workloads with those whose dynamic tags differ swapped for their tagged
+ * copies. A tag change makes the next view by copying the replaced entries
+ * (the tagged workloads, usually a handful), not the 10,000 workloads of a
+ * data-center inventory; a read costs one lookup more. `changed` holds only
+ * names the base has, so the view has the base's names, size and order.
+ */
+export class WorkloadsView implements ReadonlyMap<string, Workload> {
+  constructor(readonly base: ReadonlyMap<string, Workload>, readonly changed: ReadonlyMap<string, Workload>) {
+    for (const name of changed.keys()) if (!base.has(name)) throw new Error(`WorkloadsView: ${name} is not in the inventory`);
+  }
+
+  get size(): number { return this.base.size; }
+  get(name: string): Workload | undefined { return this.changed.get(name) ?? this.base.get(name); }
+  has(name: string): boolean { return this.base.has(name); }
+  keys(): MapIterator<string> { return this.base.keys(); }
+  values(): MapIterator<Workload> {
+    if (this.changed.size === 0) return this.base.values();
+    return mapIterator(this.base.values(), (w) => this.changed.get(w.name) ?? w);
+  }
+  entries(): MapIterator<[string, Workload]> {
+    if (this.changed.size === 0) return this.base.entries();
+    return mapIterator(this.base.entries(), ([n, w]) => [n, this.changed.get(n) ?? w]);
+  }
+  [Symbol.iterator](): MapIterator<[string, Workload]> { return this.entries(); }
+  forEach(fn: (value: Workload, key: string, map: ReadonlyMap<string, Workload>) => void, thisArg?: unknown): void {
+    for (const [n, w] of this.entries()) fn.call(thisArg, w, n, this);
+  }
+}
+
+function* mapIterator<T, U>(from: Iterator<T>, fn: (x: T) => U): MapIterator<U> {
+  for (let r = from.next(); !r.done; r = from.next()) yield fn(r.value);
+  return undefined;
 }
 
 /** Does a group select this workload by itself (by name or by its tags), nested groups aside? */
@@ -93,7 +130,7 @@ export function groupSelects(g: Group, w: Workload): boolean {
 export class WorkloadIndex {
   private readonly byTag = new Map<string, Workload[]>();
   private readonly position = new Map<string, number>();
-  constructor(private readonly workloads: Map<string, Workload>) {
+  constructor(private readonly workloads: ReadonlyMap<string, Workload>) {
     let i = 0;
     for (const w of workloads.values()) {
       this.position.set(w.name, i++);
