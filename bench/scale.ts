@@ -166,16 +166,30 @@ function lookupsPerSec(compiled: CompiledPolicy, keys: Int32Array): number {
   return best;
 }
 
-interface Stream { frames: number; stop(): void; maxGap(from: number, to: number): number; gapsOver(ms: number, from: number, to: number): Array<[number, number]> }
-
 /** A phase of the gap measurement: its longest gap between two forwarded frames, how many gaps were over 2 ms, the longest collector pause of the forwarding thread. */
 export interface Phase { longest: number; over2ms: number; longestGcMs: number }
 
+/** Phases of the stream: frames forwarded in phase 0 are not counted. */
+const PHASE_NONE = 0, PHASE_IDLE = 1, PHASE_RELOAD = 2, PHASE_TAG = 3;
+
+interface Stream {
+  frames: number;
+  /** Count the gaps that end from now on in phase `p`. */
+  phase(p: number): void;
+  stop(): void;
+  longest(p: number): number;
+  over2ms(p: number): number;
+  /** The gaps over 2 ms, [start, end] (for looking into them). */
+  longGaps: Array<[number, number]>;
+}
+
 /**
- * One new connection per turn of the event loop from `from` to `to`; records
- * when each is forwarded. The loop itself allocates nothing per frame (frames
- * built up front, the times in a preallocated ring, the sink only counting),
- * so the collector pauses it sees are the data plane's and the controller's.
+ * One new connection per turn of the event loop from `from` to `to`; each
+ * gap between two forwarded frames is counted in the phase it ends in, as it
+ * happens (a stream of tens of seconds is millions of frames). The loop
+ * allocates nothing per frame (frames built up front, the counts in a typed
+ * array, the sink only counting), so the collector pauses it sees are the
+ * data plane's and the controller's.
  */
 function streamStart(dp: Dataplane, ports: Map<string, MemoryPort>, from: { nic: string; mac: string; ip: string }, to: { nic: string; mac: string; ip: string }): Stream {
   const src = dp.ports.findIndex((p) => p.spec.name === from.nic);
@@ -183,38 +197,35 @@ function streamStart(dp: Dataplane, ports: Map<string, MemoryPort>, from: { nic:
   const sink = ports.get(to.nic)!;
   const frames: Uint8Array[] = [];
   for (let sport = 1024; sport < 1024 + 4096; sport++) frames.push(frameBuild({ family: 4, proto: 6, src: from.ip, dst: to.ip, sport, dport: 8080, flags: TCP_SYN, srcMac: from.mac, dstMac: to.mac }));
-  const RING = 1 << 21;
-  const forwardedAt = new Float64Array(RING);
-  let count = 0, running = true, k = 0;
+  // Per phase: longest gap, gaps over 2 ms.
+  const stats = new Float64Array(4 * 2);
+  const longGaps: Array<[number, number]> = [];
+  let count = 0, running = true, k = 0, current = PHASE_NONE, last = -1;
   const turn = () => {
     if (!running) return;
     const before = sink.sentCount;
     source.pushFrame(frames[k++ & 4095]);
     dp.pump(src);
-    if (sink.sentCount !== before) forwardedAt[count++ & (RING - 1)] = performance.now();
+    if (sink.sentCount !== before) {
+      const now = performance.now();
+      if (last >= 0 && current !== PHASE_NONE) {
+        const gap = now - last;
+        if (gap > stats[current * 2]) stats[current * 2] = gap;
+        if (gap > 2) { stats[current * 2 + 1]++; longGaps.push([last, now]); }
+      }
+      last = now;
+      count++;
+    }
     setImmediate(turn);
   };
   setImmediate(turn);
-  /** Each gap between two forwarded frames that ends in [from, to). */
-  const each = (from: number, to: number, fn: (prev: number, at: number) => void) => {
-    for (let i = Math.max(1, count - RING + 1); i < count; i++) {
-      const at = forwardedAt[i & (RING - 1)];
-      if (at >= from && at < to) fn(forwardedAt[(i - 1) & (RING - 1)], at);
-    }
-  };
   return {
     get frames() { return count; },
+    phase(p: number) { current = p; },
     stop() { running = false; },
-    maxGap(from: number, to: number) {
-      let max = 0;
-      each(from, to, (prev, at) => { max = Math.max(max, at - prev); });
-      return max;
-    },
-    gapsOver(ms: number, from: number, to: number) {
-      const out: Array<[number, number]> = [];
-      each(from, to, (prev, at) => { if (at - prev > ms) out.push([prev, at]); });
-      return out;
-    },
+    longest(p: number) { return stats[p * 2]; },
+    over2ms(p: number) { return stats[p * 2 + 1]; },
+    longGaps,
   };
 }
 
@@ -248,16 +259,23 @@ export async function gaps(doc: Record<string, unknown>, pair: [string, string])
   observer.observe({ entryTypes: ['gc'] });
   const stream = streamStart(dp, ports, ends[0], ends[1]);
   try {
-    // Phases are marked while the stream runs and measured after it stops, so
-    // that reading the record never makes a gap of its own.
+    // The compiling thread is primed with the document in force (in the change lane): wait until it is,
+    // so that the idle phase is idle and the reload does not wait behind it.
+    await controller.settled();
     await sleep(300);
     const t0 = performance.now();
-    await sleep(700);
+    stream.phase(PHASE_IDLE);
+    await sleep(600);
+    stream.phase(PHASE_NONE);
+    const t0end = performance.now();
+    await sleep(100);
     const t1 = performance.now();
+    stream.phase(PHASE_RELOAD);
     await controller.putPolicy(changed, null, 'bench');
     const reloadMs = performance.now() - t1;
     await sleep(300);
     const t2 = performance.now();
+    stream.phase(PHASE_TAG);
     await controller.changeTags(local[local.length - 1], { add: ['quarantine'], reason: 'bench', by: 'bench' });
     const tagMs = performance.now() - t2;
     await sleep(300);
@@ -266,8 +284,8 @@ export async function gaps(doc: Record<string, unknown>, pair: [string, string])
     if (stream.frames < 100) throw new Error(`bench scale: the stream forwarded only ${stream.frames} frames`);
     await sleep(10); // the last collector entries are delivered asynchronously
     const longestPause = (from: number, to: number) => pauses.reduce((m, [a, b]) => (a >= from && a < to ? Math.max(m, b - a) : m), 0);
-    const phase = (from: number, to: number) => ({ longest: stream.maxGap(from, to), over2ms: stream.gapsOver(2, from, to).length, longestGcMs: longestPause(from, to) });
-    return { baseline: phase(t0, t1 - 100), reload: phase(t1, t2), tag: phase(t2, t3), reloadMs, tagMs, longestPartMs: preparer.longestPartMs, parts: preparer.parts, longGaps: stream.gapsOver(2, t0, t3) };
+    const phase = (p: number, from: number, to: number) => ({ longest: stream.longest(p), over2ms: stream.over2ms(p), longestGcMs: longestPause(from, to) });
+    return { baseline: phase(PHASE_IDLE, t0, t0end), reload: phase(PHASE_RELOAD, t1, t2), tag: phase(PHASE_TAG, t2, t3), reloadMs, tagMs, longestPartMs: preparer.longestPartMs, parts: preparer.parts, longGaps: stream.longGaps };
   } finally {
     stream.stop();
     observer.disconnect();

@@ -174,6 +174,11 @@ export class Controller {
   get policyText(): string { return this.documentText; }
   get dynamicTags(): TagMap { return this.tags; }
 
+  /** Resolves when every change taken so far (and the compiling thread's priming) has been prepared and installed or refused. */
+  async settled(): Promise<void> {
+    await this.lane;
+  }
+
   /** Run `fn` after every change before it has been prepared and installed. */
   private serial<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.lane.then(fn, fn);
