@@ -125,19 +125,28 @@ function bool(c: Checker, v: Json | undefined, path: PathSegment[], fallback: bo
   return v;
 }
 
+/** A string of a list, with where it stands (made only when a message needs it: most never do). */
+class ListItem {
+  constructor(readonly value: string, private readonly list: PathSegment[], private readonly index: number) {}
+  get path(): PathSegment[] {
+    return this.index < 0 ? this.list : [...this.list, this.index];
+  }
+}
+
 /** A list of strings; a single string is accepted as a list of one. */
-function strList(c: Checker, v: Json | undefined, path: PathSegment[], what: string): Array<{ value: string; path: PathSegment[] }> {
+function strList(c: Checker, v: Json | undefined, path: PathSegment[], what: string): ListItem[] {
   if (v === undefined) return [];
-  if (typeof v === 'string') return [{ value: v, path }];
+  if (typeof v === 'string') return [new ListItem(v, path, -1)];
   if (!Array.isArray(v)) {
     c.error('wrong-type', path, `expected a list of ${what}, found ${describe(v)}`);
     return [];
   }
-  const out: Array<{ value: string; path: PathSegment[] }> = [];
-  v.forEach((item, i) => {
+  const out: ListItem[] = [];
+  for (let i = 0; i < v.length; i++) {
+    const item = v[i];
     if (typeof item !== 'string') c.error('wrong-type', [...path, i], `expected ${what}, found ${describe(item)}`);
-    else out.push({ value: item, path: [...path, i] });
-  });
+    else out.push(new ListItem(item, path, i));
+  }
   return out;
 }
 
@@ -175,7 +184,8 @@ function readWorkloads(c: Checker, raw: Json | undefined): Map<string, Workload>
   const byNic = new Map<string, string>();
   const byMac = new Map<string, string>();
   const byIp = new Map<string, string>();
-  for (const [name, body] of Object.entries(m)) {
+  for (const name of Object.keys(m)) {
+    const body = m[name];
     const path: PathSegment[] = ['workloads', name];
     if (!NAME_RE.test(name)) c.error('bad-name', path, `'${name}' is not a valid workload name (letters, digits, _ . : -)`, true);
     const w = mapping(c, body, path, WORKLOAD_KEYS, `workload '${name}'`);
@@ -433,8 +443,6 @@ function serviceRefs(c: Checker, v: Json | undefined, path: PathSegment[], servi
   return out;
 }
 
-/** Where each rule stands in the document, for the checks that run on the whole model. */
-const rulePaths = new WeakMap<Rule, PathSegment[]>();
 
 /** Families an address side can ever hold: a tag group may gain any workload at run time. */
 /**
@@ -513,11 +521,11 @@ class GroupFacts {
  * Rules that compile to nothing without a word otherwise: appliedTo groups
  * with no workloads, and rules whose sides and services share no IP family.
  */
-function lintRules(c: Checker, policy: Policy): void {
+function lintRules(c: Checker, policy: Policy, rulePaths: readonly PathSegment[][]): void {
   const facts = new GroupFacts(policy);
   for (const section of policy.sections) {
     for (const rule of section.rules) {
-      const path = rulePaths.get(rule);
+      const path = rulePaths[rule.order];
       if (!path || rule.disabled) continue;
       rule.appliedTo.forEach((g, i) => {
         if (policy.groups.has(g) && facts.staticMembers(g) === 0) {
@@ -541,7 +549,13 @@ function lintRules(c: Checker, policy: Policy): void {
   }
 }
 
-function readSections(c: Checker, raw: Json | undefined, groups: Map<string, Group>, workloads: Map<string, Workload>, services: Policy['services']): Section[] {
+/**
+ * The sections and their rules; `rulePaths[order]` gets where each rule
+ * stands in the document, for the checks that run on the whole model (an
+ * array by rule order: a WeakMap from 10,000 rules was the loader's
+ * costliest line).
+ */
+function readSections(c: Checker, raw: Json | undefined, groups: Map<string, Group>, workloads: Map<string, Workload>, services: Policy['services'], rulePaths: PathSegment[][]): Section[] {
   if (raw === undefined) {
     c.error('missing-key', [], `the policy has no 'sections' (use an empty list for none)`);
     return [];
@@ -573,13 +587,14 @@ function readSections(c: Checker, raw: Json | undefined, groups: Map<string, Gro
       const r = mapping(c, rRaw, path, RULE_KEYS, 'a rule { id, from, to, services, action }');
       if (!r) return;
       let id = `${name}#${ri}`;
+      const where = formatPath(path);
       if (r.id === undefined) c.error('missing-key', path, 'rule has no id');
       else {
         const v = str(c, r.id, [...path, 'id'], 'rule id (letters, digits, _ . : -)', NAME_RE);
         if (v !== null) {
           const prev = ids.get(v);
           if (prev !== undefined) c.error('duplicate-id', [...path, 'id'], `rule id '${v}' is already used at ${prev}`);
-          else ids.set(v, formatPath(path));
+          else ids.set(v, where);
           id = v;
         }
       }
@@ -599,8 +614,9 @@ function readSections(c: Checker, raw: Json | undefined, groups: Map<string, Gro
         id,
         section: name,
         order: order++,
-        path: formatPath(path),
-        ...c.locate(path),
+        path: where,
+        line: 0,
+        column: 0,
         from,
         to,
         services: svc,
@@ -616,8 +632,11 @@ function readSections(c: Checker, raw: Json | undefined, groups: Map<string, Gro
       if (hasEther && (from.some((f) => f.kind !== 'any') || to.some((t) => t.kind !== 'any'))) {
         c.error('ether-needs-any', [...path, 'services'], `an EtherType service matches non-IP frames, which have no IP address: this rule needs from: any and to: any`);
       }
+      const at = c.locate(path);
+      rule.line = at.line;
+      rule.column = at.column;
       section.rules.push(rule);
-      rulePaths.set(rule, path);
+      rulePaths[rule.order] = path;
     });
   });
   return sections;
@@ -644,9 +663,10 @@ export function policyFromData(data: Json, source: string, c: Checker = new Chec
   const workloads = readWorkloads(c, top.workloads);
   const groups = readGroups(c, top.groups, workloads);
   const services = readServices(c, top.services);
-  const sections = readSections(c, top.sections, groups, workloads, services);
+  const rulePaths: PathSegment[][] = [];
+  const sections = readSections(c, top.sections, groups, workloads, services, rulePaths);
   const policy: Policy = { source, default: def, spoofguard, workloads, groups, services, sections };
-  if (!c.failed) lintRules(c, policy);
+  if (!c.failed) lintRules(c, policy, rulePaths);
   if (!c.failed && opts.shadows !== false) c.problems.push(...findShadowedRules(policy));
   return { policy: c.failed ? null : policy, problems: c.problems };
 }
