@@ -73,16 +73,39 @@ t.test('off the thread and inline: the same policy, change after change', async 
   steps.push({ label: 'a new document', doc: d2, tags: q('w5'), host: 'h1' });
   steps.push({ label: 'every vNIC', doc: d2, tags: q('w5'), host: null });
   steps.push({ label: 'back to the first', doc: { ...d1, id: 3 }, tags: {}, host: 'h1' });
+  // A reload of the same text, then one with a single rule edited: handed over against the document held.
+  steps.push({ label: 'the same text again', doc: { ...d1, id: 4 }, tags: {}, host: 'h1' });
+  const edited = JSON.parse(d1.text) as { sections: Array<{ rules: Array<{ action: string }> }> };
+  edited.sections[1].rules[5].action = edited.sections[1].rules[5].action === 'allow' ? 'drop' : 'allow';
+  steps.push({ label: 'one rule edited', doc: { id: 5, text: JSON.stringify(edited), source: 'one.json' }, tags: {}, host: 'h1' });
   let seed = 1;
+  let firstParts = 0;
+  let before: Prepared | null = null;
   for (const s of steps) {
+    const partsBefore = off.parts;
     const [a, b] = await Promise.all([off.prepare(s.doc, s.tags, s.host), inline.prepare(s.doc, s.tags, s.host)]);
+    if (s.label === 'first document') firstParts = off.parts - partsBefore;
+    if (s.label === 'the same text again') {
+      t.equal(a.document.workloads, before!.document.workloads, 'the same text again: the workloads map held is reused, not handed over');
+      t.equal(a.document.groups, before!.document.groups, 'the same text again: so is the groups map');
+      t.ok(off.parts - partsBefore < 10, `the same text again: a few parts (${off.parts - partsBefore}), not the document`);
+    }
+    if (s.label === 'one rule edited') {
+      const rulesNow = a.document.sections.flatMap((x) => x.rules), rulesBefore = before!.document.sections.flatMap((x) => x.rules);
+      const edit = a.document.sections[0].rules.length + 5;
+      t.not(rulesNow[edit], rulesBefore[edit], 'one rule edited: the edited rule is handed over');
+      t.equal(rulesNow[edit].action, b.document.sections[1].rules[5].action, 'one rule edited: with its new action');
+      t.ok(rulesNow.every((r, i) => i === edit || r === rulesBefore[i]), 'one rule edited: every other rule is the object held');
+    }
     t.equal(modelText(a.document), modelText(b.document), `${s.label}: the same document`);
     sameVerdicts(t, a, b, seed++, s.label);
     t.ok(a.compiled.groups.get('partners')!.prefixes.length === 30_000, `${s.label}: a group's addresses are found when asked`);
     off.installed(a.compiled);
     inline.installed(b.compiled);
+    before = a;
   }
-  t.ok(off.parts > 30, `handed over in parts (${off.parts})`);
+  // The 30,000 addresses of 'partners' alone go in slices of 4,000, each in its own turn.
+  t.ok(firstParts > 30_000 / 4_000, `the first document is handed over in parts (${firstParts})`);
 });
 
 t.test('a bad document is refused with located problems; the worker carries on', async (t) => {

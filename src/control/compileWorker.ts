@@ -4,7 +4,9 @@
  *
  * Protocol (messages, one at a time; the main thread asks for each part so
  * that every part is taken in its own turn of its event loop)
- *   main -> worker  { t: 'prepare', doc, tags, host }   start a preparation
+ *   main -> worker  { t: 'text', id, slice }             a long text, in slices first
+ *                   { t: 'prepare', doc, tags, host }   start a preparation (doc.sliced:
+ *                     its text is the slices sent before it)
  *                   { t: 'next' }                        send the next part
  *                   { t: 'installed', tables, versions, docs }  what the main
  *                     thread keeps now: anything else it has dropped, and is
@@ -89,13 +91,63 @@ function serializeTable(t: FamilyTable): unknown {
   return s;
 }
 
-function documentParts(id: number, doc: Policy, out: unknown[]): void {
-  out.push({ t: 'doc', id, source: doc.source, default: doc.default, spoofguard: doc.spoofguard, services: [...doc.services.values()] });
-  const workloads = [...doc.workloads.values()];
-  for (let i = 0; i < workloads.length; i += SLICE) out.push({ t: 'workloads', list: workloads.slice(i, i + SLICE) });
+/**
+ * Is `a` the same data as `b` (plain objects, arrays, primitives: what a
+ * validated document is made of)? The worker's documents are parsed apart,
+ * so equal parts are never the same objects.
+ */
+function sameData(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
+  if (Array.isArray(a)) {
+    if (!Array.isArray(b) || a.length !== b.length) return false;
+    for (let i = 0; i < a.length; i++) if (!sameData(a[i], b[i])) return false;
+    return true;
+  }
+  if (Array.isArray(b)) return false;
+  const ka = Object.keys(a), kb = Object.keys(b);
+  if (ka.length !== kb.length) return false;
+  for (const k of ka) if (!sameData((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k])) return false;
+  return true;
+}
+
+/**
+ * Each of `items` as itself, or as the index of an equal item of `before`
+ * (found by `keyOf`): what the main thread already holds is not sent again.
+ */
+function againstBase<T>(items: T[], before: T[] | null, keyOf: (x: T, i: number) => string | number): Array<T | number> {
+  if (before === null) return items;
+  const at = new Map<string | number, number>();
+  before.forEach((x, i) => at.set(keyOf(x, i), i));
+  return items.map((x, i) => {
+    const k = at.get(keyOf(x, i));
+    return k !== undefined && sameData(x, before[k]) ? k : x;
+  });
+}
+
+/**
+ * A document as parts. When the main thread holds an earlier document that
+ * this thread still has (`base`), every workload, group and rule equal to
+ * one of the base's goes as that one's index: the main thread reuses its own
+ * object. A reload that edits a few rules then hands over those few, and the
+ * forwarding thread does not build (and collect) a new copy of 10,000 rules
+ * and workloads, or of a group of a million addresses.
+ */
+function documentParts(id: number, doc: Policy, out: unknown[], base: { id: number; doc: Policy } | null): void {
+  out.push({ t: 'doc', id, base: base?.id ?? null, source: doc.source, default: doc.default, spoofguard: doc.spoofguard, services: [...doc.services.values()] });
+  // Every item the base's, in the base's order: the main thread takes the base's whole map.
+  const unchanged = (list: unknown[], before: ReadonlyMap<string, unknown> | undefined) => before !== undefined && list.length === before.size && list.every((x, i) => x === i);
+  const workloads = againstBase([...doc.workloads.values()], base ? [...base.doc.workloads.values()] : null, (w) => w.name);
+  if (unchanged(workloads, base?.doc.workloads)) out.push({ t: 'workloads', list: [], same: true });
+  else for (let i = 0; i < workloads.length; i += SLICE) out.push({ t: 'workloads', list: workloads.slice(i, i + SLICE) });
+  const groups = againstBase([...doc.groups.values()], base ? [...base.doc.groups.values()] : null, (g) => g.name);
+  if (unchanged(groups, base?.doc.groups)) {
+    out.push({ t: 'groups', list: [], same: true });
+    groups.length = 0;
+  }
   let batch: unknown[] = [];
-  for (const g of doc.groups.values()) {
-    if (g.cidrs.length <= CIDR_SLICE) batch.push(g);
+  for (const g of groups) {
+    if (typeof g === 'number' || g.cidrs.length <= CIDR_SLICE) batch.push(g);
     else {
       batch.push({ ...g, cidrs: [] });
       out.push({ t: 'groups', list: batch });
@@ -105,16 +157,30 @@ function documentParts(id: number, doc: Policy, out: unknown[]): void {
     if (batch.length >= SLICE) { out.push({ t: 'groups', list: batch }); batch = []; }
   }
   if (batch.length > 0) out.push({ t: 'groups', list: batch });
+  // Rules by their place (order): a rule that moved differs in order and path anyway.
+  const baseRules = base ? base.doc.sections.flatMap((x) => x.rules) : null;
   doc.sections.forEach((s, index) => {
     out.push({ t: 'section', name: s.name });
-    for (let i = 0; i < s.rules.length; i += SLICE) out.push({ t: 'rules', index, list: s.rules.slice(i, i + SLICE) });
+    const rules = againstBase(s.rules, baseRules, (r) => r.order);
+    for (let i = 0; i < rules.length; i += SLICE) out.push({ t: 'rules', index, list: rules.slice(i, i + SLICE) });
   });
 }
 
-function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, compileMs: number, shadows: unknown[], shadowCount: number): unknown[] {
+/** The newest document the main thread holds that this thread still has, to send a new one against. */
+function baseForMain(): { id: number; doc: Policy } | null {
+  let best: { id: number; doc: Policy } | null = null;
+  for (const id of mainDocs) {
+    const doc = docs.get(id);
+    if (doc && (best === null || id > best.id)) best = { id, doc };
+  }
+  return best;
+}
+
+/** What goes back for a preparation; `before`: the policy compiled before it (whose groups the main thread may hold). */
+function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, compileMs: number, shadows: unknown[], shadowCount: number, before: CompiledPolicy | null): unknown[] {
   const out: unknown[] = [];
   if (!mainDocs.has(docId)) {
-    documentParts(docId, document, out);
+    documentParts(docId, document, out, baseForMain());
     mainDocs.add(docId);
   }
   // The workloads the dynamic tags replace: a view's own list, without walking the inventory.
@@ -127,6 +193,14 @@ function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, 
   const flush = () => { if (batch.length > 0) out.push({ t: 'resolved', list: batch }); batch = []; size = 0; };
   for (const [name, g] of compiled.groups) {
     if (mainVersions.has(g.version)) continue;
+    // A new document's group that resolves as the one the main thread holds: it keeps its own.
+    const held = before?.groups.get(name);
+    if (held && held !== g && mainVersions.has(held.version) && sameResolved(held, g)) {
+      batch.push({ name, version: g.version, sameAs: held.version });
+      size += 1;
+      mainVersions.add(g.version);
+      continue;
+    }
     batch.push(serializeGroup(name, g));
     size += g.members.size + 1;
     mainVersions.add(g.version);
@@ -162,6 +236,18 @@ function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, 
   return out;
 }
 
+/** Do two resolved groups say the same: definition, members, addresses (in the same order)? */
+function sameResolved(a: ResolvedGroup, b: ResolvedGroup): boolean {
+  if (a.members.size !== b.members.size || a.direct.size !== b.direct.size) return false;
+  for (const m of b.members) if (!a.members.has(m)) return false;
+  for (const m of b.direct) if (!a.direct.has(m)) return false;
+  if (!sameData(a.definition, b.definition)) return false;
+  const pa = a.prefixes, pb = b.prefixes;
+  if (pa.length !== pb.length) return false;
+  for (let i = 0; i < pa.length; i++) if (pa[i].text !== pb[i].text) return false;
+  return true;
+}
+
 function serializeGroup(name: string, g: ResolvedGroup): unknown {
   return { name, version: g.version, signature: g.signature, direct: [...g.direct], members: [...g.members] };
 }
@@ -169,7 +255,8 @@ function serializeGroup(name: string, g: ResolvedGroup): unknown {
 /** What taking a part costs the main thread, roughly in workloads or rules: a table is shared memory, cheap to take. */
 function partWeight(part: unknown): number {
   const list = (part as { list?: unknown[] }).list;
-  if (list) return list.length;
+  // An index into a document the main thread holds costs it next to nothing.
+  if (list) { let n = 0; for (const x of list) if (typeof x !== 'number') n++; return n + list.length / 100; }
   return (part as { t: string }).t === 'final' ? 1 + (part as { nics: string[] }).nics.length / 10 : 5;
 }
 
@@ -186,8 +273,16 @@ function send(): void {
   parentPort!.postMessage(n === 1 ? parts.shift() : { t: 'batch', list: parts.splice(0, n) });
 }
 
-parentPort!.on('message', (m: { t: string; doc?: DocumentRef; tags?: TagMap; host?: string | null; tables?: number[]; versions?: number[]; docs?: number[] }) => {
+/** Texts arriving in slices, by document number, until their 'prepare'. */
+const slices = new Map<number, string[]>();
+
+parentPort!.on('message', (m: { t: string; doc?: DocumentRef & { sliced?: boolean }; tags?: TagMap; host?: string | null; tables?: number[]; versions?: number[]; docs?: number[]; id?: number; slice?: string }) => {
   if (m.t === 'next') { send(); return; }
+  if (m.t === 'text') {
+    const list = slices.get(m.id!);
+    if (list) list.push(m.slice!); else slices.set(m.id!, [m.slice!]);
+    return;
+  }
   if (m.t === 'installed') {
     const keepTables = new Set(m.tables), keepVersions = new Set(m.versions);
     for (const id of [...mainTables]) if (!keepTables.has(id)) mainTables.delete(id);
@@ -197,14 +292,19 @@ parentPort!.on('message', (m: { t: string; doc?: DocumentRef; tags?: TagMap; hos
     return;
   }
   if (m.t !== 'prepare') return;
+  if (m.doc!.sliced) {
+    m.doc!.text = (slices.get(m.doc!.id) ?? []).join('');
+    slices.clear();
+  }
   if (m.doc!.text === undefined && !docs.get(m.doc!.id)) {
     parentPort!.postMessage({ t: 'error', code: 'unknown-document', message: `document ${m.doc!.id} is not kept here` });
     return;
   }
   try {
+    const before = previous;
     const prepared = prepareNow(docs, previous, m.doc!, m.tags!, m.host ?? null, effectiveMemo);
     previous = prepared.compiled;
-    parts = resultParts(m.doc!.id, prepared.document, prepared.compiled, prepared.compileMs, prepared.shadows ?? [], prepared.shadowCount ?? 0);
+    parts = resultParts(m.doc!.id, prepared.document, prepared.compiled, prepared.compileMs, prepared.shadows ?? [], prepared.shadowCount ?? 0, before);
   } catch (e) {
     parts = [e instanceof PrepareRefused ? { t: 'refused', message: e.message, problems: e.problems } : { t: 'error', message: (e as Error).stack ?? String(e) }];
   }
