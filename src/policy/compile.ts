@@ -466,6 +466,38 @@ function ruleTables(policy: Policy): RuleTables {
   return t;
 }
 
+/** A scope's rules, whatever the workloads: the applicable rule orders, cut by section into runs. */
+interface ScopePlan { applicable: number[]; runs: Array<{ part: number[]; run: { keys: string; groups: string[] } }> }
+const scopePlans = new WeakMap<Policy['sections'], Map<string, ScopePlan>>();
+
+/**
+ * The rules that apply in a scope (every unscoped rule and the scoped ones
+ * that reach it), cut where the section changes, kept per document: at
+ * 100,000 rules, working this out again at every tag change was most of the
+ * change's compile.
+ */
+function scopePlan(policy: Policy, rules: Rule[], scope: number[], scopeKey: string): ScopePlan {
+  let plans = scopePlans.get(policy.sections);
+  if (!plans) scopePlans.set(policy.sections, (plans = new Map()));
+  let plan = plans.get(scopeKey);
+  if (!plan) {
+    const inScope = new Set(scope);
+    const applicable = rules.filter((r) => !r.disabled && (r.appliedTo.length === 0 || inScope.has(r.order))).map((r) => r.order);
+    const runs: ScopePlan['runs'] = [];
+    // Rule orders are contiguous per section: cut the applicable list where the section changes.
+    for (let from = 0; from < applicable.length;) {
+      let to = from + 1;
+      while (to < applicable.length && rules[applicable[to]].section === rules[applicable[from]].section) to++;
+      const part = applicable.slice(from, to);
+      runs.push({ part, run: runKey(rules, part, policy) });
+      from = to;
+    }
+    plan = { applicable, runs };
+    plans.set(scopeKey, plan);
+  }
+  return plan;
+}
+
 export function policyCompile(policy: Policy, previous: CompiledPolicy | null = null, opts: CompileOptions = {}): CompiledPolicy {
   const only = opts.workloads ?? null;
   const started = performance.now();
@@ -483,16 +515,10 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
     const scopeKey = scope.join(',');
     let tables = byScope.get(scopeKey);
     if (!tables) {
-      const inScope = new Set(scope);
-      const applicable = rules.filter((r) => !r.disabled && (r.appliedTo.length === 0 || inScope.has(r.order))).map((r) => r.order);
-      tables = { v4: [], v6: [], r4: [], r6: [], ether: new Int32Array(0), rules: applicable };
+      const plan = scopePlan(policy, rules, scope, scopeKey);
+      tables = { v4: [], v6: [], r4: [], r6: [], ether: new Int32Array(0), rules: plan.applicable };
       const ether: number[] = [];
-      // Rule orders are contiguous per section: cut the applicable list where the section changes.
-      for (let from = 0; from < applicable.length;) {
-        let to = from + 1;
-        while (to < applicable.length && rules[applicable[to]].section === rules[applicable[from]].section) to++;
-        const part = applicable.slice(from, to);
-        const run = runKey(rules, part, policy);
+      for (const { part, run } of plan.runs) {
         const groupsText = run.groups.map((n) => `${n}=${groupText(n)}`).join(';');
         let seg = segments.get(run.keys, groupsText);
         if (!seg) {
@@ -507,7 +533,6 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
         if (seg.v6.atoms.length > 0) tables.v6.push(seg.v6);
         if (seg.r4.atoms.length > 0) tables.r4.push(seg.r4);
         if (seg.r6.atoms.length > 0) tables.r6.push(seg.r6);
-        from = to;
       }
       tables.ether = Int32Array.from(ether);
       byScope.set(scopeKey, tables);
