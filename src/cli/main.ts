@@ -454,6 +454,21 @@ apiOptions(program
     process.stdout.write(`${formatRules(r.body, opts.all ?? false)}\n`);
   }));
 
+/** The revision a change must still find in force: --if-revision, or the one read just before. */
+async function enforcedRevision(target: ReturnType<typeof apiTarget>, ifRevision: string | undefined): Promise<string> {
+  return ifRevision ?? String((await apiCall<{ revision: number }>(target, 'GET', '/v1/policy')).body.revision);
+}
+
+/** --by and --reason as a change's JSON body carries them. */
+function whoAndWhy(opts: { by?: string; reason?: string }): { by?: string; reason?: string } {
+  return { ...(opts.by ? { by: opts.by } : {}), ...(opts.reason ? { reason: opts.reason } : {}) };
+}
+
+/** --by and --reason as headers (for a change whose body is the policy text). */
+function whoAndWhyHeaders(opts: { by?: string; reason?: string }): Record<string, string> {
+  return { ...(opts.by ? { 'x-tapwall-actor': opts.by } : {}), ...(opts.reason ? { 'x-tapwall-reason': opts.reason } : {}) };
+}
+
 const policyCmd = program.command('policy').description("Read or replace the running daemon's policy.");
 storeOptions(apiOptions(policyCmd
   .command('get')
@@ -486,10 +501,9 @@ storeOptions(apiOptions(policyCmd
     }
     const text = readFileSync(file, 'utf8');
     const target = apiTarget(opts);
-    const rev = opts.ifRevision ?? String((await apiCall<{ revision: number }>(target, 'GET', '/v1/policy')).body.revision);
+    const rev = await enforcedRevision(target, opts.ifRevision);
     const headers: Record<string, string> = { 'if-match': `"${rev}"`, 'content-type': 'application/yaml' };
-    if (opts.by) headers['x-tapwall-actor'] = opts.by;
-    if (opts.reason) headers['x-tapwall-reason'] = opts.reason;
+    Object.assign(headers, whoAndWhyHeaders(opts));
     const r = await apiCall<{ revision: number; generation: number; compileMs: number; reused: number; rules: number }>(target, 'PUT', '/v1/policy', text, headers);
     if (opts.json) { printJson(r.body); return; }
     process.stdout.write(`applied: revision ${r.body.revision}, generation ${r.body.generation}, ${r.body.rules} rules, compiled in ${r.body.compileMs.toFixed(1)} ms (${r.body.reused} section tables reused); 'tapwall check' lists shadowed rules\n`);
@@ -577,8 +591,7 @@ apiOptions(policyCmd
   .option('--reason <text>', 'why (goes to the audit log)'))
   .action(guarded(async (file: string, opts: ApiOpts & { by?: string; reason?: string }) => {
     const headers: Record<string, string> = { 'content-type': 'application/yaml' };
-    if (opts.by) headers['x-tapwall-actor'] = opts.by;
-    if (opts.reason) headers['x-tapwall-reason'] = opts.reason;
+    Object.assign(headers, whoAndWhyHeaders(opts));
     const r = await apiCall<{ stagedRevision: number; rules: number }>(apiTarget(opts), 'PUT', '/v1/policy/staged', readFileSync(file, 'utf8'), headers);
     process.stdout.write(`staged: revision ${r.body.stagedRevision}, ${r.body.rules} rules; 'tapwall policy diff' shows where it disagrees\n`);
   }));
@@ -598,10 +611,10 @@ apiOptions(policyCmd
   .option('--reason <text>', 'why (goes to the audit log and the policy history)'))
   .action(guarded(async (opts: ApiOpts & { ifRevision?: string; ifStaged?: string; by?: string; reason?: string }) => {
     const target = apiTarget(opts);
-    const rev = opts.ifRevision ?? String((await apiCall<{ revision: number }>(target, 'GET', '/v1/policy')).body.revision);
+    const rev = await enforcedRevision(target, opts.ifRevision);
     const staged = Number(opts.ifStaged ?? (await apiCall<{ stagedRevision: number }>(target, 'GET', '/v1/policy/staged')).body.stagedRevision);
     const r = await apiCall<{ revision: number; generation: number; rules: number }>(target, 'POST', '/v1/policy/promote',
-      JSON.stringify({ stagedRevision: staged, ...(opts.by ? { by: opts.by } : {}), ...(opts.reason ? { reason: opts.reason } : {}) }), { 'if-match': `"${rev}"`, 'content-type': 'application/json' });
+      JSON.stringify({ stagedRevision: staged, ...whoAndWhy(opts) }), { 'if-match': `"${rev}"`, 'content-type': 'application/json' });
     process.stdout.write(`promoted staged #${staged}: revision ${r.body.revision}, generation ${r.body.generation}, ${r.body.rules} rules\n`);
   }));
 apiOptions(policyCmd
@@ -613,9 +626,9 @@ apiOptions(policyCmd
   .option('--reason <text>', 'why (goes to the audit log and the policy history)'))
   .action(guarded(async (id: string, opts: ApiOpts & { ifRevision?: string; by?: string; reason?: string }) => {
     const target = apiTarget(opts);
-    const rev = opts.ifRevision ?? String((await apiCall<{ revision: number }>(target, 'GET', '/v1/policy')).body.revision);
+    const rev = await enforcedRevision(target, opts.ifRevision);
     const r = await apiCall<{ revision: number; generation: number; rules: number }>(target, 'POST', '/v1/policy/rollback',
-      JSON.stringify({ id: Number(id), ...(opts.by ? { by: opts.by } : {}), ...(opts.reason ? { reason: opts.reason } : {}) }), { 'if-match': `"${rev}"`, 'content-type': 'application/json' });
+      JSON.stringify({ id: Number(id), ...whoAndWhy(opts) }), { 'if-match': `"${rev}"`, 'content-type': 'application/json' });
     process.stdout.write(`rolled back to #${id}: revision ${r.body.revision}, generation ${r.body.generation}, ${r.body.rules} rules\n`);
   }));
 

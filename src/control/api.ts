@@ -181,6 +181,21 @@ function sendError(res: ServerResponse, e: unknown): void {
 }
 
 /** `"12"` or `12` or `*` from If-Match. */
+/** A change that must name the revision it was read at: If-Match, or 428 saying what to send. */
+function ifMatchRequired(req: IncomingMessage, message: string): number | null {
+  const expect = ifMatch(req);
+  if (expect === undefined) throw new ControlError(428, 'if-match-required', message);
+  return expect;
+}
+
+/** A body field that must be a positive integer (absent allowed when `optional`). */
+function positiveInt(body: Body, key: string, message: string, optional = false): number | undefined {
+  const v = body.value[key];
+  if (optional && v === undefined) return undefined;
+  if (!(Number.isInteger(v) && (v as number) > 0)) throw fieldError(body, key, 'bad-type', message);
+  return v as number;
+}
+
 function ifMatch(req: IncomingMessage): number | null | undefined {
   const h = req.headers['if-match'];
   if (h === undefined) return undefined;
@@ -268,7 +283,7 @@ export class ApiServer {
       }
       if (route === 'PUT /v1/policy') {
         const expect = ifMatch(req);
-        const text = await readBody(req);
+        const text = await readBody(req); // read whole before any refusal, so the client gets the answer
         if (expect === undefined) throw new ControlError(428, 'if-match-required', 'PUT /v1/policy needs If-Match: "<revision>" (from GET /v1/policy), or If-Match: * to overwrite whatever is there');
         const result = await this.controller.putPolicy(text, expect, actor(), reasonOf(req));
         return send(res, 200, result, { etag: `"${result.revision}"` });
@@ -291,8 +306,7 @@ export class ApiServer {
           if (ttlSeconds === null) throw fieldError(body, 'ttl', 'bad-value', `expected a duration like 90s, 15m, 1h or 2d (up to 366d), found ${JSON.stringify(body.value.ttl)}`);
           if (add.length === 0) throw fieldError(body, 'ttl', 'bad-value', 'a time-to-live applies to added tags; this request adds none');
         }
-        const revision = body.value.revision;
-        if (revision !== undefined && !(Number.isInteger(revision) && (revision as number) > 0)) throw fieldError(body, 'revision', 'bad-type', 'expected the tags revision as a positive integer');
+        const revision = positiveInt(body, 'revision', 'expected the tags revision as a positive integer', true);
         let workloadName: string;
         try {
           workloadName = decodeURIComponent(tagRoute[1]);
@@ -300,7 +314,7 @@ export class ApiServer {
           throw new ControlError(400, 'bad-request', `the workload name in the path is not valid percent-encoding: '${tagRoute[1]}'`, [problem('bad-value', '(path)', 'not valid percent-encoding')]);
         }
         const result = await this.controller.changeTags(workloadName, {
-          add, remove, reason: reason.trim(), ttlSeconds, by: actor(body), expectRevision: (revision as number | undefined) ?? null,
+          add, remove, reason: reason.trim(), ttlSeconds, by: actor(body), expectRevision: revision ?? null,
         });
         return send(res, 200, result);
       }
@@ -359,11 +373,9 @@ export class ApiServer {
       if (route === 'POST /v1/policy/promote') {
         const body = parseBody(await readBody(req));
         onlyKeys(body, ['stagedRevision', 'by', 'reason']);
-        const expect = ifMatch(req);
-        if (expect === undefined) throw new ControlError(428, 'if-match-required', 'POST /v1/policy/promote needs If-Match: "<revision>" of the enforced policy (or *)');
-        const staged = body.value.stagedRevision;
-        if (!(Number.isInteger(staged) && (staged as number) > 0)) throw fieldError(body, 'stagedRevision', 'bad-type', 'expected the staged revision (from GET /v1/policy/staged) as a positive integer');
-        const result = await this.controller.promote(expect, staged as number, actor(body), bodyReason(body) ?? reasonOf(req));
+        const expect = ifMatchRequired(req, 'POST /v1/policy/promote needs If-Match: "<revision>" of the enforced policy (or *)');
+        const staged = positiveInt(body, 'stagedRevision', 'expected the staged revision (from GET /v1/policy/staged) as a positive integer')!;
+        const result = await this.controller.promote(expect, staged, actor(body), bodyReason(body) ?? reasonOf(req));
         return send(res, 200, result, { etag: `"${result.revision}"` });
       }
       const historyRoute = /^\/v1\/policy\/history\/([^/]+)$/.exec(url.pathname);
@@ -390,10 +402,8 @@ export class ApiServer {
         // An ordinary apply of a kept version's text: validated, compare-and-set (If-Match), audited.
         const body = parseBody(await readBody(req));
         onlyKeys(body, ['id', 'by', 'reason']);
-        const expect = ifMatch(req);
-        if (expect === undefined) throw new ControlError(428, 'if-match-required', 'POST /v1/policy/rollback needs If-Match: "<revision>" (from GET /v1/policy), or If-Match: *');
-        const id = body.value.id;
-        if (!(Number.isInteger(id) && (id as number) > 0)) throw fieldError(body, 'id', 'bad-type', 'expected a history entry id (a positive integer, from GET /v1/policy/history)');
+        const expect = ifMatchRequired(req, 'POST /v1/policy/rollback needs If-Match: "<revision>" (from GET /v1/policy), or If-Match: *');
+        const id = positiveInt(body, 'id', 'expected a history entry id (a positive integer, from GET /v1/policy/history)')!;
         const { text } = this.historyEntry(String(id), 'id');
         const result = await this.controller.putPolicy(text, expect, `${actor(body)} rollback to #${id}`, bodyReason(body) ?? reasonOf(req));
         return send(res, 200, { ...result, rolledBackTo: id }, { etag: `"${result.revision}"` });

@@ -25,6 +25,7 @@
  * SharedArrayBuffers, so handing one over copies nothing); and the points.
  */
 import { readlinkSync } from 'node:fs';
+import { isDeepStrictEqual } from 'node:util';
 import { setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import type { CompiledPolicy, FamilyTable, ResolvedGroup } from '../policy/compile.js';
@@ -92,26 +93,6 @@ function serializeTable(t: FamilyTable): unknown {
 }
 
 /**
- * Is `a` the same data as `b` (plain objects, arrays, primitives: what a
- * validated document is made of)? The worker's documents are parsed apart,
- * so equal parts are never the same objects.
- */
-function sameData(a: unknown, b: unknown): boolean {
-  if (a === b) return true;
-  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
-  if (Array.isArray(a)) {
-    if (!Array.isArray(b) || a.length !== b.length) return false;
-    for (let i = 0; i < a.length; i++) if (!sameData(a[i], b[i])) return false;
-    return true;
-  }
-  if (Array.isArray(b)) return false;
-  const ka = Object.keys(a), kb = Object.keys(b);
-  if (ka.length !== kb.length) return false;
-  for (const k of ka) if (!sameData((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k])) return false;
-  return true;
-}
-
-/**
  * Each of `items` as itself, or as the index of an equal item of `before`
  * (found by `keyOf`): what the main thread already holds is not sent again.
  */
@@ -121,7 +102,7 @@ function againstBase<T>(items: T[], before: T[] | null, keyOf: (x: T, i: number)
   before.forEach((x, i) => at.set(keyOf(x, i), i));
   return items.map((x, i) => {
     const k = at.get(keyOf(x, i));
-    return k !== undefined && sameData(x, before[k]) ? k : x;
+    return k !== undefined && isDeepStrictEqual(x, before[k]) ? k : x;
   });
 }
 
@@ -241,7 +222,7 @@ function sameResolved(a: ResolvedGroup, b: ResolvedGroup): boolean {
   if (a.members.size !== b.members.size || a.direct.size !== b.direct.size) return false;
   for (const m of b.members) if (!a.members.has(m)) return false;
   for (const m of b.direct) if (!a.direct.has(m)) return false;
-  if (!sameData(a.definition, b.definition)) return false;
+  if (!isDeepStrictEqual(a.definition, b.definition)) return false;
   const pa = a.prefixes, pb = b.prefixes;
   if (pa.length !== pb.length) return false;
   for (let i = 0; i < pa.length; i++) if (pa[i].text !== pb[i].text) return false;

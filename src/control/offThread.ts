@@ -41,6 +41,21 @@ import { workloadPrefixes } from '../policy/addresses.js';
 import { PrepareRefused, type DocumentRef, type Prepared, type Preparer } from './prepare.js';
 import type { TagMap } from './store.js';
 
+/**
+ * A held document that a new one's parts name by index: its items in
+ * document order, listed only when an index first asks for them (a reload
+ * whose maps are all unchanged needs no list at all).
+ */
+class BaseDocument {
+  private w: Workload[] | null = null;
+  private g: Group[] | null = null;
+  private r: Rule[] | null = null;
+  constructor(readonly doc: Policy) {}
+  get workloads(): Workload[] { return (this.w ??= [...this.doc.workloads.values()]); }
+  get groups(): Group[] { return (this.g ??= [...this.doc.groups.values()]); }
+  get rules(): Rule[] { return (this.r ??= rulesOf(this.doc)); }
+}
+
 /** Characters of a document's text per message to the worker. */
 const TEXT_SLICE = 256 * 1024;
 
@@ -49,8 +64,8 @@ interface Pending {
   reject: (e: Error) => void;
   /** The document being assembled from parts, until the final part (its workloads map filled in as they come). */
   doc: (Policy & { workloads: Map<string, Workload> }) | null;
-  /** The document the parts name by index (one this side holds), its items in document order. */
-  base: { doc: Policy; workloads: Workload[]; groups: Group[]; rules: Rule[] } | null;
+  /** The document the parts name by index (one this side holds). */
+  base: BaseDocument | null;
   docId: number;
   overrides: Workload[];
   retry: () => void;
@@ -181,7 +196,7 @@ export class OffThreadPreparer implements Preparer {
       case 'doc': {
         const base = m.base === null ? undefined : this.docs.get(m.base);
         if (base === undefined && m.base !== null) throw new Error(`document ${m.base} is not held here`);
-        p.base = base ? { doc: base, workloads: [...base.workloads.values()], groups: [...base.groups.values()], rules: base.sections.flatMap((s) => s.rules) } : null;
+        p.base = base ? new BaseDocument(base) : null;
         p.doc = { source: m.source, default: m.default, spoofguard: m.spoofguard, workloads: new Map(), groups: new Map(), services: new Map(m.services.map((s) => [s.name, s])), sections: [] };
         this.docs.set(m.id, p.doc);
         break;
