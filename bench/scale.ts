@@ -26,7 +26,7 @@ import v8 from 'node:v8';
 import { PerformanceObserver } from 'node:perf_hooks';
 import { runInNewContext } from 'node:vm';
 import { stringify as yamlStringify } from 'yaml';
-import { Dataplane, type PortSpec } from '../src/datapath/dataplane.js';
+import { Dataplane } from '../src/datapath/dataplane.js';
 import { MemoryPort } from '../src/io/memoryPort.js';
 import { Controller } from '../src/control/controller.js';
 import { OffThreadPreparer } from '../src/control/offThread.js';
@@ -38,7 +38,7 @@ import { keyWrite } from '../src/packet/key.js';
 import { parsePrefix } from '../src/policy/addresses.js';
 import { policyCompile, pointClassify, type CompiledPolicy } from '../src/policy/compile.js';
 import { policyParse } from '../src/policy/load.js';
-import type { Policy } from '../src/policy/model.js';
+import { startingPolicy, type Policy } from '../src/policy/model.js';
 import { findShadowedRules } from '../src/policy/shadow.js';
 import { prng } from '../tools/prng.js';
 import { machineInfo, machineLine, median, type MachineInfo } from './machine.js';
@@ -244,10 +244,8 @@ export async function gaps(doc: Record<string, unknown>, pair: [string, string])
   const text = JSON.stringify(hosted);
   const store = new MemoryStore(text, '(bench)');
   const ports = new Map<string, MemoryPort>();
-  const { policy } = policyParse(text, '(bench)', { shadows: false });
-  const compiled = policyCompile(policy!, null, { workloads: new Set(local) });
-  const specs: PortSpec[] = local.map((n) => ({ name: (workloads[n].nic as string), mode: 'tap' as const, workload: n }));
-  const dp = new Dataplane(compiled, specs, {
+  // As the daemon builds it: a data plane with no vNICs, whose ports the controller's first apply opens.
+  const dp = new Dataplane(policyCompile(startingPolicy()), [], {
     flowCapacity: 1 << 16,
     portOpener: (s) => { const p = new MemoryPort(s.name, false); ports.set(s.name, p); return p; },
   });
@@ -266,8 +264,6 @@ export async function gaps(doc: Record<string, unknown>, pair: [string, string])
   observer.observe({ entryTypes: ['gc'] });
   const stream = streamStart(dp, ports, ends[0], ends[1]);
   try {
-    // The compiling thread is primed with the document in force (in the change lane): wait until it is,
-    // so that the idle phase is idle and the reload does not wait behind it.
     await controller.settled();
     await sleep(300);
     const t0 = performance.now();

@@ -5,7 +5,11 @@
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { OffThreadPreparer } from '../src/control/offThread.js';
-import { InlinePreparer, type DocumentRef, type Prepared } from '../src/control/prepare.js';
+import { InlinePreparer, type DocumentRef, type Prepared, type Preparer } from '../src/control/prepare.js';
+import { Controller } from '../src/control/controller.js';
+import { MemoryStore } from '../src/control/store.js';
+import type { CompiledPolicy } from '../src/policy/compile.js';
+import type { Logger } from 'pino';
 import type { TagMap } from '../src/control/store.js';
 import { parsePrefix } from '../src/policy/addresses.js';
 import { pointClassify, pointClassifyResolution } from '../src/policy/compile.js';
@@ -119,4 +123,42 @@ t.test('a bad document is refused with located problems; the worker carries on',
   for (let id = 3; id < 8; id++) await off.prepare({ id, text: docText(2, id), source: `d${id}.json` }, {}, null);
   const again = await off.prepare({ id: 2, text: readFileSync('examples/three-tier.yaml', 'utf8'), source: 'three-tier.yaml' }, {}, null);
   t.equal(again.compiled.points.size, 5, 'an old document is prepared again');
+});
+
+t.test('a daemon starts through the compiling thread: the document it installs is the one the next change goes against', async (t) => {
+  const text = docText(3, 11);
+  const store = new MemoryStore(text, 'd.json');
+  let installed: CompiledPolicy | null = null;
+  const target = { setPolicy: (c: CompiledPolicy) => { installed = c; } };
+  const preparer = new OffThreadPreparer();
+  const controller = new Controller(store, target, { host: 'h1', preparer });
+  t.teardown(() => controller.close());
+  await controller.start();
+  t.ok(preparer.parts > 0, 'the first policy came from the compiling thread');
+  const first = installed!;
+  t.ok(first.points.size > 0, "this host's vNICs have points");
+  // One rule edited: every other rule of the new document is the object installed at the start (no second copy was made).
+  const doc = JSON.parse(text) as { sections: Array<{ rules: Array<Record<string, unknown>> }> };
+  doc.sections[1].rules[5].action = doc.sections[1].rules[5].action === 'drop' ? 'allow' : 'drop';
+  await controller.putPolicy(JSON.stringify(doc), null, 'test');
+  const next = installed!;
+  t.not(next, first, 'the edited document is in force');
+  const same = next.rules.filter((r, i) => r === first.rules[i]).length;
+  t.equal(same, first.rules.length - 1, 'every unchanged rule is the object installed at the start');
+});
+
+t.test('a compiling thread that fails at start: the first policy is compiled inline; a bad document still refuses the start', async (t) => {
+  const warnings: string[] = [];
+  const log = { warn: (_o: unknown, m: string) => warnings.push(m), info: () => undefined, error: () => undefined } as unknown as Logger;
+  const broken: Preparer = { offThread: true, prepare: () => Promise.reject(new Error('the compiling thread exited (code 1)')), installed: () => undefined, close: async () => undefined };
+  let installed: CompiledPolicy | null = null;
+  const target = { setPolicy: (c: CompiledPolicy) => { installed = c; } };
+  const controller = new Controller(new MemoryStore(readFileSync('examples/three-tier.yaml', 'utf8'), 'three-tier.yaml'), target, { preparer: broken, log });
+  t.teardown(() => controller.close());
+  await controller.start();
+  t.equal(installed!.points.size, 5, 'the policy is in force');
+  t.match(warnings, [/compiled on this thread instead/], 'the fallback is logged');
+  const refusing = new Controller(new MemoryStore('default: drop\nsections:\n  - name: s\n    rules:\n      - { id: a, from: nope, to: any, action: allow }\n', 'bad.yaml'), target, { preparer: new OffThreadPreparer(), log });
+  t.teardown(() => refusing.close());
+  await t.rejects(refusing.start(), { status: 400, code: 'invalid-policy' }, 'an invalid document refuses the start, thread or not');
 });

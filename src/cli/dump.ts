@@ -18,13 +18,13 @@ export function dumpCompiled(c: CompiledPolicy, what: 'groups' | 'points' | 'sta
   } else if (what === 'points') {
     for (const [nic, p] of c.points) {
       const t = p.egress.tables;
-      const count = (list: typeof t.v4) => list.reduce((n, f) => n + f.atoms.length, 0);
+      const count = (list: typeof t.v4) => list.reduce((n, f) => n + f.entries, 0);
       out.push(`vNIC ${nic} (${p.egress.workload}): ${t.rules.length} rules, ${count(t.v4)} IPv4 + ${count(t.v6)} IPv6 entries`);
       for (const [label, fam] of [['IPv4', t.v4], ['IPv6', t.v6]] as const) {
         for (const f of fam) {
-          const section = f.atoms.length > 0 ? c.rules[f.atoms[0].rule].section : '';
-          out.push(`  ${label} section ${section}: ${f.classes.classes} address classes over ${f.classes.intervals} intervals, ${f.atoms.length} entries`);
-          f.atoms.forEach((a, i) => {
+          const section = f.entries > 0 ? c.rules[f.atomRule[0]].section : '';
+          out.push(`  ${label} section ${section}: ${f.classes.classes} address classes over ${f.classes.intervals} intervals, ${f.entries} entries`);
+          f.atoms?.forEach((a, i) => {
             const r = c.rules[a.rule];
             out.push(`  ${String(i).padStart(4)}  ${r.section}/${r.id} ${r.action}: ${atomText(a)}`);
           });

@@ -20,7 +20,7 @@ import { policyCompile } from '../policy/compile.js';
 import { PolicyError, formatProblem } from '../policy/errors.js';
 import { FileStore, type PolicyStore } from '../control/store.js';
 import type { EtcdStore } from '../control/etcdStore.js';
-import type { Policy } from '../policy/model.js';
+import { startingPolicy } from '../policy/model.js';
 import { ControlError, Controller } from '../control/controller.js';
 import { OffThreadPreparer } from '../control/offThread.js';
 import { ApiServer } from '../control/api.js';
@@ -76,7 +76,6 @@ export interface RunOptions {
 }
 
 /** No workloads, no rules: what the data plane holds until the store's policy is applied. */
-const EMPTY_POLICY: Policy = { source: '(starting)', default: 'drop', spoofguard: true, workloads: new Map(), groups: new Map(), services: new Map(), sections: [] };
 
 /** A secret's file, refused (not used) when others than its owner may read it. */
 function ownerOnly(file: string, what: string, code: string): void {
@@ -201,7 +200,7 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   const errorsLogged = new Map<string, number>();
   const analytics = new RuleAnalytics(opts.stateDir, (message) => log.warn({ rules: true }, message));
   for (const problem of analytics.problems) log.warn({ rules: true }, problem);
-  const dp = new Dataplane(policyCompile(EMPTY_POLICY), specs, {
+  const dp = new Dataplane(policyCompile(startingPolicy()), specs, {
     vnicMode: opts.mode,
     loose: opts.loose,
     flowCapacity: opts.flowCapacity,

@@ -88,8 +88,8 @@ export interface Preparer {
   prepare(doc: DocumentRef, tags: TagMap, host: string | null): Promise<Prepared>;
   /** The compiled policy now in force: what may be forgotten and what the next compile starts from. */
   installed(compiled: CompiledPolicy): void;
-  /** Get ready for the first change (a thread to start) without waiting for it. */
-  warm?(): void;
+  /** Prepares in another thread than the one forwarding frames: the controller prepares the first policy with it too. */
+  readonly offThread?: boolean;
   close(): Promise<void>;
 }
 

@@ -502,6 +502,7 @@ export class Dataplane {
 /** Do two rule lists hold the same rules (by section and id) at the same places? */
 function sameRulePlaces(a: readonly Rule[], b: readonly Rule[]): boolean {
   if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i].id !== b[i].id || a[i].section !== b[i].section) return false;
+  // The same object first: a reload hands unchanged rules over as the ones already held.
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i] && (a[i].id !== b[i].id || a[i].section !== b[i].section)) return false;
   return true;
 }

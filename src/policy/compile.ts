@@ -57,7 +57,10 @@ export interface FamilyTable {
   classes: AddressClasses;
   /** Atom index (= trie rule index) -> rule order. */
   atomRule: Int32Array;
-  atoms: Atom[];
+  /** How many entries (atoms) the trie holds. */
+  entries: number;
+  /** What each entry stands for (dumps); null in a table handed over by the compiling thread, which keeps them. */
+  atoms: Atom[] | null;
 }
 
 /** The trie key after address classification: [source class, destination class, protocol, sport, dport]. */
@@ -319,7 +322,7 @@ class FamilyEntries {
 
   build(classes: AddressClasses): FamilyTable {
     const trie = trieBuild(CLASS_KEY_DIMS, this.atoms.length, this.lo, this.hi);
-    return { trie, classes, atomRule: Int32Array.from(this.atoms, (a) => a.rule), atoms: this.atoms };
+    return { trie, classes, atomRule: Int32Array.from(this.atoms, (a) => a.rule), entries: this.atoms.length, atoms: this.atoms };
   }
 }
 
@@ -529,14 +532,14 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
         }
         ether.push(...seg.ether);
         // An empty trie matches nothing: leave it out of the lookup chain.
-        if (seg.v4.atoms.length > 0) tables.v4.push(seg.v4);
-        if (seg.v6.atoms.length > 0) tables.v6.push(seg.v6);
-        if (seg.r4.atoms.length > 0) tables.r4.push(seg.r4);
-        if (seg.r6.atoms.length > 0) tables.r6.push(seg.r6);
+        if (seg.v4.entries > 0) tables.v4.push(seg.v4);
+        if (seg.v6.entries > 0) tables.v6.push(seg.v6);
+        if (seg.r4.entries > 0) tables.r4.push(seg.r4);
+        if (seg.r6.entries > 0) tables.r6.push(seg.r6);
       }
       tables.ether = Int32Array.from(ether);
       byScope.set(scopeKey, tables);
-      for (const t of [...tables.v4, ...tables.v6, ...tables.r4, ...tables.r6]) { atomsTotal += t.atoms.length; bytes += t.trie.stats.bytes + t.classes.bounds.byteLength + t.classes.cls.byteLength; tries++; }
+      for (const t of [...tables.v4, ...tables.v6, ...tables.r4, ...tables.r6]) { atomsTotal += t.entries; bytes += t.trie.stats.bytes + t.classes.bounds.byteLength + t.classes.cls.byteLength; tries++; }
       atomsTotal += tables.ether.length / 2;
       bytes += tables.ether.byteLength;
     }

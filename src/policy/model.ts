@@ -78,6 +78,11 @@ export interface Policy {
   sections: Section[];
 }
 
+/** What a daemon's data plane runs before its controller installs the first policy: no workloads, everything dropped. */
+export function startingPolicy(): Policy {
+  return { source: '(starting)', default: 'drop', spoofguard: true, workloads: new Map(), groups: new Map(), services: new Map(), sections: [] };
+}
+
 /**
  * A workload inventory seen through a few replaced entries: the document's
  * workloads with those whose dynamic tags differ swapped for their tagged
