@@ -41,6 +41,7 @@ import { policyParse } from '../src/policy/load.js';
 import { startingPolicy, type Policy } from '../src/policy/model.js';
 import { findShadowedRules } from '../src/policy/shadow.js';
 import { prng } from '../tools/prng.js';
+import { placeThreads, placementUndo } from '../src/util/placement.js';
 import { machineInfo, machineLine, median, type MachineInfo } from './machine.js';
 import { scalePolicy, SCALE_CASES, type ScaleCase } from './scalePolicies.js';
 
@@ -84,7 +85,12 @@ export interface ScaleRow {
   /** The longest turn the main thread spent taking one part of a result from the compiling thread. */
   longestHandoverMs: number;
   handoverParts: number;
+  /** The same stream, reload and tag change with the daemon's --forwarding-cpu auto; null on a machine with one CPU. */
+  placed: PlacedGaps | null;
 }
+
+/** The forwarding figures of a run with the forwarding thread's CPU kept to itself (util/placement.ts). */
+export type PlacedGaps = { forwardingCpu: number } & Pick<ScaleRow, 'gapBaselineMs' | 'gapReloadMs' | 'gapTagMs' | 'gapsOver2msBaseline' | 'gapsOver2msReload' | 'gapsOver2msTag' | 'gcPauseReloadMs' | 'reloadMs' | 'tagEnforcedMs'>;
 
 export interface ScaleResult { machine: MachineInfo; rows: ScaleRow[] }
 
@@ -237,12 +243,14 @@ function bodyText(text: string): string {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** The longest forwarding gaps: idle, during a full reload, during a tag change. */
-export async function gaps(doc: Record<string, unknown>, pair: [string, string]): Promise<{ baseline: Phase; reload: Phase; tag: Phase; reloadMs: number; tagMs: number; longestPartMs: number; parts: number; longGaps: Array<[number, number]> }> {
+export async function gaps(doc: Record<string, unknown>, pair: [string, string], place = false): Promise<{ baseline: Phase; reload: Phase; tag: Phase; reloadMs: number; tagMs: number; longestPartMs: number; parts: number; longGaps: Array<[number, number]>; forwardingCpu: number | null }> {
   const workloads = doc.workloads as Record<string, Record<string, unknown>>;
   const local = [...new Set([...pair, ...Object.keys(workloads).slice(0, 4)])];
   const hosted = { ...doc, workloads: Object.fromEntries(Object.entries(workloads).map(([n, w]) => [n, local.includes(n) ? { ...w, host: 'h1' } : w])) };
   const text = JSON.stringify(hosted);
   const store = new MemoryStore(text, '(bench)');
+  // As the daemon places its threads with --forwarding-cpu auto (before its compiling thread starts).
+  const placed = place ? placeThreads('auto').placement : null;
   const ports = new Map<string, MemoryPort>();
   // As the daemon builds it: a data plane with no vNICs, whose ports the controller's first apply opens.
   const dp = new Dataplane(policyCompile(startingPolicy()), [], {
@@ -288,12 +296,13 @@ export async function gaps(doc: Record<string, unknown>, pair: [string, string])
     await sleep(10); // the last collector entries are delivered asynchronously
     const longestPause = (from: number, to: number) => pauses.reduce((m, [a, b]) => (a >= from && a < to ? Math.max(m, b - a) : m), 0);
     const phase = (p: number, from: number, to: number) => ({ longest: stream.longest(p), over2ms: stream.over2ms(p), longestGcMs: longestPause(from, to) });
-    return { baseline: phase(PHASE_IDLE, t0, t0end), reload: phase(PHASE_RELOAD, t1, t2), tag: phase(PHASE_TAG, t2, t3), reloadMs, tagMs, longestPartMs: preparer.longestPartMs, parts: preparer.parts, longGaps: stream.longGaps };
+    return { baseline: phase(PHASE_IDLE, t0, t0end), reload: phase(PHASE_RELOAD, t1, t2), tag: phase(PHASE_TAG, t2, t3), reloadMs, tagMs, longestPartMs: preparer.longestPartMs, parts: preparer.parts, longGaps: stream.longGaps, forwardingCpu: placed?.forwarding ?? null };
   } finally {
     stream.stop();
     observer.disconnect();
     await controller.close();
     dp.stop();
+    placementUndo();
   }
 }
 
@@ -304,7 +313,7 @@ function allowedPair(which: ScaleCase): [string, string] {
   return ['w0', 'w1']; // application 0: web -> app
 }
 
-type StaticFigures = Omit<ScaleRow, 'gapBaselineMs' | 'gapReloadMs' | 'gapTagMs' | 'gapsOver2msBaseline' | 'gapsOver2msReload' | 'gapsOver2msTag' | 'reloadMs' | 'tagEnforcedMs' | 'gcPauseBaselineMs' | 'gcPauseReloadMs' | 'gcPauseTagMs' | 'longestHandoverMs' | 'handoverParts'>;
+type StaticFigures = Omit<ScaleRow, 'placed' | 'gapBaselineMs' | 'gapReloadMs' | 'gapTagMs' | 'gapsOver2msBaseline' | 'gapsOver2msReload' | 'gapsOver2msTag' | 'reloadMs' | 'tagEnforcedMs' | 'gcPauseBaselineMs' | 'gcPauseReloadMs' | 'gcPauseTagMs' | 'longestHandoverMs' | 'handoverParts'>;
 
 /** Everything but the forwarding gaps, in a function of its own so that what it builds is garbage when it returns. */
 function staticFigures(which: ScaleCase, doc: Record<string, unknown>, progress: (line: string) => void): StaticFigures {
@@ -369,6 +378,9 @@ export async function benchScale(opts: { cases?: ScaleCase[] } = {}, progress: (
     gc();
     progress(`${which}: forwarding gaps`);
     const g = await gaps(doc, allowedPair(which));
+    gc();
+    progress(`${which}: forwarding gaps with the forwarding thread's CPU kept to itself`);
+    const p = await gaps(doc, allowedPair(which), true);
     rows.push({
       ...figures,
       gapBaselineMs: g.baseline.longest,
@@ -384,6 +396,12 @@ export async function benchScale(opts: { cases?: ScaleCase[] } = {}, progress: (
       gcPauseTagMs: g.tag.longestGcMs,
       longestHandoverMs: g.longestPartMs,
       handoverParts: g.parts,
+      placed: p.forwardingCpu === null ? null : {
+        forwardingCpu: p.forwardingCpu,
+        gapBaselineMs: p.baseline.longest, gapReloadMs: p.reload.longest, gapTagMs: p.tag.longest,
+        gapsOver2msBaseline: p.baseline.over2ms, gapsOver2msReload: p.reload.over2ms, gapsOver2msTag: p.tag.over2ms,
+        gcPauseReloadMs: p.reload.longestGcMs, reloadMs: p.reloadMs, tagEnforcedMs: p.tagMs,
+      },
     });
   }
   return { machine: machineInfo(), rows };
@@ -405,6 +423,13 @@ export function formatScale(r: ScaleResult): string {
       `                    gaps over 2 ms: idle ${row.gapsOver2msBaseline} in 0.6 s; reload ${row.gapsOver2msReload}; tag change ${row.gapsOver2msTag}`,
       `                    longest collector pause of the forwarding thread: idle ${f(row.gcPauseBaselineMs, 1)} ms; reload ${f(row.gcPauseReloadMs, 1)} ms; tag change ${f(row.gcPauseTagMs, 1)} ms`,
       `  hand-over         ${row.handoverParts} parts from the compiling thread, the longest taken in ${f(row.longestHandoverMs, 2)} ms`,
+      ...(row.placed === null
+        ? ['  --forwarding-cpu  not measured: this machine gives the process one CPU']
+        : [
+          `  --forwarding-cpu  (the forwarding thread alone on CPU ${row.placed.forwardingCpu}) longest gap: idle ${f(row.placed.gapBaselineMs, 1)} ms; full reload ${f(row.placed.gapReloadMs, 1)} ms; tag change ${f(row.placed.gapTagMs, 1)} ms`,
+          `                    gaps over 2 ms: idle ${row.placed.gapsOver2msBaseline}; reload ${row.placed.gapsOver2msReload}; tag change ${row.placed.gapsOver2msTag}; longest collector pause in the reload ${f(row.placed.gcPauseReloadMs, 1)} ms`,
+          `                    full reload ${f(row.placed.reloadMs)} ms; tag change enforced ${f(row.placed.tagEnforcedMs, 1)} ms from the call`,
+        ]),
       '',
     );
   }

@@ -761,6 +761,67 @@ static void instance_free(napi_env env, void* data, void* hint) {
   free(in);
 }
 
+/*
+ * threadCpus(tid) -> number[]: the CPUs thread `tid` (0: the calling thread)
+ * may run on; throws ECPUS on failure. threadCpusSet(tid, cpus[]) -> 0 or
+ * -errno: restrict thread `tid` to those CPUs. Threads of this process only
+ * (tids from /proc/self/task); no capability is needed for one's own
+ * threads. The daemon keeps its forwarding thread's CPU for it alone
+ * (src/util/placement.ts).
+ */
+static napi_value thread_cpus(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t tid = 0;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &tid) != napi_ok || tid < 0) {
+    napi_throw_type_error(env, "EARGS", "threadCpus(tid)");
+    return NULL;
+  }
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity((pid_t)tid, sizeof set, &set) < 0) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "sched_getaffinity(%d): %s", tid, strerror(errno));
+    napi_throw_error(env, "ECPUS", msg);
+    return NULL;
+  }
+  napi_value out;
+  CHECK(napi_create_array(env, &out));
+  uint32_t k = 0;
+  for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+    if (!CPU_ISSET(cpu, &set)) continue;
+    CHECK(napi_set_element(env, out, k++, make_int(env, cpu)));
+  }
+  return out;
+}
+
+static napi_value thread_cpus_set(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t tid = 0;
+  uint32_t n = 0;
+  bool is_array = false;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &tid) != napi_ok || tid < 0 ||
+      napi_is_array(env, argv[1], &is_array) != napi_ok || !is_array || napi_get_array_length(env, argv[1], &n) != napi_ok || n == 0) {
+    napi_throw_type_error(env, "EARGS", "threadCpusSet(tid, cpus[]) with at least one CPU");
+    return NULL;
+  }
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    int32_t cpu;
+    if (napi_get_element(env, argv[1], i, &v) != napi_ok || napi_get_value_int32(env, v, &cpu) != napi_ok || cpu < 0 || cpu >= CPU_SETSIZE) {
+      napi_throw_type_error(env, "EARGS", "threadCpusSet: CPUs are numbers 0 to 1023");
+      return NULL;
+    }
+    CPU_SET(cpu, &set);
+  }
+  return make_int(env, sched_setaffinity((pid_t)tid, sizeof set, &set) < 0 ? -errno : 0);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   instance_t* in = calloc(1, sizeof *in);
   if (in == NULL) {
@@ -785,6 +846,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"mapFile", NULL, map_file, NULL, NULL, NULL, napi_default, NULL},
     {"linkIndexIn", NULL, link_index_in, NULL, NULL, NULL, napi_default, NULL},
     {"dropPrivileges", NULL, drop_privileges, NULL, NULL, NULL, napi_default, NULL},
+    {"threadCpus", NULL, thread_cpus, NULL, NULL, NULL, napi_default, NULL},
+    {"threadCpusSet", NULL, thread_cpus_set, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   /* The contract's numbers, for the TypeScript side to check against its own. */

@@ -2,6 +2,7 @@
  * The CLI side of the API: one request helper (Unix socket by default, or a
  * URL with a bearer token) and the text each command prints.
  */
+import type { Placement } from '../util/placement.js';
 import { request, type RequestOptions } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { readFileSync } from 'node:fs';
@@ -126,6 +127,7 @@ export function formatStatus(s: Record<string, unknown>): string {
       ? [`shadowed rules: ${(s.shadowed as { count: number }).count}`, ...(s.shadowed as { rules: Array<{ message: string }> }).rules.slice(0, 5).map((r) => `  ${r.message}`)]
       : []),
     `flows: ${(s.flows as { live: number; capacity: number }).live} of ${(s.flows as { live: number; capacity: number }).capacity}`,
+    ...(s.placement ? [`forwarding thread on CPU ${(s.placement as Placement).forwarding}, tapwall's other threads on ${(s.placement as Placement).others.join(',')}`] : []),
     '',
   ];
   const rows = [['PORT', 'WORKLOAD', 'MODE', 'STATE', 'RX', 'TX', 'DROPPED (by reason)']];

@@ -64,6 +64,13 @@ function guarded<A extends unknown[]>(fn: (...args: A) => unknown): (...args: A)
 }
 
 const program = new Command();
+/** --forwarding-cpu: a CPU number or auto. */
+function forwardingCpu(v: string): number | 'auto' {
+  if (v === 'auto') return 'auto';
+  if (!/^\d+$/.test(v) || Number(v) > 1023) throw Object.assign(new Error(`--forwarding-cpu takes a CPU number (0-1023) or auto, not '${v}'`), { code: 'EUSAGE' });
+  return Number(v);
+}
+
 program
   .name('tapwall')
   .description('A userspace distributed firewall for virtual machines: a stateful firewall on every vNIC.')
@@ -138,6 +145,7 @@ program
   .option('--loose', 'let out-of-state packets through and pick up connections mid-stream')
   .option('--flow-capacity <n>', 'most connections tracked at once', (v) => Number(v), 262144)
   .option('--no-compile-thread', 'validate and compile policy changes on the forwarding thread (by default a worker thread does it, at a lower CPU priority)')
+  .option('--forwarding-cpu <cpu>', "keep a CPU for the forwarding thread: its number, or auto (the last one tapwall may use); tapwall's other threads (compiling, collector, I/O pool) run on the rest (default: the scheduler places every thread)", forwardingCpu)
   .option('--quota <n>', 'most connections one vNIC may hold (default: 2 x flow capacity / (vNICs + 1), re-derived as vNICs come and go)', (v) => Number(v))
   .option('--user <user>', 'once the ports are open, become this user (a name, or UID[:GID]) with only the capabilities its mode needs later (CAP_NET_RAW; tap mode also CAP_NET_ADMIN)')
   .option('--stats-every <seconds>', 'log counters this often', (v) => Number(v), 0)
@@ -160,7 +168,7 @@ program
   .option('--flow-log-stdout', 'write flow log lines to stdout')
   .option('--flow-log-rate <n>', 'most flow log lines per vNIC per second (twice that in a burst)', (v) => Number(v), 100)
   .action(guarded(async (opts: {
-    config?: string; store?: string; host?: string; etcdPrefix?: string; etcdCa?: string; etcdCert?: string; etcdKey?: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; compileThread?: boolean; statsEvery: number; user?: string;
+    config?: string; store?: string; host?: string; etcdPrefix?: string; etcdCa?: string; etcdCert?: string; etcdKey?: string; mode: 'tap' | 'attach' | 'pcap'; uplink?: string; loose?: boolean; flowCapacity: number; quota?: number; compileThread?: boolean; forwardingCpu?: number | 'auto'; statsEvery: number; user?: string;
     tapPersist?: boolean; tapOwner?: number; offload?: boolean; metrics?: string | false; stateDir: string; flowState?: string | false; apiSocket: string | false;
     apiListen?: string; apiTokenFile?: string; apiCert?: string; apiKey?: string; flowLog?: string; flowLogStdout?: boolean; flowLogRate: number;
   }) => {

@@ -21,6 +21,7 @@ import { PolicyError, formatProblem } from '../policy/errors.js';
 import { FileStore, type PolicyStore } from '../control/store.js';
 import type { EtcdStore } from '../control/etcdStore.js';
 import { startingPolicy } from '../policy/model.js';
+import { placeNewThreads, placeThreads } from '../util/placement.js';
 import { ControlError, Controller } from '../control/controller.js';
 import { OffThreadPreparer } from '../control/offThread.js';
 import { ApiServer } from '../control/api.js';
@@ -68,6 +69,8 @@ export interface RunOptions {
   apiKey?: string;
   /** Validate and compile changes in a worker thread (off the forwarding thread). */
   compileThread?: boolean;
+  /** Keep this CPU (auto: the last one allowed) for the forwarding thread, every other thread on the rest (util/placement.ts). */
+  forwardingCpu?: number | 'auto';
   /** Flow log file; flowLogStdout also (or only) to stdout; rate per vNIC per second. */
   flowLog?: string;
   flowLogStdout?: boolean;
@@ -247,6 +250,15 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   if (etcd) etcd.flowListener = (workload, value) => takeOverFlows(workload, value);
   // Validation and compilation in a worker thread at a lower CPU priority: forwarding never waits for
   // them (--no-compile-thread: on this thread, between batches).
+  // Before the compiling thread starts: it is born on this thread's CPU and moves off it at once.
+  if (opts.forwardingCpu !== undefined) {
+    const placed = placeThreads(opts.forwardingCpu);
+    if (placed.placement) {
+      log.info({ forwardingCpu: placed.placement.forwarding, otherCpus: placed.placement.others, threadsMoved: placed.placement.moved }, 'the forwarding thread has a CPU to itself');
+      // Threads made later (libuv, V8) are born here too: moved on the next sweep.
+      setInterval(placeNewThreads, 5000).unref();
+    } else log.warn({ forwardingCpu: opts.forwardingCpu }, `threads not placed: ${placed.reason}`);
+  }
   const history = new PolicyHistory(opts.stateDir, HISTORY_LIMIT, (message) => log.warn({ history: true }, message));
   for (const problem of history.problems) log.warn({ history: true }, problem);
   const controller = new Controller(store, dp, {

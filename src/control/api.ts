@@ -27,6 +27,7 @@
  *   DELETE /v1/policy/staged          stop evaluating it
  *   POST /v1/policy/promote           { stagedRevision }; If-Match: "<enforced revision>": the staged policy becomes the enforced one
  */
+import { placement } from '../util/placement.js';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { chmodSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
@@ -433,6 +434,8 @@ export class ApiServer {
       shadowed: { count: c.shadows.count, rules: c.shadows.list.slice(0, 50).map((p) => ({ code: p.code, path: p.path, line: p.line, message: p.message })) },
       staged: c.staged.text === null ? null : { revision: c.staged.revision },
       host: this.opts.host ?? null,
+      // --forwarding-cpu: the forwarding thread's CPU and where tapwall's other threads run (null: not placed).
+      placement: placement(),
       store: this.opts.store
         ? { kind: 'etcd', url: this.opts.store.opts.url, connected: this.opts.store.connected, syncedAt: this.opts.store.syncedAt === null ? null : new Date(this.opts.store.syncedAt).toISOString(),
           watchRestarts: this.opts.store.watchRestarts, compactions: this.opts.store.compactions, lastError: this.opts.store.lastError }

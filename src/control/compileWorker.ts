@@ -24,10 +24,10 @@
  * tables it does not have (by number; their typed arrays live in
  * SharedArrayBuffers, so handing one over copies nothing); and the points.
  */
-import { readlinkSync } from 'node:fs';
 import { isDeepStrictEqual } from 'node:util';
 import { setPriority } from 'node:os';
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
+import { placeSelf, threadId } from '../util/placement.js';
 import type { CompiledPolicy, FamilyTable, ResolvedGroup } from '../policy/compile.js';
 import { WorkloadsView, type Policy } from '../policy/model.js';
 import { DocumentCache, PrepareRefused, prepareNow, type DocumentRef, type EffectiveMemo } from './prepare.js';
@@ -41,9 +41,15 @@ const COMPILE_NICE = 5;
 // cores are busy with guests, a thread at nice 19 gets about 1% of a core, and a quarantine would wait
 // seconds for its compile (measured with three busy loops on two cores: 1.8-5.4 s at nice 19).
 try {
-  setPriority(Number(readlinkSync('/proc/thread-self').split('/').pop()), COMPILE_NICE);
+  setPriority(threadId(), COMPILE_NICE);
 } catch {
   // Not Linux, or not allowed: the thread runs at the process's priority.
+}
+// Off the forwarding thread's CPU when the daemon keeps it to itself (util/placement.ts).
+try {
+  placeSelf((workerData as { cpus?: number[] } | null)?.cpus ?? []);
+} catch {
+  // The addon cannot be loaded here: the forwarding thread's next sweep moves this thread.
 }
 
 const SLICE = 300; // rules, workloads or groups per part

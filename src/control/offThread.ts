@@ -40,6 +40,7 @@ import { WorkloadsView, type Group, type Policy, type Rule, type Workload } from
 import { workloadPrefixes } from '../policy/addresses.js';
 import { PrepareRefused, type DocumentRef, type Prepared, type Preparer } from './prepare.js';
 import type { TagMap } from './store.js';
+import { placement } from '../util/placement.js';
 
 /**
  * A held document that a new one's parts name by index: its items in
@@ -86,7 +87,8 @@ export class OffThreadPreparer implements Preparer {
   longestPartMs = 0;
 
   private start(): Worker {
-    const w = new Worker(new URL('./compileWorker.js', import.meta.url));
+    // Born on the forwarding thread's CPU (a thread inherits its maker's): it moves off at its first step.
+    const w = new Worker(new URL('./compileWorker.js', import.meta.url), { workerData: { cpus: placement()?.others ?? [] } });
     w.on('message', (m: Part) => this.onPart(m));
     const fail = (e: Error) => {
       this.worker = null;

@@ -28,6 +28,10 @@ export interface NativeAddon {
   mapFile(path: string, bytes: number): ArrayBuffer;
   /** Become uid/gid keeping only these capabilities (numbers) on the calling thread; throws EPRIVDROP. */
   dropPrivileges(uid: number, gid: number, keep: number[]): void;
+  /** The CPUs thread `tid` (0: the calling one) may run on; throws ECPUS. */
+  threadCpus(tid: number): number[];
+  /** Restrict thread `tid` of this process to `cpus`: 0, or -errno. */
+  threadCpusSet(tid: number, cpus: number[]): number;
   layout: Record<string, number>;
 }
 
