@@ -42,6 +42,8 @@ import { startingPolicy, type Policy } from '../src/policy/model.js';
 import { findShadowedRules } from '../src/policy/shadow.js';
 import { prng } from '../tools/prng.js';
 import { placeThreads, placementUndo } from '../src/util/placement.js';
+import { native } from '../src/io/native.js';
+import { spawn } from 'node:child_process';
 import { machineInfo, machineLine, median, type MachineInfo } from './machine.js';
 import { scalePolicy, SCALE_CASES, type ScaleCase } from './scalePolicies.js';
 
@@ -92,7 +94,14 @@ export interface ScaleRow {
 /** The forwarding figures of a run with the forwarding thread's CPU kept to itself (util/placement.ts). */
 export type PlacedGaps = { forwardingCpu: number } & Pick<ScaleRow, 'gapBaselineMs' | 'gapReloadMs' | 'gapTagMs' | 'gapsOver2msBaseline' | 'gapsOver2msReload' | 'gapsOver2msTag' | 'gcPauseReloadMs' | 'reloadMs' | 'tagEnforcedMs'>;
 
-export interface ScaleResult { machine: MachineInfo; rows: ScaleRow[] }
+/**
+ * What the machine allows, measured in the same run: a loop that does nothing but turn, alone on the
+ * forwarding CPU (--forwarding-cpu auto), first with the other CPUs idle, then with a process spinning
+ * on them. Its gaps are the floor under any forwarding gap here: no code of tapwall's runs in them.
+ */
+export interface SchedulingFloor { forwardingCpu: number; quietLongestMs: number; quietOver2ms: number; busyLongestMs: number; busyOver2ms: number }
+
+export interface ScaleResult { machine: MachineInfo; floor: SchedulingFloor | null; rows: ScaleRow[] }
 
 // A forced collection before each memory reading, without asking for --expose-gc on the command line.
 v8.setFlagsFromString('--expose-gc');
@@ -242,6 +251,43 @@ function bodyText(text: string): string {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** The longest gap between turns of an empty loop over `ms`, and how many were over 2 ms. */
+async function emptyLoopGaps(ms: number): Promise<{ longest: number; over2ms: number }> {
+  let last = performance.now(), longest = 0, over2ms = 0;
+  const end = last + ms;
+  await new Promise<void>((done) => {
+    const turn = () => {
+      const now = performance.now();
+      if (now - last > longest) longest = now - last;
+      if (now - last > 2) over2ms++;
+      last = now;
+      if (now < end) setImmediate(turn); else done();
+    };
+    setImmediate(turn);
+  });
+  return { longest, over2ms };
+}
+
+/** The scheduling floor (SchedulingFloor); null where the process has one CPU. */
+export async function schedulingFloor(): Promise<SchedulingFloor | null> {
+  const placed = placeThreads('auto').placement;
+  if (placed === null) return null;
+  try {
+    const quiet = await emptyLoopGaps(3000);
+    // A process that only spins, kept on the other CPUs: no memory, no I/O, nothing shared with this one.
+    const spinner = spawn(process.execPath, ['-e', 'const end = Date.now() + 4000; while (Date.now() < end);'], { stdio: 'ignore' });
+    try {
+      native().threadCpusSet(spinner.pid!, placed.others);
+      const busy = await emptyLoopGaps(3000);
+      return { forwardingCpu: placed.forwarding, quietLongestMs: quiet.longest, quietOver2ms: quiet.over2ms, busyLongestMs: busy.longest, busyOver2ms: busy.over2ms };
+    } finally {
+      spinner.kill();
+    }
+  } finally {
+    placementUndo();
+  }
+}
+
 /** The longest forwarding gaps: idle, during a full reload, during a tag change. */
 export async function gaps(doc: Record<string, unknown>, pair: [string, string], place = false): Promise<{ baseline: Phase; reload: Phase; tag: Phase; reloadMs: number; tagMs: number; longestPartMs: number; parts: number; longGaps: Array<[number, number]>; forwardingCpu: number | null }> {
   const workloads = doc.workloads as Record<string, Record<string, unknown>>;
@@ -370,6 +416,8 @@ function staticFigures(which: ScaleCase, doc: Record<string, unknown>, progress:
 
 export async function benchScale(opts: { cases?: ScaleCase[] } = {}, progress: (line: string) => void = () => undefined): Promise<ScaleResult> {
   const rows: ScaleRow[] = [];
+  progress('the scheduling floor: an empty loop alone on one CPU, the others idle, then busy');
+  const floor = await schedulingFloor();
   for (const which of opts.cases ?? SCALE_CASES) {
     progress(`${which}: generating`);
     const doc = scalePolicy(which);
@@ -404,12 +452,16 @@ export async function benchScale(opts: { cases?: ScaleCase[] } = {}, progress: (
       },
     });
   }
-  return { machine: machineInfo(), rows };
+  return { machine: machineInfo(), floor, rows };
 }
 
 export function formatScale(r: ScaleResult): string {
   const f = (x: number, d = 0) => x.toFixed(d);
   const lines = [machineLine(r.machine), ''];
+  const fl = r.floor;
+  lines.push(fl === null
+    ? 'scheduling floor: not measured (the process has one CPU)'
+    : `scheduling floor: an empty loop alone on CPU ${fl.forwardingCpu}: longest gap ${f(fl.quietLongestMs, 1)} ms (${fl.quietOver2ms} over 2 ms in 3 s) with the other CPUs idle, ${f(fl.busyLongestMs, 1)} ms (${fl.busyOver2ms} over 2 ms) while another process spins on them`, '');
   for (const row of r.rows) {
     lines.push(
       `${row.case}: ${row.rules} rules, ${row.workloads} workloads, ${row.groupAddresses} addresses in CIDR groups, ${(row.documentBytes / 1e6).toFixed(1)} MB of JSON`,
