@@ -4,6 +4,7 @@
 // answered 400 with located problems, concurrent PUTs with a stale revision,
 // tags with a time-to-live, the audit log, tags kept across a restart, the
 // watched config file (a broken edit refused and counted), and the CLI.
+import { native } from '../src/io/native.js';
 import t from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -37,8 +38,9 @@ let metricsUrl = '';
 t.teardown(() => { if (daemon && daemon.exitCode === null) daemon.kill('SIGKILL'); });
 
 async function start(): Promise<void> {
+  // With its forwarding thread on a CPU of its own: everything below runs through a placed daemon.
   daemon = spawn(process.execPath, [cli, 'run', '--config', policyFile, '--state-dir', stateDir, '--api-socket', socket,
-    '--api-listen', '127.0.0.1:0', '--api-token-file', tokenFile, '--metrics', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    '--api-listen', '127.0.0.1:0', '--api-token-file', tokenFile, '--metrics', '127.0.0.1:0', '--forwarding-cpu', 'auto'], { stdio: ['ignore', 'pipe', 'pipe'] });
   const ready = JSON.parse(await lineReader(daemon, 15_000)()) as { api: { url: string }; metrics: string };
   apiUrl = ready.api.url;
   metricsUrl = ready.metrics;
@@ -234,6 +236,9 @@ t.test('the API of a running daemon', async (t) => {
     const status = run('status');
     t.equal(status.status, 0);
     t.match(status.stdout, /twc-web1\s+web-1\s+tap\s+up/, 'status lists the ports');
+    const cpus = native().threadCpus(0);
+    if (cpus.length >= 2) t.match(status.stdout, new RegExp(`forwarding thread on CPU ${cpus[cpus.length - 1]}, tapwall's other threads on ${cpus.slice(0, -1).join(',')}`), 'status says where the threads run');
+    else t.notMatch(status.stdout, /forwarding thread on CPU/, 'one CPU: nothing placed, and status says nothing of it');
     const tag = run('tag', 'db-1', '+quarantine', '--reason', 'scan found a rootkit', '--by', 'edr');
     t.equal(tag.status, 0, tag.stderr);
     t.match(tag.stdout, /db-1: tags now db, quarantine/);
