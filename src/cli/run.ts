@@ -78,8 +78,6 @@ export interface RunOptions {
   version: string;
 }
 
-/** No workloads, no rules: what the data plane holds until the store's policy is applied. */
-
 /** A secret's file, refused (not used) when others than its owner may read it. */
 function ownerOnly(file: string, what: string, code: string): void {
   const mode = statSync(file).mode & 0o777;

@@ -340,7 +340,8 @@ parentPort!.on('message', (m: { t: string; doc?: DocumentRef & { sliced?: boolea
     const prepared = prepareNow(docs, previous, m.doc!, m.tags!, m.host ?? null, effectiveMemo);
     previous = prepared.compiled;
     if (newDocument) {
-      const ref = { ...m.doc!, text: undefined } as unknown as DocumentRef, tags = m.tags!, host = m.host ?? null;
+      // Without its text (megabytes), which the held document makes unneeded.
+      const ref: DocumentRef = { id: m.doc!.id, text: '', source: m.doc!.source }, tags = m.tags!, host = m.host ?? null;
       warmPending = () => warmTagPath(ref, tags, host);
     }
     parts = resultParts(m.doc!.id, prepared.document, prepared.compiled, prepared.compileMs, prepared.shadows ?? [], prepared.shadowCount ?? 0, before);

@@ -142,11 +142,12 @@ export class Controller {
     // forwarding thread then holds one copy of the document, the one the thread handed over, and the next
     // change goes against it. Compiling it here and handing the thread's copy over afterwards kept two
     // (400 MB at 100,000 rules) and handed one over while frames were forwarded.
+    const first = this.preparer.offThread ? this.preparer : new InlinePreparer();
     let prepared: Prepared;
     try {
-      prepared = await this.prepare(ref, state.tags.value, this.preparer.offThread ? this.preparer : new InlinePreparer());
+      prepared = await this.prepare(ref, state.tags.value, first);
     } catch (e) {
-      if (!this.preparer.offThread || (e instanceof ControlError && e.status === 400)) throw e;
+      if (first !== this.preparer || (e instanceof ControlError && e.status === 400)) throw e;
       this.opts.log?.warn({ err: (e as Error).message }, 'the compiling thread could not prepare the first policy; compiled on this thread instead');
       prepared = await this.prepare(ref, state.tags.value, new InlinePreparer());
     }

@@ -80,18 +80,15 @@ export function placeNewThreads(): number {
   if (current === null) return 0;
   const addon = native();
   let moved = 0;
+  // The threads alive now are the ones placed after this sweep: ended ones are forgotten with it.
+  const live = new Set<number>();
   for (const name of readdirSync('/proc/self/task')) {
     const tid = Number(name);
-    if (current.placed.has(tid)) continue;
-    current.placed.add(tid);
+    live.add(tid);
     // A thread that ended meanwhile (ESRCH) is simply gone.
-    if (addon.threadCpusSet(tid, current.placement.others) === 0) moved++;
+    if (!current.placed.has(tid) && addon.threadCpusSet(tid, current.placement.others) === 0) moved++;
   }
-  // Forget threads that have ended, so the set does not grow with the ids the kernel hands out.
-  if (current.placed.size > 256) {
-    const live = new Set(readdirSync('/proc/self/task').map(Number));
-    for (const tid of current.placed) if (!live.has(tid)) current.placed.delete(tid);
-  }
+  current.placed = live;
   current.placement.moved += moved;
   return moved;
 }
