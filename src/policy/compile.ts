@@ -167,6 +167,70 @@ function sameAddresses(a: Workload, b: Workload): boolean {
 }
 
 /**
+ * Which groups could select a workload, by what they select on, and which
+ * groups nest each group: kept per document (its groups map), so that a tag
+ * change looks at the few groups it can touch instead of testing every group
+ * (2,000 groups: most of a tag change's compile).
+ */
+interface GroupIndex {
+  /** Tag -> groups naming it in tagsAnyOf or tagsAllOf. */
+  byTag: Map<string, string[]>;
+  /** Workload name -> groups listing it. */
+  byWorkload: Map<string, string[]>;
+  /** Group -> the groups that list it among their nested groups. */
+  parents: Map<string, string[]>;
+}
+const groupIndexes = new WeakMap<Policy['groups'], GroupIndex>();
+
+function groupIndex(groups: Policy['groups'], workloads: Policy['workloads']): GroupIndex {
+  let idx = groupIndexes.get(groups);
+  if (!idx) {
+    idx = { byTag: new Map(), byWorkload: new Map(), parents: new Map() };
+    // A group of tagsAllOf selects only workloads with every one of its tags: indexed under the
+    // rarest (app-7 and web, not web), one workload's tag change reaches its few groups, not all
+    // the groups of every application that have web in common.
+    const holders = new Map<string, number>();
+    for (const w of workloads.values()) for (const t of w.tags) holders.set(t, (holders.get(t) ?? 0) + 1);
+    const add = (m: Map<string, string[]>, k: string, g: string) => { const l = m.get(k); if (l === undefined) m.set(k, [g]); else if (l[l.length - 1] !== g) l.push(g); };
+    for (const g of groups.values()) {
+      for (const t of g.tagsAnyOf) add(idx.byTag, t, g.name);
+      if (g.tagsAllOf.length > 0) {
+        let rarest = g.tagsAllOf[0];
+        for (const t of g.tagsAllOf) if ((holders.get(t) ?? 0) < (holders.get(rarest) ?? 0)) rarest = t;
+        add(idx.byTag, rarest, g.name);
+      }
+      for (const w of g.workloads) add(idx.byWorkload, w, g.name);
+      for (const sub of g.groups) add(idx.parents, sub, g.name);
+    }
+    groupIndexes.set(groups, idx);
+  }
+  return idx;
+}
+
+/**
+ * The groups whose resolution can differ when only `changed` workloads
+ * differ: those that may select one of them before or after (by name or by
+ * one of its tags; a group that selects by tags always names one the
+ * workload has), and every group nesting one of those. Any other group
+ * selects none of them either way and nests nothing that changed. (A
+ * group of tagsAllOf is indexed under one of its tags, which every workload
+ * it selects has.)
+ */
+function groupsReachedBy(idx: GroupIndex, changed: ReadonlyArray<{ name: string; before: Workload | undefined; after: Workload | undefined }>): Set<string> {
+  const out = new Set<string>();
+  const visit = (g: string) => {
+    if (out.has(g)) return;
+    out.add(g);
+    for (const p of idx.parents.get(g) ?? []) visit(p);
+  };
+  for (const c of changed) {
+    for (const g of idx.byWorkload.get(c.name) ?? []) visit(g);
+    for (const w of [c.before, c.after]) if (w !== undefined) for (const t of w.tags) for (const g of idx.byTag.get(t) ?? []) visit(g);
+  }
+  return out;
+}
+
+/**
  * Pass 1: group membership and addresses, with nested groups flattened.
  *
  * Incremental: given the previous compile's groups and workloads, a group
@@ -177,7 +241,7 @@ function sameAddresses(a: Workload, b: Workload): boolean {
  * the groups that workload enters or leaves.
  */
 export function resolveGroups(policy: Policy, previous: CompiledPolicy | null = null, changedHint: ReadonlySet<string> | null = null): CompiledPolicy['groups'] {
-  const out: CompiledPolicy['groups'] = new Map();
+  let out: CompiledPolicy['groups'] = new Map();
   const resolving = new Set<string>();
   // Workloads that are not the same object as in the previous compile (tags changed, added, removed).
   let changed: Array<{ name: string; before: Workload | undefined; after: Workload | undefined }> | null = null;
@@ -194,11 +258,20 @@ export function resolveGroups(policy: Policy, previous: CompiledPolicy | null = 
     // Many changes (a new document): resolving afresh is simpler than patching.
     if (changed.length > 64) changed = null;
   }
+  // The same group definitions (a tag change): only the groups the changed workloads can reach are looked at.
+  // Then the result starts as the previous one (a copy of 2,000 entries is cheaper than looking
+  // at each), and those groups are resolved again in place (their order stays the document's).
+  const reachable = changed !== null && previous !== null && previous.policy.groups === policy.groups ? groupsReachedBy(groupIndex(policy.groups, policy.workloads), changed) : null;
+  const redone = new Set<string>();
+  if (reachable !== null) out = new Map(previous!.groups);
   let index: WorkloadIndex | null = null;
   const resolve = (name: string): ResolvedGroup => {
-    const done = out.get(name);
-    if (done) return done;
+    if (reachable === null || redone.has(name)) {
+      const done = out.get(name);
+      if (done) return done;
+    } else if (!reachable.has(name)) return out.get(name)!;
     const g = policy.groups.get(name) as Group;
+    redone.add(name);
     resolving.add(name);
     const subs: ResolvedGroup[] = [];
     for (const sub of g.groups) if (!resolving.has(sub)) subs.push(resolve(sub)); // validation rejects cycles; stay finite anyway
@@ -245,7 +318,7 @@ export function resolveGroups(policy: Policy, previous: CompiledPolicy | null = 
     out.set(name, result);
     return result;
   };
-  for (const name of policy.groups.keys()) resolve(name);
+  for (const name of reachable ?? policy.groups.keys()) resolve(name);
   return out;
 }
 
@@ -451,16 +524,32 @@ export interface CompileOptions {
 }
 
 /** What a document's rules compile to whatever the workloads: kept per document (its sections array). */
-interface RuleTables { rules: Rule[]; scoped: Rule[]; ruleAction: Uint8Array; ruleFlags: Uint8Array }
+interface RuleTables {
+  rules: Rule[];
+  scoped: Rule[];
+  /** appliedTo group -> indexes into `scoped` of the rules naming it, ascending. */
+  scopedByGroup: Map<string, number[]>;
+  ruleAction: Uint8Array;
+  ruleFlags: Uint8Array;
+}
 const ruleTablesOf = new WeakMap<Policy['sections'], RuleTables>();
 function ruleTables(policy: Policy): RuleTables {
   let t = ruleTablesOf.get(policy.sections);
   if (!t) {
     const rules = policy.sections.flatMap((s) => s.rules);
+    // Rules without appliedTo apply at every vNIC: vNICs differ only by the scoped rules that reach them.
+    const scoped = rules.filter((r) => !r.disabled && r.appliedTo.length > 0);
+    const scopedByGroup = new Map<string, number[]>();
+    scoped.forEach((r, i) => {
+      for (const g of r.appliedTo) {
+        const l = scopedByGroup.get(g);
+        if (l === undefined) scopedByGroup.set(g, [i]); else if (l[l.length - 1] !== i) l.push(i);
+      }
+    });
     t = {
       rules,
-      // Rules without appliedTo apply at every vNIC: vNICs differ only by the scoped rules that reach them.
-      scoped: rules.filter((r) => !r.disabled && r.appliedTo.length > 0),
+      scoped,
+      scopedByGroup,
       ruleAction: Uint8Array.from(rules.map((r) => VERDICT_OF_ACTION[r.action])),
       ruleFlags: Uint8Array.from(rules.map((r) => (r.stateless ? RULE_FLAG.stateless : 0) | (r.log ? RULE_FLAG.log : 0))),
     };
@@ -501,10 +590,28 @@ function scopePlan(policy: Policy, rules: Rule[], scope: number[], scopeKey: str
   return plan;
 }
 
+/**
+ * The orders of the scoped rules that apply at a workload's vNIC, ascending
+ * (what testing ruleAppliesAt on each scoped rule gives): the rules of the
+ * appliedTo groups it is a member of, found by group, not by rule.
+ */
+function scopeOf(workload: string, scoped: Rule[], scopedByGroup: Map<string, number[]>, groups: CompiledPolicy['groups']): number[] {
+  let picked: number[] | null = null;
+  for (const [g, list] of scopedByGroup) {
+    if (!(groups.get(g)?.members.has(workload) ?? false)) continue;
+    if (picked === null) picked = list.slice(); else for (const i of list) picked.push(i);
+  }
+  if (picked === null) return [];
+  picked.sort((a, b) => a - b);
+  const out: number[] = [];
+  for (let k = 0; k < picked.length; k++) if (k === 0 || picked[k] !== picked[k - 1]) out.push(scoped[picked[k]].order);
+  return out;
+}
+
 export function policyCompile(policy: Policy, previous: CompiledPolicy | null = null, opts: CompileOptions = {}): CompiledPolicy {
   const only = opts.workloads ?? null;
   const started = performance.now();
-  const { rules, scoped, ruleAction, ruleFlags } = ruleTables(policy);
+  const { rules, scoped, scopedByGroup, ruleAction, ruleFlags } = ruleTables(policy);
   const groups = resolveGroups(policy, previous, opts.changed ?? null);
   const groupText = (name: string): string => String(groups.get(name)?.version ?? '');
   const segments = new SegmentCache();
@@ -514,7 +621,7 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
   // This host's workloads only (the others' vNICs are another host's), in the document's order.
   const local: Iterable<Workload> = only === null ? policy.workloads.values() : [...only].flatMap((n) => policy.workloads.get(n) ?? []);
   for (const w of local) {
-    const scope = scoped.filter((r) => ruleAppliesAt(r, w.name, groups)).map((r) => r.order);
+    const scope = scopeOf(w.name, scoped, scopedByGroup, groups);
     const scopeKey = scope.join(',');
     let tables = byScope.get(scopeKey);
     if (!tables) {
