@@ -103,6 +103,11 @@ t.test('off the thread and inline: the same policy, change after change', async 
     }
     t.equal(modelText(a.document), modelText(b.document), `${s.label}: the same document`);
     sameVerdicts(t, a, b, seed++, s.label);
+    // Group versions come as what differs from the last result taken, rule actions and shadow findings once per document.
+    const members = (p: Prepared) => [...p.compiled.groups].map(([name, g]) => `${name}: ${[...g.members].join(',')}`);
+    t.same(members(a), members(b), `${s.label}: the same groups and members`);
+    t.same([...a.compiled.ruleAction], [...b.compiled.ruleAction], `${s.label}: the same rule actions`);
+    t.same(a.shadows, b.shadows, `${s.label}: the same shadow findings`);
     t.ok(a.compiled.groups.get('partners')!.prefixes.length === 30_000, `${s.label}: a group's addresses are found when asked`);
     off.installed(a.compiled);
     inline.installed(b.compiled);

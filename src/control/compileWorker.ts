@@ -5,12 +5,13 @@
  * Protocol (messages, one at a time; the main thread asks for each part so
  * that every part is taken in its own turn of its event loop)
  *   main -> worker  { t: 'text', id, slice }             a long text, in slices first
- *                   { t: 'prepare', doc, tags, host }   start a preparation (doc.sliced:
- *                     its text is the slices sent before it)
+ *                   { t: 'prepare', doc, tags, host, groupsOf }  start a preparation
+ *                     (doc.sliced: its text is the slices sent before it;
+ *                     groupsOf: the result whose groups the main thread holds)
  *                   { t: 'next' }                        send the next part
- *                   { t: 'installed', tables, versions, docs }  what the main
- *                     thread keeps now: anything else it has dropped, and is
- *                     sent again if a later result needs it
+ *                   { t: 'installed', dropTables, dropVersions, dropDocs }
+ *                     what the main thread has dropped: sent again if a later
+ *                     result needs it
  *   worker -> main  a sequence of parts ending with { t: 'final' }, or one
  *                   { t: 'refused', problems } / { t: 'error', message };
  *                   small parts travel together as { t: 'batch', list }
@@ -23,6 +24,10 @@
  * change; resolved groups the main thread does not have (by version); rule
  * tables it does not have (by number; their typed arrays live in
  * SharedArrayBuffers, so handing one over copies nothing); and the points.
+ * The final part names each group's version only where it differs from the
+ * result whose groups the main thread holds (a tag change: a few of 2,000),
+ * and carries the document's rule actions and shadow findings only with a
+ * document the main thread did not have.
  */
 import { isDeepStrictEqual } from 'node:util';
 import { setPriority } from 'node:os';
@@ -64,6 +69,9 @@ const effectiveMemo: { last: EffectiveMemo | null } = { last: null };
 const mainDocs = new Set<number>();
 const mainTables = new Set<number>();
 const mainVersions = new Set<number>();
+/** The groups of the last result sent, by the result's number: the next one sends only what differs from them. */
+let lastSent: { id: number; document: Policy; groups: CompiledPolicy['groups'] } | null = null;
+let nextResultId = 1;
 const tableIds = new WeakMap<FamilyTable, number>();
 let nextTableId = 1;
 const shared = new WeakMap<FamilyTable, unknown>();
@@ -166,12 +174,16 @@ function baseForMain(): { id: number; doc: Policy } | null {
 }
 
 /** What goes back for a preparation; `before`: the policy compiled before it (whose groups the main thread may hold). */
-function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, compileMs: number, shadows: unknown[], shadowCount: number, before: CompiledPolicy | null): unknown[] {
+function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, compileMs: number, shadows: unknown[], shadowCount: number, before: CompiledPolicy | null, groupsOf: number | null): unknown[] {
   const out: unknown[] = [];
-  if (!mainDocs.has(docId)) {
+  const newDocument = !mainDocs.has(docId);
+  if (newDocument) {
     documentParts(docId, document, out, baseForMain());
     mainDocs.add(docId);
   }
+  // Against the groups the main thread holds, when they are this document's: name -> version of those that differ.
+  const against = lastSent !== null && lastSent.id === groupsOf && lastSent.document === document ? lastSent.groups : null;
+  const groupVersions: Array<[string, number]> = [];
   // The workloads the dynamic tags replace: a view's own list, without walking the inventory.
   const effective = compiled.policy.workloads;
   const overrides = effective instanceof WorkloadsView && effective.base === document.workloads
@@ -181,6 +193,8 @@ function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, 
   let batch: unknown[] = [], size = 0;
   const flush = () => { if (batch.length > 0) out.push({ t: 'resolved', list: batch }); batch = []; size = 0; };
   for (const [name, g] of compiled.groups) {
+    if (against !== null && against.get(name) === g) continue;
+    groupVersions.push([name, g.version]);
     if (mainVersions.has(g.version)) continue;
     // A new document's group that resolves as the one the main thread holds: it keeps its own.
     const held = before?.groups.get(name);
@@ -217,11 +231,14 @@ function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, 
     workloads.push(p.egress.workload);
     scopeOf.push(k);
   }
+  const id = nextResultId++;
   out.push({
-    t: 'final', docId, compileMs, scopes, nics, workloads, scopeOf,
-    groups: [...compiled.groups].map(([name, g]) => [name, g.version]),
-    ruleAction: compiled.ruleAction, ruleFlags: compiled.ruleFlags, stats: compiled.stats, shadows, shadowCount,
+    t: 'final', id, docId, compileMs, scopes, nics, workloads, scopeOf,
+    groups: { base: against === null ? null : groupsOf, versions: groupVersions },
+    document: newDocument ? { ruleAction: compiled.ruleAction, ruleFlags: compiled.ruleFlags, shadows, shadowCount } : null,
+    stats: compiled.stats,
   });
+  lastSent = { id, document, groups: compiled.groups };
   return out;
 }
 
@@ -310,7 +327,7 @@ function warmTagPath(doc: DocumentRef, tags: TagMap, host: string | null): void 
 /** Texts arriving in slices, by document number, until their 'prepare'. */
 const slices = new Map<number, string[]>();
 
-parentPort!.on('message', (m: { t: string; doc?: DocumentRef & { sliced?: boolean }; tags?: TagMap; host?: string | null; tables?: number[]; versions?: number[]; docs?: number[]; id?: number; slice?: string }) => {
+parentPort!.on('message', (m: { t: string; doc?: DocumentRef & { sliced?: boolean }; tags?: TagMap; host?: string | null; groupsOf?: number | null; dropTables?: number[]; dropVersions?: number[]; dropDocs?: number[]; id?: number; slice?: string }) => {
   if (m.t === 'next') { send(); return; }
   if (m.t === 'text') {
     const list = slices.get(m.id!);
@@ -318,11 +335,9 @@ parentPort!.on('message', (m: { t: string; doc?: DocumentRef & { sliced?: boolea
     return;
   }
   if (m.t === 'installed') {
-    const keepTables = new Set(m.tables), keepVersions = new Set(m.versions);
-    for (const id of [...mainTables]) if (!keepTables.has(id)) mainTables.delete(id);
-    for (const v of [...mainVersions]) if (!keepVersions.has(v)) mainVersions.delete(v);
-    const keepDocs = new Set(m.docs);
-    for (const d of [...mainDocs]) if (!keepDocs.has(d)) mainDocs.delete(d);
+    for (const id of m.dropTables!) mainTables.delete(id);
+    for (const v of m.dropVersions!) mainVersions.delete(v);
+    for (const d of m.dropDocs!) mainDocs.delete(d);
     return;
   }
   if (m.t !== 'prepare') return;
@@ -344,7 +359,7 @@ parentPort!.on('message', (m: { t: string; doc?: DocumentRef & { sliced?: boolea
       const ref: DocumentRef = { id: m.doc!.id, text: '', source: m.doc!.source }, tags = m.tags!, host = m.host ?? null;
       warmPending = () => warmTagPath(ref, tags, host);
     }
-    parts = resultParts(m.doc!.id, prepared.document, prepared.compiled, prepared.compileMs, prepared.shadows ?? [], prepared.shadowCount ?? 0, before);
+    parts = resultParts(m.doc!.id, prepared.document, prepared.compiled, prepared.compileMs, prepared.shadows ?? [], prepared.shadowCount ?? 0, before, m.groupsOf ?? null);
   } catch (e) {
     parts = [e instanceof PrepareRefused ? { t: 'refused', message: e.message, problems: e.problems } : { t: 'error', message: (e as Error).stack ?? String(e) }];
   }

@@ -80,8 +80,12 @@ export class OffThreadPreparer implements Preparer {
   private readonly docs = new Map<number, Policy>();
   private readonly tables = new Map<number, FamilyTable>();
   private readonly groups = new Map<number, ResolvedGroup>();
+  /** Per document held: its rule actions and flags and its shadow findings (sent once with it). */
+  private readonly documentFacts = new Map<number, DocumentFacts>();
+  /** The groups of the last result taken, by its number: the next result names only what differs. */
+  private lastGroups: { id: number; groups: CompiledPolicy['groups'] } | null = null;
   /** Versions and tables of each compiled policy this side built, for pruning after a swap. */
-  private readonly uses = new WeakMap<CompiledPolicy, { tables: number[]; versions: number[]; docId: number }>();
+  private readonly uses = new WeakMap<CompiledPolicy, { tables: number[]; docId: number }>();
   /** Parts taken, and the longest time one took (a benchmark reads it). */
   parts = 0;
   longestPartMs = 0;
@@ -92,7 +96,8 @@ export class OffThreadPreparer implements Preparer {
     w.on('message', (m: Part) => this.onPart(m));
     const fail = (e: Error) => {
       this.worker = null;
-      this.docs.clear(); this.tables.clear(); this.groups.clear();
+      this.docs.clear(); this.tables.clear(); this.groups.clear(); this.documentFacts.clear();
+      this.lastGroups = null;
       const p = this.pending;
       this.pending = null;
       p?.reject(e);
@@ -130,8 +135,9 @@ export class OffThreadPreparer implements Preparer {
    */
   private send(doc: DocumentRef, tags: TagMap, host: string | null, withText: boolean): void {
     const w = this.worker!;
-    if (!withText) { w.postMessage({ t: 'prepare', doc: { ...doc, text: undefined }, tags, host }); return; }
-    if (doc.text.length <= TEXT_SLICE) { w.postMessage({ t: 'prepare', doc, tags, host }); return; }
+    const groupsOf = this.lastGroups?.id ?? null;
+    if (!withText) { w.postMessage({ t: 'prepare', doc: { ...doc, text: undefined }, tags, host, groupsOf }); return; }
+    if (doc.text.length <= TEXT_SLICE) { w.postMessage({ t: 'prepare', doc, tags, host, groupsOf }); return; }
     let at = 0;
     const next = () => {
       if (this.worker !== w) return; // the worker failed meanwhile: the preparation has been refused
@@ -139,7 +145,7 @@ export class OffThreadPreparer implements Preparer {
         w.postMessage({ t: 'text', id: doc.id, slice: doc.text.slice(at, at + TEXT_SLICE) });
         at += TEXT_SLICE;
         setImmediate(next);
-      } else w.postMessage({ t: 'prepare', doc: { ...doc, text: undefined, sliced: true }, tags, host });
+      } else w.postMessage({ t: 'prepare', doc: { ...doc, text: undefined, sliced: true }, tags, host, groupsOf: this.lastGroups?.id ?? null });
     };
     next();
   }
@@ -147,13 +153,24 @@ export class OffThreadPreparer implements Preparer {
   installed(compiled: CompiledPolicy): void {
     const use = this.uses.get(compiled);
     if (!use) return;
-    const tables = new Set(use.tables), versions = new Set(use.versions);
-    for (const id of [...this.tables.keys()]) if (!tables.has(id)) this.tables.delete(id);
-    for (const v of [...this.groups.keys()]) if (!versions.has(v)) this.groups.delete(v);
+    const tables = new Set(use.tables);
+    const dropTables: number[] = [], dropVersions: number[] = [], dropDocs: number[] = [];
+    for (const id of this.tables.keys()) if (!tables.has(id)) dropTables.push(id);
+    // Group versions are small: pruned once those not in force are many, not at every tag change
+    // (2,000 groups read to drop the one or two that a tag change replaced).
+    if (this.groups.size > compiled.groups.size + VERSIONS_SLACK) {
+      const versions = new Set<number>();
+      for (const g of compiled.groups.values()) versions.add(g.version);
+      for (const v of this.groups.keys()) if (!versions.has(v)) dropVersions.push(v);
+    }
     // The document in force and the newest one (a tag change names the first, the next PUT may follow the second).
     const newest = Math.max(...this.docs.keys());
-    for (const id of [...this.docs.keys()]) if (id !== use.docId && id !== newest) this.docs.delete(id);
-    this.worker?.postMessage({ t: 'installed', tables: [...this.tables.keys()], versions: [...this.groups.keys()], docs: [...this.docs.keys()] });
+    for (const id of this.docs.keys()) if (id !== use.docId && id !== newest) dropDocs.push(id);
+    for (const id of dropTables) this.tables.delete(id);
+    for (const v of dropVersions) this.groups.delete(v);
+    for (const id of dropDocs) { this.docs.delete(id); this.documentFacts.delete(id); }
+    // What this side dropped: the worker sends it again if a later result needs it.
+    if (dropTables.length + dropVersions.length + dropDocs.length > 0) this.worker?.postMessage({ t: 'installed', dropTables, dropVersions, dropDocs });
   }
 
   async close(): Promise<void> {
@@ -245,8 +262,19 @@ export class OffThreadPreparer implements Preparer {
     if (p.doc === document) ruleLists.set(document, p.rules);
     // The tagged workloads over the document's (a few entries, not a copy of the inventory).
     const policy: Policy = p.overrides.length === 0 ? document : { ...document, workloads: new WorkloadsView(document.workloads, new Map(p.overrides.map((w) => [w.name, w]))) };
-    const groups = new Map<string, ResolvedGroup>();
-    for (const [name, version] of m.groups) groups.set(name, this.groups.get(version)!);
+    let groups: Map<string, ResolvedGroup>;
+    if (m.groups.base === null) groups = new Map();
+    else if (this.lastGroups !== null && this.lastGroups.id === m.groups.base) groups = new Map(this.lastGroups.groups);
+    else throw new Error(`the groups of result ${m.groups.base} are not held here`);
+    for (const [name, version] of m.groups.versions) {
+      const g = this.groups.get(version);
+      if (g === undefined) throw new Error(`group version ${version} is not held here`);
+      groups.set(name, g);
+    }
+    this.lastGroups = { id: m.id, groups };
+    if (m.document !== null) this.documentFacts.set(m.docId, m.document);
+    const facts = this.documentFacts.get(m.docId);
+    if (facts === undefined) throw new Error(`the rule actions of document ${m.docId} were not handed over`);
     const table = (id: number) => this.tables.get(id)!;
     const scopes: PointTables[] = m.scopes.map((s) => ({ v4: s.v4.map(table), v6: s.v6.map(table), r4: s.r4.map(table), r6: s.r6.map(table), ether: s.ether, rules: s.rules }));
     const points: CompiledPolicy['points'] = new Map();
@@ -255,11 +283,11 @@ export class OffThreadPreparer implements Preparer {
       points.set(nic, { egress: { workload, nic, direction: 'egress', tables }, ingress: { workload, nic, direction: 'ingress', tables } });
     });
     const compiled: CompiledPolicy = {
-      policy, rules: rulesOf(document), ruleAction: m.ruleAction, ruleFlags: m.ruleFlags,
+      policy, rules: rulesOf(document), ruleAction: facts.ruleAction, ruleFlags: facts.ruleFlags,
       defaultAction: document.default, groups, points, stats: m.stats, segmentsBySignature: new SegmentCache(),
     };
-    this.uses.set(compiled, { tables: m.scopes.flatMap((s) => [...s.v4, ...s.v6, ...s.r4, ...s.r6]), versions: m.groups.map(([, v]) => v), docId: m.docId });
-    return { document, compiled, compileMs: m.compileMs, shadows: m.shadows, shadowCount: m.shadowCount };
+    this.uses.set(compiled, { tables: m.scopes.flatMap((s) => [...s.v4, ...s.v6, ...s.r4, ...s.r6]), docId: m.docId });
+    return { document, compiled, compileMs: m.compileMs, shadows: facts.shadows, shadowCount: facts.shadowCount };
   }
 }
 
@@ -300,19 +328,31 @@ function tableFrom(s: SerializedTable): FamilyTable {
   return { trie: s.trie, classes: s.classes, atomRule: s.atomRule, entries: s.entries, atoms: null };
 }
 
-interface FinalPart {
-  t: 'final';
-  docId: number;
-  compileMs: number;
+/** What a document compiles to whatever the tags: sent once with the document. */
+interface DocumentFacts {
+  ruleAction: Uint8Array;
+  ruleFlags: Uint8Array;
   shadows: PolicyProblem[];
   shadowCount: number;
-  scopes: Array<{ v4: number[]; v6: number[]; r4: number[]; r6: number[]; ether: Int32Array; rules: number[] }>;
+}
+
+/** Held group versions beyond those in force before they are pruned (a stale one can hold thousands of member names). */
+const VERSIONS_SLACK = 32;
+
+interface FinalPart {
+  t: 'final';
+  /** This result's number (the next preparation names it as the groups this side holds). */
+  id: number;
+  docId: number;
+  compileMs: number;
+  /** The document's facts when this side did not have the document, else null. */
+  document: DocumentFacts | null;
+  scopes: Array<{ v4: number[]; v6: number[]; r4: number[]; r6: number[]; ether: Int32Array; rules: Int32Array }>;
   nics: string[];
   workloads: string[];
   scopeOf: number[];
-  groups: Array<[string, number]>;
-  ruleAction: Uint8Array;
-  ruleFlags: Uint8Array;
+  /** Group versions: all of them (base null), or those that differ from result `base`'s groups. */
+  groups: { base: number | null; versions: Array<[string, number]> };
   stats: CompiledPolicy['stats'];
 }
 

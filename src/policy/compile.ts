@@ -89,8 +89,8 @@ export interface PointTables {
   r6: FamilyTable[];
   /** Pairs (ethertype, rule order) in precedence order, for non-IP frames. */
   ether: Int32Array;
-  /** Rule orders that apply here, in precedence order. */
-  rules: number[];
+  /** Rule orders that apply here, in precedence order (a typed array: handed between threads as one copy). */
+  rules: Int32Array;
 }
 
 export interface CompiledPoint {
@@ -559,7 +559,7 @@ function ruleTables(policy: Policy): RuleTables {
 }
 
 /** A scope's rules, whatever the workloads: the applicable rule orders, cut by section into runs. */
-interface ScopePlan { applicable: number[]; runs: Array<{ part: number[]; run: { keys: string; groups: string[] } }> }
+interface ScopePlan { applicable: number[]; orders: Int32Array; runs: Array<{ part: number[]; run: { keys: string; groups: string[] } }> }
 const scopePlans = new WeakMap<Policy['sections'], Map<string, ScopePlan>>();
 
 /**
@@ -584,7 +584,7 @@ function scopePlan(policy: Policy, rules: Rule[], scope: number[], scopeKey: str
       runs.push({ part, run: runKey(rules, part, policy) });
       from = to;
     }
-    plan = { applicable, runs };
+    plan = { applicable, orders: Int32Array.from(applicable), runs };
     plans.set(scopeKey, plan);
   }
   return plan;
@@ -626,7 +626,7 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
     let tables = byScope.get(scopeKey);
     if (!tables) {
       const plan = scopePlan(policy, rules, scope, scopeKey);
-      tables = { v4: [], v6: [], r4: [], r6: [], ether: new Int32Array(0), rules: plan.applicable };
+      tables = { v4: [], v6: [], r4: [], r6: [], ether: new Int32Array(0), rules: plan.orders };
       const ether: number[] = [];
       for (const { part, run } of plan.runs) {
         const groupsText = run.groups.map((n) => `${n}=${groupText(n)}`).join(';');
