@@ -33,7 +33,7 @@ import { isDeepStrictEqual } from 'node:util';
 import { setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { placeSelf, threadId } from '../util/placement.js';
-import type { CompiledPolicy, FamilyTable, ResolvedGroup } from '../policy/compile.js';
+import { groupsDiffering, type CompiledPolicy, type FamilyTable, type ResolvedGroup } from '../policy/compile.js';
 import { WorkloadsView, type Policy } from '../policy/model.js';
 import { DocumentCache, localWorkloads, PrepareRefused, prepareNow, type DocumentRef, type EffectiveMemo } from './prepare.js';
 import type { TagMap } from './store.js';
@@ -192,7 +192,10 @@ function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, 
   for (let i = 0; i < overrides.length; i += SLICE) out.push({ t: 'effective', list: overrides.slice(i, i + SLICE) });
   let batch: unknown[] = [], size = 0;
   const flush = () => { if (batch.length > 0) out.push({ t: 'resolved', list: batch }); batch = []; size = 0; };
-  for (const [name, g] of compiled.groups) {
+  // Of those, only the names that can differ are looked at (a tag change's few, not 2,000).
+  const differing = against === null ? null : groupsDiffering(against, compiled.groups);
+  const candidates: Iterable<[string, ResolvedGroup]> = differing === null ? compiled.groups : [...differing].map((name): [string, ResolvedGroup] => [name, compiled.groups.get(name)!]);
+  for (const [name, g] of candidates) {
     if (against !== null && against.get(name) === g) continue;
     groupVersions.push([name, g.version]);
     if (mainVersions.has(g.version)) continue;

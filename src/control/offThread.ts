@@ -33,7 +33,7 @@
  */
 import type { PolicyProblem } from '../policy/errors.js';
 import { Worker } from 'node:worker_threads';
-import { SegmentCache, ResolvedGroup, type CompiledPolicy, type FamilyTable, type PointTables } from '../policy/compile.js';
+import { groupsPatched, SegmentCache, ResolvedGroup, type CompiledPolicy, type FamilyTable, type PointTables } from '../policy/compile.js';
 import type { Prefix } from '../policy/addresses.js';
 import type { ServiceAtom } from '../policy/services.js';
 import { WorkloadsView, type Group, type Policy, type Rule, type Workload } from '../policy/model.js';
@@ -262,15 +262,15 @@ export class OffThreadPreparer implements Preparer {
     if (p.doc === document) ruleLists.set(document, p.rules);
     // The tagged workloads over the document's (a few entries, not a copy of the inventory).
     const policy: Policy = p.overrides.length === 0 ? document : { ...document, workloads: new WorkloadsView(document.workloads, new Map(p.overrides.map((w) => [w.name, w]))) };
-    let groups: Map<string, ResolvedGroup>;
-    if (m.groups.base === null) groups = new Map();
-    else if (this.lastGroups !== null && this.lastGroups.id === m.groups.base) groups = new Map(this.lastGroups.groups);
-    else throw new Error(`the groups of result ${m.groups.base} are not held here`);
-    for (const [name, version] of m.groups.versions) {
+    const taken: Array<[string, ResolvedGroup]> = m.groups.versions.map(([name, version]) => {
       const g = this.groups.get(version);
       if (g === undefined) throw new Error(`group version ${version} is not held here`);
-      groups.set(name, g);
-    }
+      return [name, g];
+    });
+    let groups: CompiledPolicy['groups'];
+    if (m.groups.base === null) groups = new Map(taken);
+    else if (this.lastGroups !== null && this.lastGroups.id === m.groups.base) groups = groupsPatched(this.lastGroups.groups, taken);
+    else throw new Error(`the groups of result ${m.groups.base} are not held here`);
     this.lastGroups = { id: m.id, groups };
     if (m.document !== null) this.documentFacts.set(m.docId, m.document);
     const facts = this.documentFacts.get(m.docId);

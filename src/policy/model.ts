@@ -84,35 +84,41 @@ export function startingPolicy(): Policy {
 }
 
 /**
- * A workload inventory seen through a few replaced entries: the document's
- * workloads with those whose dynamic tags differ swapped for their tagged
- * copies. A tag change makes the next view by copying the replaced entries
- * (the tagged workloads, usually a handful), not the 10,000 workloads of a
- * data-center inventory; a read costs one lookup more. `changed` holds only
- * names the base has, so the view has the base's names, size and order.
+ * A map seen through a few replaced entries: `base` with the values of
+ * `changed` in their place. The next change makes the next view by copying
+ * the replaced entries (usually a handful), not the base's thousands; a read
+ * costs one lookup more. `changed` holds only keys the base has, so the view
+ * has the base's keys, size and order.
  */
-export class WorkloadsView implements ReadonlyMap<string, Workload> {
-  constructor(readonly base: ReadonlyMap<string, Workload>, readonly changed: ReadonlyMap<string, Workload>) {
-    for (const name of changed.keys()) if (!base.has(name)) throw new Error(`WorkloadsView: ${name} is not in the inventory`);
+export class MapView<V> implements ReadonlyMap<string, V> {
+  constructor(readonly base: ReadonlyMap<string, V>, readonly changed: ReadonlyMap<string, V>) {
+    for (const name of changed.keys()) if (!base.has(name)) throw new Error(`${new.target.name}: ${name} is not in the base map`);
   }
 
   get size(): number { return this.base.size; }
-  get(name: string): Workload | undefined { return this.changed.get(name) ?? this.base.get(name); }
+  get(name: string): V | undefined { return this.changed.get(name) ?? this.base.get(name); }
   has(name: string): boolean { return this.base.has(name); }
   keys(): MapIterator<string> { return this.base.keys(); }
-  values(): MapIterator<Workload> {
+  values(): MapIterator<V> {
     if (this.changed.size === 0) return this.base.values();
-    return mapIterator(this.base.values(), (w) => this.changed.get(w.name) ?? w);
+    return mapIterator(this.base.entries(), ([n, v]) => this.changed.get(n) ?? v);
   }
-  entries(): MapIterator<[string, Workload]> {
+  entries(): MapIterator<[string, V]> {
     if (this.changed.size === 0) return this.base.entries();
-    return mapIterator(this.base.entries(), ([n, w]) => [n, this.changed.get(n) ?? w]);
+    return mapIterator(this.base.entries(), ([n, v]) => [n, this.changed.get(n) ?? v]);
   }
-  [Symbol.iterator](): MapIterator<[string, Workload]> { return this.entries(); }
-  forEach(fn: (value: Workload, key: string, map: ReadonlyMap<string, Workload>) => void, thisArg?: unknown): void {
-    for (const [n, w] of this.entries()) fn.call(thisArg, w, n, this);
+  [Symbol.iterator](): MapIterator<[string, V]> { return this.entries(); }
+  forEach(fn: (value: V, key: string, map: ReadonlyMap<string, V>) => void, thisArg?: unknown): void {
+    for (const [n, v] of this.entries()) fn.call(thisArg, v, n, this);
   }
 }
+
+/**
+ * A workload inventory seen through the workloads whose dynamic tags differ:
+ * a tag change makes the next view from the tagged workloads, not the
+ * 10,000 workloads of a data-center inventory.
+ */
+export class WorkloadsView extends MapView<Workload> {}
 
 function* mapIterator<T, U>(from: Iterator<T>, fn: (x: T) => U): MapIterator<U> {
   for (let r = from.next(); !r.done; r = from.next()) yield fn(r.value);
