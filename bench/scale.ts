@@ -41,7 +41,7 @@ import { policyParse } from '../src/policy/load.js';
 import { startingPolicy, type Policy } from '../src/policy/model.js';
 import { findShadowedRules } from '../src/policy/shadow.js';
 import { prng } from '../tools/prng.js';
-import { placeThreads, placementUndo } from '../src/util/placement.js';
+import { placeThreads, placementUndo, yieldOthers, yieldOthersUndo } from '../src/util/placement.js';
 import { native } from '../src/io/native.js';
 import { spawn } from 'node:child_process';
 import { machineInfo, machineLine, median, type MachineInfo } from './machine.js';
@@ -301,6 +301,9 @@ export async function gaps(doc: Record<string, unknown>, pair: [string, string],
   const store = new MemoryStore(text, '(bench)');
   // As the daemon places its threads with --forwarding-cpu auto (before its compiling thread starts).
   const placed = place ? placeThreads('auto').placement : null;
+  // Without a CPU of its own, the daemon lowers its other threads' priority instead (util/placement.ts).
+  if (!place) yieldOthers();
+  const sweep = place ? null : setInterval(yieldOthers, 5000);
   const ports = new Map<string, MemoryPort>();
   // As the daemon builds it: a data plane with no vNICs, whose ports the controller's first apply opens.
   const dp = new Dataplane(policyCompile(startingPolicy()), [], {
@@ -361,6 +364,8 @@ export async function gaps(doc: Record<string, unknown>, pair: [string, string],
     await controller.close();
     dp.stop();
     placementUndo();
+    if (sweep !== null) clearInterval(sweep);
+    yieldOthersUndo();
   }
 }
 

@@ -108,6 +108,44 @@ console.log(JSON.stringify({ none, missing, same: JSON.stringify(before) === JSO
   t.ok(out.same, 'every thread is where it was');
 });
 
+t.test('without a CPU of its own: every other thread at a lower priority, the compiling thread at its own', async (t) => {
+  const out = child(`
+import { readdirSync, readFileSync } from 'node:fs';
+import { getPriority } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { othersYielding, yieldOthers } from './dist/src/util/placement.js';
+import { OffThreadPreparer } from './dist/src/control/offThread.js';
+const nices = () => Object.fromEntries(readdirSync('/proc/self/task').map((tid) => [tid, getPriority(Number(tid))]));
+const before = nices();
+const lowered = yieldOthers();
+const yielded = nices();
+// The compiling thread sets its own priority at its first step; a thread made later is lowered by the next sweep.
+const p = new OffThreadPreparer();
+await p.prepare({ id: 1, text: readFileSync('examples/three-tier.yaml', 'utf8'), source: 'three-tier.yaml' }, {}, null);
+const late = new Worker('setInterval(() => {}, 1000)', { eval: true });
+await new Promise((ok) => late.once('online', ok));
+const beforeSweep = nices();
+const swept = yieldOthers();
+console.log(JSON.stringify({ main: process.pid, before, lowered, yielded, beforeSweep, swept, after: nices(), state: othersYielding() }));
+await late.terminate();
+await p.close();
+`);
+  const main = String(out.main);
+  const before = out.before as Record<string, number>, yielded = out.yielded as Record<string, number>, after = out.after as Record<string, number>;
+  const others = Object.keys(before).filter((tid) => tid !== main);
+  t.ok(others.length >= 1, 'the process had other threads (V8, libuv)');
+  t.equal(out.lowered, others.length, 'each of them was lowered');
+  t.equal(yielded[main], before[main], 'the forwarding thread keeps its priority');
+  t.ok(others.every((tid) => yielded[tid] === before[tid] + 10), 'the others run 10 lower');
+  const fresh = Object.keys(out.beforeSweep as Record<string, number>).filter((tid) => !(tid in yielded));
+  const compiling = fresh.filter((tid) => (out.beforeSweep as Record<string, number>)[tid] === before[main] + 5);
+  t.equal(compiling.length, 1, 'the compiling thread set its own priority (nice 5)');
+  t.ok((out.swept as number) >= 1, 'the sweep lowers threads made since');
+  t.equal(after[compiling[0]], before[main] + 5, 'and leaves the compiling thread at its own');
+  t.ok(Object.keys(after).filter((tid) => tid !== main && tid !== compiling[0]).every((tid) => after[tid] === before[main] + 10), 'after the sweep every other thread runs 10 lower');
+  t.same(out.state, { lowered: others.length + (out.swept as number), nice: before[main] + 10 });
+});
+
 t.test('the CLI refuses a CPU that is not a number', async (t) => {
   const r = spawnSync(process.execPath, ['bin/tapwall.js', 'run', '--config', 'examples/three-tier.yaml', '--forwarding-cpu', 'fast'], { cwd: root, encoding: 'utf8', timeout: 60_000 });
   t.equal(r.status, 2);

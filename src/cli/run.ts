@@ -21,7 +21,7 @@ import { PolicyError, formatProblem } from '../policy/errors.js';
 import { FileStore, type PolicyStore } from '../control/store.js';
 import type { EtcdStore } from '../control/etcdStore.js';
 import { startingPolicy } from '../policy/model.js';
-import { placeNewThreads, placeThreads } from '../util/placement.js';
+import { othersYielding, placeNewThreads, placeThreads, yieldOthers } from '../util/placement.js';
 import { ControlError, Controller } from '../control/controller.js';
 import { OffThreadPreparer } from '../control/offThread.js';
 import { ApiServer } from '../control/api.js';
@@ -249,13 +249,22 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   // Validation and compilation in a worker thread at a lower CPU priority: forwarding never waits for
   // them (--no-compile-thread: on this thread, between batches).
   // Before the compiling thread starts: it is born on this thread's CPU and moves off it at once.
+  let placedHere = false;
   if (opts.forwardingCpu !== undefined) {
     const placed = placeThreads(opts.forwardingCpu);
     if (placed.placement) {
+      placedHere = true;
       log.info({ forwardingCpu: placed.placement.forwarding, otherCpus: placed.placement.others, threadsMoved: placed.placement.moved }, 'the forwarding thread has a CPU to itself');
       // Threads made later (libuv, V8) are born here too: moved on the next sweep.
       setInterval(placeNewThreads, 5000).unref();
     } else log.warn({ forwardingCpu: opts.forwardingCpu }, `threads not placed: ${placed.reason}`);
+  }
+  if (!placedHere) {
+    // Sharing CPUs with them: every other thread of ours (V8's helpers, libuv's pool) at a lower
+    // priority, and those made later on the next sweep (util/placement.ts).
+    const lowered = yieldOthers();
+    log.info({ threads: lowered, nice: othersYielding()?.nice }, "the forwarding thread goes first: tapwall's other threads at a lower priority");
+    setInterval(yieldOthers, 5000).unref();
   }
   const history = new PolicyHistory(opts.stateDir, HISTORY_LIMIT, (message) => log.warn({ history: true }, message));
   for (const problem of history.problems) log.warn({ history: true }, problem);
