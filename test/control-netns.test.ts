@@ -8,8 +8,8 @@
 // the end, also on failure.
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { getPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Lab, SERVERS, TCP_CONNECT, TCP_STREAM, UDP_STREAM, lineReader } from '../tools/lab.js';
@@ -71,6 +71,21 @@ t.test('quarantine, flows, rule counters, flow logs and hitless updates with rea
     const s = await apiCall<{ ports: Array<{ name: string; outcomes: Record<string, number> }> }>(api, 'GET', '/v1/status');
     return s.body.ports.find((p) => p.name === nic)!.outcomes;
   };
+
+  await t.test('without --forwarding-cpu the forwarding thread goes first: the daemon\'s other threads run at a lower priority', async (t) => {
+    const s = await apiCall<{ placement: unknown; othersYielding: { lowered: number; nice: number } | null }>(api, 'GET', '/v1/status');
+    t.equal(s.body.placement, null, 'no CPU of its own');
+    t.match(s.body.othersYielding, { nice: 10 }, 'status says its other threads run at nice 10');
+    t.ok((s.body.othersYielding?.lowered ?? 0) >= 1, 'and that it lowered some');
+    const pid = daemon!.pid!;
+    const nices = () => readdirSync(`/proc/${pid}/task`).flatMap((tid) => { try { return [[Number(tid), getPriority(Number(tid))]]; } catch { return []; } });
+    // Threads made since the last sweep are lowered by the next one (every 5 s).
+    await until('every thread but the forwarding one lowered', () => nices().every(([tid, nice]) => (tid === pid ? nice === 0 : nice === 10 || nice === 5)), 15_000);
+    const now = nices();
+    t.equal(now.find(([tid]) => tid === pid)?.[1], 0, 'the forwarding thread keeps its priority');
+    t.equal(now.filter(([, nice]) => nice === 5).length, 1, 'the compiling thread runs at its own nice 5');
+    t.ok(now.filter(([, nice]) => nice === 10).length >= 1, 'the others at nice 10');
+  });
 
   await t.test('quarantine through the API cuts the open connection at once; the others carry on', async (t) => {
     // Three open connections: web-1 -> app (the one to cut), web-2 -> app and app -> db (peers that must not notice).

@@ -128,6 +128,7 @@ export function formatStatus(s: Record<string, unknown>): string {
       : []),
     `flows: ${(s.flows as { live: number; capacity: number }).live} of ${(s.flows as { live: number; capacity: number }).capacity}`,
     ...(s.placement ? [`forwarding thread on CPU ${(s.placement as Placement).forwarding}, tapwall's other threads on ${(s.placement as Placement).others.join(',')}`] : []),
+    ...(s.othersYielding ? [`forwarding thread first: tapwall's other threads at nice ${(s.othersYielding as { nice: number }).nice}`] : []),
     '',
   ];
   const rows = [['PORT', 'WORKLOAD', 'MODE', 'STATE', 'RX', 'TX', 'DROPPED (by reason)']];

@@ -27,7 +27,7 @@
  *   DELETE /v1/policy/staged          stop evaluating it
  *   POST /v1/policy/promote           { stagedRevision }; If-Match: "<enforced revision>": the staged policy becomes the enforced one
  */
-import { placement } from '../util/placement.js';
+import { placement, othersYielding } from '../util/placement.js';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { chmodSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
@@ -436,6 +436,7 @@ export class ApiServer {
       host: this.opts.host ?? null,
       // --forwarding-cpu: the forwarding thread's CPU and where tapwall's other threads run (null: not placed).
       placement: placement(),
+      othersYielding: othersYielding(),
       store: this.opts.store
         ? { kind: 'etcd', url: this.opts.store.opts.url, connected: this.opts.store.connected, syncedAt: this.opts.store.syncedAt === null ? null : new Date(this.opts.store.syncedAt).toISOString(),
           watchRestarts: this.opts.store.watchRestarts, compactions: this.opts.store.compactions, lastError: this.opts.store.lastError }
