@@ -465,10 +465,16 @@ export class Controller {
       const { next, expiresAt } = tagsAfterChange(this.document, this.tags, workload, change, Date.now());
       const add = change.add ?? [], remove = change.remove ?? [];
       const expect = change.expectRevision === undefined || change.expectRevision === null ? this.tagsRevision : change.expectRevision;
-      const cas = await this.own(() => this.store.putTags(next, expect));
+      // Compiled while the store writes (a file, or etcd over the network): enforced after both, never
+      // before the change is stored; a change the store refuses is compiled for nothing and dropped.
+      const preparing = this.prepare(this.documentRef, next).then((p) => ({ p, e: null }), (e: unknown) => ({ p: null, e }));
+      const cas = await this.own(() => this.store.putTags(next, expect)).catch(async (e: unknown) => { await preparing; throw e; });
+      if (!cas.ok || this.tagsRevision === cas.revision) await preparing;
       if (!cas.ok) throw new ControlError(412, 'stale-revision', `the tags changed since revision ${expect}: they are now at ${cas.revision}; read them again and retry`);
       if (this.tagsRevision !== cas.revision) {
-        const prepared = await this.prepare(this.documentRef, next);
+        const made = await preparing;
+        if (made.p === null) throw made.e;
+        const prepared = made.p;
         this.recordStored([
           ...add.map((tag) => ({ action: 'tag.added', by: change.by, workload, tag, reason: change.reason, expiresAt: expiresAt === null ? null : new Date(expiresAt).toISOString(), revision: cas.revision })),
           ...remove.map((tag) => ({ action: 'tag.removed', by: change.by, workload, tag, reason: change.reason, revision: cas.revision })),
