@@ -6,7 +6,7 @@ import t from 'tap';
 import { policyFromData } from '../src/policy/load.js';
 import type { Policy } from '../src/policy/model.js';
 import { parsePrefix } from '../src/policy/addresses.js';
-import { pointClassify, policyCompile } from '../src/policy/compile.js';
+import { GroupsView, pointClassify, policyCompile } from '../src/policy/compile.js';
 import { keyWrite } from '../src/packet/key.js';
 import { naivePolicyDecide } from './reference.js';
 import { pick, randInt, rng } from './rng.js';
@@ -181,4 +181,53 @@ t.test('tag changes through the patched effective policy and the compiler\'s cha
   }
   t.equal(checked, 40 * 6 * 60, 'every packet after every tag change was checked');
   t.ok(hinted > 100, `the patched path ran (${hinted} tag changes)`);
+});
+
+t.test('a long run of tag changes over many groups: the regrouped view stays what a fresh compile resolves, before and after it is flattened', async (t) => {
+  // 120 workloads, a group per workload's dynamic tag, groups of two tags, and groups nesting them: each
+  // change regroups a few names, so the view over the first resolution grows past the point where it is
+  // made a plain map again (64 names), and goes on from there.
+  const N = 120;
+  const workloads: Record<string, unknown> = {};
+  const groups: Record<string, unknown> = {};
+  for (let i = 0; i < N; i++) {
+    workloads[`w${i}`] = { nic: `tw${i}`, mac: `02:00:00:00:${(i >> 8).toString(16).padStart(2, '0')}:${(i & 255).toString(16).padStart(2, '0')}`, ips: [`10.9.${i >> 8}.${(i & 255) + 1}`], tags: [`home-${i % 7}`] };
+    groups[`q${i}`] = { tags: [`q${i}`] };
+    groups[`both${i}`] = { tags: { allOf: [`q${i}`, `home-${i % 7}`] } };
+  }
+  for (let k = 0; k < 12; k++) groups[`nest${k}`] = { groups: Array.from({ length: 10 }, (_, j) => `q${k * 10 + j}`) };
+  groups.everything = { groups: Array.from({ length: 12 }, (_, k) => `nest${k}`) };
+  const rules = [
+    { id: 'from-q', from: 'everything', to: 'any', services: ['tcp/22'], action: 'drop' },
+    { id: 'into-both', from: 'any', to: Array.from({ length: 5 }, (_, i) => `both${i * 7}`), services: ['tcp/80'], action: 'allow' },
+  ];
+  const data = { default: 'allow', workloads, groups, sections: [{ name: 's', rules }] };
+  const docs = new DocumentCache();
+  const memo: { last: EffectiveMemo | null } = { last: null };
+  const ref = { id: 1, text: JSON.stringify(data), source: 'many-groups.json' };
+  let prepared = prepareNow(docs, null, ref, {}, null, memo);
+  const r = rng(424242);
+  let tags: TagMap = {};
+  let views = 0, flattened = 0;
+  const membersOf = (m: ReadonlyMap<string, { members: Set<string> }>) => [...m].map(([name, g]) => `${name}:${[...g.members].sort().join(',')}`);
+  for (let step = 0; step < 150; step++) {
+    // Tag a new workload most times, or lift an earlier tag.
+    const i = step < N && r() < 0.85 ? step : randInt(r, 0, Math.min(step, N - 1));
+    tags = { ...tags };
+    if (tags[`w${i}`]) delete tags[`w${i}`];
+    else tags[`w${i}`] = [{ tag: `q${i}`, reason: 'test', by: 'test', added: '', expiresAt: null }];
+    const before = prepared.compiled.groups;
+    prepared = prepareNow(docs, prepared.compiled, ref, tags, null, memo);
+    const now = prepared.compiled.groups;
+    if (now instanceof GroupsView) views++;
+    else if (before instanceof GroupsView) flattened++;
+    const fresh = policyCompile(effectivePolicy(prepared.document, tags));
+    const got = membersOf(now), want = membersOf(fresh.groups);
+    if (JSON.stringify(got) !== JSON.stringify(want)) {
+      t.same(got, want, `step ${step}: the groups after tagging w${i}`);
+      return;
+    }
+  }
+  t.ok(views > 100, `the regrouped groups were a view over the first resolution (${views} of 150 changes)`);
+  t.ok(flattened >= 1, `and were made a plain map again when they grew (${flattened} times)`);
 });
