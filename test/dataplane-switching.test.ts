@@ -344,3 +344,28 @@ t.test('a staged policy is evaluated on new connections only, never enforced, an
 t.test('every outcome has a row', async (t) => {
   t.same(OUTCOME_NAMES.filter((o) => !seen.has(o)), [], 'no outcome went untested');
 });
+
+t.test("a policy swap takes a workload's new address, MAC or VLANs at once; a retag keeps them", async (t) => {
+  const lab = new MemLab(POLICY(), { uplink: 'twf-up' });
+  t.teardown(() => lab.stop());
+  const webToApp = (src: string, srcMac = MAC.a) => tcp(srcMac, MAC.b, src, '10.60.0.2', 80);
+  runRows(t, lab, [['a from its address', 'twf-a', webToApp('10.60.0.1'), 'forward', ['twf-b']]]);
+  // A retag only (a's tags change, its addresses do not): the switch keeps its tables, the policy follows.
+  lab.apply(POLICY().replace('tags: [web], vlans: [100]', 'tags: [web, prod], vlans: [100]'));
+  runRows(t, lab, [
+    ['a retagged, from its address', 'twf-a', webToApp('10.60.0.1'), 'forward', ['twf-b']],
+    ['b still found by its address', 'twf-c', tcp(MAC.c, MAC.b, '10.60.0.3', '10.60.0.2', 80), 'policy', []],
+  ]);
+  // a moves to a new address: the old one is a spoof from now on, and b answers the new one.
+  lab.apply(POLICY().replace('ips: [10.60.0.1, "fd60::1"]', 'ips: [10.60.0.9, "fd60::1"]'));
+  runRows(t, lab, [
+    ['a from its old address', 'twf-a', webToApp('10.60.0.1'), 'spoof', []],
+    ['a from its new address', 'twf-a', webToApp('10.60.0.9'), 'forward', ['twf-b']],
+  ]);
+  // a gets a new MAC: frames from the old one are spoofs.
+  lab.apply(POLICY().replace(`mac: "${MAC.a}"`, 'mac: "02:60:00:00:00:0a"'));
+  runRows(t, lab, [
+    ['a from its old MAC', 'twf-a', webToApp('10.60.0.1'), 'spoof', []],
+    ['a from its new MAC', 'twf-a', webToApp('10.60.0.1', '02:60:00:00:00:0a'), 'forward', ['twf-b']],
+  ]);
+});

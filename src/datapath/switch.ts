@@ -92,6 +92,14 @@ export function word(b: Uint8Array, o: number): number {
   return (b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3];
 }
 
+/** Do two workloads have the same MAC, addresses and VLANs (what the switch's tables hold of them)? */
+function sameAddressing(a: Workload, b: Workload): boolean {
+  if (a.mac !== b.mac || a.ips.length !== b.ips.length || a.vlans.length !== b.vlans.length) return false;
+  for (let i = 0; i < a.ips.length; i++) if (a.ips[i].text !== b.ips[i].text) return false;
+  for (let i = 0; i < a.vlans.length; i++) if (a.vlans[i] !== b.vlans[i]) return false;
+  return true;
+}
+
 /**
  * The switch's state: ports (MACs, VLANs, SpoofGuard addresses, rate limits),
  * the policy decider, connection tracking and fragments. Port arrays are
@@ -209,6 +217,7 @@ export class Switch {
   }
 
   private applyAddresses(compiled: CompiledPolicy): void {
+    const spoofguardBefore = this.spoofguard;
     this.spoofguard = compiled.policy.spoofguard;
     // The workloads this switch serves: those the compiled policy has points for (this host's), by vNIC.
     const byNic = new Map<string, Workload>();
@@ -217,6 +226,17 @@ export class Switch {
       if (w) byNic.set(nic, w);
     }
     const n = this.portCount;
+    // A tag change keeps every vNIC's MAC, addresses and VLANs (its workloads are new objects with new
+    // tags): the tables stay, only the workloads are taken.
+    let same = this.macTable.length > 0 && spoofguardBefore === this.spoofguard;
+    for (let p = 0; p < n && same; p++) {
+      const w = this.isVnic[p] === 1 ? byNic.get(this.names[p]) ?? null : null, was = this.workloads[p];
+      same = w === was || (w !== null && was !== null && sameAddressing(w, was));
+    }
+    if (same) {
+      for (let p = 0; p < n; p++) this.workloads[p] = this.isVnic[p] === 1 ? byNic.get(this.names[p]) ?? null : null;
+      return;
+    }
     let macSlots = 16;
     while (macSlots < n * 4) macSlots *= 2;
     const macTable = new Int32Array(macSlots * 3);
