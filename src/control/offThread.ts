@@ -21,9 +21,12 @@
  *     (collector pauses of 20-30 ms at 10,000 rules).
  *   - This side keeps a mirror of what it was sent (documents by number,
  *     tables by number, resolved groups by version); the worker sends only
- *     what the mirror lacks. After a swap, the mirror keeps what the policy in
- *     force uses (and the newest document) and tells the worker, which sends
- *     anything else again when it is needed.
+ *     what the mirror lacks. After a swap, the mirror drops what the policy in
+ *     force does not use (but the newest document; group versions once a few
+ *     dozen are stale) and tells the worker what it dropped, which it sends
+ *     again when it is needed. Group versions come as those that differ from
+ *     the last result this side took, which it names (a tag change: a few of
+ *     2,000), and the groups are a view over that result's (GroupsView).
  *   - The policy is built here from the mirror as a CompiledPolicy like the
  *     inline compiler's, and swapped in by the controller in one step. Group
  *     addresses are found on first use (explanations, dumps), not handed over.
