@@ -58,7 +58,9 @@ try {
 }
 
 const SLICE = 300; // rules, workloads or groups per part
+/** A group with more CIDRs than this goes with none, and its CIDRs follow as text, CIDR_TEXT_SLICE per part. */
 const CIDR_SLICE = 4_000;
+const CIDR_TEXT_SLICE = 50_000;
 const MEMBER_SLICE = 5_000;
 
 const docs = new DocumentCache();
@@ -149,7 +151,9 @@ function documentParts(id: number, doc: Policy, out: unknown[], base: { id: numb
       batch.push({ ...g, cidrs: [] });
       out.push({ t: 'groups', list: batch });
       batch = [];
-      for (let i = 0; i < g.cidrs.length; i += CIDR_SLICE) out.push({ t: 'cidrs', group: g.name, list: g.cidrs.slice(i, i + CIDR_SLICE) });
+      // As their canonical text, one string per part: the forwarding thread keeps the text and makes
+      // the prefixes only when something asks for them (a million CIDRs as objects: 150 MB of its heap).
+      for (let i = 0; i < g.cidrs.length; i += CIDR_TEXT_SLICE) out.push({ t: 'cidrs', group: g.name, text: g.cidrs.slice(i, i + CIDR_TEXT_SLICE).map((c) => c.text).join('\n') });
     }
     if (batch.length >= SLICE) { out.push({ t: 'groups', list: batch }); batch = []; }
   }
@@ -266,6 +270,8 @@ function partWeight(part: unknown): number {
   const list = (part as { list?: unknown[] }).list;
   // An index into a document the main thread holds costs it next to nothing.
   if (list) { let n = 0; for (const x of list) if (typeof x !== 'number') n++; return n + list.length / 100; }
+  // A slice of a large group's CIDRs as text (a megabyte): a message of its own.
+  if ((part as { t: string }).t === 'cidrs') return SLICE;
   return (part as { t: string }).t === 'final' ? 1 + (part as { nics: string[] }).nics.length / 10 : 5;
 }
 

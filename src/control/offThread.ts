@@ -40,7 +40,7 @@ import { groupsPatched, SegmentCache, ResolvedGroup, type CompiledPolicy, type F
 import type { Prefix } from '../policy/addresses.js';
 import type { ServiceAtom } from '../policy/services.js';
 import { WorkloadsView, type Group, type Policy, type Rule, type Workload } from '../policy/model.js';
-import { workloadPrefixes } from '../policy/addresses.js';
+import { parsePrefix, workloadPrefixes } from '../policy/addresses.js';
 import { PrepareRefused, type DocumentRef, type Prepared, type Preparer } from './prepare.js';
 import type { TagMap } from './store.js';
 import { placement } from '../util/placement.js';
@@ -221,7 +221,7 @@ export class OffThreadPreparer implements Preparer {
       // `same`: the base's whole map (maps are not changed once a document is assembled).
       case 'workloads': if (m.same) p.doc!.workloads = p.base!.doc.workloads as Map<string, Workload>; else for (const x of m.list) { const w = typeof x === 'number' ? p.base!.workloads[x] : x; p.doc!.workloads.set(w.name, w); } break;
       case 'groups': if (m.same) p.doc!.groups = p.base!.doc.groups; else for (const x of m.list) { const g = typeof x === 'number' ? p.base!.groups[x] : x; p.doc!.groups.set(g.name, g); } break;
-      case 'cidrs': { const g = p.doc!.groups.get(m.group)!; for (const c of m.list) g.cidrs.push(c); break; }
+      case 'cidrs': cidrsAsText(p.doc!.groups.get(m.group)!, m.text); break;
       case 'section': p.doc!.sections.push({ name: m.name, rules: [] }); break;
       case 'rules': {
         const s = p.doc!.sections[m.index];
@@ -308,6 +308,38 @@ function rulesOf(doc: Policy): Rule[] {
   return rules;
 }
 
+/**
+ * A large group's CIDRs kept as the text they came in (one line each, a few
+ * parts), made into prefixes the first time something reads `cidrs` (an
+ * explanation, a dump). At a million CIDRs the objects were 150 MB of the
+ * forwarding thread's heap, which its collector walked; the text is 15 MB in
+ * a few strings.
+ */
+function cidrsAsText(g: Group, text: string): void {
+  let chunks = cidrTexts.get(g);
+  if (chunks === undefined) {
+    const held = g.cidrs;
+    cidrTexts.set(g, (chunks = []));
+    Object.defineProperty(g, 'cidrs', {
+      enumerable: true,
+      configurable: true,
+      get(): Prefix[] {
+        const list = held.slice();
+        for (const part of chunks!) for (const line of part.split('\n')) {
+          const prefix = parsePrefix(line);
+          if (prefix === null) throw new Error(`group ${g.name}: the compiling thread sent '${line}' as a CIDR`);
+          list.push(prefix);
+        }
+        Object.defineProperty(g, 'cidrs', { value: list, enumerable: true, configurable: true, writable: true });
+        cidrTexts.delete(g);
+        return list;
+      },
+    });
+  }
+  chunks.push(text);
+}
+const cidrTexts = new WeakMap<Group, string[]>();
+
 /** A group's addresses from the document (for a group handed over without them). */
 function groupPrefixes(doc: Policy, name: string, seen: Set<string>): Prefix[] {
   const g = doc.groups.get(name);
@@ -366,7 +398,7 @@ type Part =
   // A number: the item at that index of the base document (see compileWorker's documentParts).
   | { t: 'workloads'; list: Array<Workload | number>; same?: boolean }
   | { t: 'groups'; list: Array<Group | number>; same?: boolean }
-  | { t: 'cidrs'; group: string; list: Prefix[] }
+  | { t: 'cidrs'; group: string; text: string }
   | { t: 'section'; name: string }
   | { t: 'rules'; index: number; list: Array<Rule | number> }
   | { t: 'effective'; list: Workload[] }
