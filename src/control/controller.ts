@@ -469,10 +469,9 @@ export class Controller {
       // before the change is stored; a change the store refuses is compiled for nothing and dropped.
       const preparing = this.prepare(this.documentRef, next).then((p) => ({ p, e: null }), (e: unknown) => ({ p: null, e }));
       const cas = await this.own(() => this.store.putTags(next, expect)).catch(async (e: unknown) => { await preparing; throw e; });
-      if (!cas.ok || this.tagsRevision === cas.revision) await preparing;
+      const made = await preparing;
       if (!cas.ok) throw new ControlError(412, 'stale-revision', `the tags changed since revision ${expect}: they are now at ${cas.revision}; read them again and retry`);
       if (this.tagsRevision !== cas.revision) {
-        const made = await preparing;
         if (made.p === null) throw made.e;
         const prepared = made.p;
         this.recordStored([

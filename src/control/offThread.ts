@@ -148,7 +148,7 @@ export class OffThreadPreparer implements Preparer {
         w.postMessage({ t: 'text', id: doc.id, slice: doc.text.slice(at, at + TEXT_SLICE) });
         at += TEXT_SLICE;
         setImmediate(next);
-      } else w.postMessage({ t: 'prepare', doc: { ...doc, text: undefined, sliced: true }, tags, host, groupsOf: this.lastGroups?.id ?? null });
+      } else w.postMessage({ t: 'prepare', doc: { ...doc, text: undefined, sliced: true }, tags, host, groupsOf });
     };
     next();
   }

@@ -28,6 +28,7 @@ import type { FlowTable } from '../flow/flowTable.js';
 import { PKT_WORDS } from '../packet/parse.js';
 import type { CompiledPolicy } from '../policy/compile.js';
 import type { Workload } from '../policy/model.js';
+import { sameAddresses } from '../policy/addresses.js';
 import { PolicyDecider } from './decide.js';
 import { spoofAddresses, type SpoofAddresses } from './spoofguard.js';
 
@@ -90,14 +91,6 @@ function macParts(mac: string): [number, number] {
 
 export function word(b: Uint8Array, o: number): number {
   return (b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3];
-}
-
-/** Do two workloads have the same MAC, addresses and VLANs (what the switch's tables hold of them)? */
-function sameAddressing(a: Workload, b: Workload): boolean {
-  if (a.mac !== b.mac || a.ips.length !== b.ips.length || a.vlans.length !== b.vlans.length) return false;
-  for (let i = 0; i < a.ips.length; i++) if (a.ips[i].text !== b.ips[i].text) return false;
-  for (let i = 0; i < a.vlans.length; i++) if (a.vlans[i] !== b.vlans[i]) return false;
-  return true;
 }
 
 /**
@@ -226,15 +219,17 @@ export class Switch {
       if (w) byNic.set(nic, w);
     }
     const n = this.portCount;
+    const wanted: Array<Workload | null> = [];
+    for (let p = 0; p < n; p++) wanted.push(this.isVnic[p] === 1 ? byNic.get(this.names[p]) ?? null : null);
     // A tag change keeps every vNIC's MAC, addresses and VLANs (its workloads are new objects with new
     // tags): the tables stay, only the workloads are taken.
     let same = this.macTable.length > 0 && spoofguardBefore === this.spoofguard;
     for (let p = 0; p < n && same; p++) {
-      const w = this.isVnic[p] === 1 ? byNic.get(this.names[p]) ?? null : null, was = this.workloads[p];
-      same = w === was || (w !== null && was !== null && sameAddressing(w, was));
+      const w = wanted[p], was = this.workloads[p];
+      same = w === was || (w !== null && was !== null && sameAddresses(w, was) && w.vlans.join() === was.vlans.join());
     }
     if (same) {
-      for (let p = 0; p < n; p++) this.workloads[p] = this.isVnic[p] === 1 ? byNic.get(this.names[p]) ?? null : null;
+      for (let p = 0; p < n; p++) this.workloads[p] = wanted[p];
       return;
     }
     let macSlots = 16;
@@ -243,7 +238,7 @@ export class Switch {
     for (let i = 2; i < macTable.length; i += 3) macTable[i] = -1;
     let addrCount = 0;
     for (let p = 0; p < n; p++) {
-      const w = this.isVnic[p] === 1 ? byNic.get(this.names[p]) ?? null : null;
+      const w = wanted[p];
       this.workloads[p] = w;
       if (w === null) {
         this.macHi[p] = -1; this.macLo[p] = -1; this.vlans[p] = null;

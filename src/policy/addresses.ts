@@ -268,6 +268,11 @@ export function linkLocalOf(mac: string): [number, number, number, number] {
   return [0xfe800000, 0, w2, w3];
 }
 
+/** Do two workloads have the same MAC and addresses (what their prefixes are made of)? */
+export function sameAddresses(a: Workload, b: Workload): boolean {
+  return a.mac === b.mac && a.ips.length === b.ips.length && a.ips.every((p, i) => p.text === b.ips[i].text);
+}
+
 /** Every address of a workload as a /128 or /32 prefix: its ips and the link-local address of its MAC. */
 export function workloadPrefixes(w: Workload): Prefix[] {
   const ll = linkLocalOf(w.mac);

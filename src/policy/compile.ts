@@ -28,7 +28,7 @@ import { prefixAggregate, type Family, type Prefix } from './addresses.js';
 import { groupSelects, MapView, WorkloadIndex, type Action, type AddressRef, type Group, type Policy, type Rule, type Workload } from './model.js';
 import { classesBuild, classOf4, classOf6, rangesMerge, type AddressClasses } from './addressClasses.js';
 import { ANY_SERVICE, type IpServiceAtom, type ServiceAtom } from './services.js';
-import { workloadPrefixes } from './addresses.js';
+import { sameAddresses, workloadPrefixes } from './addresses.js';
 import { VERDICT_OF_ACTION } from '../packet/verdict.js';
 
 export type Direction = 'egress' | 'ingress';
@@ -193,9 +193,6 @@ function definitionId(g: Group): number {
 }
 let nextGroupVersion = 1;
 
-function sameAddresses(a: Workload, b: Workload): boolean {
-  return a.mac === b.mac && a.ips.length === b.ips.length && a.ips.every((p, i) => p.text === b.ips[i].text);
-}
 
 /**
  * Which groups could select a workload, by what they select on, and which

@@ -85,22 +85,31 @@ export function placeThreads(want: number | 'auto' | 'none'): PlacementResult {
   return { placement: current.placement, reason: null };
 }
 
-/** Move the threads made since the last call off the forwarding thread's CPU; how many were moved. */
-export function placeNewThreads(): number {
-  if (current === null) return 0;
-  const addon = native();
-  let moved = 0;
-  // The threads alive now are the ones placed after this sweep: ended ones are forgotten with it.
+/**
+ * Apply `act` to each thread of the process not in `seen`; how many it
+ * succeeded on. Returns the threads alive now, the `seen` of the next sweep
+ * (ended ones are forgotten with it).
+ */
+function sweepThreads(seen: Set<number>, act: (tid: number) => boolean): { live: Set<number>; acted: number } {
   const live = new Set<number>();
+  let acted = 0;
   for (const name of readdirSync('/proc/self/task')) {
     const tid = Number(name);
     live.add(tid);
-    // A thread that ended meanwhile (ESRCH) is simply gone.
-    if (!current.placed.has(tid) && addon.threadCpusSet(tid, current.placement.others) === 0) moved++;
+    if (!seen.has(tid) && act(tid)) acted++;
   }
-  current.placed = live;
-  current.placement.moved += moved;
-  return moved;
+  return { live, acted };
+}
+
+/** Move the threads made since the last call off the forwarding thread's CPU; how many were moved. */
+export function placeNewThreads(): number {
+  if (current === null) return 0;
+  const c = current, addon = native();
+  // A thread that ended meanwhile (ESRCH) is simply gone.
+  const { live, acted } = sweepThreads(c.placed, (tid) => addon.threadCpusSet(tid, c.placement.others) === 0);
+  c.placed = live;
+  c.placement.moved += acted;
+  return acted;
 }
 
 /** The placement in force on this (the forwarding) thread, or null. */
@@ -116,7 +125,7 @@ export function placeSelf(cpus: number[]): void {
 /** How much lower than the forwarding thread's priority every other thread of the process runs (yieldOthers). */
 export const OTHERS_NICE = 10;
 
-let yielding: { base: number; seen: Set<number>; lowered: number } | null = null;
+let yielding: { base: number; nice: number; seen: Set<number>; lowered: number } | null = null;
 
 /**
  * Lower the priority of every other thread of the process (call on the
@@ -128,29 +137,27 @@ export function yieldOthers(): number {
   const self = threadId();
   if (yielding === null) {
     stat('/', () => undefined); // libuv's pool, made on first use: now, so that it is among the threads lowered
-    yielding = { base: getPriority(self), seen: new Set([self]), lowered: 0 };
+    const base = getPriority(self);
+    yielding = { base, nice: Math.min(19, base + OTHERS_NICE), seen: new Set([self]), lowered: 0 };
   }
   const y = yielding;
-  let lowered = 0;
-  const live = new Set<number>();
-  for (const name of readdirSync('/proc/self/task')) {
-    const tid = Number(name);
-    live.add(tid);
-    if (y.seen.has(tid)) continue;
+  const { live, acted } = sweepThreads(y.seen, (tid) => {
     try {
-      if (getPriority(tid) === y.base) { setPriority(tid, Math.min(19, y.base + OTHERS_NICE)); lowered++; }
+      if (getPriority(tid) !== y.base) return false;
+      setPriority(tid, y.nice);
+      return true;
     } catch {
-      // Ended meanwhile, or not allowed: it runs as it was.
+      return false; // ended meanwhile, or not allowed: it runs as it was
     }
-  }
+  });
   y.seen = live;
-  y.lowered += lowered;
-  return lowered;
+  y.lowered += acted;
+  return acted;
 }
 
 /** Threads whose priority yieldOthers lowered so far, or null when it was not called. */
 export function othersYielding(): { lowered: number; nice: number } | null {
-  return yielding === null ? null : { lowered: yielding.lowered, nice: Math.min(19, yielding.base + OTHERS_NICE) };
+  return yielding === null ? null : { lowered: yielding.lowered, nice: yielding.nice };
 }
 
 /** Undo yieldOthers (a benchmark going on with other work): every thread it lowered back at the forwarding thread's priority, where allowed. */
@@ -158,7 +165,7 @@ export function yieldOthersUndo(): void {
   if (yielding === null) return;
   for (const name of readdirSync('/proc/self/task')) {
     try {
-      if (getPriority(Number(name)) === Math.min(19, yielding.base + OTHERS_NICE)) setPriority(Number(name), yielding.base);
+      if (getPriority(Number(name)) === yielding.nice) setPriority(Number(name), yielding.base);
     } catch {
       // Raising a priority needs CAP_SYS_NICE: without it the thread stays lower.
     }
