@@ -44,7 +44,7 @@ import { policyParse } from '../src/policy/load.js';
 import { startingPolicy, type Policy } from '../src/policy/model.js';
 import { findShadowedRules } from '../src/policy/shadow.js';
 import { prng } from '../tools/prng.js';
-import { placeThreads, placementUndo, yieldOthers, yieldOthersUndo } from '../src/util/placement.js';
+import { placeThreads, placementUndo, scavengeAlone, yieldOthers, yieldOthersUndo } from '../src/util/placement.js';
 import { native } from '../src/io/native.js';
 import { spawn } from 'node:child_process';
 import { machineInfo, machineLine, median, type MachineInfo } from './machine.js';
@@ -295,12 +295,29 @@ export async function schedulingFloor(): Promise<SchedulingFloor | null> {
   }
 }
 
-/** The longest forwarding gaps: idle, during a full reload, during a tag change. */
-export async function gaps(doc: Record<string, unknown>, pair: [string, string], place = false): Promise<{ baseline: Phase; reload: Phase; tag: Phase; reloadMs: number; tagMs: number; tagMaxMs: number; longestPartMs: number; parts: number; longGaps: Array<[number, number]>; forwardingCpu: number | null }> {
+/**
+ * What a gap run needs of a policy, as text: the document with a few workloads on this host (`text`), the same
+ * changed by one comment (`changed`, the full reload), the stream's two ends and the host's workloads. Built
+ * apart so that the run's heap holds no document object: a daemon only ever sees a policy's text, and at
+ * groups1m the object is 3 million strings and arrays that every full collection would mark.
+ */
+export interface GapSetup { text: string; changed: string; ends: Array<{ nic: string; mac: string; ip: string }>; local: string[] }
+
+export function gapSetup(doc: Record<string, unknown>, pair: [string, string]): GapSetup {
   const workloads = doc.workloads as Record<string, Record<string, unknown>>;
   const local = [...new Set([...pair, ...Object.keys(workloads).slice(0, 4)])];
   const hosted = { ...doc, workloads: Object.fromEntries(Object.entries(workloads).map(([n, w]) => [n, local.includes(n) ? { ...w, host: 'h1' } : w])) };
-  const text = JSON.stringify(hosted);
+  // Read back from bytes as the API reads a request body: JSON.stringify's result is a tree of pieces that
+  // the first slice of it flattens (9 ms at 2 MB here), which a request body never is.
+  const text = bodyText(JSON.stringify(hosted));
+  const changed = bodyText(JSON.stringify({ ...hosted, sections: (doc.sections as Array<Record<string, unknown>>).map((s, i) => (i === 0 ? { ...s, comment: 'reloaded' } : s)) }));
+  const ends = pair.map((n) => ({ nic: workloads[n].nic as string, mac: workloads[n].mac as string, ip: (workloads[n].ips as string[])[0] }));
+  return { text, changed, ends, local };
+}
+
+/** The longest forwarding gaps: idle, during a full reload, during a tag change. */
+export async function gaps(setup: GapSetup, place = false): Promise<{ baseline: Phase; reload: Phase; tag: Phase; reloadMs: number; tagMs: number; tagMaxMs: number; longestPartMs: number; parts: number; longGaps: Array<[number, number]>; forwardingCpu: number | null }> {
+  const { text, changed, ends, local } = setup;
   const store = new MemoryStore(text, '(bench)');
   // As the daemon places its threads with --forwarding-cpu auto (before its compiling thread starts).
   const placed = place ? placeThreads('auto').placement : null;
@@ -317,11 +334,6 @@ export async function gaps(doc: Record<string, unknown>, pair: [string, string],
   const preparer = new OffThreadPreparer();
   const controller = new Controller(store, dp, { host: 'h1', preparer });
   await controller.start();
-  const ends = pair.map((n) => ({ nic: workloads[n].nic as string, mac: workloads[n].mac as string, ip: (workloads[n].ips as string[])[0] }));
-  // A full reload: the document changed by one comment, applied as a PUT would be (made before the stream
-  // starts). Read back from bytes as the API reads a request body: JSON.stringify's result is a tree of
-  // pieces that the first slice of it flattens (9 ms at 2 MB here), which a request body never is.
-  const changed = bodyText(JSON.stringify({ ...hosted, sections: (doc.sections as Array<Record<string, unknown>>).map((s, i) => (i === 0 ? { ...s, comment: 'reloaded' } : s)) }));
   // The collector's pauses on this thread, to tell which gaps they make.
   const pauses: Array<[number, number]> = [];
   const observer = new PerformanceObserver((list) => { for (const e of list.getEntries()) pauses.push([e.startTime, e.startTime + e.duration]); });
@@ -436,19 +448,21 @@ function staticFigures(which: ScaleCase, doc: Record<string, unknown>, progress:
 
 export async function benchScale(opts: { cases?: ScaleCase[] } = {}, progress: (line: string) => void = () => undefined): Promise<ScaleResult> {
   const rows: ScaleRow[] = [];
+  // As the daemon runs (util/placement.ts): the figures below, the compile times among them, with its collector.
+  scavengeAlone();
   progress('the scheduling floor: an empty loop alone on one CPU, the others idle, then busy');
   const floor = await schedulingFloor();
   for (const which of opts.cases ?? SCALE_CASES) {
     progress(`${which}: generating`);
-    const doc = scalePolicy(which);
-    const figures = staticFigures(which, doc, progress);
-    // The forwarding thread as a daemon's: without the copies and full compiles measured above in its heap.
+    const { figures, setup } = ((doc) => ({ figures: staticFigures(which, doc, progress), setup: gapSetup(doc, allowedPair(which)) }))(scalePolicy(which));
+    // The forwarding thread as a daemon's: without the document object, the copies and full compiles measured
+    // above in its heap.
     gc();
     progress(`${which}: forwarding gaps`);
-    const g = await gaps(doc, allowedPair(which));
+    const g = await gaps(setup);
     gc();
     progress(`${which}: forwarding gaps with the forwarding thread's CPU kept to itself`);
-    const p = await gaps(doc, allowedPair(which), true);
+    const p = await gaps(setup, true);
     rows.push({
       ...figures,
       gapBaselineMs: g.baseline.longest,

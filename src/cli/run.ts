@@ -21,7 +21,7 @@ import { PolicyError, formatProblem } from '../policy/errors.js';
 import { FileStore, type PolicyStore } from '../control/store.js';
 import type { EtcdStore } from '../control/etcdStore.js';
 import { startingPolicy } from '../policy/model.js';
-import { othersYielding, placeNewThreads, placeThreads, yieldOthers } from '../util/placement.js';
+import { othersYielding, placeNewThreads, placeThreads, scavengeAlone, yieldOthers } from '../util/placement.js';
 import { ControlError, Controller } from '../control/controller.js';
 import { OffThreadPreparer } from '../control/offThread.js';
 import { ApiServer } from '../control/api.js';
@@ -250,6 +250,8 @@ export async function runDaemon(opts: RunOptions): Promise<void> {
   // them (--no-compile-thread: on this thread, between batches).
   // Before the compiling thread starts: it is born on this thread's CPU and moves off it at once.
   let placedHere = false;
+  // Either way: a young-generation collection never waits for a helper thread (util/placement.ts).
+  scavengeAlone();
   if (opts.forwardingCpu !== undefined) {
     const placed = placeThreads(opts.forwardingCpu);
     if (placed.placement) {
