@@ -18,7 +18,7 @@
  *             through the controller, and during 11 tag changes through it
  *             (quarantine put on and lifted, 0.1 s apart; each timed from the
  *             call to enforced: median and longest). The controller prepares
- *             in a worker thread and the other threads run at nice +10, as
+ *             in a worker thread and the other threads run at nice 19, as
  *             the daemon's do; then again with --forwarding-cpu auto. The
  *             longest turn spent taking one part of a result is reported.
  *

@@ -14,12 +14,16 @@
  *
  * Without a CPU of its own (the default: several daemons on one machine
  * would all pick the same one), the forwarding thread still goes first:
- * yieldOthers gives every other thread of the process a lower priority
- * (nice +10, weight 110 against 1024), except those that set their own (the
+ * yieldOthers gives every other thread of the process the lowest priority
+ * (nice 19, weight 15 against 1024), except those that set their own (the
  * compiling thread runs at nice 5 so that a quarantine is not starved). The
  * scheduler then rarely takes the forwarding thread's CPU from it for a
  * helper: measured at 10,000 rules, 29-55 gaps over 2 ms in a reload
- * without it, 4-17 with it.
+ * without it, 4-17 with nice +10. At 100,000 rules, counting the forwarding
+ * thread's involuntary context switches across each gap, nice +10 still left
+ * 1-26 gaps per reload where another thread took its CPU, nice 19 0-5 (gaps
+ * over 2 ms 20-51 against 14-19); the compiling thread at nice 5 was not
+ * among the ones that took it.
  *
  * Young-generation collections run on the collecting thread alone
  * (scavengeAlone). V8 splits a scavenge between the thread that collects and
@@ -144,7 +148,7 @@ export function scavengeAlone(): void {
 }
 
 /** How much lower than the forwarding thread's priority every other thread of the process runs (yieldOthers). */
-export const OTHERS_NICE = 10;
+export const OTHERS_NICE = 19;
 
 let yielding: { base: number; nice: number; seen: Set<number>; lowered: number } | null = null;
 
