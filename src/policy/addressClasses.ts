@@ -71,6 +71,8 @@ export interface ClassesBuilt {
 }
 
 const TWO32 = 2 ** 32;
+/** The low half of an IPv4 build's sort entry that stands for no prefix. */
+const NOBODY = 0xffffffff;
 
 function big6(words: readonly number[]): bigint {
   return (BigInt(words[0] >>> 0) << 96n) | (BigInt(words[1] >>> 0) << 64n) | (BigInt(words[2] >>> 0) << 32n) | BigInt(words[3] >>> 0);
@@ -97,35 +99,43 @@ export function classesBuild(family: Family, sets: ReadonlyArray<readonly Prefix
   let coverage: Int32Array[]; // per set: [firstInterval, lastInterval] pairs
   let startOf: (i: number, out: Int32Array, o: number) => void;
   if (family === 4) {
-    // Plain loops over typed arrays: a million-address set is two million points.
-    let total = 1;
-    for (const set of sets) for (const p of set) if (p.family === 4) total += 2;
-    const all = new Float64Array(total);
-    let k = 1; // all[0] = 0: the first interval starts at address 0
-    for (const set of sets) {
-      for (const p of set) {
+    // Plain loops over typed arrays: a million-address set is two million points. Every span's start, and
+    // its end where below 2^32, goes into one 64-bit word with who it is: the point in the high half, in
+    // the low half 2q for prefix q's start and 2q+1 for its end (NOBODY for the point 0 every build has).
+    // One native sort then gives both the sorted points and each prefix's interval range, without a
+    // search per prefix (at a million scattered addresses the searches took twice the sort).
+    let prefixes = 0;
+    for (const set of sets) for (const p of set) if (p.family === 4) prefixes++;
+    const entries = new BigUint64Array(prefixes * 2 + 1);
+    const halves = new Uint32Array(entries.buffer); // little-endian: [low, high] per entry
+    const setFirst = new Int32Array(sets.length + 1);
+    halves[0] = NOBODY; halves[1] = 0;
+    let e = 1, q = 0;
+    for (let s = 0; s < sets.length; s++) {
+      setFirst[s] = q;
+      for (const p of sets[s]) {
         if (p.family !== 4) continue;
         const a = p.words[0] >>> 0, b = a + 2 ** (32 - p.len);
-        all[k++] = a;
-        if (b < TWO32) all[k++] = b;
+        halves[2 * e] = 2 * q; halves[2 * e + 1] = a; e++;
+        if (b < TWO32) { halves[2 * e] = 2 * q + 1; halves[2 * e + 1] = b; e++; }
+        q++;
       }
     }
-    const pts = all.subarray(0, k).sort();
+    setFirst[sets.length] = q;
+    entries.subarray(0, e).sort();
+    const pts = new Uint32Array(e);
+    const spans = new Int32Array(2 * q).fill(-1); // per prefix: first interval, last interval
     n = 0;
-    for (let i = 0; i < pts.length; i++) if (i === 0 || pts[i] !== pts[n - 1]) pts[n++] = pts[i];
-    coverage = sets.map((set) => {
-      let own = 0;
-      for (const p of set) if (p.family === 4) own++;
-      const out = new Int32Array(own * 2);
-      let j = 0;
-      for (const p of set) {
-        if (p.family !== 4) continue;
-        const a = p.words[0] >>> 0, b = a + 2 ** (32 - p.len);
-        out[j++] = floorIndex(pts, n, a);
-        out[j++] = b >= TWO32 ? n - 1 : floorIndex(pts, n, b) - 1;
-      }
-      return out;
-    });
+    for (let i = 0; i < e; i++) {
+      const point = halves[2 * i + 1], who = halves[2 * i];
+      if (n === 0 || point !== pts[n - 1]) pts[n++] = point;
+      if (who === NOBODY) continue;
+      // A start is its interval; an end is where the interval after the prefix's last begins.
+      spans[who] = who & 1 ? n - 2 : n - 1;
+    }
+    // A span that reaches the top of the address space ends in the last interval.
+    for (let j = 1; j < spans.length; j += 2) if (spans[j] === -1) spans[j] = n - 1;
+    coverage = sets.map((_, s) => spans.subarray(2 * setFirst[s], 2 * setFirst[s + 1]));
     startOf = (i, out, o) => { out[o] = (pts[i] ^ BIAS) | 0; };
   } else {
     const raw: bigint[] = [0n];
