@@ -101,7 +101,7 @@ function serializeTable(t: FamilyTable): unknown {
     s = {
       id: tableId(t),
       trie: { dims: r.dims, count: r.count, ruleLo: share(r.ruleLo), ruleHi: share(r.ruleHi), nodes: share(r.nodes), leaves: share(r.leaves), roots: share(r.roots), rootMin: share(r.rootMin), stats: r.stats },
-      classes: { family: c.family, bounds: share(c.bounds), cls: share(c.cls), count: c.count, intervals: c.intervals, hostKeys: share(c.hostKeys), hostCls: share(c.hostCls), hostMask: c.hostMask, classes: c.classes },
+      classes: { family: c.family, bounds: share(c.bounds), cls: share(c.cls), count: c.count, intervals: c.intervals, hosts: share(c.hosts), hostMask: c.hostMask, classes: c.classes },
       atomRule: share(t.atomRule),
       entries: t.entries,
     };

@@ -34,8 +34,9 @@
  *           for IPv4, 4 for IPv6. bounds[0] is address 0.
  *   cls     the class id of each interval.
  *   IPv4 single addresses (the usual workload /32s) sit instead in an
- *   open-addressing hash (hostKeys/hostCls, power-of-two size, linear
- *   probing, hostCls -1 for an empty slot), and bounds keeps only the wider
+ *   open-addressing hash (hosts: [address, class] per slot, side by side so
+ *   that a probe reads one cache line; power-of-two size, linear probing,
+ *   class -1 for an empty slot), and bounds keeps only the wider
  *   intervals: an address not in the hash lies in a wider interval, whose
  *   start is still the last bound at or below it. One probe instead of a
  *   binary search over every workload, twice per lookup.
@@ -56,9 +57,9 @@ export interface AddressClasses {
   count: number;
   /** Intervals in all, single addresses in the hash included. */
   intervals: number;
-  hostKeys: Int32Array;
-  hostCls: Int32Array;
-  /** hostKeys.length - 1, or -1 when the hash is empty. */
+  /** The host hash: [address, class] per slot. */
+  hosts: Int32Array;
+  /** Slots in hosts - 1, or -1 when the hash is empty. */
   hostMask: number;
   /** Number of class ids (0 .. classes-1). */
   classes: number;
@@ -243,7 +244,7 @@ export function classesBuild(family: Family, sets: ReadonlyArray<readonly Prefix
     outCls[k++] = finalId[cls[i]];
   }
   if (family === 6) {
-    return { classes: { family, bounds, cls: outCls, count, intervals: count, hostKeys: EMPTY, hostCls: EMPTY, hostMask: -1, classes: next }, ranges };
+    return { classes: { family, bounds, cls: outCls, count, intervals: count, hosts: EMPTY, hostMask: -1, classes: next }, ranges };
   }
   return { classes: hostsApart(bounds, outCls, count, next), ranges };
 }
@@ -272,29 +273,29 @@ function hostsApart(bounds: Int32Array, cls: Int32Array, count: number, classes:
   let hosts = 0;
   const single = (i: number) => i + 1 < count && bounds[i + 1] - bounds[i] === 1 && i > 0;
   for (let i = 0; i < count; i++) if (single(i)) hosts++;
-  if (hosts < 16) return { family: 4, bounds, cls, count, intervals: count, hostKeys: EMPTY, hostCls: EMPTY, hostMask: -1, classes };
+  if (hosts < 16) return { family: 4, bounds, cls, count, intervals: count, hosts: EMPTY, hostMask: -1, classes };
   let size = 16;
   while (size < hosts * 2) size *= 2;
-  const hostKeys = new Int32Array(size), hostCls = new Int32Array(size).fill(-1);
+  const table = new Int32Array(size * 2).fill(-1);
   const wide = new Int32Array(count - hosts), wideCls = new Int32Array(count - hosts);
   let k = 0;
   for (let i = 0; i < count; i++) {
     if (!single(i)) { wide[k] = bounds[i]; wideCls[k++] = cls[i]; continue; }
     let slot = hostSlot(bounds[i], size - 1);
-    while (hostCls[slot] !== -1) slot = (slot + 1) & (size - 1);
-    hostKeys[slot] = bounds[i];
-    hostCls[slot] = cls[i];
+    while (table[2 * slot + 1] !== -1) slot = (slot + 1) & (size - 1);
+    table[2 * slot] = bounds[i];
+    table[2 * slot + 1] = cls[i];
   }
-  return { family: 4, bounds: wide, cls: wideCls, count: k, intervals: count, hostKeys, hostCls, hostMask: size - 1, classes };
+  return { family: 4, bounds: wide, cls: wideCls, count: k, intervals: count, hosts: table, hostMask: size - 1, classes };
 }
 
 /** The class of a biased IPv4 address. Hot path. */
 export function classOf4(c: AddressClasses, addr: number): number {
   const mask = c.hostMask;
   if (mask >= 0) {
-    const keys = c.hostKeys, vals = c.hostCls;
-    for (let slot = hostSlot(addr, mask); vals[slot] !== -1; slot = (slot + 1) & mask) {
-      if (keys[slot] === addr) return vals[slot];
+    const hosts = c.hosts;
+    for (let slot = hostSlot(addr, mask); hosts[2 * slot + 1] !== -1; slot = (slot + 1) & mask) {
+      if (hosts[2 * slot] === addr) return hosts[2 * slot + 1];
     }
   }
   const b = c.bounds;
