@@ -82,6 +82,11 @@ t.test('off the thread and inline: the same policy, change after change', async 
   const edited = JSON.parse(d1.text) as { sections: Array<{ rules: Array<{ action: string }> }> };
   edited.sections[1].rules[5].action = edited.sections[1].rules[5].action === 'allow' ? 'drop' : 'allow';
   steps.push({ label: 'one rule edited', doc: { id: 5, text: JSON.stringify(edited), source: 'one.json' }, tags: {}, host: 'h1' });
+  // Deeper edits: a rule's service (inside its list), one CIDR among the 30,000 of a large group.
+  const deeper = JSON.parse(JSON.stringify(edited)) as { groups: { partners: { cidrs: string[] } }; sections: Array<{ rules: Array<{ services: string[] }> }> };
+  deeper.sections[1].rules[7].services = [deeper.sections[1].rules[7].services[0] === 'tcp/9999' ? 'tcp/9998' : 'tcp/9999'];
+  deeper.groups.partners.cidrs[12_345] = '192.0.2.77/32';
+  steps.push({ label: 'a service and a CIDR edited', doc: { id: 6, text: JSON.stringify(deeper), source: 'one.json' }, tags: {}, host: 'h1' });
   let seed = 1;
   let firstParts = 0, heldAsText = false;
   let before: Prepared | null = null;
@@ -104,6 +109,15 @@ t.test('off the thread and inline: the same policy, change after change', async 
       t.not(rulesNow[edit], rulesBefore[edit], 'one rule edited: the edited rule is handed over');
       t.equal(rulesNow[edit].action, b.document.sections[1].rules[5].action, 'one rule edited: with its new action');
       t.ok(rulesNow.every((r, i) => i === edit || r === rulesBefore[i]), 'one rule edited: every other rule is the object held');
+    }
+    if (s.label === 'a service and a CIDR edited') {
+      const rulesNow = a.document.sections.flatMap((x) => x.rules), rulesBefore = before!.document.sections.flatMap((x) => x.rules);
+      const edit = a.document.sections[0].rules.length + 7;
+      t.not(rulesNow[edit], rulesBefore[edit], 'a service edited: the rule is handed over');
+      t.ok(rulesNow.every((r, i) => i === edit || r === rulesBefore[i]), 'a service edited: every other rule is the object held');
+      t.not(a.document.groups.get('partners'), before!.document.groups.get('partners'), 'a CIDR edited: the group is handed over');
+      t.equal(a.document.groups.get('partners')!.cidrs[12_345].text, '192.0.2.77/32', 'a CIDR edited: with the new CIDR');
+      t.equal(a.document.groups.get('web'), before!.document.groups.get('web'), 'a CIDR edited: the other groups are the objects held');
     }
     t.equal(modelText(a.document), modelText(b.document), `${s.label}: the same document`);
     sameVerdicts(t, a, b, seed++, s.label);

@@ -34,7 +34,7 @@ import { setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { placeSelf, threadId } from '../util/placement.js';
 import { groupsDiffering, type CompiledPolicy, type FamilyTable, type ResolvedGroup } from '../policy/compile.js';
-import { WorkloadsView, type Policy } from '../policy/model.js';
+import { sameGroup, WorkloadsView, type Policy } from '../policy/model.js';
 import { DocumentCache, localWorkloads, PrepareRefused, prepareNow, type DocumentRef, type EffectiveMemo } from './prepare.js';
 import type { TagMap } from './store.js';
 
@@ -111,16 +111,37 @@ function serializeTable(t: FamilyTable): unknown {
 }
 
 /**
+ * isDeepStrictEqual for plain data: what a loaded rule or workload is made
+ * of (plain objects, arrays, strings, numbers, booleans, null). Anything
+ * else (a Map, a typed array, a class's instance) goes to isDeepStrictEqual
+ * itself. At 100,000 rules the general one took 1.7 s of a reload.
+ */
+function samePlain(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return typeof a === 'number' && typeof b === 'number' && Object.is(a, b);
+  if (Array.isArray(a)) {
+    if (!Array.isArray(b) || a.length !== b.length) return false;
+    for (let i = 0; i < a.length; i++) if (!samePlain(a[i], b[i])) return false;
+    return true;
+  }
+  if (Object.getPrototypeOf(a) !== Object.prototype || Object.getPrototypeOf(b) !== Object.prototype) return isDeepStrictEqual(a, b);
+  const ka = Object.keys(a);
+  if (ka.length !== Object.keys(b).length) return false;
+  for (const k of ka) if (!Object.hasOwn(b, k) || !samePlain((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k])) return false;
+  return true;
+}
+
+/**
  * Each of `items` as itself, or as the index of an equal item of `before`
  * (found by `keyOf`): what the main thread already holds is not sent again.
  */
-function againstBase<T>(items: T[], before: T[] | null, keyOf: (x: T, i: number) => string | number): Array<T | number> {
+function againstBase<T>(items: T[], before: T[] | null, keyOf: (x: T, i: number) => string | number, same: (a: T, b: T) => boolean = samePlain): Array<T | number> {
   if (before === null) return items;
   const at = new Map<string | number, number>();
   before.forEach((x, i) => at.set(keyOf(x, i), i));
   return items.map((x, i) => {
     const k = at.get(keyOf(x, i));
-    return k !== undefined && isDeepStrictEqual(x, before[k]) ? k : x;
+    return k !== undefined && same(x, before[k]) ? k : x;
   });
 }
 
@@ -139,7 +160,7 @@ function documentParts(id: number, doc: Policy, out: unknown[], base: { id: numb
   const workloads = againstBase([...doc.workloads.values()], base ? [...base.doc.workloads.values()] : null, (w) => w.name);
   if (unchanged(workloads, base?.doc.workloads)) out.push({ t: 'workloads', list: [], same: true });
   else for (let i = 0; i < workloads.length; i += SLICE) out.push({ t: 'workloads', list: workloads.slice(i, i + SLICE) });
-  const groups = againstBase([...doc.groups.values()], base ? [...base.doc.groups.values()] : null, (g) => g.name);
+  const groups = againstBase([...doc.groups.values()], base ? [...base.doc.groups.values()] : null, (g) => g.name, sameGroup);
   if (unchanged(groups, base?.doc.groups)) {
     out.push({ t: 'groups', list: [], same: true });
     groups.length = 0;
@@ -254,7 +275,7 @@ function sameResolved(a: ResolvedGroup, b: ResolvedGroup): boolean {
   if (a.members.size !== b.members.size || a.direct.size !== b.direct.size) return false;
   for (const m of b.members) if (!a.members.has(m)) return false;
   for (const m of b.direct) if (!a.direct.has(m)) return false;
-  if (!isDeepStrictEqual(a.definition, b.definition)) return false;
+  if (!sameGroup(a.definition, b.definition)) return false;
   const pa = a.prefixes, pb = b.prefixes;
   if (pa.length !== pb.length) return false;
   for (let i = 0; i < pa.length; i++) if (pa[i].text !== pb[i].text) return false;

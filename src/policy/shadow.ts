@@ -94,9 +94,20 @@ class Closures {
     this.groups.set(name, c);
     return c;
   }
+  private readonly sets = new Map<string, CidrSet>();
+  /** The CIDRs of `name`'s closure as a CidrSet, made once: every rule naming a group of a million addresses shares it. */
+  cidrSetOf(name: string): CidrSet {
+    let set = this.sets.get(name);
+    if (!set) { set = new CidrSet(this.of(name).cidrs); this.sets.set(name, set); }
+    return set;
+  }
 }
 
 function sideFacts(refs: AddressRef[], closures: Closures): SideFacts {
+  if (refs.length === 1 && refs[0].kind === 'group') {
+    const name = refs[0].name;
+    return { any: false, groups: closures.of(name).groups, cidrs: closures.cidrSetOf(name) };
+  }
   const groups = new Set<string>();
   const cidrs: Prefix[] = [];
   let any = false;
