@@ -6,7 +6,7 @@ import t from 'tap';
 import { policyFromData } from '../src/policy/load.js';
 import type { Policy } from '../src/policy/model.js';
 import { parsePrefix } from '../src/policy/addresses.js';
-import { GroupsView, pointClassify, policyCompile } from '../src/policy/compile.js';
+import { GroupsView, pointClassify, pointClassifyResolution, policyCompile } from '../src/policy/compile.js';
 import { keyWrite } from '../src/packet/key.js';
 import { naivePolicyDecide } from './reference.js';
 import { pick, randInt, rng } from './rng.js';
@@ -133,6 +133,65 @@ t.test('compiled tries agree with the policy read top to bottom', async (t) => {
 
 t.test('with large, nested and overlapping address groups too', async (t) => {
   agreeWithReference(t, true, 6, 300);
+});
+
+/** A reload's document: the same data, often with a few things changed (an action, a service, a group, an address). */
+function edited(data: ReturnType<typeof randomPolicy>['policy'], r: () => number): unknown {
+  const d = JSON.parse(JSON.stringify(data)) as { workloads: Record<string, { ips: string[] }>; groups: Record<string, Record<string, unknown>>; sections: Array<{ rules: Array<Record<string, unknown>> }> };
+  const rules = d.sections.flatMap((x) => x.rules);
+  if (rules.length > 0 && r() < 0.3) { const rule = pick(r, rules); rule.action = pick(r, ['allow', 'drop', 'reject']); }
+  if (rules.length > 0 && r() < 0.3) { const rule = pick(r, rules); rule.services = [pick(r, SERVICES)]; }
+  const names = Object.keys(d.groups);
+  if (names.length > 0 && r() < 0.3) {
+    const g = d.groups[pick(r, names)];
+    if (Array.isArray(g.cidrs)) g.cidrs = [pick(r, ['10.0.2.0/24', '10.1.0.0/16', 'fd00:1::/32', '10.0.1.1/32'])];
+    else if (Array.isArray(g.tags)) g.tags = TAGS.filter(() => r() < 0.4);
+  }
+  const withIps = Object.values(d.workloads).filter((w) => w.ips.some((a) => !a.includes(':')));
+  if (withIps.length > 0 && r() < 0.2) { const w = pick(r, withIps); w.ips = w.ips.map((a) => (a.includes(':') ? a : `10.3.${randInt(r, 0, 3)}.${randInt(r, 1, 250)}`)); }
+  return d;
+}
+
+const RELOAD_SEEDS = 60;
+
+t.test('a reload: a new document compiled against the last one\'s result agrees with the reference, reusing what did not change', async (t) => {
+  let checked = 0, reusedTotal = 0;
+  const key = new Int32Array(16);
+  for (let seed = 1; seed <= RELOAD_SEEDS; seed++) {
+    const r = rng(50_000 + seed);
+    const large = seed % 20 === 0;
+    const { policy: data, ips } = randomPolicy(r, large);
+    const before = policyFromData(data as never, `seed-${seed}`).policy;
+    // Read again from its data: every object new, as a reload's document is.
+    const after = policyFromData(edited(data, r) as never, `seed-${seed}-reloaded`).policy;
+    if (!before || !after) { t.fail(`seed ${seed}: generated policy is invalid`); continue; }
+    const reloaded = policyCompile(after, policyCompile(before));
+    const fresh = policyCompile(after);
+    reusedTotal += reloaded.stats.reused;
+    let bad = 0, first = '';
+    for (let i = 0; i < 150; i++) {
+      const v6 = r() < 0.4;
+      const src = parsePrefix(randomAddress(r, [...ips, '10.3.1.7'], v6))!, dst = parsePrefix(randomAddress(r, ips, v6))!;
+      const proto = pick(r, v6 ? [6, 17, 58, 47, 132] : [6, 17, 1, 47, 132]);
+      const ported = proto === 6 || proto === 17 || proto === 132;
+      const sport = ported ? pick(r, [0, 53, 80, 1500, 65535]) : 0;
+      const dport = ported ? pick(r, [0, 53, 80, 443, 1000, 2000, 65535, randInt(r, 0, 65535)]) : proto === 1 || proto === 58 ? pick(r, [0, 4]) : 0;
+      const w = pick(r, [...after.workloads.values()]);
+      keyWrite(key, 0, src.family, src.words, dst.words, proto, sport, dport);
+      const got = pointClassify(reloaded.points.get(w.nic)!.egress.tables, src.family, key, 0);
+      const resolution = pointClassifyResolution(reloaded.points.get(w.nic)!.egress.tables, src.family, key, 0);
+      const want = naivePolicyDecide(after, fresh, w.name, src, dst, proto, sport, dport).order;
+      const wantResolution = pointClassifyResolution(fresh.points.get(w.nic)!.egress.tables, src.family, key, 0);
+      checked++;
+      if (got !== want || resolution !== wantResolution) {
+        bad++;
+        if (!first) first = ` e.g. at ${w.name}: ${proto} ${src.text}:${sport} -> ${dst.text}:${dport}: reloaded ${got} (resolution ${resolution}), reference ${want} (fresh resolution ${wantResolution})`;
+      }
+    }
+    if (bad > 0) t.fail(`seed ${seed}: ${bad} of 150 packets disagree${first}`);
+  }
+  t.equal(checked, RELOAD_SEEDS * 150, 'every generated policy was valid and every packet was checked');
+  t.ok(reusedTotal > 0, `the reloads reused section tables of the last document (${reusedTotal}), so that path was exercised`);
 });
 
 t.test('tag changes through the patched effective policy and the compiler\'s changed-workloads hint agree too', async (t) => {
