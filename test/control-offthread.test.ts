@@ -15,7 +15,12 @@ import { parsePrefix } from '../src/policy/addresses.js';
 import { pointClassify, pointClassifyResolution } from '../src/policy/compile.js';
 import { keyWrite } from '../src/packet/key.js';
 import { pick, randInt, rng } from './rng.js';
-import { WorkloadsView } from '../src/policy/model.js';
+import { startingPolicy, WorkloadsView } from '../src/policy/model.js';
+import { Dataplane, type RuleCount } from '../src/datapath/dataplane.js';
+import { MemoryPort } from '../src/io/memoryPort.js';
+import { frameBuild } from '../src/packet/build.js';
+import { TCP_SYN } from '../src/packet/parse.js';
+import { policyCompile } from '../src/policy/compile.js';
 
 function modelText(p: unknown): string {
   // Maps, and the effective policy's workloads (a view over the document's), as their entries.
@@ -87,6 +92,10 @@ t.test('off the thread and inline: the same policy, change after change', async 
   deeper.sections[1].rules[7].services = [deeper.sections[1].rules[7].services[0] === 'tcp/9999' ? 'tcp/9998' : 'tcp/9999'];
   deeper.groups.partners.cidrs[12_345] = '192.0.2.77/32';
   steps.push({ label: 'a service and a CIDR edited', doc: { id: 6, text: JSON.stringify(deeper), source: 'one.json' }, tags: {}, host: 'h1' });
+  // A rule inserted at the top: every rule moves (order, path, line and column), nothing else changes.
+  const inserted = JSON.parse(JSON.stringify(deeper)) as { sections: Array<{ rules: unknown[] }> };
+  inserted.sections[0].rules.unshift({ id: 'inserted', from: '192.0.2.1/32', to: 'any', action: 'drop' });
+  steps.push({ label: 'a rule inserted at the top', doc: { id: 7, text: JSON.stringify(inserted, null, 1), source: 'one.json' }, tags: {}, host: 'h1' });
   let seed = 1;
   let firstParts = 0, heldAsText = false;
   let before: Prepared | null = null;
@@ -118,6 +127,11 @@ t.test('off the thread and inline: the same policy, change after change', async 
       t.not(a.document.groups.get('partners'), before!.document.groups.get('partners'), 'a CIDR edited: the group is handed over');
       t.equal(a.document.groups.get('partners')!.cidrs[12_345].text, '192.0.2.77/32', 'a CIDR edited: with the new CIDR');
       t.equal(a.document.groups.get('web'), before!.document.groups.get('web'), 'a CIDR edited: the other groups are the objects held');
+    }
+    if (s.label === 'a rule inserted at the top') {
+      const rulesNow = a.document.sections.flatMap((x) => x.rules), rulesBefore = before!.document.sections.flatMap((x) => x.rules);
+      t.ok(rulesNow.slice(1).every((r, i) => r.order === rulesBefore[i].order + 1 && r !== rulesBefore[i]), 'a rule inserted: every other rule moved, in its new place');
+      t.equal(rulesNow[1].from, rulesBefore[0].from, 'a rule inserted: a moved rule shares what did not change with the rule held');
     }
     t.equal(modelText(a.document), modelText(b.document), `${s.label}: the same document`);
     sameVerdicts(t, a, b, seed++, s.label);
@@ -185,4 +199,50 @@ t.test('a compiling thread that fails at start: the first policy is compiled inl
   const refusing = new Controller(new MemoryStore('default: drop\nsections:\n  - name: s\n    rules:\n      - { id: a, from: nope, to: any, action: allow }\n', 'bad.yaml'), target, { preparer: new OffThreadPreparer(), log });
   t.teardown(() => refusing.close());
   await t.rejects(refusing.start(), { status: 400, code: 'invalid-policy' }, 'an invalid document refuses the start, thread or not');
+});
+
+t.test("a reload that moves every rule: the data plane's per-rule counters follow their rules, worked out off its thread", async (t) => {
+  const doc = (rules: Array<Record<string, unknown>>) => JSON.stringify({
+    default: 'drop',
+    workloads: {
+      a: { nic: 'twq-a', mac: '02:00:00:00:72:01', ips: ['10.72.0.1'], host: 'h1' },
+      b: { nic: 'twq-b', mac: '02:00:00:00:72:02', ips: ['10.72.0.2'], host: 'h1' },
+    },
+    sections: [{ name: 's', rules }],
+  });
+  const web = { id: 'web', from: 'any', to: 'any', services: ['tcp/80'], action: 'allow' };
+  const ssh = { id: 'ssh', from: 'any', to: 'any', services: ['tcp/22'], action: 'allow' };
+  const never = { id: 'never', from: 'any', to: 'any', services: ['tcp/9'], action: 'allow' };
+  const retired: RuleCount[] = [];
+  const ports = new Map<string, MemoryPort>();
+  const dp = new Dataplane(policyCompile(startingPolicy()), [], {
+    flowCapacity: 1024,
+    portOpener: (s) => { const p = new MemoryPort(s.name, false); ports.set(s.name, p); return p; },
+    onRulesRetired: (c) => retired.push(...c),
+  });
+  t.teardown(() => dp.stop());
+  let installed: CompiledPolicy | null = null;
+  const target = { setPolicy: (c: CompiledPolicy) => { installed = c; dp.setPolicy(c); } };
+  const controller = new Controller(new MemoryStore(doc([web, ssh, never]), 'd.json'), target, { host: 'h1', preparer: new OffThreadPreparer() });
+  t.teardown(() => controller.close());
+  await controller.start();
+  const src = dp.ports.findIndex((p) => p.spec.name === 'twq-a');
+  const syn = (sport: number, dport: number) => {
+    const sink = ports.get('twq-b')!, before = sink.sentCount;
+    ports.get('twq-a')!.pushFrame(frameBuild({ family: 4, proto: 6, srcMac: '02:00:00:00:72:01', dstMac: '02:00:00:00:72:02', src: '10.72.0.1', dst: '10.72.0.2', sport, dport, flags: TCP_SYN }));
+    dp.pump(src);
+    return sink.sentCount - before;
+  };
+  t.same([syn(1, 80), syn(2, 80), syn(3, 22)], [1, 1, 1], 'three connections forwarded');
+  const count = (id: string) => dp.ruleCounts().find((c) => c.id === id)?.connections;
+  t.same([count('web'), count('ssh')], [2, 1], 'counted per rule');
+  // A rule inserted above them all and ssh removed: every rule moves.
+  const top = { id: 'top', from: 'any', to: 'any', services: ['tcp/7'], action: 'drop' };
+  await controller.putPolicy(doc([top, web, never]), null, 'test');
+  t.ok(installed!.ruleFrom && installed!.ruleFrom.from.length === 3, 'where each rule stood came with the policy');
+  t.same([...installed!.ruleFrom!.from], [-1, 0, 2], 'top is new, web was first, never third');
+  t.same([count('top'), count('web'), count('never')], [0, 2, 0], "web's counts moved with it");
+  t.same(retired.map((c) => [c.id, c.connections]), [['ssh', 1]], "the removed rule's counts went to whoever keeps them");
+  t.equal(syn(4, 80), 1, 'forwarding on');
+  t.equal(count('web'), 3, 'and web counts on from where it was');
 });

@@ -73,6 +73,8 @@ interface Pending {
   docId: number;
   /** The new document's rules in precedence order, listed as they arrive (sections come in order). */
   rules: Rule[];
+  /** Where each of them stood in the base document (CompiledPolicy.ruleFrom). */
+  ruleFrom: CompiledPolicy['ruleFrom'];
   overrides: Workload[];
   retry: () => void;
 }
@@ -123,7 +125,7 @@ export class OffThreadPreparer implements Preparer {
     return new Promise<Prepared>((resolve, reject) => {
       this.pending = {
         resolve: (p) => { done(); resolve(p); }, reject: (e) => { done(); reject(e); },
-        doc: null, base: null, docId: doc.id, rules: [], overrides: [], retry: () => this.send(doc, tags, host, true),
+        doc: null, base: null, docId: doc.id, rules: [], ruleFrom: null, overrides: [], retry: () => this.send(doc, tags, host, true),
       };
       // A document the worker handed over already goes without its text (megabytes at 10,000 rules);
       // should the worker have let it go, it says so and gets the text.
@@ -214,6 +216,7 @@ export class OffThreadPreparer implements Preparer {
         const base = m.base === null ? undefined : this.docs.get(m.base);
         if (base === undefined && m.base !== null) throw new Error(`document ${m.base} is not held here`);
         p.base = base ? new BaseDocument(base) : null;
+        p.ruleFrom = base && m.ruleFrom ? { sections: base.sections, from: m.ruleFrom } : null;
         p.doc = { source: m.source, default: m.default, spoofguard: m.spoofguard, workloads: new Map(), groups: new Map(), services: new Map(m.services.map((s) => [s.name, s])), sections: [] };
         this.docs.set(m.id, p.doc);
         break;
@@ -226,7 +229,7 @@ export class OffThreadPreparer implements Preparer {
       case 'rules': {
         const s = p.doc!.sections[m.index];
         for (const x of m.list) {
-          const r = typeof x === 'number' ? p.base!.rules[x] : x;
+          const r = typeof x === 'number' ? p.base!.rules[x] : 'like' in x ? { ...p.base!.rules[x.like], order: x.order, path: x.path, line: x.line, column: x.column } : x;
           s.rules.push(r);
           p.rules.push(r);
         }
@@ -288,11 +291,15 @@ export class OffThreadPreparer implements Preparer {
     const compiled: CompiledPolicy = {
       policy, rules: rulesOf(document), ruleAction: facts.ruleAction, ruleFlags: facts.ruleFlags,
       defaultAction: document.default, groups, points, stats: m.stats, segmentsBySignature: new SegmentCache(),
+      ruleFrom: p.doc === document ? p.ruleFrom : null,
     };
     this.uses.set(compiled, { tables: m.scopes.flatMap((s) => [...s.v4, ...s.v6, ...s.r4, ...s.r6]), docId: m.docId });
     return { document, compiled, compileMs: m.compileMs, shadows: facts.shadows, shadowCount: facts.shadowCount };
   }
 }
+
+/** A rule of the base document in a new place (a rule above it was inserted or removed): the base's index and where it stands now. */
+export interface MovedRule { like: number; order: number; path: string; line: number; column: number }
 
 const ruleLists = new WeakMap<Policy, Rule[]>();
 
@@ -394,13 +401,13 @@ interface FinalPart {
 type Part =
   | { t: 'refused'; message: string; problems: PrepareRefused['problems'] }
   | { t: 'error'; message: string; code?: string }
-  | { t: 'doc'; id: number; base: number | null; source: string; default: Policy['default']; spoofguard: boolean; services: Array<{ name: string; atoms: ServiceAtom[]; specs: string[] }> }
+  | { t: 'doc'; id: number; base: number | null; source: string; default: Policy['default']; spoofguard: boolean; services: Array<{ name: string; atoms: ServiceAtom[]; specs: string[] }>; ruleFrom: Int32Array | null }
   // A number: the item at that index of the base document (see compileWorker's documentParts).
   | { t: 'workloads'; list: Array<Workload | number>; same?: boolean }
   | { t: 'groups'; list: Array<Group | number>; same?: boolean }
   | { t: 'cidrs'; group: string; text: string }
   | { t: 'section'; name: string }
-  | { t: 'rules'; index: number; list: Array<Rule | number> }
+  | { t: 'rules'; index: number; list: Array<Rule | number | MovedRule> }
   | { t: 'effective'; list: Workload[] }
   | { t: 'resolved'; list: Array<{ name: string; version: number; signature: string; direct: string[]; members: string[] } | { name: string; version: number; sameAs: number }> }
   | { t: 'table'; table: SerializedTable }

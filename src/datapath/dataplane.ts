@@ -348,6 +348,24 @@ export class Dataplane {
     // The usual reload changes a comment or a rule's fields, not which rules sit where: then every
     // counter stays in its place and nothing is built (10,000 keys, a pause of the packet thread).
     if (sameRulePlaces(oldRules, compiled.rules)) return;
+    const moved = compiled.ruleFrom;
+    if (moved && moved.sections === this.policy.policy.sections && moved.from.length === compiled.rules.length && old.length >= (oldRules.length + 1) * RS_COUNT) {
+      // Worked out off this thread: a typed pass, no keys (100,000 rules moved by one inserted above them).
+      const from = moved.from, kept = new Uint8Array(oldRules.length);
+      const stats = new Float64Array((compiled.rules.length + 1) * RS_COUNT);
+      for (let k = 0; k < RS_COUNT; k++) stats[k] = old[k];
+      for (let i = 0; i < from.length; i++) {
+        const f = from[i];
+        if (f < 0) continue;
+        kept[f] = 1;
+        for (let k = 0; k < RS_COUNT; k++) stats[(i + 1) * RS_COUNT + k] = old[(f + 1) * RS_COUNT + k];
+      }
+      const gone: number[] = [];
+      for (let j = 0; j < oldRules.length; j++) if (kept[j] === 0 && old[(j + 1) * RS_COUNT + RS.packets] > 0) gone.push(j);
+      if (gone.length > 0) this.opts.onRulesRetired?.(gone.map((j) => ruleCountsOf([oldRules[j]], old.subarray(j * RS_COUNT))[0]));
+      this.ct.ruleStats = stats;
+      return;
+    }
     const byId = new Map<string, number>();
     oldRules.forEach((r, i) => byId.set(`${r.section}\0${r.id}`, i + 1));
     // Rules the new policy no longer has: their counts go to whoever keeps them (rule analytics), not nowhere.

@@ -114,6 +114,12 @@ export interface CompiledPolicy {
   stats: { rules: number; atoms: number; tries: number; bytes: number; buildMs: number; reused: number };
   /** Section tables by content signature, for the next incremental compile. */
   segmentsBySignature: SegmentCache;
+  /**
+   * Where each rule stood in the document before (a reload worked out off
+   * the forwarding thread): rule i was rule from[i] of the document whose
+   * sections are `sections`, or -1 if it is new. Absent: find it by id.
+   */
+  ruleFrom?: { sections: Policy['sections']; from: Int32Array } | null;
 }
 
 export const RULE_FLAG = { stateless: 1, log: 2 } as const;
