@@ -34,7 +34,7 @@ import { setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { placeSelf, threadId } from '../util/placement.js';
 import { groupsDiffering, type CompiledPolicy, type FamilyTable, type ResolvedGroup } from '../policy/compile.js';
-import { sameGroup, WorkloadsView, type Policy, type Rule } from '../policy/model.js';
+import { rulePlaces, sameGroup, WorkloadsView, type Policy, type Rule } from '../policy/model.js';
 import type { MovedRule } from './offThread.js';
 import { DocumentCache, localWorkloads, PrepareRefused, prepareNow, type DocumentRef, type EffectiveMemo } from './prepare.js';
 import type { TagMap } from './store.js';
@@ -155,23 +155,10 @@ function againstBase<T>(items: T[], before: T[] | null, keyOf: (x: T, i: number)
  * and workloads, or of a group of a million addresses.
  */
 function documentParts(id: number, doc: Policy, out: unknown[], base: { id: number; doc: Policy } | null): void {
-  // Where each rule stood in the base, by section and id: the forwarding thread moves its per-rule counters
-  // with one pass over this instead of keying 100,000 rules by id in its swap's turn (0.5 s there).
-  let ruleFrom: Int32Array | null = null;
-  if (base !== null) {
-    const at = new Map<string, Map<string, number>>();
-    let k = 0;
-    for (const s of base.doc.sections) for (const r of s.rules) {
-      let m = at.get(r.section);
-      if (!m) at.set(r.section, (m = new Map()));
-      m.set(r.id, k++);
-    }
-    let n = 0;
-    for (const s of doc.sections) n += s.rules.length;
-    ruleFrom = new Int32Array(n);
-    k = 0;
-    for (const s of doc.sections) for (const r of s.rules) ruleFrom[k++] = at.get(r.section)?.get(r.id) ?? -1;
-  }
+  // Where each rule stood in the base: the forwarding thread moves its per-rule counters with one pass over
+  // this instead of keying 100,000 rules by id in its swap's turn (0.5 s there); below, it finds the moved rules.
+  const baseRules = base ? base.doc.sections.flatMap((x) => x.rules) : null;
+  const ruleFrom = baseRules === null ? null : rulePlaces(baseRules, doc.sections.flatMap((x) => x.rules));
   out.push({ t: 'doc', id, base: base?.id ?? null, source: doc.source, default: doc.default, spoofguard: doc.spoofguard, services: [...doc.services.values()], ruleFrom });
   // Every item the base's, in the base's order: the main thread takes the base's whole map.
   const unchanged = (list: unknown[], before: ReadonlyMap<string, unknown> | undefined) => before !== undefined && list.length === before.size && list.every((x, i) => x === i);
@@ -200,14 +187,12 @@ function documentParts(id: number, doc: Policy, out: unknown[], base: { id: numb
   // Rules by section and id. One that only moved (a rule inserted or removed above it: its order, path, line
   // and column differ) goes as the base's with its new place, which the forwarding thread copies shallowly:
   // at 100,000 rules moved by one inserted, a full copy of each was 100 MB for its collector to promote.
-  const baseRules = base ? base.doc.sections.flatMap((x) => x.rules) : null;
-  const baseAt = new Map<string, number>();
-  baseRules?.forEach((r, i) => baseAt.set(`${r.section}\0${r.id}`, i));
+  let next = 0;
   doc.sections.forEach((s, index) => {
     out.push({ t: 'section', name: s.name });
-    const rules = baseRules === null ? s.rules : s.rules.map((r): Rule | number | MovedRule => {
-      const k = baseAt.get(`${r.section}\0${r.id}`);
-      if (k === undefined) return r;
+    const rules = baseRules === null || ruleFrom === null ? s.rules : s.rules.map((r): Rule | number | MovedRule => {
+      const k = ruleFrom[next++];
+      if (k < 0) return r;
       const b = baseRules[k];
       if (r.order === b.order && r.path === b.path && r.line === b.line && r.column === b.column) return samePlain(r, b) ? k : r;
       return samePlain({ ...r, order: 0, path: '', line: 0, column: 0 }, { ...b, order: 0, path: '', line: 0, column: 0 }) ? { like: k, order: r.order, path: r.path, line: r.line, column: r.column } : r;

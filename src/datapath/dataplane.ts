@@ -28,7 +28,7 @@ import { FlowLog } from '../flow/flowLog.js';
 import { FRAG, PKT } from '../packet/parse.js';
 import { OUTCOME_COUNT, Outcome } from '../packet/verdict.js';
 import type { CompiledPolicy } from '../policy/compile.js';
-import type { Rule } from '../policy/model.js';
+import { rulePlaces, type Rule } from '../policy/model.js';
 import { PolicyDecider } from './decide.js';
 import { Switch, frameDecide, type SwitchOptions } from './frameDecide.js';
 import { TypedHistogram } from '../util/typedHistogram.js';
@@ -348,36 +348,23 @@ export class Dataplane {
     // The usual reload changes a comment or a rule's fields, not which rules sit where: then every
     // counter stays in its place and nothing is built (10,000 keys, a pause of the packet thread).
     if (sameRulePlaces(oldRules, compiled.rules)) return;
+    // Where each rule stood: worked out off this thread for a reload through the compiling thread, else here.
     const moved = compiled.ruleFrom;
-    if (moved && moved.sections === this.policy.policy.sections && moved.from.length === compiled.rules.length && old.length >= (oldRules.length + 1) * RS_COUNT) {
-      // Worked out off this thread: a typed pass, no keys (100,000 rules moved by one inserted above them).
-      const from = moved.from, kept = new Uint8Array(oldRules.length);
-      const stats = new Float64Array((compiled.rules.length + 1) * RS_COUNT);
-      for (let k = 0; k < RS_COUNT; k++) stats[k] = old[k];
-      for (let i = 0; i < from.length; i++) {
-        const f = from[i];
-        if (f < 0) continue;
-        kept[f] = 1;
-        for (let k = 0; k < RS_COUNT; k++) stats[(i + 1) * RS_COUNT + k] = old[(f + 1) * RS_COUNT + k];
-      }
-      const gone: number[] = [];
-      for (let j = 0; j < oldRules.length; j++) if (kept[j] === 0 && old[(j + 1) * RS_COUNT + RS.packets] > 0) gone.push(j);
-      if (gone.length > 0) this.opts.onRulesRetired?.(gone.map((j) => ruleCountsOf([oldRules[j]], old.subarray(j * RS_COUNT))[0]));
-      this.ct.ruleStats = stats;
-      return;
-    }
-    const byId = new Map<string, number>();
-    oldRules.forEach((r, i) => byId.set(`${r.section}\0${r.id}`, i + 1));
-    // Rules the new policy no longer has: their counts go to whoever keeps them (rule analytics), not nowhere.
-    const kept = new Set(compiled.rules.map((r) => `${r.section}\0${r.id}`));
-    const retired = ruleCountsOf(oldRules, old).filter((c) => !kept.has(`${c.section}\0${c.id}`) && c.packets > 0);
-    if (retired.length > 0) this.opts.onRulesRetired?.(retired);
+    const from = moved && moved.sections === this.policy.policy.sections && moved.from.length === compiled.rules.length ? moved.from : rulePlaces(oldRules, compiled.rules);
+    // One typed pass, no keys (100,000 rules moved by one inserted above them); rows the old table lacks stay 0.
+    const rows = Math.min(oldRules.length, old.length / RS_COUNT - 1), kept = new Uint8Array(oldRules.length);
     const stats = new Float64Array((compiled.rules.length + 1) * RS_COUNT);
     stats.set(old.subarray(0, RS_COUNT));
-    compiled.rules.forEach((r, i) => {
-      const from = byId.get(`${r.section}\0${r.id}`);
-      if (from !== undefined) stats.set(old.subarray(from * RS_COUNT, (from + 1) * RS_COUNT), (i + 1) * RS_COUNT);
-    });
+    for (let i = 0; i < from.length; i++) {
+      const f = from[i];
+      if (f < 0) continue;
+      kept[f] = 1;
+      if (f < rows) for (let k = 0; k < RS_COUNT; k++) stats[(i + 1) * RS_COUNT + k] = old[(f + 1) * RS_COUNT + k];
+    }
+    // Rules the new policy no longer has: their counts go to whoever keeps them (rule analytics), not nowhere.
+    const retired: RuleCount[] = [];
+    for (let j = 0; j < rows; j++) if (kept[j] === 0 && old[(j + 1) * RS_COUNT + RS.packets] > 0) retired.push(ruleCountsOf([oldRules[j]], old.subarray(j * RS_COUNT))[0]);
+    if (retired.length > 0) this.opts.onRulesRetired?.(retired);
     this.ct.ruleStats = stats;
   }
 

@@ -152,6 +152,20 @@ function sameStrings(a: readonly string[], b: readonly string[]): boolean {
   return true;
 }
 
+/**
+ * Where each rule of `after` stood in `before`, by section and id (a rule's
+ * name in the policy): its index there, or -1 for a new rule. How per-rule
+ * counters follow their rules across a reload, and how a reload finds the
+ * rules that only moved.
+ */
+export function rulePlaces(before: readonly Rule[], after: readonly Rule[]): Int32Array {
+  const at = new Map<string, number>();
+  before.forEach((r, i) => at.set(`${r.section}\0${r.id}`, i));
+  const from = new Int32Array(after.length);
+  for (let i = 0; i < after.length; i++) from[i] = at.get(`${after[i].section}\0${after[i].id}`) ?? -1;
+  return from;
+}
+
 /** Does a group select this workload by itself (by name or by its tags), nested groups aside? */
 export function groupSelects(g: Group, w: Workload): boolean {
   if (g.workloads.includes(w.name)) return true;
