@@ -341,6 +341,31 @@ t.test('a staged policy is evaluated on new connections only, never enforced, an
   t.equal(lab.dp.ct.staged, null, 'unstaged: nothing is evaluated');
 });
 
+t.test("a staged policy's \"same rule\" follows the enforced rules to their new places, and a recompile of the same documents keeps the map", async (t) => {
+  const lab = new MemLab(POLICY(), { uplink: 'twf-up' });
+  t.teardown(() => lab.stop());
+  const staged = policyCompile(policyParse(POLICY(), 'staged', { shadows: false }).policy!);
+  lab.dp.setStaged(staged);
+  // The enforced document gets a rule first: every enforced rule moves one place down, the staged ones stay.
+  lab.apply(POLICY().replace('  - name: s\n    rules:\n', '  - name: s\n    rules:\n      - { id: first, from: web, to: db, services: [tcp/1], action: allow }\n'));
+  const byId = staged.rules.map((r) => lab.compiled.rules.findIndex((e) => e.id === r.id));
+  t.ok(byId.every((i, k) => i === k + 1), 'every staged rule has its enforced namesake one place further');
+  t.same(Array.from(lab.dp.ct.stagedToEnforced), byId, 'the map names each staged rule its enforced namesake');
+  runRows(t, lab, [
+    ['web -> app:80, allowed by the same rule in both', 'twf-a', tcp(MAC.a, MAC.b, '10.60.0.1', '10.60.0.2', 80, { sport: 51001 }), 'forward', ['twf-b']],
+    ['web -> db:9, allowed by the same rule in both', 'twf-a', udp(MAC.a, MAC.c, '10.60.0.1', '10.60.0.3', 9, { sport: 51002 }), 'forward', ['twf-c']],
+  ]);
+  t.equal(lab.dp.ct.stagedStats.reduce((a, b) => a + b, 0), 0, 'no disagreement counted: the same rules decided in both');
+  // The same enforced document compiled again (what a tag change does): the map is kept, not made again.
+  const map = lab.dp.ct.stagedToEnforced;
+  lab.dp.setPolicy(policyCompile(lab.compiled.policy, lab.compiled));
+  t.equal(lab.dp.ct.stagedToEnforced, map, 'a recompile of the same documents keeps the map');
+  // A staged document that moves its own rules: the map is made again.
+  const reordered = policyCompile(policyParse(POLICY().replace('  - name: s\n    rules:\n', '  - name: s\n    rules:\n      - { id: staged-first, from: web, to: db, services: [tcp/2], action: allow }\n'), 'staged', { shadows: false }).policy!);
+  lab.dp.setStaged(reordered);
+  t.same(Array.from(lab.dp.ct.stagedToEnforced), reordered.rules.map((r) => { const i = lab.compiled.rules.findIndex((e) => e.id === r.id); return i < 0 ? -3 : i; }), 'a new staged document is mapped again (its new rule to none)');
+});
+
 t.test('every outcome has a row', async (t) => {
   t.same(OUTCOME_NAMES.filter((o) => !seen.has(o)), [], 'no outcome went untested');
 });
