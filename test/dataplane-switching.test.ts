@@ -348,14 +348,26 @@ t.test("a staged policy's \"same rule\" follows the enforced rules to their new 
   lab.dp.setStaged(staged);
   // The enforced document gets a rule first: every enforced rule moves one place down, the staged ones stay.
   lab.apply(POLICY().replace('  - name: s\n    rules:\n', '  - name: s\n    rules:\n      - { id: first, from: web, to: db, services: [tcp/1], action: allow }\n'));
-  const byId = staged.rules.map((r) => lab.compiled.rules.findIndex((e) => e.id === r.id));
-  t.ok(byId.every((i, k) => i === k + 1), 'every staged rule has its enforced namesake one place further');
-  t.same(Array.from(lab.dp.ct.stagedToEnforced), byId, 'the map names each staged rule its enforced namesake');
+  const byId = (stagedPolicy: typeof staged) => stagedPolicy.rules.map((r) => { const i = lab.compiled.rules.findIndex((e) => e.id === r.id); return i < 0 ? -3 : i; });
+  t.ok(byId(staged).every((i, k) => i === k + 1), 'every staged rule has its enforced namesake one place further');
+  t.same(Array.from(lab.dp.ct.stagedToEnforced), byId(staged), 'the map names each staged rule its enforced namesake');
   runRows(t, lab, [
     ['web -> app:80, allowed by the same rule in both', 'twf-a', tcp(MAC.a, MAC.b, '10.60.0.1', '10.60.0.2', 80, { sport: 51001 }), 'forward', ['twf-b']],
     ['web -> db:9, allowed by the same rule in both', 'twf-a', udp(MAC.a, MAC.c, '10.60.0.1', '10.60.0.3', 9, { sport: 51002 }), 'forward', ['twf-c']],
   ]);
   t.equal(lab.dp.ct.stagedStats.reduce((a, b) => a + b, 0), 0, 'no disagreement counted: the same rules decided in both');
+  // Enforced reloads of the other kinds, the map carried over each (checked against mapping every rule by id):
+  // a rule removed and one moved to another section; then the removed one made again, in that other section.
+  const withFirst = POLICY().replace('  - name: s\n    rules:\n', '  - name: s\n    rules:\n      - { id: first, from: web, to: db, services: [tcp/1], action: allow }\n');
+  const outLine = '      - { id: out, from: web, to: 203.0.113.0/24, services: [tcp/443], action: allow }\n';
+  const udpLine = '      - { id: web-to-db-udp, from: web, to: db, services: [udp/9], action: allow }\n';
+  const removedAndMoved = withFirst.replace(udpLine, '').replace(outLine, '') + '  - name: t\n    rules:\n' + outLine;
+  lab.apply(removedAndMoved);
+  t.equal(lab.dp.ct.stagedToEnforced[staged.rules.findIndex((r) => r.id === 'web-to-db-udp')], -3, 'the removed rule has no namesake');
+  t.same(Array.from(lab.dp.ct.stagedToEnforced), byId(staged), 'a rule removed and one moved to another section: the map is as by id');
+  lab.apply(removedAndMoved + udpLine);
+  t.same(Array.from(lab.dp.ct.stagedToEnforced), byId(staged), 'the removed rule made again: its staged namesake finds it');
+  t.ok(lab.dp.ct.stagedToEnforced.every((i) => i >= 0), 'every staged rule has a namesake again');
   // The same enforced document compiled again (what a tag change does): the map is kept, not made again.
   const map = lab.dp.ct.stagedToEnforced;
   lab.dp.setPolicy(policyCompile(lab.compiled.policy, lab.compiled));
@@ -363,7 +375,7 @@ t.test("a staged policy's \"same rule\" follows the enforced rules to their new 
   // A staged document that moves its own rules: the map is made again.
   const reordered = policyCompile(policyParse(POLICY().replace('  - name: s\n    rules:\n', '  - name: s\n    rules:\n      - { id: staged-first, from: web, to: db, services: [tcp/2], action: allow }\n'), 'staged', { shadows: false }).policy!);
   lab.dp.setStaged(reordered);
-  t.same(Array.from(lab.dp.ct.stagedToEnforced), reordered.rules.map((r) => { const i = lab.compiled.rules.findIndex((e) => e.id === r.id); return i < 0 ? -3 : i; }), 'a new staged document is mapped again (its new rule to none)');
+  t.same(Array.from(lab.dp.ct.stagedToEnforced), byId(reordered), 'a new staged document is mapped again (its new rule to none)');
 });
 
 t.test('every outcome has a row', async (t) => {

@@ -59,6 +59,32 @@ const MAX_BATCHES_PER_EVENT = 16;
 /** Policies whose rule numbering the flow log can still resolve (a record is read within 200 ms; a closing connection may be older). */
 const RULE_HISTORY = 64;
 
+/**
+ * The staged-to-enforced map carried over an enforced swap. `from[n]` is
+ * where new enforced rule n stood (-1: a rule the swap made, or moved to
+ * another section); a staged rule's namesake goes where its old one went,
+ * and the few rules the swap made are found by id. The same answer as
+ * mapping every rule by id (ids are unique in a document, so a namesake
+ * that is not carried is one of the made ones), in typed passes.
+ */
+function stagedMapFollow(old: Int32Array, from: Int32Array, oldCount: number, enforced: readonly Rule[], staged: readonly Rule[]): Int32Array<ArrayBuffer> {
+  const went = new Int32Array(oldCount).fill(-1);
+  let made: Map<string, number> | null = null;
+  for (let n = 0; n < from.length; n++) {
+    const f = from[n];
+    if (f >= 0 && f < oldCount) went[f] = n;
+    else (made ??= new Map()).set(enforced[n].id, n);
+  }
+  const out = new Int32Array(old.length);
+  for (let s = 0; s < old.length; s++) {
+    const o = old[s];
+    let n = o >= 0 && o < oldCount ? went[o] : -1;
+    if (n < 0) n = made?.get(staged[s].id) ?? -3;
+    out[s] = n;
+  }
+  return out;
+}
+
 /** Rule id -> index of a document's rules, made once per document (by its sections) when a staged policy needs it. */
 const rulesById = new WeakMap<CompiledPolicy['policy']['sections'], Map<string, number>>();
 function ruleIndexById(rules: readonly Rule[], sections: CompiledPolicy['policy']['sections']): Map<string, number> {
@@ -303,7 +329,9 @@ export class Dataplane {
   setPolicy(compiled: CompiledPolicy): void {
     // Rule counters follow their rule (section and id), wherever the new policy puts it. A tag
     // change keeps the document, so its rules keep their places: nothing to move.
-    if (compiled.policy.sections !== this.policy.policy.sections) this.ruleStatsFollow(compiled);
+    const before = { sections: this.policy.policy.sections, count: this.policy.rules.length };
+    // null: every rule where it was (or the same document).
+    const from = compiled.policy.sections !== before.sections ? this.ruleStatsFollow(compiled) : null;
     this.reconcilePorts(compiled);
     this.sw.setPolicy(compiled);
     this.policy = compiled;
@@ -313,7 +341,7 @@ export class Dataplane {
       this.rulesByGeneration.delete(g); // the oldest first (insertion order)
     }
     // The staged policy's points follow the ports, and "the same rule" follows the enforced rules' new places.
-    if (this.staged !== null) this.setStaged(this.staged);
+    if (this.staged !== null) this.stagedFollow(this.staged, before, from);
     const attached = this.attached;
     this.attached = [];
     for (const w of attached) this.opts.onAttach?.(w);
@@ -331,6 +359,16 @@ export class Dataplane {
    * (a tag change). Control path.
    */
   setStaged(compiled: CompiledPolicy | null): void {
+    this.stagedFollow(compiled, null, null);
+  }
+
+  /**
+   * setStaged, and after an enforced swap: `enforcedBefore` is the enforced
+   * document the swap replaced and `from` where its rules went (null: each
+   * where it was), so that the staged map follows them without keying every
+   * rule again.
+   */
+  private stagedFollow(compiled: CompiledPolicy | null, enforcedBefore: { sections: CompiledPolicy['policy']['sections']; count: number } | null, from: Int32Array | null): void {
     const ct = this.ct;
     if (compiled === null) {
       ct.staged = null;
@@ -346,9 +384,16 @@ export class Dataplane {
     const enforcedSections = this.policy.policy.sections;
     let map = ct.stagedToEnforced;
     if (!sameDocument || this.stagedAgainst !== enforcedSections) {
-      const enforcedById = ruleIndexById(this.policy.rules, enforcedSections);
-      map = new Int32Array(compiled.rules.length);
-      for (let i = 0; i < map.length; i++) map[i] = enforcedById.get(compiled.rules[i].id) ?? -3;
+      const carried = sameDocument && enforcedBefore !== null && this.stagedAgainst === enforcedBefore.sections && map.length === compiled.rules.length;
+      if (carried && from === null) {
+        // The enforced rules stayed where they were: so does every staged rule's namesake.
+      } else if (carried && from !== null) {
+        map = stagedMapFollow(map, from, enforcedBefore.count, this.policy.rules, compiled.rules);
+      } else {
+        const enforcedById = ruleIndexById(this.policy.rules, enforcedSections);
+        map = new Int32Array(compiled.rules.length);
+        for (let i = 0; i < map.length; i++) map[i] = enforcedById.get(compiled.rules[i].id) ?? -3;
+      }
     }
     const decider = new PolicyDecider(compiled, nics);
     if (!sameDocument) ct.stagedStats = new Float64Array((compiled.rules.length + 1) * SK_COUNT);
@@ -367,11 +412,12 @@ export class Dataplane {
     return ruleCountsOf(this.policy.rules, this.ct.ruleStats);
   }
 
-  private ruleStatsFollow(compiled: CompiledPolicy): void {
+  /** Move the per-rule counters with their rules; returns where each new rule stood (null: each where it was). */
+  private ruleStatsFollow(compiled: CompiledPolicy): Int32Array | null {
     const old = this.ct.ruleStats, oldRules = this.policy.rules;
     // The usual reload changes a comment or a rule's fields, not which rules sit where: then every
     // counter stays in its place and nothing is built (10,000 keys, a pause of the packet thread).
-    if (sameRulePlaces(oldRules, compiled.rules)) return;
+    if (sameRulePlaces(oldRules, compiled.rules)) return null;
     // Where each rule stood: worked out off this thread for a reload through the compiling thread, else here.
     const moved = compiled.ruleFrom;
     const from = moved && moved.sections === this.policy.policy.sections && moved.from.length === compiled.rules.length ? moved.from : rulePlaces(oldRules, compiled.rules);
@@ -390,6 +436,7 @@ export class Dataplane {
     for (let j = 0; j < rows; j++) if (kept[j] === 0 && old[(j + 1) * RS_COUNT + RS.packets] > 0) retired.push(ruleCountsOf([oldRules[j]], old.subarray(j * RS_COUNT))[0]);
     if (retired.length > 0) this.opts.onRulesRetired?.(retired);
     this.ct.ruleStats = stats;
+    return from;
   }
 
   /** The rules of the policy in force at conntrack generation `g` (recent ones only), or null. */
