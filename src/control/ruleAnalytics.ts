@@ -17,6 +17,7 @@
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Dataplane, RuleCount } from '../datapath/dataplane.js';
+import type { Rule } from '../policy/model.js';
 
 export interface RuleTotals { packets: number; bytes: number; connections: number; lastHit: number | null }
 
@@ -54,6 +55,25 @@ export class RuleAnalytics {
   /** Counts of rules a policy change removed: kept in the base. */
   retired(counts: RuleCount[]): void {
     for (const c of counts) this.base.set(`${c.section}/${c.id}`, add(this.base.get(`${c.section}/${c.id}`), c));
+    this.lastHitMemo = null;
+  }
+
+  private lastHitMemo: { rules: readonly Rule[]; lastHit: Float64Array | null } | null = null;
+
+  /**
+   * Per rule of `rules`, when the kept base last saw it hit (Unix ms, 0:
+   * never), or null when the base is empty; made once per rules array (the
+   * base changes only when rules retire), not per scrape.
+   */
+  lastHitBefore(rules: readonly Rule[]): Float64Array | null {
+    if (this.lastHitMemo?.rules === rules) return this.lastHitMemo.lastHit;
+    let lastHit: Float64Array | null = null;
+    if (this.base.size > 0) {
+      lastHit = new Float64Array(rules.length);
+      for (let i = 0; i < rules.length; i++) lastHit[i] = this.base.get(`${rules[i].section}/${rules[i].id}`)?.lastHit ?? 0;
+    }
+    this.lastHitMemo = { rules, lastHit };
+    return lastHit;
   }
 
   /** Start saving the totals of this data plane's rules every SAVE_MS. */

@@ -13,10 +13,11 @@ import { Dataplane, PC, PC_COUNT } from '../datapath/dataplane.js';
 import { STAGE_NAMES } from '../datapath/switch.js';
 import { OUTCOME_COUNT, OUTCOME_NAMES } from '../packet/verdict.js';
 import { FLOW_COUNTER_NAMES } from '../flow/flowTable.js';
-import { CTC, RS, RS_COUNT, SK_COUNT, SK_NAMES } from '../flow/conntrack.js';
+import { CTC, SK_COUNT, SK_NAMES } from '../flow/conntrack.js';
 import type { Controller } from '../control/controller.js';
 import type { RuleAnalytics } from '../control/ruleAnalytics.js';
 import { promHistogram } from './histogram.js';
+import { RuleSeriesWriter } from './ruleSeries.js';
 
 /** What the metrics read of a cluster store (control/etcdStore.ts). */
 export interface StoreHealth {
@@ -26,8 +27,35 @@ export interface StoreHealth {
   compactions: number;
 }
 
+/**
+ * The registry, whose text ends with the per-rule families (ruleSeries.ts):
+ * labelled by section and rule id from the policy (bounded by its size),
+ * never by packet fields, and written without prom-client's per-series work.
+ */
+class TapwallRegistry extends Registry {
+  constructor(private readonly dp: Dataplane, private readonly analytics: RuleAnalytics | null) {
+    super();
+  }
+
+  /** The registry's families as text, and a writer of the per-rule ones (the server writes them a slice per turn). */
+  async scrape(): Promise<[string, RuleSeriesWriter]> {
+    const head = await super.metrics();
+    const { dp } = this;
+    const rules = dp.compiled.rules;
+    return [`${head}\n`, new RuleSeriesWriter({
+      rules, stats: dp.ct.ruleStats, defaultAction: dp.compiled.defaultAction,
+      clockOffset: Date.now() - performance.now(), lastHitBefore: this.analytics?.lastHitBefore(rules) ?? null,
+    })];
+  }
+
+  override async metrics(): Promise<string> {
+    const [head, rules] = await this.scrape();
+    return head + rules.rest();
+  }
+}
+
 export function metricsRegistry(dp: Dataplane, controller: Controller | null = null, store: StoreHealth | null = null, analytics: RuleAnalytics | null = null): Registry {
-  const registry = new Registry();
+  const registry = new TapwallRegistry(dp, analytics);
   collectDefaultMetrics({ register: registry });
   const portLabels = (i: number) => ({ port: dp.ports[i].io.name, workload: dp.workloadOf(i) ?? 'uplink' });
   // Ports whose vNIC left this host are not reported (their series end; a slot reused starts from zero).
@@ -154,29 +182,6 @@ export function metricsRegistry(dp: Dataplane, controller: Controller | null = n
   });
   promHistogram(registry, 'tapwall_batch_frames', 'Frames per batch read from a port (every batch).', dp.batchSizes);
   promHistogram(registry, 'tapwall_batch_seconds', 'Time to process one batch: parse, SpoofGuard, conntrack, policy, transmit (one batch in 8 is timed).', dp.batchSeconds);
-  // Per rule: labelled by section and rule id from the policy (bounded by its size), never by packet fields.
-  const ruleCounter = (name: string, help: string, k: RS) => new Counter({
-    name, help, labelNames: ['section', 'rule', 'action'], registers: [registry],
-    collect() {
-      this.reset();
-      const s = dp.ct.ruleStats, c = dp.compiled;
-      this.inc({ section: '', rule: 'default', action: c.defaultAction }, s[k]);
-      c.rules.forEach((r, i) => this.inc({ section: r.section, rule: r.id, action: r.action }, s[(i + 1) * RS_COUNT + k] ?? 0));
-    },
-  });
-  new Gauge({
-    name: 'tapwall_rule_last_hit_timestamp_seconds',
-    help: 'When the rule last let through or stopped a packet (Unix time), kept across policy changes and restarts; 0: never. Rules of the policy in force.',
-    labelNames: ['section', 'rule'], registers: [registry],
-    collect() {
-      this.reset();
-      const totals = analytics?.totals() ?? null;
-      for (const c of dp.ruleCounts()) {
-        const last = totals?.get(`${c.section}/${c.id}`)?.lastHit ?? c.lastHit;
-        this.set({ section: c.section, rule: c.id }, last === null ? 0 : last / 1000);
-      }
-    },
-  });
   new Counter({
     name: 'tapwall_staged_disagreements_total',
     help: 'New connections on which the staged policy (evaluated, never enforced) disagrees with the enforced one, by the staged rule that decided: would-deny (allowed now), would-allow (refused now), other-rule (same verdict, another rule). Starts again for each staged document.',
@@ -195,9 +200,6 @@ export function metricsRegistry(dp: Dataplane, controller: Controller | null = n
       }
     },
   });
-  ruleCounter('tapwall_rule_packets_total', 'Packets matched by the rule at a vNIC (rule "default": the default action).', RS.packets);
-  ruleCounter('tapwall_rule_bytes_total', 'Bytes matched by the rule at a vNIC.', RS.bytes);
-  ruleCounter('tapwall_rule_connections_total', 'Connection decisions made by the rule (allowed or denied).', RS.connections);
   if (controller) {
     new Counter({
       name: 'tapwall_policy_apply_failures_total', help: 'Policy changes refused (invalid, or not compilable); the running policy stayed.', registers: [registry],
@@ -248,8 +250,23 @@ export function metricsServe(registry: Registry, host: string, port: number): Pr
       res.writeHead(404, { 'content-type': 'text/plain' }).end('try /metrics\n');
       return;
     }
-    registry.metrics().then(
-      (body) => res.writeHead(200, { 'content-type': registry.contentType }).end(body),
+    // The per-rule families go out a slice per turn of the event loop, so that frames are forwarded
+    // between slices (one series per rule: at 100,000 rules tens of megabytes); a slow reader is waited for.
+    const body: Promise<[string, RuleSeriesWriter | null]> = registry instanceof TapwallRegistry ? registry.scrape() : registry.metrics().then((text) => [text, null]);
+    body.then(
+      ([head, rules]) => {
+        res.writeHead(200, { 'content-type': registry.contentType });
+        if (rules === null) { res.end(head); return; }
+        res.write(head);
+        const step = (): void => {
+          if (res.destroyed) return;
+          const slice = rules.next();
+          if (slice === null) { res.end(); return; }
+          if (res.write(slice)) setImmediate(step);
+          else res.once('drain', () => setImmediate(step));
+        };
+        setImmediate(step);
+      },
       (e: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${e.message}\n`),
     );
   });
