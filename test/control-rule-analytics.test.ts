@@ -71,3 +71,57 @@ t.test('since: durations and times', async (t) => {
   t.equal(sinceOf('2026-11-01T00:00:00Z', now), Date.parse('2026-11-01T00:00:00Z'));
   t.equal(sinceOf('soon', now), null, 'anything else: null (the API answers 400)');
 });
+
+/** A policy of `n` rules (web to app on ports 1000 + i), and its ssh rule when asked. */
+const manyRules = (n: number, withSsh: boolean) => policy(withSsh).replace('      - { id: never,', `${Array.from({ length: n }, (_, i) => `      - { id: p${i}, from: web, to: app, services: [tcp/${1000 + i}], action: allow }\n`).join('')}      - { id: never,`);
+
+t.test('the periodic save writes in slices, between turns of the event loop, what the whole save writes', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'tw-ra-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const analytics = new RuleAnalytics(dir);
+  const lab = new MemLab(manyRules(1800, true), { uplink: null, dataplane: { onRulesRetired: (c) => analytics.retired(c) } });
+  t.teardown(() => lab.stop());
+  analytics.start(lab.dp);
+  const syn = (sport: number, dport: number) => lab.send('twk-a', frameBuild({ family: 4, proto: 6, srcMac: MAC.a, dstMac: MAC.b, src: '10.71.0.1', dst: '10.71.0.2', sport, dport, flags: TCP_SYN })).outcome;
+  t.same([syn(1, 22), syn(2, 1000), syn(3, 2799), syn(4, 80)], ['forward', 'forward', 'forward', 'forward']);
+  // ssh retires: the file has a rule that is not in force.
+  lab.apply(manyRules(1800, false));
+  t.same([syn(5, 1000), syn(6, 80)], ['forward', 'forward']);
+  const file = join(dir, 'rules.json');
+  analytics.save();
+  const whole = JSON.parse(readFileSync(file, 'utf8')) as Record<string, { connections: number }>;
+  t.equal(Object.keys(whole).length, 1800 + 3, 'every rule in force and the retired one');
+  t.same([whole['s/p0'].connections, whole['s/p1799'].connections, whole['s/ssh'].connections, whole['s/web-to-app'].connections], [2, 1, 1, 2], 'counts per rule, the retired one kept');
+  // The same in slices, with a task that comes back every turn watching the order.
+  rmSync(file);
+  const order: string[] = [];
+  let ticking = true;
+  const tick = () => { if (!ticking) return; order.push('t'); setImmediate(tick); };
+  setImmediate(tick);
+  const write = (await import('node:fs')).WriteStream.prototype.write;
+  (await import('node:fs')).WriteStream.prototype.write = function (this: unknown, ...a: unknown[]) { order.push('w'); return (write as (...x: unknown[]) => boolean).apply(this, a); } as typeof write;
+  try {
+    await analytics.saveInSlices();
+  } finally {
+    (await import('node:fs')).WriteStream.prototype.write = write;
+    ticking = false;
+  }
+  // (Last hits are turned to wall-clock time with the clock's offset taken at each save: a millisecond apart at most.)
+  const sliced = JSON.parse(readFileSync(file, 'utf8')) as Record<string, { lastHit: string | null }>;
+  const withoutLastHit = (o: Record<string, object>) => Object.fromEntries(Object.entries(o).map(([k, v]) => [k, { ...v, lastHit: null }]));
+  t.same(withoutLastHit(sliced), withoutLastHit(whole), 'the file the slices wrote reads as the whole save');
+  t.ok(Object.entries(whole as Record<string, { lastHit: string | null }>).every(([k, v]) => (v.lastHit === null) === (sliced[k].lastHit === null) && (v.lastHit === null || Math.abs(Date.parse(v.lastHit) - Date.parse(sliced[k].lastHit!)) <= 2)), 'and the same last hits');
+  t.ok(order.filter((x) => x === 'w').length >= 4, 'written in slices');
+  t.notMatch(order.join(''), /ww/, 'never two slices without a turn of the event loop between them');
+
+  // A policy change during a save: the save begins again on the new counts, and counts nothing twice.
+  syn(7, 2000);
+  const saving = analytics.saveInSlices();
+  await new Promise((r) => setImmediate(r));
+  lab.apply(manyRules(1790, false)); // p1790..p1799 retire into the kept totals
+  await saving;
+  const after = JSON.parse(readFileSync(file, 'utf8')) as Record<string, { connections: number }>;
+  t.same([after['s/p1799'].connections, after['s/p1000'].connections, after['s/p0'].connections], [1, 1, 2], 'the retired rule counted once, the others as they are');
+  t.equal(Object.keys(after).length, 1790 + 3 + 1, 'the rules in force, ssh, and of the ten retired the one that counted (a rule never hit is not kept)');
+  analytics.stop();
+});

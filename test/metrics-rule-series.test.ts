@@ -113,8 +113,8 @@ t.test('the last hit of a rule is the later of this process and the kept totals'
   const s = lab.dp.ct.ruleStats;
   s[1 * RS_COUNT + RS.lastHit] = 1; // rule 0: hit early in this process (the clock's first millisecond)
   const offset = Date.now() - performance.now();
-  const before = new Float64Array([Date.UTC(2030, 0, 1), Date.UTC(2020, 0, 1), 0]);
-  const text = new RuleSeriesWriter({ rules: lab.dp.compiled.rules, stats: s, defaultAction: 'drop', clockOffset: offset, lastHitBefore: before }).rest();
+  const before = new Map([['r0', Date.UTC(2030, 0, 1)], ['r1', Date.UTC(2020, 0, 1)]]);
+  const text = new RuleSeriesWriter({ rules: lab.dp.compiled.rules, stats: s, defaultAction: 'drop', clockOffset: offset, lastHitBefore: (r) => before.get(r.id) ?? 0 }).rest();
   const lines = family(text, FAMILIES[0]).split('\n').filter((l) => l.startsWith('tapwall_'));
   t.same(lines.map((l) => Number(l.split(' ')[1])), [Date.UTC(2030, 0, 1) / 1000, Date.UTC(2020, 0, 1) / 1000, 0], 'the kept total where it is later, this process where it is, 0 for never');
 });

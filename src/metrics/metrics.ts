@@ -44,7 +44,7 @@ class TapwallRegistry extends Registry {
     const rules = dp.compiled.rules;
     return [`${head}\n`, new RuleSeriesWriter({
       rules, stats: dp.ct.ruleStats, defaultAction: dp.compiled.defaultAction,
-      clockOffset: Date.now() - performance.now(), lastHitBefore: this.analytics?.lastHitBefore(rules) ?? null,
+      clockOffset: Date.now() - performance.now(), lastHitBefore: this.analytics ? (r) => this.analytics!.lastHitOf(r.section, r.id) : null,
     })];
   }
 

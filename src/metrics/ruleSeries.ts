@@ -46,8 +46,8 @@ export interface RuleSeriesInput {
   defaultAction: string;
   /** Date.now() - performance.now() on the thread whose clock wrote RS.lastHit. */
   clockOffset: number;
-  /** Per rule, when it last hit before this process (Unix ms, 0: never), or null. */
-  lastHitBefore: Float64Array | null;
+  /** When a rule last hit before this process (Unix ms, 0: never), looked up as its row is written; or null. */
+  lastHitBefore: ((rule: RuleLabel) => number) | null;
 }
 
 const LAST_HIT = 'tapwall_rule_last_hit_timestamp_seconds';
@@ -95,7 +95,7 @@ export class RuleSeriesWriter {
       if (k < 0) {
         const here = stats[(i + 1) * RS_COUNT + RS.lastHit];
         const now = here > 0 ? Math.round(this.x.clockOffset + here) : 0;
-        const before = this.x.lastHitBefore !== null && i < this.x.lastHitBefore.length ? this.x.lastHitBefore[i] : 0;
+        const before = this.x.lastHitBefore === null ? 0 : this.x.lastHitBefore(r);
         out += `${name}{${labels}} ${num(Math.max(now, before) / 1000)}\n`;
       } else {
         out += `${name}{${labels},action="${escapeLabel(r.action)}"} ${num(stats[(i + 1) * RS_COUNT + k])}\n`;
