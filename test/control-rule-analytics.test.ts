@@ -10,6 +10,8 @@ import { MemLab } from './memlab.js';
 import { frameBuild } from '../src/packet/build.js';
 import { TCP_SYN } from '../src/packet/parse.js';
 import { RuleAnalytics, sinceOf } from '../src/control/ruleAnalytics.js';
+import { RuleListWriter } from '../src/control/views.js';
+import { RS, RS_COUNT } from '../src/flow/conntrack.js';
 
 const MAC = { a: '02:71:00:00:00:01', b: '02:71:00:00:00:02' };
 const policy = (withSsh: boolean) => `
@@ -123,5 +125,54 @@ t.test('the periodic save writes in slices, between turns of the event loop, wha
   const after = JSON.parse(readFileSync(file, 'utf8')) as Record<string, { connections: number }>;
   t.same([after['s/p1799'].connections, after['s/p1000'].connections, after['s/p0'].connections], [1, 1, 2], 'the retired rule counted once, the others as they are');
   t.equal(Object.keys(after).length, 1790 + 3 + 1, 'the rules in force, ssh, and of the ten retired the one that counted (a rule never hit is not kept)');
+  analytics.stop();
+});
+
+t.test("GET /v1/rules' body, written a slice at a time, is the JSON the whole answer was", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'tw-ra-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const analytics = new RuleAnalytics(dir);
+  const lab = new MemLab(manyRules(1200, true), { uplink: null, dataplane: { onRulesRetired: (c) => analytics.retired(c) } });
+  t.teardown(() => lab.stop());
+  analytics.start(lab.dp);
+  const syn = (sport: number, dport: number) => lab.send('twk-a', frameBuild({ family: 4, proto: 6, srcMac: MAC.a, dstMac: MAC.b, src: '10.71.0.1', dst: '10.71.0.2', sport, dport, flags: TCP_SYN })).outcome;
+  t.same([syn(1, 22), syn(2, 1000), syn(3, 2199), syn(4, 80), syn(5, 7)], ['forward', 'forward', 'forward', 'forward', 'policy']);
+  const dp = lab.dp;
+  // The answer as it was built whole: the counters per rule, the kept totals and last hit added, then filtered.
+  const whole = (since: number | null, withAnalytics: boolean) => {
+    const s = dp.ct.ruleStats, totals = analytics.totals();
+    const rules = dp.compiled.rules.map((r, i) => {
+      const v: Record<string, unknown> = { section: r.section, id: r.id, action: r.action, log: r.log, packets: s[(i + 1) * RS_COUNT + RS.packets], bytes: s[(i + 1) * RS_COUNT + RS.bytes], connections: s[(i + 1) * RS_COUNT + RS.connections] };
+      if (withAnalytics) {
+        const tt = totals.get(`${r.section}/${r.id}`)!;
+        v.total = { packets: tt.packets, bytes: tt.bytes, connections: tt.connections };
+        v.lastHit = tt.lastHit ? new Date(tt.lastHit).toISOString() : null;
+      }
+      return v;
+    }).filter((v) => since === null || v.lastHit === null || v.lastHit === undefined || Date.parse(v.lastHit as string) < since);
+    const body = { rules, default: { action: dp.compiled.defaultAction, packets: s[RS.packets], bytes: s[RS.bytes], connections: s[RS.connections] } };
+    return `${JSON.stringify(since === null ? body : { since: new Date(since).toISOString(), ...body }, null, 2)}\n`;
+  };
+  const sliced = (since: number | null, withAnalytics: boolean) => {
+    const w = new RuleListWriter({ rules: dp.compiled.rules, stats: dp.ct.ruleStats, defaultAction: dp.compiled.defaultAction, clockOffset: Date.now() - performance.now(), kept: withAnalytics ? (s, id) => analytics.keptOf(s, id) : null, since });
+    const slices: string[] = [];
+    for (let x = w.next(); x !== null; x = w.next()) slices.push(x);
+    return slices;
+  };
+  // Last hits are wall-clock times made with the clock's offset at each call: compare them apart.
+  const stable = (text: string) => text.replace(/"lastHit": "[^"]+"/g, '"lastHit": "T"');
+  const all = sliced(null, true);
+  t.ok(all.length >= 3, `in slices (${all.length})`);
+  t.equal(stable(all.join('')), stable(whole(null, true)), 'every rule, with its totals: the same text');
+  t.same(JSON.parse(all.join('')).rules.map((r: { lastHit: string | null }) => r.lastHit === null), JSON.parse(whole(null, true)).rules.map((r: { lastHit: string | null }) => r.lastHit === null), 'the same rules have a last hit');
+  t.equal(sliced(null, false).join(''), whole(null, false), 'without rule analytics: the counters only');
+  const soon = Date.now() + 60_000;
+  const unused = sliced(soon, true).join('');
+  t.equal(stable(unused), stable(whole(soon, true)), 'unused since a time to come: the same text');
+  t.equal((JSON.parse(unused) as { rules: unknown[] }).rules.length, 1200 + 3, 'every rule (the four hit were hit before it)');
+  const none = sliced(0, true).join('');
+  t.same((JSON.parse(none) as { rules: Array<{ id: string }> }).rules.length, 1200 + 3 - 4, 'unused since 1970: the rules never hit, all but the four');
+  t.notOk((JSON.parse(none) as { rules: Array<{ id: string }> }).rules.some((r) => ['ssh', 'p0', 'p1199', 'web-to-app'].includes(r.id)), 'none of the four');
+  t.equal(stable(none), stable(whole(0, true)), 'and its text');
   analytics.stop();
 });

@@ -37,7 +37,8 @@ import type { Dataplane } from '../datapath/dataplane.js';
 import type { PolicyProblem } from '../policy/errors.js';
 import { CT_NAMES } from '../flow/flowTable.js';
 import { ControlError, type Controller } from './controller.js';
-import { flowList, portCounts, protoName, ruleList, wordsAddress } from './views.js';
+import { flowList, portCounts, protoName, RuleListWriter, wordsAddress } from './views.js';
+import { writeSliced } from '../util/sliced.js';
 import { FLE, flowLogTake } from '../flow/flowLog.js';
 import { SK_COUNT, SK_NAMES } from '../flow/conntrack.js';
 import { OUTCOME_NAMES } from '../packet/verdict.js';
@@ -341,24 +342,17 @@ export class ApiServer {
         return send(res, 200, policyTrace(this.controller.policy, parsePacketSpec(packet), { from: from as string | undefined, to: to as string | undefined, ports: this.dp.switchPorts() }));
       }
       if (route === 'GET /v1/rules') {
-        const list = ruleList(this.dp) as unknown as { rules: Array<Record<string, unknown>>; default: Record<string, unknown> };
-        const totals = this.opts.analytics?.totals();
-        if (totals) {
-          for (const r of list.rules) {
-            const t = totals.get(`${r.section}/${r.id}`);
-            r.total = t ? { packets: t.packets, bytes: t.bytes, connections: t.connections } : { packets: 0, bytes: 0, connections: 0 };
-            r.lastHit = t?.lastHit ? new Date(t.lastHit).toISOString() : null;
-          }
-        }
         const unused = url.searchParams.get('unused');
-        if (unused !== null) {
-          // Rules not hit since a time: never (in the totals kept across restarts), or last before it.
-          const since = sinceOf(unused);
-          if (since === null) throw new ControlError(400, 'bad-request', `unused: expected a duration like 7d, 12h or 30m, or an ISO time, found '${unused.slice(0, 40)}'`, [problem('bad-value', 'unused', 'expected a duration or an ISO time')]);
-          list.rules = list.rules.filter((r) => r.lastHit === null || r.lastHit === undefined || Date.parse(r.lastHit as string) < since);
-          return send(res, 200, { since: new Date(since).toISOString(), ...list });
-        }
-        return send(res, 200, list);
+        const since = unused === null ? null : sinceOf(unused);
+        if (unused !== null && since === null) throw new ControlError(400, 'bad-request', `unused: expected a duration like 7d, 12h or 30m, or an ISO time, found '${unused.slice(0, 40)}'`, [problem('bad-value', 'unused', 'expected a duration or an ISO time')]);
+        const analytics = this.opts.analytics ?? null;
+        const writer = new RuleListWriter({
+          rules: this.dp.compiled.rules, stats: this.dp.ct.ruleStats, defaultAction: this.dp.compiled.defaultAction,
+          clockOffset: Date.now() - performance.now(), kept: analytics === null ? null : (section, id) => analytics.keptOf(section, id), since,
+        });
+        res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+        writeSliced(res, () => writer.next());
+        return;
       }
       if (route === 'PUT /v1/policy/staged') {
         const text = await readBody(req);

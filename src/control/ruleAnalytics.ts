@@ -30,7 +30,8 @@ export interface RuleTotals { packets: number; bytes: number; connections: numbe
 
 const SAVE_MS = 30_000;
 
-function add(a: RuleTotals | undefined, b: RuleTotals): RuleTotals {
+/** Two totals of one rule added (the later last hit). */
+export function totalsAdd(a: RuleTotals | undefined, b: RuleTotals): RuleTotals {
   if (!a) return { ...b };
   return {
     packets: a.packets + b.packets, bytes: a.bytes + b.bytes, connections: a.connections + b.connections,
@@ -61,12 +62,17 @@ export class RuleAnalytics {
 
   /** Counts of rules a policy change removed: kept in the base. */
   retired(counts: RuleCount[]): void {
-    for (const c of counts) this.base.set(`${c.section}/${c.id}`, { ...add(this.base.get(`${c.section}/${c.id}`), c), writtenBy: 0 });
+    for (const c of counts) this.base.set(`${c.section}/${c.id}`, { ...totalsAdd(this.base.get(`${c.section}/${c.id}`), c), writtenBy: 0 });
     this.changes++;
   }
 
   /** Base changes (rules retired) so far: a save in slices that sees one starts again. */
   private changes = 0;
+
+  /** What the kept base has of this rule (from before this process, or retired), if anything. */
+  keptOf(section: string, id: string): RuleTotals | undefined {
+    return this.base.size === 0 ? undefined : this.base.get(`${section}/${id}`);
+  }
 
   /** When the kept base last saw this rule hit (Unix ms), 0: never or unknown. */
   lastHitOf(section: string, id: string): number {
@@ -89,7 +95,7 @@ export class RuleAnalytics {
   /** Totals per rule key (section/id): the kept base plus the data plane's counts now. */
   totals(): Map<string, RuleTotals> {
     const out = new Map<string, RuleTotals>(this.base);
-    for (const c of this.dp?.ruleCounts() ?? []) out.set(`${c.section}/${c.id}`, add(this.base.get(`${c.section}/${c.id}`), c));
+    for (const c of this.dp?.ruleCounts() ?? []) out.set(`${c.section}/${c.id}`, totalsAdd(this.base.get(`${c.section}/${c.id}`), c));
     return out;
   }
 
@@ -208,7 +214,7 @@ class TotalsText {
       const key = `${r.section}/${r.id}`, kept = this.base.get(key);
       if (kept !== undefined) kept.writtenBy = this.id;
       const last = this.stats[o + RS.lastHit];
-      entry(key, add(kept, { packets: this.stats[o + RS.packets], bytes: this.stats[o + RS.bytes], connections: this.stats[o + RS.connections], lastHit: last > 0 ? Math.round(this.clockOffset + last) : null }));
+      entry(key, totalsAdd(kept, { packets: this.stats[o + RS.packets], bytes: this.stats[o + RS.bytes], connections: this.stats[o + RS.connections], lastHit: last > 0 ? Math.round(this.clockOffset + last) : null }));
       n++;
     }
     if (this.i < inForce) return out;
