@@ -21,6 +21,10 @@
  *             in a worker thread and the other threads run at nice 19, as
  *             the daemon's do; then again with --forwarding-cpu auto. The
  *             longest turn spent taking one part of a result is reported.
+ *             Then, as a daemon with --metrics and --state-dir, Prometheus
+ *             scrapes from another process (the per-rule series are most of
+ *             the text) and the rule analytics' periodic save: their time and
+ *             the longest gap while they run.
  *
  * Targets from the scale issue are printed beside the figures; they are
  * goals, not pass/fail checks (these machines are shared and noisy).
@@ -47,6 +51,11 @@ import { prng } from '../tools/prng.js';
 import { placeThreads, placementUndo, scavengeAlone, yieldOthers, yieldOthersUndo } from '../src/util/placement.js';
 import { native } from '../src/io/native.js';
 import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { RuleAnalytics } from '../src/control/ruleAnalytics.js';
+import { metricsRegistry, metricsServe } from '../src/metrics/metrics.js';
 import { machineInfo, machineLine, median, type MachineInfo } from './machine.js';
 import { scalePolicy, SCALE_CASES, type ScaleCase } from './scalePolicies.js';
 
@@ -90,6 +99,13 @@ export interface ScaleRow {
   gcPauseTagMs: number;
   /** The longest turn the main thread spent taking one part of a result from the compiling thread. */
   longestHandoverMs: number;
+  /** SCRAPES scrapes of /metrics from another process, one after the other (median time each, bytes), then the rule analytics' save; the longest gap, gaps over 2 ms and collector pause while they ran. */
+  scrapeMs: number;
+  scrapeBytes: number;
+  analyticsSaveMs: number;
+  gapScrapeMs: number;
+  gapsOver2msScrape: number;
+  gcPauseScrapeMs: number;
   handoverParts: number;
   /** The same stream, reload and tag change with the daemon's --forwarding-cpu auto; null on a machine with one CPU. */
   placed: PlacedGaps | null;
@@ -189,7 +205,7 @@ function lookupsPerSec(compiled: CompiledPolicy, keys: Int32Array): number {
 export interface Phase { longest: number; over2ms: number; longestGcMs: number }
 
 /** Phases of the stream: frames forwarded in phase 0 are not counted. */
-const PHASE_NONE = 0, PHASE_IDLE = 1, PHASE_RELOAD = 2, PHASE_TAG = 3;
+const PHASE_NONE = 0, PHASE_IDLE = 1, PHASE_RELOAD = 2, PHASE_TAG = 3, PHASE_SCRAPE = 4;
 
 interface Stream {
   frames: number;
@@ -217,7 +233,7 @@ function streamStart(dp: Dataplane, ports: Map<string, MemoryPort>, from: { nic:
   const frames: Uint8Array[] = [];
   for (let sport = 1024; sport < 1024 + 4096; sport++) frames.push(frameBuild({ family: 4, proto: 6, src: from.ip, dst: to.ip, sport, dport: 8080, flags: TCP_SYN, srcMac: from.mac, dstMac: to.mac }));
   // Per phase: longest gap, gaps over 2 ms.
-  const stats = new Float64Array(4 * 2);
+  const stats = new Float64Array(5 * 2);
   const longGaps: Array<[number, number]> = [];
   let count = 0, running = true, k = 0, current = PHASE_NONE, last = -1;
   const turn = () => {
@@ -257,6 +273,47 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Tag changes timed in a run (odd: the median is one of them). */
 const TAG_CHANGES = 11;
+/** Scrapes of /metrics in a run (odd). */
+const SCRAPES = 3;
+
+/**
+ * A process of its own that scrapes /metrics `count` times, one after the other, when told to go (as
+ * Prometheus does: reading the text is not the daemon's work); `go()` gives each scrape's time and the
+ * bytes of the last. Started, and ready, before the measured phase begins, so that starting a process (a
+ * fork of this large one) is not counted as the daemon's.
+ */
+async function scraperStart(port: number, count: number): Promise<{ go(): Promise<{ ms: number[]; bytes: number }> }> {
+  const script = `
+    process.stdout.write('ready\\n');
+    process.stdin.once('data', () => go());
+    const http = require('node:http');
+    const get = () => new Promise((resolve, reject) => http.get('http://127.0.0.1:${port}/metrics', (res) => {
+      let bytes = 0; res.on('data', (c) => { bytes += c.length; }); res.on('end', () => resolve(res.statusCode === 200 ? bytes : -res.statusCode)); res.on('error', reject);
+    }).on('error', reject));
+    const go = async () => { const ms = []; let bytes = 0; for (let i = 0; i < ${count}; i++) { const t = performance.now(); bytes = await get(); ms.push(performance.now() - t); } process.stdout.write(JSON.stringify({ ms, bytes })); process.exit(0); };`;
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let out = '';
+  const closed = new Promise<number | null>((resolve) => child.on('close', resolve));
+  await new Promise<void>((resolve, reject) => {
+    child.on('error', reject);
+    child.stdout.on('data', (c: Buffer) => { out += c.toString(); if (out.startsWith('ready\n')) resolve(); });
+    void closed.then((code) => reject(new Error(`bench scale: the scraper left before it was ready (exit ${code})`)));
+  });
+  return {
+    async go() {
+      out = '';
+      child.stdin.write('go\n');
+      const code = await closed;
+      try {
+        const r = JSON.parse(out) as { ms: number[]; bytes: number };
+        if (code !== 0 || r.bytes <= 0) throw new Error(`exit ${code}, ${out.slice(0, 200)}`);
+        return r;
+      } catch (e) {
+        throw new Error(`bench scale: the scrapes failed: ${(e as Error).message}`);
+      }
+    },
+  };
+}
 
 /** The longest gap between turns of an empty loop over `ms`, and how many were over 2 ms. */
 async function emptyLoopGaps(ms: number): Promise<{ longest: number; over2ms: number }> {
@@ -320,7 +377,7 @@ export function gapSetup(doc: Record<string, unknown>, pair: [string, string]): 
 }
 
 /** The longest forwarding gaps: idle, during a full reload, during a tag change. */
-export async function gaps(setup: GapSetup, place = false): Promise<{ baseline: Phase; reload: Phase; tag: Phase; reloadMs: number; tagMs: number; tagMaxMs: number; longestPartMs: number; parts: number; longGaps: Array<[number, number]>; forwardingCpu: number | null }> {
+export async function gaps(setup: GapSetup, place = false): Promise<{ baseline: Phase; reload: Phase; tag: Phase; scrape: (Phase & { ms: number; bytes: number; saveMs: number }) | null; reloadMs: number; tagMs: number; tagMaxMs: number; longestPartMs: number; parts: number; longGaps: Array<[number, number]>; forwardingCpu: number | null }> {
   const { text, changed, ends, local } = setup;
   const store = new MemoryStore(text, '(bench)');
   // As the daemon places its threads with --forwarding-cpu auto (before its compiling thread starts).
@@ -371,12 +428,43 @@ export async function gaps(setup: GapSetup, place = false): Promise<{ baseline: 
     const tagMs = median(tagTimes), tagMaxMs = Math.max(...tagTimes);
     await sleep(200);
     const t3 = performance.now();
+    stream.phase(PHASE_NONE);
+    // As a daemon with --metrics and --state-dir: Prometheus (another process) scrapes, one after the
+    // other, then the rule analytics' periodic save.
+    let scrape: { ms: number; bytes: number; saveMs: number; from: number; to: number } | null = null;
+    if (!place) {
+      const dir = mkdtempSync(join(tmpdir(), 'tw-scale-'));
+      const analytics = new RuleAnalytics(dir);
+      analytics.start(dp);
+      const { server, port } = await metricsServe(metricsRegistry(dp, controller, null, analytics), '127.0.0.1', 0);
+      try {
+        const scraper = await scraperStart(port, SCRAPES);
+        await sleep(100);
+        const from = performance.now();
+        stream.phase(PHASE_SCRAPE);
+        const scraped = await scraper.go();
+        const s0 = performance.now();
+        await analytics.saveInSlices();
+        const saveMs = performance.now() - s0;
+        await sleep(100);
+        stream.phase(PHASE_NONE);
+        scrape = { ms: median(scraped.ms), bytes: scraped.bytes, saveMs, from, to: performance.now() };
+      } finally {
+        server.close();
+        analytics.stop();
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }
     stream.stop();
     if (stream.frames < 100) throw new Error(`bench scale: the stream forwarded only ${stream.frames} frames`);
     await sleep(10); // the last collector entries are delivered asynchronously
     const longestPause = (from: number, to: number) => pauses.reduce((m, [a, b]) => (a >= from && a < to ? Math.max(m, b - a) : m), 0);
     const phase = (p: number, from: number, to: number) => ({ longest: stream.longest(p), over2ms: stream.over2ms(p), longestGcMs: longestPause(from, to) });
-    return { baseline: phase(PHASE_IDLE, t0, t0end), reload: phase(PHASE_RELOAD, t1, t2), tag: phase(PHASE_TAG, t2, t3), reloadMs, tagMs, tagMaxMs, longestPartMs: preparer.longestPartMs, parts: preparer.parts, longGaps: stream.longGaps, forwardingCpu: placed?.forwarding ?? null };
+    return {
+      baseline: phase(PHASE_IDLE, t0, t0end), reload: phase(PHASE_RELOAD, t1, t2), tag: phase(PHASE_TAG, t2, t3), reloadMs, tagMs, tagMaxMs,
+      scrape: scrape === null ? null : { ...phase(PHASE_SCRAPE, scrape.from, scrape.to), ms: scrape.ms, bytes: scrape.bytes, saveMs: scrape.saveMs },
+      longestPartMs: preparer.longestPartMs, parts: preparer.parts, longGaps: stream.longGaps, forwardingCpu: placed?.forwarding ?? null,
+    };
   } finally {
     stream.stop();
     observer.disconnect();
@@ -395,7 +483,7 @@ function allowedPair(which: ScaleCase): [string, string] {
   return ['w0', 'w1']; // application 0: web -> app
 }
 
-type StaticFigures = Omit<ScaleRow, 'placed' | 'gapBaselineMs' | 'gapReloadMs' | 'gapTagMs' | 'gapsOver2msBaseline' | 'gapsOver2msReload' | 'gapsOver2msTag' | 'reloadMs' | 'tagEnforcedMs' | 'tagEnforcedMaxMs' | 'gcPauseBaselineMs' | 'gcPauseReloadMs' | 'gcPauseTagMs' | 'longestHandoverMs' | 'handoverParts'>;
+type StaticFigures = Omit<ScaleRow, 'placed' | 'scrapeMs' | 'scrapeBytes' | 'analyticsSaveMs' | 'gapScrapeMs' | 'gapsOver2msScrape' | 'gcPauseScrapeMs' | 'gapBaselineMs' | 'gapReloadMs' | 'gapTagMs' | 'gapsOver2msBaseline' | 'gapsOver2msReload' | 'gapsOver2msTag' | 'reloadMs' | 'tagEnforcedMs' | 'tagEnforcedMaxMs' | 'gcPauseBaselineMs' | 'gcPauseReloadMs' | 'gcPauseTagMs' | 'longestHandoverMs' | 'handoverParts'>;
 
 /** Everything but the forwarding gaps, in a function of its own so that what it builds is garbage when it returns. */
 function staticFigures(which: ScaleCase, doc: Record<string, unknown>, progress: (line: string) => void): StaticFigures {
@@ -483,6 +571,12 @@ export async function benchScale(opts: { cases?: ScaleCase[] } = {}, progress: (
       gcPauseTagMs: g.tag.longestGcMs,
       longestHandoverMs: g.longestPartMs,
       handoverParts: g.parts,
+      scrapeMs: g.scrape!.ms,
+      scrapeBytes: g.scrape!.bytes,
+      analyticsSaveMs: g.scrape!.saveMs,
+      gapScrapeMs: g.scrape!.longest,
+      gapsOver2msScrape: g.scrape!.over2ms,
+      gcPauseScrapeMs: g.scrape!.longestGcMs,
       placed: p.forwardingCpu === null ? null : {
         forwardingCpu: p.forwardingCpu,
         gapBaselineMs: p.baseline.longest, gapReloadMs: p.reload.longest, gapTagMs: p.tag.longest,
@@ -514,6 +608,7 @@ export function formatScale(r: ScaleResult): string {
       `                    gaps over 2 ms: idle ${row.gapsOver2msBaseline} in 0.6 s; reload ${row.gapsOver2msReload}; tag change ${row.gapsOver2msTag}`,
       `                    longest collector pause of the forwarding thread: idle ${f(row.gcPauseBaselineMs, 1)} ms; reload ${f(row.gcPauseReloadMs, 1)} ms; tag change ${f(row.gcPauseTagMs, 1)} ms`,
       `  hand-over         ${row.handoverParts} parts from the compiling thread, the longest taken in ${f(row.longestHandoverMs, 2)} ms`,
+      `  metrics + save    ${SCRAPES} Prometheus scrapes from another process, ${(row.scrapeBytes / 1e6).toFixed(1)} MB each in ${f(row.scrapeMs)} ms, then the rule analytics' save in ${f(row.analyticsSaveMs)} ms; longest forwarding gap ${f(row.gapScrapeMs, 1)} ms, ${row.gapsOver2msScrape} over 2 ms, longest collector pause ${f(row.gcPauseScrapeMs, 1)} ms`,
       ...(row.placed === null
         ? ['  --forwarding-cpu  not measured: this machine gives the process one CPU']
         : [
