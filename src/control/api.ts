@@ -374,6 +374,8 @@ export class ApiServer {
         return send(res, 200, result, { etag: `"${result.revision}"` });
       }
       const historyRoute = /^\/v1\/policy\/history\/([^/]+)$/.exec(url.pathname);
+      // A version put in force is written to the history a slice at a time: read it once written.
+      if (url.pathname.startsWith('/v1/policy/history') || route === 'GET /v1/policy/diff' || route === 'POST /v1/policy/rollback') await this.controller.history?.settled();
       if (route === 'GET /v1/policy/history') return send(res, 200, { entries: this.historyOrFail().list() });
       if (historyRoute && req.method === 'GET') {
         const { entry, text } = this.historyEntry(historyRoute[1], 'id');

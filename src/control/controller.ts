@@ -168,6 +168,7 @@ export class Controller {
   /** Stop, and let the preparer go (its worker thread). */
   async close(): Promise<void> {
     this.stop();
+    await this.opts.history?.settled();
     await this.preparer.close();
   }
 
@@ -243,7 +244,8 @@ export class Controller {
     };
     this.opts.log?.info({ source, ...this.lastApply }, 'policy applied');
     // A new document (not a tag change) goes into the history, after its audit record.
-    if (newText) this.opts.history?.record(ref.text, { by: source, revision, rules: compiled.stats.rules, reason });
+    // (Written a slice per turn, after this turn's swap; a request that applied it waits for it.)
+    if (newText) void this.opts.history?.record(ref.text, { by: source, revision, rules: compiled.stats.rules, reason });
     this.opts.onApplied?.(this.lastApply, [...compiled.points.keys()]);
     return this.lastApply;
   }
@@ -454,6 +456,8 @@ export class Controller {
       this.recordStored([{ action: 'policy.applied', by, ...(reason ? { reason } : {}), revision: cas.revision, rules: prepared.compiled.stats.rules, compileMs: round(prepared.compileMs) }], cas.revision, by);
       this.tags = this.pruneTags(this.tags, prepared.document);
       this.install(prepared, ref, cas.revision, by, reason);
+      // The caller reads the history next (a rollback names an entry): it has this version once this returns.
+      await this.opts.history?.settled();
     }
     this.rejectedText = null;
     return { ...this.lastApply! };
