@@ -19,7 +19,9 @@
  *             (quarantine put on and lifted, 0.1 s apart; each timed from the
  *             call to enforced: median and longest). The controller prepares
  *             in a worker thread and the other threads run at nice 19, as
- *             the daemon's do; then again with --forwarding-cpu auto. The
+ *             the daemon's do, and it keeps an audit log, the policy history
+ *             and rule analytics in a state folder, as the daemon always
+ *             does; then again with --forwarding-cpu auto. The
  *             longest turn spent taking one part of a result is reported.
  *             Then, as a daemon with --metrics and --state-dir, Prometheus
  *             scrapes from another process (the per-rule series are most of
@@ -55,6 +57,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RuleAnalytics } from '../src/control/ruleAnalytics.js';
+import { PolicyHistory } from '../src/control/history.js';
 import { metricsRegistry, metricsServe } from '../src/metrics/metrics.js';
 import { machineInfo, machineLine, median, type MachineInfo } from './machine.js';
 import { scalePolicy, SCALE_CASES, type ScaleCase } from './scalePolicies.js';
@@ -386,14 +389,19 @@ export async function gaps(setup: GapSetup, place = false): Promise<{ baseline: 
   if (!place) yieldOthers();
   const sweep = place ? null : setInterval(yieldOthers, 5000);
   const ports = new Map<string, MemoryPort>();
+  // As the daemon keeps its state (--state-dir, always set): the audit log, the policy history, rule analytics.
+  const stateDir = mkdtempSync(join(tmpdir(), 'tw-scale-'));
+  const analytics = new RuleAnalytics(stateDir);
   // As the daemon builds it: a data plane with no vNICs, whose ports the controller's first apply opens.
   const dp = new Dataplane(policyCompile(startingPolicy()), [], {
     flowCapacity: 1 << 16,
     portOpener: (s) => { const p = new MemoryPort(s.name, false); ports.set(s.name, p); return p; },
+    onRulesRetired: (counts) => analytics.retired(counts),
   });
+  analytics.start(dp);
   // As the daemon runs it: validation and compilation in a worker thread.
   const preparer = new OffThreadPreparer();
-  const controller = new Controller(store, dp, { host: 'h1', preparer });
+  const controller = new Controller(store, dp, { host: 'h1', preparer, auditPath: join(stateDir, 'audit.jsonl'), history: new PolicyHistory(stateDir) });
   await controller.start();
   // The collector's pauses on this thread, to tell which gaps they make.
   const pauses: Array<[number, number]> = [];
@@ -433,9 +441,6 @@ export async function gaps(setup: GapSetup, place = false): Promise<{ baseline: 
     // other, then the rule analytics' periodic save.
     let scrape: { ms: number; bytes: number; saveMs: number; from: number; to: number } | null = null;
     if (!place) {
-      const dir = mkdtempSync(join(tmpdir(), 'tw-scale-'));
-      const analytics = new RuleAnalytics(dir);
-      analytics.start(dp);
       const { server, port } = await metricsServe(metricsRegistry(dp, controller, null, analytics), '127.0.0.1', 0);
       try {
         const scraper = await scraperStart(port, SCRAPES);
@@ -451,8 +456,6 @@ export async function gaps(setup: GapSetup, place = false): Promise<{ baseline: 
         scrape = { ms: median(scraped.ms), bytes: scraped.bytes, saveMs, from, to: performance.now() };
       } finally {
         server.close();
-        analytics.stop();
-        rmSync(dir, { recursive: true, force: true });
       }
     }
     stream.stop();
@@ -469,6 +472,8 @@ export async function gaps(setup: GapSetup, place = false): Promise<{ baseline: 
     stream.stop();
     observer.disconnect();
     await controller.close();
+    analytics.stop();
+    rmSync(stateDir, { recursive: true, force: true });
     dp.stop();
     placementUndo();
     if (sweep !== null) clearInterval(sweep);
