@@ -25,7 +25,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { TEXT_SLICE, writeTextSliced } from '../util/sliced.js';
 import { join } from 'node:path';
 import type { Policy, Rule } from '../policy/model.js';
 
@@ -44,8 +44,8 @@ export interface HistoryEntry {
 }
 
 export const HISTORY_LIMIT = 100;
-/** Characters of a document hashed and written per turn: about half a millisecond here. */
-export const HISTORY_SLICE = 256 * 1024;
+/** Characters of a document hashed and written per turn. */
+export const HISTORY_SLICE = TEXT_SLICE;
 
 export class PolicyHistory {
   private entries: HistoryEntry[] = [];
@@ -92,25 +92,10 @@ export class PolicyHistory {
 
   private async recordInSlices(text: string, meta: { by: string; revision: number; rules: number; reason?: string }): Promise<HistoryEntry | null> {
     const tmp = join(this.dir, `.text.${process.pid}.tmp`);
-    let file: FileHandle | null = null;
     try {
       mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-      file = await open(tmp, 'w', 0o600);
-      // Hashed and written together, a slice per turn; a slice never splits a surrogate pair (its halves
-      // alone would be encoded as two replacement characters).
       const hash = createHash('sha256');
-      let bytes = 0;
-      for (let a = 0; a < text.length;) {
-        let b = Math.min(text.length, a + HISTORY_SLICE);
-        if (b < text.length && (text.charCodeAt(b - 1) & 0xfc00) === 0xd800) b--;
-        const slice = Buffer.from(text.slice(a, b), 'utf8');
-        hash.update(slice);
-        await file.write(slice);
-        bytes += slice.length;
-        a = b;
-      }
-      await file.close();
-      file = null;
+      const bytes = await writeTextSliced(tmp, text, 0o600, (slice) => hash.update(slice));
       const sha256 = hash.digest('hex');
       const last = this.entries.at(-1);
       if (last && last.sha256 === sha256) {
@@ -132,7 +117,6 @@ export class PolicyHistory {
         throw e;
       }
     } catch (e) {
-      await file?.close().catch(() => undefined);
       rmSync(tmp, { force: true });
       this.onError(`the policy history in ${this.dir} cannot be written (${(e as Error).message}); the change applies, the audit log has it`);
       return null;

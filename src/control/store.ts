@@ -23,6 +23,7 @@
 import { chmodSync, chownSync, existsSync, readFileSync, renameSync, rmSync, statSync, watch, writeFileSync, type FSWatcher } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { KeyIndex } from './prepare.js';
+import { readTextSliced, writeTextSliced } from '../util/sliced.js';
 
 export interface DynamicTag {
   tag: string;
@@ -107,6 +108,40 @@ function writeKeepingOwner(tmp: string, text: string, target: string): void {
   }
 }
 
+/** writeKeepingOwner, with the text written a slice per turn (a data center's policy is megabytes; see util/sliced.ts). */
+async function writeKeepingOwnerSliced(tmp: string, text: string, target: string): Promise<void> {
+  let mode = 0o600, uid = -1, gid = -1;
+  try {
+    const st = statSync(target);
+    mode = st.mode & 0o7777; uid = st.uid; gid = st.gid;
+  } catch {
+    // A new file: 0600, owned by whoever runs tapwall.
+  }
+  try {
+    await writeTextSliced(tmp, text, mode);
+    chmodSync(tmp, mode); // open's mode is masked by the umask
+    if (uid >= 0 && (uid !== process.getuid?.() || gid !== process.getgid?.())) {
+      try { chownSync(tmp, uid, gid); } catch { /* not allowed (tapwall is not root): the mode at least is kept */ }
+    }
+    renameSync(tmp, target);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+}
+
+/** Which file a path held when we looked: the same inode, size and time is the same file. */
+interface FileSeen { ino: number; size: number; mtimeMs: number }
+
+function seen(path: string): FileSeen | null {
+  try {
+    const st = statSync(path);
+    return { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs };
+  } catch {
+    return null;
+  }
+}
+
 export class FileStore implements PolicyStore {
   private revision = 1;
   private policyText: string;
@@ -148,7 +183,9 @@ export class FileStore implements PolicyStore {
   async putPolicy(text: string, expect: number | null): Promise<CasResult> {
     if (expect !== null && expect !== this.policyRevision) return { ok: false, revision: this.policyRevision };
     const tmp = join(dirname(this.configPath), `.${basename(this.configPath)}.${process.pid}.tmp`);
-    writeKeepingOwner(tmp, text, this.configPath);
+    await writeKeepingOwnerSliced(tmp, text, this.configPath);
+    // The watch sees this write too: the file as written is not read back (10 MB read, decoded and compared).
+    this.written = seen(this.configPath);
     this.policyText = text;
     this.policyRevision = ++this.revision;
     this.changed('policy');
@@ -172,19 +209,30 @@ export class FileStore implements PolicyStore {
       this.watcher = watch(dirname(this.configPath), (_event, name) => {
         if (name !== null && name !== basename(this.configPath)) return;
         if (this.debounce) clearTimeout(this.debounce);
-        this.debounce = setTimeout(() => this.reread(), 50);
+        this.debounce = setTimeout(() => { void this.reread(); }, 50);
       });
     }
     return () => { this.listeners.delete(listener); };
   }
 
-  /** The config file may have changed on disk: a different text is a new revision. */
-  private reread(): void {
+  /** The config file as this store last wrote it (null: not since start). */
+  private written: FileSeen | null = null;
+
+  /**
+   * The config file may have changed on disk: a different text is a new
+   * revision. The file this store wrote itself is not read again; another
+   * is read and decoded a slice per turn.
+   */
+  private async reread(force = false): Promise<void> {
+    const now = seen(this.configPath);
+    if (now === null) return; // between an unlink and a rename; the rename fires again
+    const w = this.written;
+    if (!force && w !== null && now.ino === w.ino && now.size === w.size && now.mtimeMs === w.mtimeMs) return;
     let text: string;
     try {
-      text = readFileSync(this.configPath, 'utf8');
+      text = await readTextSliced(this.configPath);
     } catch {
-      return; // between an unlink and a rename; the rename fires again
+      return;
     }
     if (text === this.policyText) return;
     this.policyText = text;
@@ -194,7 +242,7 @@ export class FileStore implements PolicyStore {
 
   /** Re-read the config file now (SIGHUP), whether or not the watch saw a change. */
   async refresh(): Promise<void> {
-    this.reread();
+    await this.reread(true);
   }
 
   close(): void {
