@@ -81,13 +81,17 @@ export interface PolicyStore {
   close(): void;
 }
 
+
 /**
  * Replace `target` with `text` through `tmp` and a rename (readers never see
  * half a file), keeping the target's mode and owner (a PUT by a root daemon
  * must not leave the operator's 0644 file root-owned 0600). On any failure the
  * temporary file is removed and the target is untouched; the error is thrown.
+ *
+ * `write` puts the text in the temporary file: a policy a slice per turn (a
+ * data center's is megabytes; util/sliced.ts), the small tags file at once.
  */
-function writeKeepingOwner(tmp: string, text: string, target: string): void {
+async function writeKeepingOwner(tmp: string, text: string, target: string, write: (path: string, text: string, mode: number) => unknown): Promise<void> {
   let mode = 0o600, uid = -1, gid = -1;
   try {
     const st = statSync(target);
@@ -96,30 +100,8 @@ function writeKeepingOwner(tmp: string, text: string, target: string): void {
     // A new file: 0600, owned by whoever runs tapwall.
   }
   try {
-    writeFileSync(tmp, text, { mode });
-    chmodSync(tmp, mode); // writeFileSync's mode is masked by the umask
-    if (uid >= 0 && (uid !== process.getuid?.() || gid !== process.getgid?.())) {
-      try { chownSync(tmp, uid, gid); } catch { /* not allowed (tapwall is not root): the mode at least is kept */ }
-    }
-    renameSync(tmp, target);
-  } catch (e) {
-    rmSync(tmp, { force: true });
-    throw e;
-  }
-}
-
-/** writeKeepingOwner, with the text written a slice per turn (a data center's policy is megabytes; see util/sliced.ts). */
-async function writeKeepingOwnerSliced(tmp: string, text: string, target: string): Promise<void> {
-  let mode = 0o600, uid = -1, gid = -1;
-  try {
-    const st = statSync(target);
-    mode = st.mode & 0o7777; uid = st.uid; gid = st.gid;
-  } catch {
-    // A new file: 0600, owned by whoever runs tapwall.
-  }
-  try {
-    await writeTextSliced(tmp, text, mode);
-    chmodSync(tmp, mode); // open's mode is masked by the umask
+    await write(tmp, text, mode);
+    chmodSync(tmp, mode); // the mode a file is made with is masked by the umask
     if (uid >= 0 && (uid !== process.getuid?.() || gid !== process.getgid?.())) {
       try { chownSync(tmp, uid, gid); } catch { /* not allowed (tapwall is not root): the mode at least is kept */ }
     }
@@ -183,7 +165,7 @@ export class FileStore implements PolicyStore {
   async putPolicy(text: string, expect: number | null): Promise<CasResult> {
     if (expect !== null && expect !== this.policyRevision) return { ok: false, revision: this.policyRevision };
     const tmp = join(dirname(this.configPath), `.${basename(this.configPath)}.${process.pid}.tmp`);
-    await writeKeepingOwnerSliced(tmp, text, this.configPath);
+    await writeKeepingOwner(tmp, text, this.configPath, writeTextSliced);
     // The watch sees this write too: the file as written is not read back (10 MB read, decoded and compared).
     this.written = seen(this.configPath);
     this.policyText = text;
@@ -195,7 +177,7 @@ export class FileStore implements PolicyStore {
   async putTags(tags: TagMap, expect: number | null): Promise<CasResult> {
     if (expect !== null && expect !== this.tagsRevision) return { ok: false, revision: this.tagsRevision };
     const tmp = `${this.tagsPath}.${process.pid}.tmp`;
-    writeKeepingOwner(tmp, `${JSON.stringify(tags, null, 2)}\n`, this.tagsPath);
+    await writeKeepingOwner(tmp, `${JSON.stringify(tags, null, 2)}\n`, this.tagsPath, (path, json, mode) => writeFileSync(path, json, { mode }));
     this.tags = structuredClone(tags);
     this.tagsRevision = ++this.revision;
     this.changed('tags');
