@@ -8,6 +8,7 @@ import { MemLab } from './memlab.js';
 import { metricsRegistry, metricsServe } from '../src/metrics/metrics.js';
 import { RuleSeriesWriter } from '../src/metrics/ruleSeries.js';
 import { RS, RS_COUNT } from '../src/flow/conntrack.js';
+import { OUTCOME_COUNT, OUTCOME_NAMES } from '../src/packet/verdict.js';
 
 const MAC = (i: number) => `02:7d:00:00:${(i >> 8).toString(16).padStart(2, '0')}:${(i & 255).toString(16).padStart(2, '0')}`;
 
@@ -105,6 +106,32 @@ t.test('the per-rule families read as prom-client wrote them, for counts small, 
   t.same(a.slice(3), [0, 0, 0, 0], 'rules never hit read 0');
   t.equal(family(ours, FAMILIES[0]).replace(/ [0-9.e+]+\n/g, ' X\n'), family(theirs, FAMILIES[0]).replace(/ [0-9.e+]+\n/g, ' X\n'), 'the last-hit family is otherwise the same text');
   for (const name of FAMILIES.slice(1)) t.equal(family(ours, name), family(theirs, name), `${name}: the same text`);
+});
+
+t.test('tapwall_port_frames_total reads as prom-client wrote it, over more ports than one slice holds', async (t) => {
+  // 90 workloads (more than the 70 ports of a slice) and the uplink, some ports with counts.
+  const workloads = Array.from({ length: 90 }, (_, i) => `  w${i}: { nic: twr${i}, mac: "${MAC(10 + i)}", ips: [10.61.1.${i + 1}], tags: [web] }`).join('\n');
+  const lab = new MemLab(`default: drop\nworkloads:\n${workloads}\ngroups:\n  web: { tags: [web] }\nsections: []\n`, { uplink: 'twr-up' });
+  t.teardown(() => lab.stop());
+  for (let i = 0; i < lab.dp.outcomes.length; i += 7) lab.dp.outcomes[i] = i * 1000 + 3;
+  const ours = await metricsRegistry(lab.dp).metrics();
+  const registry = new Registry();
+  const dp = lab.dp;
+  new Counter({
+    name: 'tapwall_port_frames_total',
+    help: 'Frames received on the port, by the one outcome each ended in (forward, or a drop reason). Their sum is tapwall_port_received_packets_total.',
+    labelNames: ['port', 'workload', 'outcome'], registers: [registry],
+    collect() {
+      dp.ports.forEach((p, i) => {
+        if (p.retired) return;
+        for (let o = 0; o < OUTCOME_COUNT; o++) this.inc({ port: p.io.name, workload: dp.workloadOf(i) ?? 'uplink', outcome: OUTCOME_NAMES[o] }, dp.outcomes[i * OUTCOME_COUNT + o]);
+      });
+    },
+  });
+  const theirs = await registry.metrics();
+  const block = family(ours, 'tapwall_port_frames_total');
+  t.equal(block.split('\n').filter((l) => l.startsWith('tapwall_port_frames_total{')).length, 91 * OUTCOME_COUNT, 'a series per port and outcome');
+  t.equal(block, family(theirs, 'tapwall_port_frames_total'), 'the same text');
 });
 
 t.test('the last hit of a rule is the later of this process and the kept totals', async (t) => {

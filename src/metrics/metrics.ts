@@ -17,7 +17,7 @@ import { CTC, SK_COUNT, SK_NAMES } from '../flow/conntrack.js';
 import type { Controller } from '../control/controller.js';
 import type { RuleAnalytics } from '../control/ruleAnalytics.js';
 import { promHistogram } from './histogram.js';
-import { RuleSeriesWriter } from './ruleSeries.js';
+import { escapeLabel, RuleSeriesWriter } from './ruleSeries.js';
 import { writeSliced } from '../util/sliced.js';
 
 /** What the metrics read of a cluster store (control/etcdStore.ts). */
@@ -38,8 +38,8 @@ class TapwallRegistry extends Registry {
     super();
   }
 
-  /** The registry's families as text, and a writer of the per-rule ones (the server writes them a slice per turn). */
-  async scrape(): Promise<[string, RuleSeriesWriter]> {
+  /** The registry's families as text, and a writer of the per-port outcomes and per-rule families (the server writes them a slice per turn). */
+  async scrape(): Promise<[string, { next(): string | null }]> {
     // One family per turn of the event loop (prom-client's labelled families cost up to a few milliseconds
     // each), formatted and joined as its registry does (its per-family formatter, which its typings leave
     // out; without it, all at once).
@@ -56,15 +56,56 @@ class TapwallRegistry extends Registry {
     }
     const { dp } = this;
     const rules = dp.compiled.rules;
-    return [`${head}\n`, new RuleSeriesWriter({
+    const ports = new PortFramesWriter(dp);
+    const perRule = new RuleSeriesWriter({
       rules, stats: dp.ct.ruleStats, defaultAction: dp.compiled.defaultAction,
       clockOffset: Date.now() - performance.now(), lastHitBefore: this.analytics ? (r) => this.analytics!.lastHitOf(r.section, r.id) : null,
-    })];
+    });
+    return [`${head}\n`, { next: () => ports.next() ?? perRule.next() }];
   }
 
   override async metrics(): Promise<string> {
-    const [head, rules] = await this.scrape();
-    return head + rules.rest();
+    const [head, rest] = await this.scrape();
+    let out = head;
+    for (let s = rest.next(); s !== null; s = rest.next()) out += s;
+    return out;
+  }
+}
+
+
+/** Ports per slice of tapwall_port_frames_total: 70 ports are about 1,000 series. */
+const PORT_SLICE = 70;
+
+/**
+ * tapwall_port_frames_total (port x outcome) written as the per-rule
+ * families are, a slice of ports per turn: through prom-client, 2,800
+ * series at 200 vNICs took one turn of 24-33 ms (4-13 ms at 50). The text
+ * is prom-client's for the same series (a test compares them).
+ */
+class PortFramesWriter {
+  private readonly live: number[];
+  private i = -1;
+
+  constructor(private readonly dp: Dataplane) {
+    this.live = [];
+    dp.ports.forEach((p, i) => { if (!p.retired) this.live.push(i); });
+  }
+
+  next(): string | null {
+    const name = 'tapwall_port_frames_total';
+    if (this.i < 0) {
+      this.i = 0;
+      return `# HELP ${name} Frames received on the port, by the one outcome each ended in (forward, or a drop reason). Their sum is tapwall_port_received_packets_total.\n# TYPE ${name} counter\n`;
+    }
+    if (this.i >= this.live.length) return null;
+    let out = '';
+    const end = Math.min(this.live.length, this.i + PORT_SLICE);
+    for (; this.i < end; this.i++) {
+      const p = this.live[this.i];
+      const labels = `${name}{port="${escapeLabel(this.dp.ports[p].io.name)}",workload="${escapeLabel(this.dp.workloadOf(p) ?? 'uplink')}",outcome="`;
+      for (let o = 0; o < OUTCOME_COUNT; o++) out += `${labels}${OUTCOME_NAMES[o]}"} ${this.dp.outcomes[p * OUTCOME_COUNT + o]}\n`;
+    }
+    return out;
   }
 }
 
@@ -115,17 +156,6 @@ export function metricsRegistry(dp: Dataplane, controller: Controller | null = n
   }
   portCounter('tapwall_port_attaches_total', 'Times the port was attached again after its interface appeared or came back (a guest started or restarted).', PC.attaches);
 
-  new Counter({
-    name: 'tapwall_port_frames_total',
-    help: 'Frames received on the port, by the one outcome each ended in (forward, or a drop reason). Their sum is tapwall_port_received_packets_total.',
-    labelNames: ['port', 'workload', 'outcome'], registers: [registry],
-    collect() {
-      this.reset();
-      live((i) => {
-        for (let o = 0; o < OUTCOME_COUNT; o++) this.inc({ ...portLabels(i), outcome: OUTCOME_NAMES[o] }, dp.outcomes[i * OUTCOME_COUNT + o]);
-      });
-    },
-  });
   new Counter({
     name: 'tapwall_stage_frames_total',
     help: 'Frames each stage of the decision path took in (result="in") and dropped (result="dropped"); the rest went on. Stages in order: parse (its in is every frame read), link, steering, then one of resolution, ip, ether.',
@@ -266,7 +296,7 @@ export function metricsServe(registry: Registry, host: string, port: number): Pr
     }
     // The per-rule families go out a slice per turn of the event loop (one series per rule: at 100,000
     // rules tens of megabytes).
-    const body: Promise<[string, RuleSeriesWriter | null]> = registry instanceof TapwallRegistry ? registry.scrape() : registry.metrics().then((text) => [text, null]);
+    const body: Promise<[string, { next(): string | null } | null]> = registry instanceof TapwallRegistry ? registry.scrape() : registry.metrics().then((text) => [text, null]);
     body.then(
       ([head, rules]) => {
         res.writeHead(200, { 'content-type': registry.contentType });

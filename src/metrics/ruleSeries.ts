@@ -29,7 +29,7 @@ import type { Rule } from '../policy/model.js';
 export type RuleLabel = Pick<Rule, 'section' | 'id' | 'action'>;
 
 /** As prom-client escapes a label value (policy names never need it: they are checked names). */
-function escapeLabel(v: string): string {
+export function escapeLabel(v: string): string {
   return /[\\\n"]/.test(v) ? v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"') : v;
 }
 
@@ -64,8 +64,8 @@ const FAMILIES: Array<[name: string, help: string, type: 'gauge' | 'counter', k:
 export const RULE_SERIES_SLICE = 1000;
 
 /**
- * The four families' text, slice by slice: each family "# HELP", "# TYPE",
- * then its series; families apart by a blank line, ending in a newline.
+ * The four families' text, slice by slice: each family a blank line, "# HELP",
+ * "# TYPE", then its series; ending in a newline.
  */
 export class RuleSeriesWriter {
   private family = 0;
@@ -84,7 +84,7 @@ export class RuleSeriesWriter {
     const [name, help, type, k] = FAMILIES[this.family];
     let out = '';
     if (this.row < 0) {
-      out = `${this.family === 0 ? '' : '\n'}# HELP ${name} ${help}\n# TYPE ${name} ${type}\n`;
+      out = `\n# HELP ${name} ${help}\n# TYPE ${name} ${type}\n`;
       if (k >= 0) out += `${name}{section="",rule="default",action="${escapeLabel(this.x.defaultAction)}"} ${num(stats[k])}\n`;
       this.row = 0;
     }
