@@ -196,6 +196,20 @@ t.test('the API of a running daemon', async (t) => {
     t.match(audit().filter((e) => e.action === 'policy.applied').at(-1), { by: 'test-suite (unix-socket)' }, 'the audit log names who applied it');
   });
 
+  t.test('a large policy with characters of every width arrives as it was sent, in the API and the config file', async (t) => {
+    // Half a megabyte of comments in 1-, 2-, 3- and 4-byte characters: the body's chunks end inside characters.
+    const comments = Array.from({ length: 6000 }, (_, i) => `# ${i} aé中😀 ${'xé😀'.repeat(i % 13)}`).join('\n');
+    const text = `${comments}\n${POLICY}`;
+    const rev = (await call('GET', '/v1/policy')).body.revision as number;
+    const put = await call('PUT', '/v1/policy', text, { headers: { 'if-match': `"${rev}"` } });
+    t.equal(put.status, 200, 'applied');
+    t.ok(Buffer.byteLength(text) > 256 * 1024, 'more than a slice of the file writer, and many chunks of the request');
+    t.equal((await call('GET', '/v1/policy')).body.text, text, 'the text in force is the text sent');
+    t.equal(readFileSync(policyFile, 'utf8'), text, 'and so is the config file');
+    const back = await call('PUT', '/v1/policy', POLICY, { headers: { 'if-match': `"${(await call('GET', '/v1/policy')).body.revision}"` } });
+    t.equal(back.status, 200, 'the policy put back');
+  });
+
   t.test('a tag with a time-to-live: in force at once, gone when it expires', async (t) => {
     t.equal((await trace('tcp 10.78.1.11:40000 -> 10.78.2.21:8080')).verdict, 'allow', 'web -> app is allowed');
     const r = await call('POST', '/v1/workloads/web-1/tags', { add: ['quarantine'], reason: 'malware found', ttl: '1s', by: 'anti-malware' });
