@@ -29,6 +29,10 @@ sections:
 ${withSsh ? '      - { id: ssh, from: web, to: app, services: [tcp/22], action: allow }\n' : ''}      - { id: never, from: app, to: web, services: [tcp/9999], action: allow }
 `;
 
+/** A new TCP connection from a to b on `dport` through the lab: its outcome. */
+const synOn = (lab: MemLab) => (sport: number, dport: number) =>
+  lab.send('twk-a', frameBuild({ family: 4, proto: 6, srcMac: MAC.a, dstMac: MAC.b, src: '10.71.0.1', dst: '10.71.0.2', sport, dport, flags: TCP_SYN })).outcome;
+
 t.test('counts and last hits across a policy change and a restart', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'tw-ra-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -36,7 +40,7 @@ t.test('counts and last hits across a policy change and a restart', async (t) =>
   const lab = new MemLab(policy(true), { uplink: null, dataplane: { onRulesRetired: (c) => analytics.retired(c) } });
   t.teardown(() => lab.stop());
   analytics.start(lab.dp);
-  const syn = (sport: number, dport: number) => lab.send('twk-a', frameBuild({ family: 4, proto: 6, srcMac: MAC.a, dstMac: MAC.b, src: '10.71.0.1', dst: '10.71.0.2', sport, dport, flags: TCP_SYN })).outcome;
+  const syn = synOn(lab);
   const before = Date.now();
   t.same([syn(1, 80), syn(2, 80), syn(3, 22)], ['forward', 'forward', 'forward']);
   let totals = analytics.totals();
@@ -60,7 +64,7 @@ t.test('counts and last hits across a policy change and a restart', async (t) =>
   const lab2 = new MemLab(policy(false), { uplink: null });
   t.teardown(() => lab2.stop());
   analytics.start(lab2.dp);
-  lab2.send('twk-a', frameBuild({ family: 4, proto: 6, srcMac: MAC.a, dstMac: MAC.b, src: '10.71.0.1', dst: '10.71.0.2', sport: 5, dport: 80, flags: TCP_SYN }));
+  synOn(lab2)(5, 80);
   totals = analytics.totals();
   t.equal(totals.get('s/web-to-app')?.connections, 4, 'after the restart: 3 before, 1 since');
   analytics.stop();
@@ -84,7 +88,7 @@ t.test('the periodic save writes in slices, between turns of the event loop, wha
   const lab = new MemLab(manyRules(1800, true), { uplink: null, dataplane: { onRulesRetired: (c) => analytics.retired(c) } });
   t.teardown(() => lab.stop());
   analytics.start(lab.dp);
-  const syn = (sport: number, dport: number) => lab.send('twk-a', frameBuild({ family: 4, proto: 6, srcMac: MAC.a, dstMac: MAC.b, src: '10.71.0.1', dst: '10.71.0.2', sport, dport, flags: TCP_SYN })).outcome;
+  const syn = synOn(lab);
   t.same([syn(1, 22), syn(2, 1000), syn(3, 2799), syn(4, 80)], ['forward', 'forward', 'forward', 'forward']);
   // ssh retires: the file has a rule that is not in force.
   lab.apply(manyRules(1800, false));
@@ -135,7 +139,7 @@ t.test("GET /v1/rules' body, written a slice at a time, is the JSON the whole an
   const lab = new MemLab(manyRules(1200, true), { uplink: null, dataplane: { onRulesRetired: (c) => analytics.retired(c) } });
   t.teardown(() => lab.stop());
   analytics.start(lab.dp);
-  const syn = (sport: number, dport: number) => lab.send('twk-a', frameBuild({ family: 4, proto: 6, srcMac: MAC.a, dstMac: MAC.b, src: '10.71.0.1', dst: '10.71.0.2', sport, dport, flags: TCP_SYN })).outcome;
+  const syn = synOn(lab);
   t.same([syn(1, 22), syn(2, 1000), syn(3, 2199), syn(4, 80), syn(5, 7)], ['forward', 'forward', 'forward', 'forward', 'policy']);
   const dp = lab.dp;
   // The answer as it was built whole: the counters per rule, the kept totals and last hit added, then filtered.

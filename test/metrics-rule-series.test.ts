@@ -7,6 +7,7 @@ import { Counter, Gauge, Registry } from 'prom-client';
 import { MemLab } from './memlab.js';
 import { metricsRegistry, metricsServe } from '../src/metrics/metrics.js';
 import { RuleSeriesWriter } from '../src/metrics/ruleSeries.js';
+import { slicedAll } from '../src/util/sliced.js';
 import { RS, RS_COUNT } from '../src/flow/conntrack.js';
 import { OUTCOME_COUNT, OUTCOME_NAMES } from '../src/packet/verdict.js';
 
@@ -141,7 +142,7 @@ t.test('the last hit of a rule is the later of this process and the kept totals'
   s[1 * RS_COUNT + RS.lastHit] = 1; // rule 0: hit early in this process (the clock's first millisecond)
   const offset = Date.now() - performance.now();
   const before = new Map([['r0', Date.UTC(2030, 0, 1)], ['r1', Date.UTC(2020, 0, 1)]]);
-  const text = new RuleSeriesWriter({ rules: lab.dp.compiled.rules, stats: s, defaultAction: 'drop', clockOffset: offset, lastHitBefore: (r) => before.get(r.id) ?? 0 }).rest();
+  const text = slicedAll(new RuleSeriesWriter({ rules: lab.dp.compiled.rules, stats: s, defaultAction: 'drop', clockOffset: offset, lastHitBefore: (r) => before.get(r.id) ?? 0 }));
   const lines = family(text, FAMILIES[0]).split('\n').filter((l) => l.startsWith('tapwall_'));
   t.same(lines.map((l) => Number(l.split(' ')[1])), [Date.UTC(2030, 0, 1) / 1000, Date.UTC(2020, 0, 1) / 1000, 0], 'the kept total where it is later, this process where it is, 0 for never');
 });

@@ -355,7 +355,7 @@ export class ApiServer {
           clockOffset: Date.now() - performance.now(), kept: analytics === null ? null : (section, id) => analytics.keptOf(section, id), since,
         });
         res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
-        writeSliced(res, () => writer.next());
+        void writeSliced(res, writer);
         return;
       }
       if (route === 'PUT /v1/policy/staged') {

@@ -20,8 +20,9 @@
  * retired rule during a save starts it again, so that no save mixes two
  * policies' counts. The save at stop is whole (the daemon is leaving).
  */
-import { createWriteStream, existsSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
-import { RS, RS_COUNT } from '../flow/conntrack.js';
+import { createWriteStream, existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { slicedAll, writeSliced } from '../util/sliced.js';
+import { RS_COUNT, ruleStatsRow } from '../flow/conntrack.js';
 import { join } from 'node:path';
 import type { Dataplane, RuleCount } from '../datapath/dataplane.js';
 import type { Rule } from '../policy/model.js';
@@ -88,7 +89,8 @@ export class RuleAnalytics {
 
   stop(): void {
     if (this.timer) clearInterval(this.timer);
-    this.slicing?.cancel();
+    this.stopping = true;
+    rmSync(this.slicesTmp(), { force: true });
     this.save();
   }
 
@@ -102,7 +104,7 @@ export class RuleAnalytics {
   /** The state file's text, whole (at stop; and for tests). */
   save(): void {
     if (!this.dp) return;
-    const text = this.totalsText().rest();
+    const text = slicedAll(this.totalsText());
     const tmp = `${this.path}.${process.pid}.tmp`;
     try {
       writeFileSync(tmp, text, { mode: 0o600 });
@@ -117,8 +119,9 @@ export class RuleAnalytics {
     return new TotalsText(this.base, dp.compiled.rules, dp.ct.ruleStats, Date.now() - performance.now());
   }
 
-  /** The save in progress in slices, if any. */
-  private slicing: { cancel(): void } | null = null;
+  /** A save in slices is running; the daemon is stopping (a running one gives up). */
+  private saving = false;
+  private stopping = false;
 
   /**
    * Save without holding the forwarding thread: a slice of rules per turn,
@@ -126,51 +129,33 @@ export class RuleAnalytics {
    * Resolves when saved (or given up: the error is reported, the totals stay
    * in memory).
    */
-  saveInSlices(): Promise<void> {
-    if (!this.dp || this.slicing) return Promise.resolve();
-    const tmp = `${this.path}.${process.pid}.slices.tmp`;
-    return new Promise((resolve) => {
-      let cancelled = false;
-      let out = createWriteStream(tmp, { mode: 0o600 });
-      let writer = this.totalsText(), rules = this.dp!.compiled.rules, changes = this.changes;
-      const done = (problem: Error | null) => {
-        this.slicing = null;
-        if (problem) {
-          out.destroy();
-          try { unlinkSync(tmp); } catch { /* not there */ }
-          if (!cancelled) this.onError(`rule analytics cannot be saved to ${this.path} (${problem.message}); they are kept in memory`);
-        }
-        resolve();
-      };
-      out.on('error', (e) => done(e));
-      this.slicing = { cancel: () => { cancelled = true; done(new Error('cancelled')); } };
-      const step = (): void => {
-        if (cancelled) return;
+  async saveInSlices(): Promise<void> {
+    if (!this.dp || this.saving) return;
+    this.saving = true;
+    const tmp = this.slicesTmp();
+    try {
+      for (;;) {
+        const rules = this.dp.compiled.rules, changes = this.changes, text = this.totalsText();
+        const out = createWriteStream(tmp, { mode: 0o600 });
+        let problem: Error | null = null;
+        out.on('error', (e) => { problem = e; });
         // A policy change or a retired rule since the save began: begin again, on the new counts.
-        if (this.dp!.compiled.rules !== rules || this.changes !== changes) {
-          out.destroy();
-          out = createWriteStream(tmp, { mode: 0o600 });
-          out.on('error', (e) => done(e));
-          writer = this.totalsText(); rules = this.dp!.compiled.rules; changes = this.changes;
-        }
-        const slice = writer.next();
-        if (slice === null) {
-          out.end(() => {
-            if (cancelled) return;
-            try {
-              renameSync(tmp, this.path);
-              done(null);
-            } catch (e) {
-              done(e as Error);
-            }
-          });
-          return;
-        }
-        if (out.write(slice)) setImmediate(step);
-        else out.once('drain', () => setImmediate(step));
-      };
-      setImmediate(step);
-    });
+        const stale = () => this.stopping || this.dp!.compiled.rules !== rules || this.changes !== changes;
+        const whole = await writeSliced(out, { next: () => (stale() ? (out.destroy(), null) : text.next()) });
+        if (problem) throw problem;
+        if (whole) { renameSync(tmp, this.path); return; }
+        if (this.stopping) return;
+      }
+    } catch (e) {
+      this.onError(`rule analytics cannot be saved to ${this.path} (${(e as Error).message}); they are kept in memory`);
+    } finally {
+      rmSync(tmp, { force: true });
+      this.saving = false;
+    }
+  }
+
+  private slicesTmp(): string {
+    return `${this.path}.${process.pid}.slices.tmp`;
   }
 }
 
@@ -210,11 +195,10 @@ class TotalsText {
     let n = 0;
     const inForce = Math.min(this.rules.length, this.stats.length / RS_COUNT - 1);
     for (; n < rows && this.i < inForce; this.i++) {
-      const r = this.rules[this.i], o = (this.i + 1) * RS_COUNT;
+      const r = this.rules[this.i];
       const key = `${r.section}/${r.id}`, kept = this.base.get(key);
       if (kept !== undefined) kept.writtenBy = this.id;
-      const last = this.stats[o + RS.lastHit];
-      entry(key, totalsAdd(kept, { packets: this.stats[o + RS.packets], bytes: this.stats[o + RS.bytes], connections: this.stats[o + RS.connections], lastHit: last > 0 ? Math.round(this.clockOffset + last) : null }));
+      entry(key, totalsAdd(kept, ruleStatsRow(this.stats, this.i + 1, this.clockOffset)));
       n++;
     }
     if (this.i < inForce) return out;
@@ -232,12 +216,6 @@ class TotalsText {
     return out;
   }
 
-  /** All that is left, at once. */
-  rest(): string {
-    let out = '';
-    for (let s = this.next(); s !== null; s = this.next()) out += s;
-    return out;
-  }
 }
 
 /**

@@ -8,7 +8,7 @@ import type { CompiledPolicy } from '../policy/compile.js';
 import { PC, PC_COUNT, type Dataplane } from '../datapath/dataplane.js';
 import { OUTCOME_COUNT, OUTCOME_NAMES } from '../packet/verdict.js';
 import { CT, CT_NAMES, ENTRY_WORDS, F, flowBytes } from '../flow/flowTable.js';
-import { RS, RS_COUNT } from '../flow/conntrack.js';
+import { RS, RS_COUNT, ruleStatsRow } from '../flow/conntrack.js';
 import { totalsAdd, type RuleTotals } from './ruleAnalytics.js';
 import type { Rule } from '../policy/model.js';
 import { PROTO } from '../policy/services.js';
@@ -166,13 +166,12 @@ export class RuleListWriter {
     const { rules, stats, kept, since } = this.o;
     let out = '';
     if (this.i === 0 && this.written === 0) out = `{\n${since === null ? '' : `  "since": ${JSON.stringify(new Date(since).toISOString())},\n`}  "rules": [`;
-    const end = Math.min(rules.length, stats.length / RS_COUNT - 1, this.i + rows);
+    const all = Math.min(rules.length, stats.length / RS_COUNT - 1), end = Math.min(all, this.i + rows);
     for (; this.i < end; this.i++) {
-      const r = rules[this.i], o = (this.i + 1) * RS_COUNT;
-      const view: Record<string, unknown> = { section: r.section, id: r.id, action: r.action, log: r.log, packets: stats[o + RS.packets], bytes: stats[o + RS.bytes], connections: stats[o + RS.connections] };
+      const r = rules[this.i], here = ruleStatsRow(stats, this.i + 1, this.o.clockOffset);
+      const view: Record<string, unknown> = { section: r.section, id: r.id, action: r.action, log: r.log, packets: here.packets, bytes: here.bytes, connections: here.connections };
       if (kept !== null) {
-        const last = stats[o + RS.lastHit];
-        const t = totalsAdd(kept(r.section, r.id), { packets: stats[o + RS.packets], bytes: stats[o + RS.bytes], connections: stats[o + RS.connections], lastHit: last > 0 ? Math.round(this.o.clockOffset + last) : null });
+        const t = totalsAdd(kept(r.section, r.id), here);
         view.total = { packets: t.packets, bytes: t.bytes, connections: t.connections };
         view.lastHit = t.lastHit ? new Date(t.lastHit).toISOString() : null;
         // Rules not hit since a time: never (in the totals kept across restarts), or last before it.
@@ -180,7 +179,7 @@ export class RuleListWriter {
       }
       out += `${this.written++ === 0 ? '\n' : ',\n'}    ${JSON.stringify(view, null, 2).replace(/\n/g, '\n    ')}`;
     }
-    if (this.i >= end && end === Math.min(rules.length, stats.length / RS_COUNT - 1)) {
+    if (this.i >= all) {
       const def = { action: this.o.defaultAction, packets: stats[RS.packets], bytes: stats[RS.bytes], connections: stats[RS.connections] };
       out += `${this.written === 0 ? '' : '\n  '}],\n  "default": ${JSON.stringify(def, null, 2).replace(/\n/g, '\n  ')}\n}\n`;
       this.done = true;
@@ -188,11 +187,5 @@ export class RuleListWriter {
     return out;
   }
 
-  /** All that is left, at once. */
-  rest(): string {
-    let out = '';
-    for (let s = this.next(); s !== null; s = this.next()) out += s;
-    return out;
-  }
 }
 

@@ -23,7 +23,7 @@
 import { portOpen, type PortIo, type PortMode, type PortOptions } from '../io/ports.js';
 import { FlowTable, flowRemovePort } from '../flow/flowTable.js';
 import { FlowStateFile, flowStateOpen, type PreviousFlows } from '../flow/flowState.js';
-import { Conntrack, RS, RS_COUNT, SK_COUNT, ctSweep } from '../flow/conntrack.js';
+import { Conntrack, RS, RS_COUNT, SK_COUNT, ctSweep, ruleStatsRow } from '../flow/conntrack.js';
 import { FlowLog } from '../flow/flowLog.js';
 import { FRAG, PKT } from '../packet/parse.js';
 import { OUTCOME_COUNT, Outcome } from '../packet/verdict.js';
@@ -42,14 +42,15 @@ export type { FlowRecord } from './carried.js';
 /** One rule's counters, with its last hit as wall-clock ms (null: never). */
 export interface RuleCount { section: string; id: string; packets: number; bytes: number; connections: number; lastHit: number | null }
 
+/** Rule `row - 1`'s counters (`row` indexes `s`, 0 being the default action's). */
+function ruleCountOf(rule: Rule, s: Float64Array, row: number, clockOffset: number): RuleCount {
+  return { section: rule.section, id: rule.id, ...ruleStatsRow(s, row, clockOffset) };
+}
+
 function ruleCountsOf(rules: readonly Rule[], s: Float64Array): RuleCount[] {
   // The data plane's clock (performance.now, ms) to wall-clock time.
   const offset = Date.now() - performance.now();
-  return rules.map((r, i) => {
-    const o = (i + 1) * RS_COUNT;
-    const last = s[o + RS.lastHit] ?? 0;
-    return { section: r.section, id: r.id, packets: s[o + RS.packets] ?? 0, bytes: s[o + RS.bytes] ?? 0, connections: s[o + RS.connections] ?? 0, lastHit: last > 0 ? Math.round(offset + last) : null };
-  });
+  return rules.map((r, i) => ruleCountOf(r, s, i + 1, offset));
 }
 
 /** One batch in BATCH_TIME_SAMPLE is timed: two clock reads per sampled batch, nothing per packet. */
@@ -432,8 +433,8 @@ export class Dataplane {
       if (f < rows) for (let k = 0; k < RS_COUNT; k++) stats[(i + 1) * RS_COUNT + k] = old[(f + 1) * RS_COUNT + k];
     }
     // Rules the new policy no longer has: their counts go to whoever keeps them (rule analytics), not nowhere.
-    const retired: RuleCount[] = [];
-    for (let j = 0; j < rows; j++) if (kept[j] === 0 && old[(j + 1) * RS_COUNT + RS.packets] > 0) retired.push(ruleCountsOf([oldRules[j]], old.subarray(j * RS_COUNT))[0]);
+    const retired: RuleCount[] = [], offset = Date.now() - performance.now();
+    for (let j = 0; j < rows; j++) if (kept[j] === 0 && old[(j + 1) * RS_COUNT + RS.packets] > 0) retired.push(ruleCountOf(oldRules[j], old, j + 1, offset));
     if (retired.length > 0) this.opts.onRulesRetired?.(retired);
     this.ct.ruleStats = stats;
     return from;

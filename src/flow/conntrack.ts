@@ -97,6 +97,20 @@ export const enum RS { packets = 0, bytes = 1, connections = 2, lastHit = 3 }
 /** Per rule: packets, bytes, connection decisions, and when it last counted one (the data plane's clock, ms; 0: never). */
 export const RS_COUNT = 4;
 
+/** One row of ruleStats: its counts, and its last hit on the wall clock (Unix ms; null: never). */
+export interface RuleStatsRow { packets: number; bytes: number; connections: number; lastHit: number | null }
+
+/**
+ * Row `row` of `s` (0: the default action; rule order + 1 for a rule), rows
+ * past its end reading 0. `clockOffset` is Date.now() - performance.now() on
+ * the thread whose clock wrote RS.lastHit. Control path.
+ */
+export function ruleStatsRow(s: Float64Array, row: number, clockOffset: number): RuleStatsRow {
+  const o = row * RS_COUNT;
+  const last = s[o + RS.lastHit] ?? 0;
+  return { packets: s[o + RS.packets] ?? 0, bytes: s[o + RS.bytes] ?? 0, connections: s[o + RS.connections] ?? 0, lastHit: last > 0 ? Math.round(clockOffset + last) : null };
+}
+
 export const enum CTC { hits = 0, misses = 1, related = 2, revalidated = 3, cut = 4, stateless = 5 }
 export const CTC_COUNT = 6;
 

@@ -18,7 +18,7 @@ import type { Controller } from '../control/controller.js';
 import type { RuleAnalytics } from '../control/ruleAnalytics.js';
 import { promHistogram } from './histogram.js';
 import { escapeLabel, RuleSeriesWriter } from './ruleSeries.js';
-import { writeSliced } from '../util/sliced.js';
+import { slicedAll, writeSliced, type SlicedText } from '../util/sliced.js';
 
 /** What the metrics read of a cluster store (control/etcdStore.ts). */
 export interface StoreHealth {
@@ -39,7 +39,7 @@ class TapwallRegistry extends Registry {
   }
 
   /** The registry's families as text, and a writer of the per-port outcomes and per-rule families (the server writes them a slice per turn). */
-  async scrape(): Promise<[string, { next(): string | null }]> {
+  async scrape(): Promise<[string, SlicedText]> {
     // One family per turn of the event loop (prom-client's labelled families cost up to a few milliseconds
     // each), formatted and joined as its registry does (its per-family formatter, which its typings leave
     // out; without it, all at once).
@@ -66,9 +66,7 @@ class TapwallRegistry extends Registry {
 
   override async metrics(): Promise<string> {
     const [head, rest] = await this.scrape();
-    let out = head;
-    for (let s = rest.next(); s !== null; s = rest.next()) out += s;
-    return out;
+    return head + slicedAll(rest);
   }
 }
 
@@ -296,13 +294,13 @@ export function metricsServe(registry: Registry, host: string, port: number): Pr
     }
     // The per-rule families go out a slice per turn of the event loop (one series per rule: at 100,000
     // rules tens of megabytes).
-    const body: Promise<[string, { next(): string | null } | null]> = registry instanceof TapwallRegistry ? registry.scrape() : registry.metrics().then((text) => [text, null]);
+    const body: Promise<[string, SlicedText | null]> = registry instanceof TapwallRegistry ? registry.scrape() : registry.metrics().then((text) => [text, null]);
     body.then(
       ([head, rules]) => {
         res.writeHead(200, { 'content-type': registry.contentType });
         if (rules === null) { res.end(head); return; }
         res.write(head);
-        writeSliced(res, () => rules.next());
+        void writeSliced(res, rules);
       },
       (e: Error) => res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics failed: ${e.message}\n`),
     );

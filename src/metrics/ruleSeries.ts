@@ -22,7 +22,7 @@
  * The text is what prom-client writes for the same series (names, HELP,
  * TYPE, label order, number format), so dashboards and alerts read it alike.
  */
-import { RS, RS_COUNT } from '../flow/conntrack.js';
+import { RS, RS_COUNT, ruleStatsRow } from '../flow/conntrack.js';
 import type { Rule } from '../policy/model.js';
 
 /** A rule as a metric needs it. */
@@ -93,8 +93,7 @@ export class RuleSeriesWriter {
       const r = rules[i];
       const labels = `section="${escapeLabel(r.section)}",rule="${escapeLabel(r.id)}"`;
       if (k < 0) {
-        const here = stats[(i + 1) * RS_COUNT + RS.lastHit];
-        const now = here > 0 ? Math.round(this.x.clockOffset + here) : 0;
+        const now = ruleStatsRow(stats, i + 1, this.x.clockOffset).lastHit ?? 0;
         const before = this.x.lastHitBefore === null ? 0 : this.x.lastHitBefore(r);
         out += `${name}{${labels}} ${num(Math.max(now, before) / 1000)}\n`;
       } else {
@@ -109,10 +108,4 @@ export class RuleSeriesWriter {
     return out;
   }
 
-  /** All that is left, at once (for callers that want one text, not the server). */
-  rest(): string {
-    let out = '';
-    for (let s = this.next(); s !== null; s = this.next()) out += s;
-    return out;
-  }
 }

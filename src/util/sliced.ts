@@ -2,25 +2,42 @@
  * Large bodies and files handled on the forwarding thread a slice per turn
  * of the event loop, so that frames are forwarded between slices.
  *
- * writeSliced: an HTTP body.
- * `next()` gives the next slice of text, or null at the end. Each slice goes
- * to the socket as bytes at once (a string waiting in the socket's queue
- * would be copied by every young-generation collection); a reader slower
- * than the writer is waited for ('drain'); a reader that leaves ends it.
+ * A SlicedText gives its next slice, or null at the end (the metrics, the
+ * rule list, the rule analytics' file). writeSliced writes one to a stream
+ * (an HTTP response, a file) a slice per turn: each slice goes out as bytes
+ * at once (a string waiting in the stream's queue would be copied by every
+ * young-generation collection); a reader slower than the writer is waited
+ * for ('drain'); a stream destroyed meanwhile (a reader that left, an error,
+ * a writer that gave up) ends it.
  */
 import { open, readFile } from 'node:fs/promises';
-import type { ServerResponse } from 'node:http';
+import type { Writable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
 
-export function writeSliced(res: ServerResponse, next: () => string | null): void {
-  const step = (): void => {
-    if (res.destroyed) return;
-    const slice = next();
-    if (slice === null) { res.end(); return; }
-    if (res.write(Buffer.from(slice))) setImmediate(step);
-    else res.once('drain', () => setImmediate(step));
-  };
-  setImmediate(step);
+export interface SlicedText { next(): string | null }
+
+/** All of a SlicedText that is left, at once (for callers that want one text). */
+export function slicedAll(text: SlicedText): string {
+  let out = '';
+  for (let s = text.next(); s !== null; s = text.next()) out += s;
+  return out;
+}
+
+/** Write `text` to `out` a slice per turn and end it; resolves true once all is written, false if `out` was destroyed first. */
+export function writeSliced(out: Writable, text: SlicedText): Promise<boolean> {
+  return new Promise((resolve) => {
+    const step = (): void => {
+      if (out.destroyed) { resolve(false); return; }
+      const slice = text.next();
+      if (out.destroyed) { resolve(false); return; }
+      if (slice === null) { out.end(() => resolve(!out.errored)); return; }
+      if (out.write(Buffer.from(slice))) setImmediate(step);
+      else out.once('drain', () => setImmediate(step));
+    };
+    // A stream destroyed while waiting for 'drain' never drains.
+    out.once('close', () => { if (!out.writableFinished) resolve(false); });
+    setImmediate(step);
+  });
 }
 
 /** Characters of a text encoded, and bytes decoded, per turn: a quarter to half a millisecond here. */
