@@ -25,16 +25,20 @@
 import { PKT, TCP_ACK, TCP_RST, TCP_SYN, TCP_FIN } from '../packet/parse.js';
 
 export class ReplyLimiter {
-  private tokens: number;
-  private last = 0;
+  /**
+   * [tokens, last]: in a typed array, since a fractional count kept in an
+   * object field is boxed, a new heap number at every refusal answered.
+   */
+  private readonly state = new Float64Array(2);
   constructor(private readonly perSecond = 100, private readonly burst = 100) {
-    this.tokens = burst;
+    this.state[0] = burst;
   }
   take(nowMs: number): boolean {
-    this.tokens = Math.min(this.burst, this.tokens + ((nowMs - this.last) * this.perSecond) / 1000);
-    this.last = nowMs;
-    if (this.tokens < 1) return false;
-    this.tokens -= 1;
+    const s = this.state;
+    const tokens = Math.min(this.burst, s[0] + ((nowMs - s[1]) * this.perSecond) / 1000);
+    s[1] = nowMs;
+    if (tokens < 1) { s[0] = tokens; return false; }
+    s[0] = tokens - 1;
     return true;
   }
 }

@@ -154,6 +154,8 @@ export class Conntrack {
   readonly stagedRules = new Int32Array(2);
   /** The latest disagreements (a small rate-limited ring, for the API's examples); null: none kept. */
   stagedLog: FlowLog | null = null;
+  /** ctSweep's visitor of live entries, bound to this tracker once. */
+  readonly sweepVisit: (ent: number) => void = (ent) => sweepVisit(this, ent);
 
   constructor(readonly table: FlowTable, readonly decider: FlowDecider, opts: ConntrackOptions = {}) {
     this.loose = opts.loose ?? false;
@@ -253,16 +255,23 @@ function revalidate(ct: Conntrack, ent: number): boolean {
 
 /** Background work for one batch: expire and revalidate up to `budget` entries. */
 export function ctSweep(ct: Conntrack, now: number, budget: number): number {
-  const e = ct.table.entries, gen = ct.generation;
-  return flowSweep(ct.table, now, budget, (ent) => {
-    const o = ent * ENTRY_WORDS;
-    if (e[o + F.generation] === gen) return;
-    const state = e[o + F.state] & 0xff;
-    // A connection that is already over has nothing to cut, and one cut under an older policy is judged afresh
-    // (the quarantine may be lifted): forget both; their next packet is decided by the policy in force.
-    if (state === CT.closed || state === CT.timeWait || state === CT.cut) flowRemove(ct.table, ent);
-    else revalidate(ct, ent);
-  });
+  return flowSweep(ct.table, now, budget, ct.sweepVisit);
+}
+
+/**
+ * The sweep's look at a live entry: one cut or stale under an older policy
+ * is forgotten or judged again. Made once per tracker (Conntrack.sweepVisit),
+ * since a closure made per batch would be the hot path's only allocation.
+ */
+function sweepVisit(ct: Conntrack, ent: number): void {
+  const e = ct.table.entries;
+  const o = ent * ENTRY_WORDS;
+  if (e[o + F.generation] === ct.generation) return;
+  const state = e[o + F.state] & 0xff;
+  // A connection that is already over has nothing to cut, and one cut under an older policy is judged afresh
+  // (the quarantine may be lifted): forget both; their next packet is decided by the policy in force.
+  if (state === CT.closed || state === CT.timeWait || state === CT.cut) flowRemove(ct.table, ent);
+  else revalidate(ct, ent);
 }
 
 /** Count a packet (and maybe a connection decision) for a rule order; -1 is the default, -2 (not checked) counts nowhere. */
