@@ -8,7 +8,9 @@
  *   pcap    the same through libpcap (the `cap` package), for systems where the
  *           native addon does not fit. libpcap hands over one frame per
  *           callback: they are gathered and handed on as a batch, at the cost
- *           of one copy per frame in and a Buffer view per frame out.
+ *           of one copy per frame in (within one buffer: no view made per
+ *           frame) and one libpcap call per frame out (through a view made
+ *           once per slot).
  * read() and write() return a count, or -errno for a failure worth stopping
  * the port for; EAGAIN is a short count.
  */
@@ -92,20 +94,33 @@ class PcapPort implements PortIo {
   readonly mode = 'pcap' as const;
   readonly vnetHdr = 0;
   private readonly cap: CapHandle;
-  private readonly frame = Buffer.alloc(65535);
-  private readonly pending: Uint8Array;
+  /**
+   * libpcap's capture buffer (the last 65,535 bytes) and the pending batch
+   * (`slots` slots of `stride` bytes) in one buffer, so that a frame moves
+   * from one to the other with copyWithin: set() from another buffer needs a
+   * view of the frame, a new object per frame.
+   */
+  private readonly whole: Buffer;
+  private readonly frame: Buffer;
+  /** Slot i of the pending batch, whole (made once: read() copies a slot without making a view). */
+  private readonly slotViews: Uint8Array[] = [];
   private readonly pendingLen: Int32Array;
   private pendingCount = 0;
   private scheduled = false;
   /** Frames libpcap handed over that the pending queue had no room for, or cut short. */
   private drops = 0;
   private onReadable: ((events: number) => void) | null = null;
+  /** Buffer views for cap.send, by the buffer and offset they start at, made once each (a port's slots are few). */
+  private readonly sendViews = new WeakMap<ArrayBufferLike, Map<number, Buffer>>();
+  private readonly wake = () => { this.scheduled = false; this.onReadable?.(1); };
 
   constructor(readonly name: string, private readonly slots = 256, private readonly stride = 2048) {
     const require = createRequire(import.meta.url);
     const { Cap } = require('cap') as { Cap: new () => CapHandle };
     this.cap = new Cap();
-    this.pending = new Uint8Array(slots * stride);
+    this.whole = Buffer.alloc(slots * stride + 65535);
+    this.frame = this.whole.subarray(slots * stride);
+    for (let i = 0; i < slots; i++) this.slotViews.push(this.whole.subarray(i * stride, (i + 1) * stride));
     this.pendingLen = new Int32Array(slots);
     // `inbound`: libpcap would otherwise hand back the frames tapwall itself sends out of this port.
     const link = this.cap.open(name, 'inbound', 4 << 20, this.frame);
@@ -119,11 +134,12 @@ class PcapPort implements PortIo {
 
   private onPacket(nbytes: number, truncated: boolean): void {
     if (this.pendingCount === this.slots || truncated || nbytes > this.stride) { this.drops++; return; }
-    this.pending.set(this.frame.subarray(0, nbytes), this.pendingCount * this.stride);
+    const at = this.slots * this.stride;
+    this.whole.copyWithin(this.pendingCount * this.stride, at, at + nbytes);
     this.pendingLen[this.pendingCount++] = nbytes;
     if (!this.scheduled) {
       this.scheduled = true;
-      setImmediate(() => { this.scheduled = false; this.onReadable?.(1); });
+      setImmediate(this.wake);
     }
   }
 
@@ -139,13 +155,15 @@ class PcapPort implements PortIo {
     const n = Math.min(max, this.pendingCount);
     for (let i = 0; i < n; i++) {
       const len = this.pendingLen[i];
-      buf.set(this.pending.subarray(i * this.stride, i * this.stride + len), i * stride);
+      // The whole slot when the caller's are as large (they are: both FRAME_STRIDE); else the frame, through a view.
+      if (stride >= this.stride) buf.set(this.slotViews[i], i * stride);
+      else buf.set(this.slotViews[i].subarray(0, len), i * stride);
       offsets[i] = i * stride;
       lengths[i] = len;
     }
     // Keep what did not fit, in order.
     if (n < this.pendingCount) {
-      this.pending.copyWithin(0, n * this.stride, this.pendingCount * this.stride);
+      this.whole.copyWithin(0, n * this.stride, this.pendingCount * this.stride);
       this.pendingLen.copyWithin(0, n, this.pendingCount);
     }
     this.pendingCount -= n;
@@ -153,9 +171,14 @@ class PcapPort implements PortIo {
   }
 
   write(buf: Uint8Array, offsets: Int32Array, lengths: Int32Array, count: number): number {
+    let views = this.sendViews.get(buf.buffer);
+    if (views === undefined) { views = new Map(); this.sendViews.set(buf.buffer, views); }
     for (let i = 0; i < count; i++) {
+      const at = buf.byteOffset + offsets[i];
+      let view = views.get(at);
+      if (view === undefined) { view = Buffer.from(buf.buffer, at, buf.byteOffset + buf.length - at); views.set(at, view); }
       try {
-        this.cap.send(Buffer.from(buf.buffer, buf.byteOffset + offsets[i], lengths[i]), lengths[i]);
+        this.cap.send(view, lengths[i]);
       } catch {
         return i > 0 ? i : -NATIVE_LAYOUT.eio;
       }
