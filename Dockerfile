@@ -1,6 +1,6 @@
 # tapwall in a container. Two stages: a toolchain stage that builds the native
-# modules (cap needs libpcap's headers; node-gyp needs g++, make, python3) and
-# the TypeScript, and a slim runtime stage with only libpcap's runtime library.
+# modules (cap needs libpcap's headers, the addon libyaml's; node-gyp needs g++, make, python3) and
+# the TypeScript, and a slim runtime stage with only libpcap's and libyaml's runtime libraries.
 #
 # The same steps as the README's set-up (scripts/setup.sh): Debian packages,
 # then `npm ci`, which builds the native modules (cap, raw-socket, and our own
@@ -25,7 +25,7 @@
 
 FROM node:20-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libpcap-dev g++ make python3 \
+ && apt-get install -y --no-install-recommends libpcap-dev libyaml-dev g++ make python3 \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json tsconfig.json ./
@@ -38,7 +38,7 @@ RUN npm ci --no-audit --no-fund && npm prune --omit=dev
 
 FROM node:20-bookworm-slim AS runtime
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libpcap0.8 iproute2 libcap2-bin \
+ && apt-get install -y --no-install-recommends libpcap0.8 libyaml-0-2 iproute2 libcap2-bin \
  && setcap cap_net_admin,cap_net_raw+ep "$(readlink -f "$(command -v node)")" \
  && apt-get purge -y libcap2-bin && apt-get autoremove -y \
  && rm -rf /var/lib/apt/lists/*

@@ -12,10 +12,10 @@ if ! command -v node >/dev/null 2>&1 || [ "$(node -p 'process.versions.node.spli
   exit 1
 fi
 
-# libpcap-dev: headers for the `cap` module; g++/make/python3: node-gyp;
+# libpcap-dev: headers for the `cap` module; libyaml-dev: the addon's YAML reader; g++/make/python3: node-gyp;
 # iproute2: namespaces, veths and TAPs for the tests and the demo; iputils-ping: ping inside them;
 # ethtool: offloads off on veths that tapwall attaches to.
-packages=(libpcap-dev g++ make python3 iproute2 iputils-ping ethtool)
+packages=(libpcap-dev libyaml-dev g++ make python3 iproute2 iputils-ping ethtool)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

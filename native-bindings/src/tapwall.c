@@ -181,6 +181,9 @@ static int ring_read(ring_t* r, uint8_t* buf, int32_t* offsets, int32_t* lengths
     }                                                                      \
   } while (0)
 
+/* yaml.c: a YAML document as JSON text, or null. */
+napi_value yaml_to_json(napi_env env, napi_callback_info info);
+
 static napi_value make_int(napi_env env, int64_t v) {
   napi_value out;
   napi_create_int64(env, v, &out);
@@ -848,6 +851,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"dropPrivileges", NULL, drop_privileges, NULL, NULL, NULL, napi_default, NULL},
     {"threadCpus", NULL, thread_cpus, NULL, NULL, NULL, napi_default, NULL},
     {"threadCpusSet", NULL, thread_cpus_set, NULL, NULL, NULL, napi_default, NULL},
+    {"yamlToJson", NULL, yaml_to_json, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   /* The contract's numbers, for the TypeScript side to check against its own. */

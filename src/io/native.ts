@@ -32,6 +32,13 @@ export interface NativeAddon {
   threadCpus(tid: number): number[];
   /** Restrict thread `tid` of this process to `cpus`: 0, or -errno. */
   threadCpusSet(tid: number, cpus: number[]): number;
+  /**
+   * A YAML document as JSON text (libyaml reads it; scalars mean what
+   * js-yaml's core schema makes them), or null for anything it leaves to
+   * js-yaml: errors, anchors, aliases, tags, several documents, repeated
+   * keys, numbers JSON would write otherwise. native-bindings/src/yaml.c.
+   */
+  yamlToJson(text: string): string | null;
   layout: Record<string, number>;
 }
 
@@ -64,4 +71,14 @@ export function native(): NativeAddon {
     if (addon.layout[k] !== v) throw new Error(`native addon layout mismatch: ${k} is ${addon.layout[k]} there, ${v} here: rebuild it`);
   }
   return addon;
+}
+
+let optional: NativeAddon | null | undefined;
+
+/** The addon if it is built, else null (for what has a way without it: the policy loader's YAML). */
+export function nativeIfBuilt(): NativeAddon | null {
+  if (optional === undefined) {
+    try { optional = native(); } catch { optional = null; }
+  }
+  return optional;
 }
