@@ -106,7 +106,7 @@ t.test('a million scattered addresses against 100,000: linear, not their product
 });
 
 t.test('the direct IPv4 reader and ip-cidr agree on every form they meet', async (t) => {
-  const { parsePrefixGeneral } = await import('../src/policy/addresses.js');
+  const { parsePrefixGeneral, hasHostBits } = await import('../src/policy/addresses.js');
   const r = rng(11);
   const texts = ['0.0.0.0', '255.255.255.255', '0.0.0.0/0', '10.0.0.5/24', '10.1.2.3/32', '192.168.1.255/31', '1.2.3.4/1', '10.0.0.0/8',
     '256.0.0.1', '10.0.0.01', '10.0.0.1/33', '10.0.0.1/', '10.1/8', '1.2.3', '1.2.3.4.5', '01.2.3.4', '10.0.0.1/08', ' 10.0.0.1'];
@@ -114,12 +114,21 @@ t.test('the direct IPv4 reader and ip-cidr agree on every form they meet', async
     const o = () => randInt(r, 0, 255);
     texts.push(`${o()}.${o()}.${o()}.${o()}${r() < 0.7 ? `/${randInt(r, 0, 32)}` : ''}`);
   }
-  let bad = 0, first = '';
+  let bad = 0, first = '', hostBits = 0, hostBad = 0, hostFirst = '';
   for (const text of texts) {
     const a = parsePrefix(text), b = text.trim() === text ? parsePrefixGeneral(text) : null;
     if (JSON.stringify(a) !== JSON.stringify(b)) { bad++; first ||= `${text}: ${JSON.stringify(a)} vs ${JSON.stringify(b)}`; }
+    // Host bits as ip-cidr reads the address before the length.
+    if (a !== null && text.includes('/')) {
+      const address = parsePrefixGeneral(text.slice(0, text.indexOf('/')));
+      const want = address !== null && address.words.some((w, i) => w !== a.words[i]);
+      if (want) hostBits++;
+      if (hasHostBits(text, a) !== want) { hostBad++; hostFirst ||= text; }
+    }
   }
   t.equal(bad, 0, `same prefix or the same refusal for ${texts.length} texts ${first}`);
+  t.equal(hostBad, 0, `host bits read the same ${hostFirst}`);
+  t.ok(hostBits > 500, `${hostBits} of them with host bits`);
 });
 
 t.test('prefix aggregation by intervals equals merging siblings until nothing changes', async (t) => {
