@@ -31,6 +31,8 @@ const cases: Case[] = [
   { name: 'CIDR where an address is expected', text: `workloads:\n  w:\n    nic: tw-w\n    mac: "02:00:00:00:00:01"\n    ips: [10.0.0.0/24]\n`, code: 'bad-address', path: 'workloads.w.ips[0]', line: 5, column: 11 },
   { name: 'bad CIDR', text: `groups:\n  g: { cidrs: [10.0.0.0/33] }\nsections: []\n`, code: 'bad-address', path: 'groups.g.cidrs[0]', line: 2, column: 16 },
   { name: 'bad IPv6 CIDR', text: `groups:\n  g:\n    cidrs:\n      - "fd00::/129"\nsections: []\n`, code: 'bad-address', path: 'groups.g.cidrs[0]', line: 4, column: 9 },
+  { name: 'bad CIDR further down the list', text: `groups:\n  g: { cidrs: [10.0.0.0/8, 10.1.0.0/16, 10.2.0.0/40] }\nsections: []\n`, code: 'bad-address', path: 'groups.g.cidrs[2]', line: 2, column: 41 },
+  { name: 'a number in a list of CIDRs', text: `groups:\n  g: { cidrs: [10.0.0.0/8, 7] }\nsections: []\n`, code: 'wrong-type', path: 'groups.g.cidrs[1]', line: 2, column: 28 },
   { name: 'interface name too long', text: `workloads:\n  w: { nic: tw-this-is-too-long, mac: "02:00:00:00:00:01" }\nsections: []\n`, code: 'bad-name', path: 'workloads.w.nic', line: 2, column: 13 },
   { name: 'missing nic', text: `workloads:\n  w: { mac: "02:00:00:00:00:01" }\nsections: []\n`, code: 'missing-key', path: 'workloads.w', line: 2, column: 6 },
   { name: 'two workloads claim a vNIC', text: `${BASE_WORKLOADS}  web-2: { nic: tw-web1, mac: "02:00:00:00:01:12", ips: [10.0.1.12] }\nsections: []\n`, code: 'duplicate-nic', path: 'workloads["web-2"].nic', line: 4, column: 17, message: /already claimed by workload 'web-1'/ },

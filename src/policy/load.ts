@@ -134,6 +134,32 @@ class ListItem {
   }
 }
 
+/** A string of a list and where it is, its path made only when asked (for a message). */
+interface Located { readonly value: string; readonly path: PathSegment[] }
+
+/**
+ * strList's items one at a time, through one cursor moved along the list
+ * (its path read at once, if at all): a group of a million CIDRs would
+ * otherwise be a million items held in a list while they are read, which
+ * every young-generation collection copies.
+ */
+function strEach(c: Checker, v: Json | undefined, path: PathSegment[], what: string, visit: (item: Located) => void): void {
+  if (v === undefined) return;
+  if (typeof v === 'string') { visit(new ListItem(v, path, -1)); return; }
+  if (!Array.isArray(v)) {
+    c.error('wrong-type', path, `expected a list of ${what}, found ${describe(v)}`);
+    return;
+  }
+  const cursor = { value: '', index: 0, get path(): PathSegment[] { return [...path, this.index]; } };
+  for (let i = 0; i < v.length; i++) {
+    const item = v[i];
+    if (typeof item !== 'string') { c.error('wrong-type', [...path, i], `expected ${what}, found ${describe(item)}`); continue; }
+    cursor.value = item;
+    cursor.index = i;
+    visit(cursor);
+  }
+}
+
 /**
  * The list at its length. An array filled by push keeps room for 16 more
  * (a 1-item list is 184 bytes, 56 when fitted); a policy keeps five such
@@ -161,16 +187,17 @@ function strList(c: Checker, v: Json | undefined, path: PathSegment[], what: str
   return out;
 }
 
-function prefixOf(c: Checker, text: string, path: PathSegment[], allowLength: boolean): Prefix | null {
+function prefixOf(c: Checker, item: Located, allowLength: boolean): Prefix | null {
+  const text = item.value;
   const p = parsePrefix(text);
   if (!p || (!allowLength && text.includes('/'))) {
-    c.error('bad-address', path, allowLength
+    c.error('bad-address', item.path, allowLength
       ? `expected an IPv4 or IPv6 address or CIDR (like 10.0.0.0/24 or fd00::/64), found '${text}'`
       : `expected an IPv4 or IPv6 address (like 10.0.0.11 or fd00::11), found '${text}'`);
     return null;
   }
   if (allowLength && hasHostBits(text, p)) {
-    c.warn('host-bits', path, `'${text}' has host bits set; it is read as ${p.text}`);
+    c.warn('host-bits', item.path, `'${text}' has host bits set; it is read as ${p.text}`);
   }
   return p;
 }
@@ -213,7 +240,7 @@ function readWorkloads(c: Checker, raw: Json | undefined): Map<string, Workload>
     } else mac = w.mac.toLowerCase();
     const ips: Prefix[] = [];
     for (const ip of strList(c, w.ips, [...path, 'ips'], 'IP addresses')) {
-      const p = prefixOf(c, ip.value, ip.path, false);
+      const p = prefixOf(c, ip, false);
       if (!p) continue;
       const key = p.text;
       const owner = byIp.get(key);
@@ -287,10 +314,10 @@ function readGroups(c: Checker, raw: Json | undefined, workloads: Map<string, Wo
       if (!workloads.has(w.value)) c.error('unknown-workload', w.path, `no workload named '${w.value}'${suggest(w.value, workloads.keys())}`);
       else group.workloads.push(w.value);
     }
-    for (const x of strList(c, g.cidrs, [...path, 'cidrs'], 'CIDRs')) {
-      const p = prefixOf(c, x.value, x.path, true);
+    strEach(c, g.cidrs, [...path, 'cidrs'], 'CIDRs', (x) => {
+      const p = prefixOf(c, x, true);
       if (p) group.cidrs.push(p);
-    }
+    });
     group.groups = strList(c, g.groups, [...path, 'groups'], 'group names').map((x) => x.value);
     if (group.tagsAnyOf.length + group.tagsAllOf.length + group.workloads.length + group.cidrs.length + group.groups.length === 0 && g.workloads === undefined && g.cidrs === undefined) {
       c.warn('empty-group', path, `group '${name}' names no tags, workloads, CIDRs or groups, so it never matches`);
@@ -427,7 +454,7 @@ function addressRefs(c: Checker, v: Json | undefined, path: PathSegment[], group
     if (it.value === 'any') out.push({ kind: 'any' });
     else if (groups.has(it.value)) out.push({ kind: 'group', name: it.value });
     else if (/^[0-9a-fA-F.:]+(\/\d+)?$/.test(it.value) && /[.:]/.test(it.value)) {
-      const p = prefixOf(c, it.value, it.path, true);
+      const p = prefixOf(c, it, true);
       if (p) out.push({ kind: 'cidr', prefix: p });
     } else c.error('unknown-group', it.path, `no group named '${it.value}'${suggest(it.value, groups.keys())}`);
   }
