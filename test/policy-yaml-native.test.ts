@@ -123,6 +123,25 @@ t.test('the same values written by a YAML library in every style are converted, 
   t.ok(converted > 1200, `${converted} of 1500 converted`);
 });
 
+t.test('random text: never a crash, and what it converts reads as js-yaml reads it', async (t) => {
+  const r = prng(99);
+  const pieces = ['a', 'b', '1', '0', '-', ':', ' ', '  ', '\n', '\t', '[', ']', '{', '}', ',', '?', '#', '&', '*', '!', '|', '>', "'", '"', '\\', '%', '@', '`', '.', 'é', '😀', '\u0085', '\u0000', '\r', '~', 'x: ', '- ', '---', '...', '"\\u00', '\\x4', 'true', '0x', '.inf', '\ufeff'];
+  let converted = 0;
+  const wrong: string[] = [];
+  for (let k = 0; k < 30000; k++) {
+    let text = '';
+    for (let n = Math.floor(r() * 40); n > 0; n--) text += pieces[Math.floor(r() * pieces.length)];
+    const json = toJson(text);
+    if (json === null) continue;
+    converted++;
+    let mine: unknown = 'not JSON';
+    try { mine = JSON.parse(json); } catch { /* counted below */ }
+    if (!isDeepStrictEqual(mine, jsYaml(text)) && wrong.length < 5) wrong.push(`${JSON.stringify(text)} -> ${json} (js-yaml ${JSON.stringify(jsYaml(text))})`);
+  }
+  t.same(wrong, [], 'every converted text is JSON and reads as js-yaml reads it');
+  t.ok(converted > 1000, `${converted} of 30000 converted`);
+});
+
 t.test('what it leaves to js-yaml comes back null', async (t) => {
   const declined: Array<[string, string]> = [
     ['an anchor and an alias', 'a: &x 1\nb: *x\n'],
@@ -158,6 +177,14 @@ t.test('what it leaves to js-yaml comes back null', async (t) => {
     ['a line separator', 'a: x\u2028y\n'],
     ['a paragraph separator', 'a: x\u2029y\n'],
     ['nesting deeper than 256', 'a: ' + '['.repeat(300) + ']'.repeat(300) + '\n'],
+    ['a literal block scalar', 'l: |\n  one\n  two\n'],
+    ['a folded block scalar', 'f: >\n  one\n  two\n'],
+    ['a carriage return alone', 'a: 1\rb: 2\n'],
+    ['a byte order mark past the start', 'a: 1\n\ufeffb: 2\n'],
+    ['a comment right after a quote', 'a: "x"#c\n'],
+    ['a comment right after a bracket', 'a: [x]#c\n'],
+    ['an indented document marker', 'a:\n  ---\n'],
+    ['a plain scalar over two lines', 'a: one\n  two\n'],
   ];
   for (const [label, text] of declined) t.equal(toJson(text), null, label);
 });
@@ -172,10 +199,10 @@ t.test('what it converts, typed as the core schema types it', async (t) => {
     ['a: 0b101\nb: 1_000\nc: 1.2.3\n', { a: '0b101', b: '1_000', c: '1.2.3' }], // not numbers in YAML 1.2's core schema
     ['s: "tab\\there \\"q\\" \\u00e9 \\\\"\n', { s: 'tab\there "q" é \\' }],
     ['s: "\\x01\\x1f"\n', { s: '\x01\x1f' }],
-    ['l: |\n  one\n  two\nf: >\n  one\n  two\n', { l: 'one\ntwo\n', f: 'one two\n' }],
     ['- [a, {b: c}]\n- {}\n- []\n', [['a', { b: 'c' }], {}, []]],
     ['x:\n  a: 1\ny:\n  a: 2\n', { x: { a: 1 }, y: { a: 2 } }],
     ['\ufeffa: 1\n', { a: 1 }],
+    ['a: 1\r\nb: [x, y]\r\n', { a: 1, b: ['x', 'y'] }],
     ['---\na: 1\n...\n', { a: 1 }],
     ['42\n', 42],
   ];

@@ -21,8 +21,12 @@
  *   not write the same way (0x1f, 0o17, +1, 010, .5, 1., .inf, 1e3, more
  *   than 15 digits); a repeated key in one mapping (keys are hashed with their
  *   mapping's number, sorted and compared, so a hash collision only costs
- *   the slow way); and line breaks YAML 1.1 has and 1.2 does not (U+0085,
- *   U+2028, U+2029), where the two would cut lines differently.
+ *   the slow way); line breaks YAML 1.1 has and 1.2 does not (U+0085,
+ *   U+2028, U+2029), where the two would cut lines differently; a byte
+ *   order mark past the start, a carriage return without a line feed; block
+ *   scalars (| and >), whose edges the two read apart; a '#' right after a
+ *   quote or a bracket; a plain scalar starting --- or ..., or over
+ *   several lines.
  */
 #include <node_api.h>
 #include <yaml.h>
@@ -170,11 +174,23 @@ static int cmp_u64(const void* a, const void* b) {
   return x < y ? -1 : x > y;
 }
 
-/* YAML 1.1 line breaks that YAML 1.2 reads as text: NEL (C2 85), LS (E2 80 A8), PS (E2 80 A9). */
-static int has_old_breaks(const unsigned char* s, size_t n) {
-  for (size_t i = 0; i + 1 < n; i++) {
-    if (s[i] == 0xC2 && s[i + 1] == 0x85) return 1;
-    if (s[i] == 0xE2 && i + 2 < n && s[i + 1] == 0x80 && (s[i + 2] == 0xA8 || s[i + 2] == 0xA9)) return 1;
+/*
+ * Characters the two YAML versions, or libyaml and js-yaml, read apart:
+ * YAML 1.1 line breaks that YAML 1.2 reads as text (NEL C2 85, LS E2 80
+ * A8, PS E2 80 A9); a byte order mark past the start (libyaml drops it,
+ * js-yaml keeps it as text); a carriage return not followed by a line feed
+ * (libyaml breaks the line there, js-yaml refuses some such documents); a
+ * '#' right after a quote or a closing bracket (libyaml takes it for a
+ * comment, YAML wants a space before one).
+ */
+static int has_unsafe_chars(const unsigned char* s, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] == '\r' && (i + 1 == n || s[i + 1] != '\n')) return 1;
+    if (i + 1 < n && s[i] == 0xC2 && s[i + 1] == 0x85) return 1;
+    if (i + 2 < n && s[i] == 0xE2 && s[i + 1] == 0x80 && (s[i + 2] == 0xA8 || s[i + 2] == 0xA9)) return 1;
+    if (i > 0 && i + 2 < n && s[i] == 0xEF && s[i + 1] == 0xBB && s[i + 2] == 0xBF) return 1;
+    /* A comment needs a space before it; libyaml also takes one right after a quote or a bracket. */
+    if (i > 0 && s[i] == '#' && (s[i - 1] == '"' || s[i - 1] == '\'' || s[i - 1] == ']' || s[i - 1] == '}')) return 1;
   }
   return 0;
 }
@@ -191,7 +207,7 @@ typedef struct {
 
 /* The JSON text of `in`, or 0 (out->failed or a reason above) for "not here". */
 static int convert(const unsigned char* in, size_t n, out_t* out) {
-  if (has_old_breaks(in, n)) return 0;
+  if (has_unsafe_chars(in, n)) return 0;
   yaml_parser_t p;
   if (!yaml_parser_initialize(&p)) return 0;
   yaml_parser_set_input_string(&p, in, n);
@@ -230,9 +246,16 @@ static int convert(const unsigned char* in, size_t n, out_t* out) {
         int is_key = up != NULL && up->mapping && up->want_key;
         if (up != NULL && (!up->mapping || is_key) && up->count > 0) out_char(out, ',');
         if (e.type == YAML_SCALAR_EVENT) {
+          /* Block scalars (| and >): libyaml and js-yaml read some of their edges apart (a '#' right after
+             the indicator, a '#' line in the content); they are rare in a policy and go to js-yaml. */
+          if (e.data.scalar.style == YAML_LITERAL_SCALAR_STYLE || e.data.scalar.style == YAML_FOLDED_SCALAR_STYLE) { stop = 1; break; }
           const unsigned char* v = e.data.scalar.value;
           size_t len = e.data.scalar.length;
           int plain = e.data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+          /* A plain scalar over several lines: where it ends, the two read apart (a "- " below it, say). */
+          if (plain && e.start_mark.line != e.end_mark.line) { stop = 1; break; }
+          /* A plain scalar that starts like a document marker (an indented --- or ...): js-yaml reads it otherwise. */
+          if (plain && len >= 3 && ((v[0] == '-' && v[1] == '-' && v[2] == '-') || (v[0] == '.' && v[1] == '.' && v[2] == '.'))) { stop = 1; break; }
           int kind = plain ? plain_kind(v, len) : K_STRING;
           if (is_key) {
             /* A key as js-yaml makes it (String() of what it resolved to): only a string, or a number written as String() writes it. */
