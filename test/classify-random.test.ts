@@ -2,7 +2,7 @@
 // random rule lists (overlapping prefixes, nested ranges, wildcards, IPv6
 // layouts) and random packets that favour edge values.
 import t from 'tap';
-import { bias, trieBuild, trieLookup } from '../src/classify/ruleTrie.js';
+import { bias, kthSmallest, trieBuild, trieLookup } from '../src/classify/ruleTrie.js';
 import { naiveFirstMatch, type BoxRule } from './reference.js';
 import { pick, randInt, rng } from './rng.js';
 
@@ -163,4 +163,21 @@ t.test('wildcard-heavy random ranges: memory stays bounded and answers stay exac
     if (trieLookup(trie, key, 0) !== naiveFirstMatch(rules, k)) bad++;
   }
   t.equal(bad, 0, 'every packet agrees with the naive matcher');
+});
+
+t.test('the split point: the k-th smallest endpoint is what a sort puts at k, duplicates and all', async (t) => {
+  const r = rng(77);
+  let bad = 0, first = '';
+  for (let trial = 0; trial < 400; trial++) {
+    const n = randInt(r, 1, 300);
+    // Few distinct values in most trials: rules sharing a port range give many equal endpoints.
+    const range = pick(r, [1, 2, 5, 1000, 2 ** 33]);
+    const values = Float64Array.from({ length: n }, () => Math.floor(r() * range) - 2 ** 31 - 1);
+    const sorted = Float64Array.from(values).sort();
+    for (const k of [0, n >> 1, n - 1, randInt(r, 0, n - 1)]) {
+      const got = kthSmallest(Float64Array.from(values), n, k);
+      if (got !== sorted[k]) { bad++; first ||= `n ${n} k ${k}: ${got} vs ${sorted[k]}`; }
+    }
+  }
+  t.equal(bad, 0, `the same value in 1,600 selections ${first}`);
 });
