@@ -2,7 +2,7 @@
 // that removes the rule (kept as retired counts) and a restart (the state
 // file), and "unused since" finds exactly the rules with no hit since then.
 // The real data plane on in-memory ports; the analytics as the daemon keeps them.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -81,14 +81,19 @@ t.test('since: durations and times', async (t) => {
 /** A policy of `n` rules (web to app on ports 1000 + i), and its ssh rule when asked. */
 const manyRules = (n: number, withSsh: boolean) => policy(withSsh).replace('      - { id: never,', `${Array.from({ length: n }, (_, i) => `      - { id: p${i}, from: web, to: app, services: [tcp/${1000 + i}], action: allow }\n`).join('')}      - { id: never,`);
 
-t.test('the periodic save writes in slices, between turns of the event loop, what the whole save writes', async (t) => {
+/** A state folder, rule analytics kept there, and a lab for `policyText` whose retired rules reach them; removed after the test. */
+function analyticsLab(t: Test, policyText: string) {
   const dir = mkdtempSync(join(tmpdir(), 'tw-ra-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const analytics = new RuleAnalytics(dir);
-  const lab = new MemLab(manyRules(1800, true), { uplink: null, dataplane: { onRulesRetired: (c) => analytics.retired(c) } });
+  const lab = new MemLab(policyText, { uplink: null, dataplane: { onRulesRetired: (c) => analytics.retired(c) } });
   t.teardown(() => lab.stop());
   analytics.start(lab.dp);
-  const syn = synOn(lab);
+  return { dir, analytics, lab, syn: synOn(lab) };
+}
+
+t.test('the periodic save writes in slices, between turns of the event loop, what the whole save writes', async (t) => {
+  const { dir, analytics, lab, syn } = analyticsLab(t, manyRules(1800, true));
   t.same([syn(1, 22), syn(2, 1000), syn(3, 2799), syn(4, 80)], ['forward', 'forward', 'forward', 'forward']);
   // ssh retires: the file has a rule that is not in force.
   lab.apply(manyRules(1800, false));
@@ -133,13 +138,7 @@ t.test('the periodic save writes in slices, between turns of the event loop, wha
 });
 
 t.test("GET /v1/rules' body, written a slice at a time, is the JSON the whole answer was", async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'tw-ra-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const analytics = new RuleAnalytics(dir);
-  const lab = new MemLab(manyRules(1200, true), { uplink: null, dataplane: { onRulesRetired: (c) => analytics.retired(c) } });
-  t.teardown(() => lab.stop());
-  analytics.start(lab.dp);
-  const syn = synOn(lab);
+  const { analytics, lab, syn } = analyticsLab(t, manyRules(1200, true));
   t.same([syn(1, 22), syn(2, 1000), syn(3, 2199), syn(4, 80), syn(5, 7)], ['forward', 'forward', 'forward', 'forward', 'policy']);
   const dp = lab.dp;
   // The answer as it was built whole: the counters per rule, the kept totals and last hit added, then filtered.

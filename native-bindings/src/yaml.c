@@ -163,6 +163,17 @@ static int plain_kind(const unsigned char* s, size_t n) {
   return K_STRING;
 }
 
+/*
+ * Is a key's text what js-yaml makes of it (String() of what it resolved
+ * to)? A string, or an integer JSON writes as it stands, but -0 (String()
+ * writes 0); not null, a boolean or a fraction.
+ */
+static int key_is_its_text(int kind, const unsigned char* v, size_t len) {
+  if (kind == K_STRING) return 1;
+  if (kind != K_NUMBER || memchr(v, '.', len) != NULL) return 0;
+  return !(len == 2 && v[0] == '-' && v[1] == '0');
+}
+
 static uint64_t key_hash(uint64_t mapping, const unsigned char* s, size_t n) {
   uint64_t h = 1469598103934665603ULL ^ (mapping * 0x9e3779b97f4a7c15ULL);
   for (size_t i = 0; i < n; i++) { h ^= s[i]; h *= 1099511628211ULL; }
@@ -258,8 +269,7 @@ static int convert(const unsigned char* in, size_t n, out_t* out) {
           if (plain && len >= 3 && ((v[0] == '-' && v[1] == '-' && v[2] == '-') || (v[0] == '.' && v[1] == '.' && v[2] == '.'))) { stop = 1; break; }
           int kind = plain ? plain_kind(v, len) : K_STRING;
           if (is_key) {
-            /* A key as js-yaml makes it (String() of what it resolved to): only a string, or a number written as String() writes it. */
-            if (kind != K_STRING && !(kind == K_NUMBER && !(len > 0 && v[0] == '-' && len == 2 && v[1] == '0') && memchr(v, '.', len) == NULL)) { stop = 1; break; }
+            if (!key_is_its_text(kind, v, len)) { stop = 1; break; }
             if (nkeys == capkeys) {
               size_t cap = capkeys ? capkeys * 2 : 4096;
               uint64_t* k = realloc(keys, cap * sizeof *k);

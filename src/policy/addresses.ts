@@ -152,7 +152,7 @@ export function hasHostBits(text: string, p: Prefix): boolean {
     const addr = canonicalV4(text, 0, slash);
     if (addr >= 0) return addr !== p.words[0];
   }
-  const addr = parsePrefix(text.slice(0, text.indexOf('/')));
+  const addr = parsePrefix(text.slice(0, slash));
   if (!addr) return false;
   return addr.words.some((w, i) => w !== p.words[i]);
 }

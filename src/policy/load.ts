@@ -126,31 +126,32 @@ function bool(c: Checker, v: Json | undefined, path: PathSegment[], fallback: bo
   return v;
 }
 
-/** A string of a list, with where it stands (made only when a message needs it: most never do). */
+/**
+ * A string of a list, with where it stands (made only when a message needs
+ * it: most never do); index -1 for a single string given instead of a list.
+ */
 class ListItem {
-  constructor(readonly value: string, private readonly list: PathSegment[], private readonly index: number) {}
+  constructor(public value: string, private readonly list: PathSegment[], public index: number) {}
   get path(): PathSegment[] {
     return this.index < 0 ? this.list : [...this.list, this.index];
   }
 }
 
-/** A string of a list and where it is, its path made only when asked (for a message). */
-interface Located { readonly value: string; readonly path: PathSegment[] }
-
 /**
- * strList's items one at a time, through one cursor moved along the list
- * (its path read at once, if at all): a group of a million CIDRs would
- * otherwise be a million items held in a list while they are read, which
- * every young-generation collection copies.
+ * A list of strings one at a time (a single string is accepted as a list of
+ * one), through one item moved along the list: `visit` reads it at once and
+ * keeps it only as a copy. A group of a million CIDRs would otherwise be a
+ * million items held in a list while they are read, which every
+ * young-generation collection copies.
  */
-function strEach(c: Checker, v: Json | undefined, path: PathSegment[], what: string, visit: (item: Located) => void): void {
+function strEach(c: Checker, v: Json | undefined, path: PathSegment[], what: string, visit: (item: ListItem) => void): void {
   if (v === undefined) return;
   if (typeof v === 'string') { visit(new ListItem(v, path, -1)); return; }
   if (!Array.isArray(v)) {
     c.error('wrong-type', path, `expected a list of ${what}, found ${describe(v)}`);
     return;
   }
-  const cursor = { value: '', index: 0, get path(): PathSegment[] { return [...path, this.index]; } };
+  const cursor = new ListItem('', path, 0);
   for (let i = 0; i < v.length; i++) {
     const item = v[i];
     if (typeof item !== 'string') { c.error('wrong-type', [...path, i], `expected ${what}, found ${describe(item)}`); continue; }
@@ -170,24 +171,14 @@ function fitted<T>(list: T[]): T[] {
   return list.length === 0 ? [] : list.slice();
 }
 
-/** A list of strings; a single string is accepted as a list of one. */
+/** A list of strings, kept (strEach's items, each copied). */
 function strList(c: Checker, v: Json | undefined, path: PathSegment[], what: string): ListItem[] {
-  if (v === undefined) return [];
-  if (typeof v === 'string') return [new ListItem(v, path, -1)];
-  if (!Array.isArray(v)) {
-    c.error('wrong-type', path, `expected a list of ${what}, found ${describe(v)}`);
-    return [];
-  }
   const out: ListItem[] = [];
-  for (let i = 0; i < v.length; i++) {
-    const item = v[i];
-    if (typeof item !== 'string') c.error('wrong-type', [...path, i], `expected ${what}, found ${describe(item)}`);
-    else out.push(new ListItem(item, path, i));
-  }
+  strEach(c, v, path, what, (it) => out.push(new ListItem(it.value, path, it.index)));
   return out;
 }
 
-function prefixOf(c: Checker, item: Located, allowLength: boolean): Prefix | null {
+function prefixOf(c: Checker, item: ListItem, allowLength: boolean): Prefix | null {
   const text = item.value;
   const p = parsePrefix(text);
   if (!p || (!allowLength && text.includes('/'))) {
