@@ -41,6 +41,8 @@ import { tagsOf, type DynamicTag, type PolicyStore, type StoreState, type TagMap
  */
 export interface PolicyTarget {
   setPolicy(compiled: CompiledPolicy): void;
+  /** Make ready, over a few turns, the memory the swap to `compiled` will fill (called before setPolicy with a new document). */
+  prefault?(compiled: CompiledPolicy): Promise<void>;
   /** Evaluate a staged policy beside the enforced one, never enforcing it (null: stop). */
   setStaged?(compiled: CompiledPolicy | null): void;
 }
@@ -348,6 +350,7 @@ export class Controller {
     try {
       const ref = this.documentOf(text, source, from);
       const prepared = await this.prepare(ref, this.tags);
+      await this.target.prefault?.(prepared.compiled);
       this.record([{ action: 'policy.applied', by, revision, rules: prepared.compiled.stats.rules, compileMs: round(prepared.compileMs) }]);
       this.tags = this.pruneTags(this.tags, prepared.document);
       this.install(prepared, ref, revision, by);
@@ -450,7 +453,10 @@ export class Controller {
     // tags cannot change meanwhile (changes take turns), so what is prepared is what is swapped in.
     const ref = this.documentOf(text, '(request)');
     const prepared = await this.prepare(ref, this.tags);
+    // The swap's memory made ready while the store writes (prefault never fails).
+    const ready = this.target.prefault?.(prepared.compiled);
     const cas = await this.own(() => this.store.putPolicy(text, expectRevision));
+    await ready;
     if (!cas.ok) throw new ControlError(412, 'stale-revision', `the policy changed since revision ${expectRevision}: it is now at ${cas.revision}; read it again and reapply`);
     if (this.documentRevision !== cas.revision) {
       this.recordStored([{ action: 'policy.applied', by, ...(reason ? { reason } : {}), revision: cas.revision, rules: prepared.compiled.stats.rules, compileMs: round(prepared.compileMs) }], cas.revision, by);

@@ -40,6 +40,38 @@ export function writeSliced(out: Writable, text: SlicedText): Promise<boolean> {
   });
 }
 
+/** Bytes the kernel maps at a time: one write in each makes it present. */
+const PAGE_BYTES = 4096;
+/** Pages made present per turn: at 13 µs a first touch on this VM (0.1-1 µs on bare metal), under a millisecond. */
+const PAGES_PER_TURN = 64;
+
+/**
+ * Make every page of `arrays` present, a few pages per turn: a write of 0
+ * into each (they are fresh, so they stay all zero). Memory that the
+ * forwarding thread will fill in one turn (a swap's new rule counters) is
+ * touched ahead of it, so that the turn does not take every page fault at
+ * once (3.2 MB of counters at 100,000 rules: 10 ms of faults in one turn
+ * here).
+ */
+export function touchSliced(arrays: readonly ArrayBufferView[]): Promise<void> {
+  const views = arrays.map((a) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+  let which = 0, at = 0;
+  return new Promise((resolve) => {
+    const step = (): void => {
+      for (let pages = 0; pages < PAGES_PER_TURN && which < views.length;) {
+        const v = views[which];
+        if (at >= v.length) { which++; at = 0; continue; }
+        v[at] = 0;
+        at += PAGE_BYTES;
+        pages++;
+      }
+      if (which < views.length) setImmediate(step);
+      else resolve();
+    };
+    step();
+  });
+}
+
 /** Characters of a text encoded, and bytes decoded, per turn: a quarter to half a millisecond here. */
 export const TEXT_SLICE = 256 * 1024;
 
