@@ -4,6 +4,7 @@
 // document the worker let go; and the data plane gets policies it can run.
 import t from 'tap';
 import { readFileSync } from 'node:fs';
+import { PerformanceObserver, constants as perfConstants } from 'node:perf_hooks';
 import { OffThreadPreparer } from '../src/control/offThread.js';
 import { InlinePreparer, type DocumentRef, type Prepared, type Preparer } from '../src/control/prepare.js';
 import { Controller } from '../src/control/controller.js';
@@ -148,6 +149,36 @@ t.test('off the thread and inline: the same policy, change after change', async 
   t.ok(firstParts > 1, `the first document is handed over in parts (${firstParts})`);
   // A large group's CIDRs go as text and become prefixes when first read (equal to the inline document's: above).
   t.ok(heldAsText, "the 30,000 CIDRs of 'partners' are held as text until something reads them");
+});
+
+t.test('a new document: this thread collects its young generation after each part; a tag change hands over no document and collects nothing', async (t) => {
+  const off = new OffThreadPreparer();
+  t.teardown(() => off.close());
+  const forced: number[] = [];
+  const observer = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      const d = e.detail as { kind: number; flags: number };
+      if (d.kind === perfConstants.NODE_PERFORMANCE_GC_MINOR && (d.flags & perfConstants.NODE_PERFORMANCE_GC_FLAGS_FORCED) !== 0) forced.push(e.startTime);
+    }
+  });
+  observer.observe({ entryTypes: ['gc'] });
+  t.teardown(() => observer.disconnect());
+  const settle = () => new Promise((resolve) => setTimeout(resolve, 30)); // collector entries are delivered later
+  const doc: DocumentRef = { id: 1, text: docText(40, 9), source: 'd.json' };
+  let before = off.parts;
+  const first = await off.prepare(doc, {}, 'h1');
+  await settle();
+  const parts = off.parts - before;
+  t.ok(parts >= 4, `the document came in parts (${parts})`);
+  t.equal(forced.length, parts - 1, 'one young collection after each part but the last');
+  off.installed(first.compiled);
+  forced.length = 0;
+  before = off.parts;
+  const q: TagMap = { w4: [{ tag: 'quarantine', reason: 'test', by: 'test', added: new Date().toISOString(), expiresAt: null }] };
+  await off.prepare(doc, q, 'h1');
+  await settle();
+  t.ok(off.parts > before, 'the tag change came back in parts');
+  t.equal(forced.length, 0, 'and nothing was collected for it');
 });
 
 t.test('a bad document is refused with located problems; the worker carries on', async (t) => {

@@ -27,6 +27,12 @@
  *     again when it is needed. Group versions come as those that differ from
  *     the last result this side took, which it names (a tag change: a few of
  *     2,000), and the groups are a view over that result's (GroupsView).
+ *   - A new document's parts are kept for as long as it is in force, so the
+ *     young generation is collected after each (in a turn of its own, before
+ *     the next part is asked for): each collection copies and promotes one
+ *     part's worth. Left to V8, one collection promoted a whole reload's
+ *     worth at once, after it: 2 MB at 10,000 rules (7-9 ms here, where a
+ *     first touch of a page costs 13 µs), 20 MB at 100,000 (18-30 ms).
  *   - The policy is built here from the mirror as a CompiledPolicy like the
  *     inline compiler's, and swapped in by the controller in one step. Group
  *     addresses are found on first use (explanations, dumps), not handed over.
@@ -44,6 +50,22 @@ import { parsePrefix, workloadPrefixes } from '../policy/addresses.js';
 import { PrepareRefused, type DocumentRef, type Prepared, type Preparer } from './prepare.js';
 import type { TagMap } from './store.js';
 import { placement } from '../util/placement.js';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+
+let youngGc: ((o: { type: 'minor' }) => void) | null = null;
+/**
+ * Collect this thread's young generation now (a scavenge). V8's collector
+ * function, from a context of its own, without --expose-gc on the command
+ * line (the flag only gives new contexts a `gc`).
+ */
+function youngCollect(): void {
+  if (youngGc === null) {
+    setFlagsFromString('--expose-gc');
+    youngGc = runInNewContext('gc') as (o: { type: 'minor' }) => void;
+  }
+  youngGc({ type: 'minor' });
+}
 
 /**
  * A held document that a new one's parts name by index: its items in
@@ -200,7 +222,19 @@ export class OffThreadPreparer implements Preparer {
           return;
         }
       }
-      this.worker!.postMessage({ t: 'next' });
+      const w = this.worker!;
+      if (p.doc === null) w.postMessage({ t: 'next' });
+      else {
+        // A new document: what this part made (rules at their new places, workloads, groups) lives as
+        // long as the document, so it is collected now, a part's worth, in a turn of its own (two turns
+        // on: frames are read between), and the next part asked for after it (a part that arrived during
+        // the collection would be taken in the same turn).
+        setImmediate(() => setImmediate(() => {
+          if (this.worker !== w || this.pending !== p) return;
+          youngCollect();
+          w.postMessage({ t: 'next' });
+        }));
+      }
     } catch (e) {
       this.pending = null;
       p.reject(e as Error);
