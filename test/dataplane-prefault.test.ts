@@ -27,7 +27,7 @@ function compile(sections: Array<{ name: string; rules: RuleText[] }>): Compiled
   return policyCompile(parsed.policy);
 }
 
-function lab(first: CompiledPolicy): { dp: Dataplane; retired: RuleCount[] } {
+function lab(first: CompiledPolicy): { dp: Dataplane; retired: RuleCount[]; before: Float64Array } {
   const retired: RuleCount[] = [];
   const dp = new Dataplane(policyCompile(startingPolicy()), [], {
     flowCapacity: 256,
@@ -41,7 +41,7 @@ function lab(first: CompiledPolicy): { dp: Dataplane; retired: RuleCount[] } {
     if (row % 7 === 3) continue;
     for (let k = 0; k < RS_COUNT; k++) s[row * RS_COUNT + k] = row * 10 + k + 1;
   }
-  return { dp, retired };
+  return { dp, retired, before: s.slice() };
 }
 
 /** The next document: a random edit of `sections` (rules keep their ids, so a moved rule is the same rule). */
@@ -96,6 +96,15 @@ t.test('prefault: the counters after a swap are those of a swap without it', asy
     ahead.dp.setPolicy(next);
     inTurn.dp.setPolicy(next);
     t.same([...ahead.dp.ct.ruleStats], [...inTurn.dp.ct.ruleStats], `round ${round}: the same counters, each with its rule`);
+    // And what they should be, worked out here by id: each rule's own row of the old table, or zeros.
+    const oldRow = new Map(prev.rules.map((rule, i) => [`${rule.section}\0${rule.id}`, i + 1]));
+    const expected = new Float64Array((next.rules.length + 1) * RS_COUNT);
+    for (let k = 0; k < RS_COUNT; k++) expected[k] = ahead.before[k];
+    next.rules.forEach((rule, i) => {
+      const row = oldRow.get(`${rule.section}\0${rule.id}`);
+      if (row !== undefined) for (let k = 0; k < RS_COUNT; k++) expected[(i + 1) * RS_COUNT + k] = ahead.before[row * RS_COUNT + k];
+    });
+    t.same([...ahead.dp.ct.ruleStats], [...expected], `round ${round}: each counter is its rule's from before`);
     t.same(countsOnly(ahead.retired), countsOnly(inTurn.retired), `round ${round}: the same retired counts`);
     t.ok(ahead.retired.every((c, i) => Math.abs((c.lastHit ?? 0) - (inTurn.retired[i].lastHit ?? 0)) <= 2), `round ${round}: and last hits (wall clock, read at each swap)`);
     t.equal(ahead.dp['reserved'], null, `round ${round}: the swap let go of what was made for it`);

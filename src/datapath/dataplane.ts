@@ -33,6 +33,7 @@ import { PolicyDecider } from './decide.js';
 import { Switch, frameDecide, type SwitchOptions } from './frameDecide.js';
 import { TypedHistogram } from '../util/typedHistogram.js';
 import { touchSliced } from '../util/sliced.js';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { ATTACH_CHECK_MS, AbsentPort, BATCH, DEFAULT_MAX_PORTS, PC, PC_COUNT, Port, fairQuota, ifindexIfUp, type PortSpec } from './ports.js';
 import { txEnqueue, txFlush, txReply } from './transmit.js';
 import { flowsExport, flowsImport, flowsResume, type FlowRecord } from './carried.js';
@@ -72,9 +73,8 @@ interface SwapReserve {
   kept: Uint8Array<ArrayBuffer> | null;
 }
 
-/** Rules looked at per turn ahead of a swap (SLICE_MASK + 1). */
-const SLICE_MASK = 16383;
-const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+/** Rules looked at per turn ahead of a swap. */
+const SLICE = 16384;
 
 /** Policies whose rule numbering the flow log can still resolve (a record is read within 200 ms; a closing connection may be older). */
 const RULE_HISTORY = 64;
@@ -347,7 +347,6 @@ export class Dataplane {
     return this.sw.workloads[i]?.name ?? this.ports[i].spec.workload;
   }
 
-  /** Swap in a new compiled policy: cached verdicts become stale and are re-checked. */
   /**
    * Do ahead of the swap to `compiled`, a slice per turn, what its turn
    * would otherwise do all at once for the rule counters: whether every
@@ -366,25 +365,17 @@ export class Dataplane {
     const oldRules = this.policy.rules, rules = compiled.rules;
     const reserve: SwapReserve = { oldRules, rules, same: false, runs: null, stats: null, kept: null };
     this.reserved = reserve;
-    let i = 0;
-    for (; i < rules.length && i < oldRules.length; i++) {
-      if (rules[i] !== oldRules[i] && (rules[i].id !== oldRules[i].id || rules[i].section !== oldRules[i].section)) break;
-      if ((i & SLICE_MASK) === SLICE_MASK) await nextTurn();
+    let same = rules.length === oldRules.length;
+    for (let at = 0; same && at < rules.length; at += SLICE) {
+      same = samePlacesIn(oldRules, rules, at, Math.min(rules.length, at + SLICE));
+      await nextTurn();
     }
-    if (i === rules.length && i === oldRules.length) { reserve.same = true; return; }
+    if (same) { reserve.same = true; return; }
     const moved = compiled.ruleFrom;
     // The compiling thread's answer (else the swap works it out by id, as before).
     if (!moved || moved.sections !== this.policy.policy.sections || moved.from.length !== rules.length) return;
-    // Runs: rules that stand one after another here and stood one after another before.
-    const from = moved.from, runs: number[] = [];
-    let start = 0;
-    for (let n = 1; n <= from.length; n++) {
-      if (n === from.length || from[n] < 0 || from[n - 1] < 0 || from[n] !== from[n - 1] + 1) {
-        if (from[start] >= 0) runs.push(start, from[start], n - start);
-        start = n;
-      }
-      if ((n & SLICE_MASK) === SLICE_MASK) await nextTurn();
-    }
+    const runs: number[] = [];
+    for (const _ of movedRuns(moved.from, runs)) await nextTurn();
     const stats = new Float64Array((rules.length + 1) * RS_COUNT), kept = new Uint8Array(oldRules.length);
     await touchSliced([stats, kept]);
     reserve.runs = Int32Array.from(runs);
@@ -392,6 +383,7 @@ export class Dataplane {
     reserve.kept = kept;
   }
 
+  /** Swap in a new compiled policy: cached verdicts become stale and are re-checked. */
   setPolicy(compiled: CompiledPolicy): void {
     // Rule counters follow their rule (section and id), wherever the new policy puts it. A tag
     // change keeps the document, so its rules keep their places: nothing to move.
@@ -495,23 +487,18 @@ export class Dataplane {
     const kept = ahead?.kept ?? new Uint8Array(oldRules.length);
     const stats = ahead?.stats ?? new Float64Array((compiled.rules.length + 1) * RS_COUNT);
     stats.set(old.subarray(0, RS_COUNT));
-    if (ahead?.runs) {
-      // Whole runs of rules that moved together (100,000 moved by one inserted above them: one run).
-      const runs = ahead.runs;
-      for (let r = 0; r < runs.length; r += 3) {
-        const i = runs[r], f = runs[r + 1], len = runs[r + 2];
-        kept.fill(1, f, f + len);
-        const n = Math.min(len, rows - f);
-        if (n > 0) stats.set(old.subarray((f + 1) * RS_COUNT, (f + 1 + n) * RS_COUNT), (i + 1) * RS_COUNT);
-      }
-    } else {
-      // One typed pass, no keys.
-      for (let i = 0; i < from.length; i++) {
-        const f = from[i];
-        if (f < 0) continue;
-        kept[f] = 1;
-        if (f < rows) for (let k = 0; k < RS_COUNT; k++) stats[(i + 1) * RS_COUNT + k] = old[(f + 1) * RS_COUNT + k];
-      }
+    let runs: ArrayLike<number> | null = ahead?.runs ?? null;
+    if (runs === null) {
+      const found: number[] = [];
+      for (const _ of movedRuns(from, found));
+      runs = found;
+    }
+    // Whole runs of rules that moved together (100,000 moved by one inserted above them: one run).
+    for (let r = 0; r < runs.length; r += 3) {
+      const i = runs[r], f = runs[r + 1], len = runs[r + 2];
+      kept.fill(1, f, f + len);
+      const n = Math.min(len, rows - f);
+      if (n > 0) stats.set(old.subarray((f + 1) * RS_COUNT, (f + 1 + n) * RS_COUNT), (i + 1) * RS_COUNT);
     }
     // Rules the new policy no longer has: their counts go to whoever keeps them (rule analytics), not nowhere.
     const retired: RuleCount[] = [], offset = Date.now() - performance.now();
@@ -661,8 +648,30 @@ export class Dataplane {
 
 /** Do two rule lists hold the same rules (by section and id) at the same places? */
 function sameRulePlaces(a: readonly Rule[], b: readonly Rule[]): boolean {
-  if (a.length !== b.length) return false;
+  return a.length === b.length && samePlacesIn(a, b, 0, a.length);
+}
+
+/** The same, over places [from, to) of two lists at least that long. */
+function samePlacesIn(a: readonly Rule[], b: readonly Rule[], from: number, to: number): boolean {
   // The same object first: a reload hands unchanged rules over as the ones already held.
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i] && (a[i].id !== b[i].id || a[i].section !== b[i].section)) return false;
+  for (let i = from; i < to; i++) if (a[i] !== b[i] && (a[i].id !== b[i].id || a[i].section !== b[i].section)) return false;
   return true;
+}
+
+/**
+ * Runs of rules that stand one after another in the new list and stood one
+ * after another in the old (`from[n]`: where new rule n stood, -1 for a new
+ * one), appended to `out` as [new index, old index, length]. Yields every
+ * SLICE entries, so that prefault can let frames through; the swap runs it
+ * through at once.
+ */
+function* movedRuns(from: Int32Array, out: number[]): Generator<void> {
+  let start = 0;
+  for (let n = 1; n <= from.length; n++) {
+    if (n === from.length || from[n] < 0 || from[n - 1] < 0 || from[n] !== from[n - 1] + 1) {
+      if (from[start] >= 0) out.push(start, from[start], n - start);
+      start = n;
+    }
+    if (n % SLICE === 0) yield;
+  }
 }
