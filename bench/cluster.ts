@@ -27,7 +27,7 @@ import { EtcdStore } from '../src/control/etcdStore.js';
 import { Controller, type PolicyTarget } from '../src/control/controller.js';
 import { PolicyDecider } from '../src/datapath/decide.js';
 import { policyCompile } from '../src/policy/compile.js';
-import type { Policy } from '../src/policy/model.js';
+import { startingPolicy, type Policy } from '../src/policy/model.js';
 import type { DynamicTag } from '../src/control/store.js';
 
 export interface ClusterBenchOptions { hosts: number[]; rules: number; workloads: number; changes: number }
@@ -63,7 +63,7 @@ export function clusterDocument(hosts: number, workloads: number, rules: number)
   };
 }
 
-const EMPTY: Policy = { source: '(empty)', default: 'drop', spoofguard: true, workloads: new Map(), groups: new Map(), services: new Map(), sections: [] };
+const EMPTY: Policy = { ...startingPolicy(), source: '(empty)' };
 
 /** One host process: sync, enforce, and report each tags revision it applies (stdout lines). */
 export async function clusterHost(url: string, host: string, prefix: string): Promise<void> {

@@ -23,7 +23,7 @@ import { policyCompile } from '../src/policy/compile.js';
 import { frameBuild } from '../src/packet/build.js';
 import { TCP_SYN } from '../src/packet/parse.js';
 import { clusterHosts, formatHosts } from '../src/cli/cluster.js';
-import type { Policy } from '../src/policy/model.js';
+import { startingPolicy, type Policy } from '../src/policy/model.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const MAC = { web: '02:71:00:00:01:11', app: '02:71:00:00:02:21', db: '02:71:00:00:03:31', out: '02:71:00:00:00:fe' };
@@ -51,7 +51,7 @@ sections:
 ${opts.appToDb === false ? '' : '      - { id: app-to-db, from: app, to: db, services: [tcp/5432], action: allow }'}
 `;
 
-const EMPTY: Policy = { source: '(empty)', default: 'drop', spoofguard: true, workloads: new Map(), groups: new Map(), services: new Map(), sections: [] };
+const EMPTY: Policy = { ...startingPolicy(), source: '(empty)' };
 
 /** A host: the real store and controller, a data plane on in-memory ports with an uplink. */
 class SimHost {

@@ -16,7 +16,7 @@ import { parsePrefix } from '../src/policy/addresses.js';
 import { pointClassify, pointClassifyResolution } from '../src/policy/compile.js';
 import { keyWrite } from '../src/packet/key.js';
 import { pick, randInt, rng } from './rng.js';
-import { startingPolicy, WorkloadsView } from '../src/policy/model.js';
+import { rulePlace, startingPolicy, WorkloadsView } from '../src/policy/model.js';
 import { Dataplane, type RuleCount } from '../src/datapath/dataplane.js';
 import { MemoryPort } from '../src/io/memoryPort.js';
 import { frameBuild } from '../src/packet/build.js';
@@ -131,8 +131,10 @@ t.test('off the thread and inline: the same policy, change after change', async 
     }
     if (s.label === 'a rule inserted at the top') {
       const rulesNow = a.document.sections.flatMap((x) => x.rules), rulesBefore = before!.document.sections.flatMap((x) => x.rules);
-      t.ok(rulesNow.slice(1).every((r, i) => r.order === rulesBefore[i].order + 1 && r !== rulesBefore[i]), 'a rule inserted: every other rule moved, in its new place');
-      t.equal(rulesNow[1].from, rulesBefore[0].from, 'a rule inserted: a moved rule shares what did not change with the rule held');
+      t.not(rulesNow[0], rulesBefore[0], 'a rule inserted: the new rule is handed over');
+      t.ok(rulesNow.slice(1).every((r, i) => r === rulesBefore[i]), 'a rule inserted: every rule that moved is the object held');
+      const inEmergency = a.document.sections[0].rules.length;
+      t.same([0, 1, inEmergency, rulesNow.length - 1].map((o) => rulePlace(a.document, o).path), ['sections[0].rules[0]', 'sections[0].rules[1]', 'sections[1].rules[0]', `sections[1].rules[${rulesNow.length - 1 - inEmergency}]`], 'a rule inserted: the moved rules at their new places');
     }
     t.equal(modelText(a.document), modelText(b.document), `${s.label}: the same document`);
     sameVerdicts(t, a, b, seed++, s.label);
@@ -151,7 +153,7 @@ t.test('off the thread and inline: the same policy, change after change', async 
   t.ok(heldAsText, "the 30,000 CIDRs of 'partners' are held as text until something reads them");
 });
 
-t.test('a new document: this thread collects its young generation after each part; a tag change hands over no document and collects nothing', async (t) => {
+t.test('a new document: this thread collects its young generation after parts of new items; rules that only moved and a tag change make none and collect nothing', async (t) => {
   const off = new OffThreadPreparer();
   t.teardown(() => off.close());
   const forced: number[] = [];
@@ -177,8 +179,24 @@ t.test('a new document: this thread collects its young generation after each par
   await settle();
   const parts = off.parts - before;
   t.ok(parts >= 4, `the document came in parts (${parts})`);
-  t.equal(forced.length, parts - 1, 'one young collection after each part but the last');
+  // 120 workloads, 43 groups and 702 rules, all new: collected as they come (a part of 300 rules is one
+  // collection), never after the last part.
+  t.ok(forced.length >= 3 && forced.length <= parts - 1, `young collections while it came (${forced.length} for ${parts} parts)`);
   off.installed(first.compiled);
+  // A rule inserted at the top, and a CIDR of the large group edited (its 30,000 come again, as text, in
+  // parts of their own): every other rule moved, and is the rule held, so two items are made in all.
+  forced.length = 0;
+  before = off.parts;
+  const grown = JSON.parse(doc.text) as { groups: { partners: { cidrs: string[] } }; sections: Array<{ rules: unknown[] }> };
+  grown.sections[1].rules.unshift({ id: 'inserted', from: '192.0.2.1/32', to: 'any', action: 'drop' });
+  grown.groups.partners.cidrs[5] = '192.0.2.99/32';
+  const moved = await off.prepare({ id: 2, text: JSON.stringify(grown), source: 'd.json' }, {}, 'h1');
+  await settle();
+  t.ok(off.parts - before >= 2, `the document came in parts (${off.parts - before})`);
+  t.equal(forced.length, 0, 'nothing was collected for rules that only moved');
+  const held = first.document.sections[1].rules;
+  t.ok(moved.document.sections[1].rules.slice(1).every((r, i) => r === held[i]), 'the moved rules are the rules held');
+  off.installed(moved.compiled);
   forced.length = 0;
   before = off.parts;
   const q: TagMap = { w4: [{ tag: 'quarantine', reason: 'test', by: 'test', added: new Date().toISOString(), expiresAt: null }] };
@@ -199,6 +217,24 @@ t.test('a bad document is refused with located problems; the worker carries on',
   for (let id = 3; id < 8; id++) await off.prepare({ id, text: docText(2, id), source: `d${id}.json` }, {}, null);
   const again = await off.prepare({ id: 2, text: readFileSync('examples/three-tier.yaml', 'utf8'), source: 'three-tier.yaml' }, {}, null);
   t.equal(again.compiled.points.size, 5, 'an old document is prepared again');
+});
+
+t.test('a part this side cannot place fails the preparation, and the next one starts again from nothing', async (t) => {
+  const off = new OffThreadPreparer();
+  t.teardown(() => off.close());
+  const three = readFileSync('examples/three-tier.yaml', 'utf8');
+  const first = await off.prepare({ id: 1, text: three, source: 'three-tier.yaml' }, {}, null);
+  off.installed(first.compiled);
+  // A part as the worker might send it wrongly: rules for a section that is not the one being filled.
+  const onPart = (off as unknown as { onPart(m: unknown): void }).onPart.bind(off);
+  const pending = off.prepare({ id: 2, text: docText(2, 5), source: 'd.json' }, {}, null);
+  onPart({ t: 'doc', id: 2, base: null, source: 'd.json', default: 'drop', spoofguard: true, services: [], places: { lines: new Int32Array(2), columns: new Int32Array(2) }, ruleFrom: null, size: 2 });
+  onPart({ t: 'rules', index: 3, held: Int32Array.of(-1), whole: [{}] });
+  await t.rejects(pending, /rules out of place/, 'the preparation fails');
+  // The worker was let go with what this side held; the next preparation goes to a new one, text and all.
+  const next = await off.prepare({ id: 1, text: three, source: 'three-tier.yaml' }, {}, null);
+  t.equal(next.compiled.points.size, 5, 'the next document is compiled');
+  t.not(next.document, first.document, 'by a worker that sent it again, whole');
 });
 
 t.test('a daemon starts through the compiling thread: the document it installs is the one the next change goes against', async (t) => {

@@ -7,12 +7,12 @@ import { stringify } from 'yaml';
 import { policyParse } from '../src/policy/load.js';
 
 /**
- * A policy model as comparable text (Maps as entry lists). A rule's line and
- * column are left out: they are read only to place a problem, and a document
- * with any problem takes the located path.
+ * A policy model as comparable text (Maps as entry lists). The rules' lines
+ * and columns (`places`) are left out: they are read only to place a problem,
+ * and a document with any problem takes the located path.
  */
 function modelText(p: unknown): string {
-  return JSON.stringify(p, (k, v) => (k === 'line' || k === 'column' ? undefined : v instanceof Map ? [...v.entries()] : v));
+  return JSON.stringify(p, (k, v) => (k === 'places' ? undefined : v instanceof Map ? [...v.entries()] : v));
 }
 
 const examples = readdirSync('examples').filter((f) => /\.(ya?ml|json)$/.test(f));

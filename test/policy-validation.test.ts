@@ -2,6 +2,7 @@
 import t from 'tap';
 import { policyParse } from '../src/policy/load.js';
 import { parsePrefix } from '../src/policy/addresses.js';
+import { rulePlace } from '../src/policy/model.js';
 
 const BASE_WORKLOADS = `workloads:
   web-1: { nic: tw-web1, mac: "02:00:00:00:01:11", ips: [10.0.1.11], tags: [web] }
@@ -140,7 +141,13 @@ sections:
   t.ok(policy);
   t.equal(policy!.default, 'reject');
   t.equal(policy!.spoofguard, false);
-  t.same(policy!.sections.map((s) => s.rules.map((r) => r.order)), [[0, 1, 2], []]);
+  // Where each rule stands (kept beside the rules, by order): its path, and with a located parse its line and column.
+  t.same([0, 1, 2].map((o) => rulePlace(policy!, o).path), ['sections[0].rules[0]', 'sections[0].rules[1]', 'sections[0].rules[2]']);
+  t.throws(() => rulePlace(policy!, 3), RangeError, 'no rule of order 3');
+  const located = policyParse(text, 'ok.yaml', { located: true }).policy!;
+  const lines = text.split('\n');
+  t.same([0, 1, 2].map((o) => { const { line, column } = rulePlace(located, o); return [line, column]; }),
+    ['r1', 'r2', 'r3'].map((id) => { const i = lines.findIndex((l) => l.includes(`- { id: ${id},`)); return [i + 1, lines[i].indexOf('{') + 1]; }));
 });
 
 t.test('silent no-ops get a located warning (the policy stays valid)', async (t) => {

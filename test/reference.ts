@@ -61,14 +61,16 @@ export function naivePolicyDecide(
   policy: Policy, compiled: CompiledPolicy, workload: string,
   src: Prefix, dst: Prefix, proto: number, sport: number, dport: number,
 ): { order: number; action: Action } {
+  let order = -1;
   for (const rule of policy.sections.flatMap((s) => s.rules)) {
+    order++;
     if (!appliesAt(policy, rule, workload)) continue;
     if (!addrMatches(policy, compiled, rule.from, src) || !addrMatches(policy, compiled, rule.to, dst)) continue;
     const svc = ruleServices(rule, policy).some((a) => a.kind === 'ip' &&
       (a.family === 0 || a.family === src.family) &&
       (a.proto < 0 || a.proto === proto) &&
       a.sport[0] <= sport && sport <= a.sport[1] && a.dport[0] <= dport && dport <= a.dport[1]);
-    if (svc) return { order: rule.order, action: rule.action };
+    if (svc) return { order, action: rule.action };
   }
   return { order: -1, action: policy.default };
 }

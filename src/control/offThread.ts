@@ -27,12 +27,19 @@
  *     again when it is needed. Group versions come as those that differ from
  *     the last result this side took, which it names (a tag change: a few of
  *     2,000), and the groups are a view over that result's (GroupsView).
- *   - A new document's parts are kept for as long as it is in force, so the
- *     young generation is collected after each (in a turn of its own, before
+ *   - A rule that only moved (one inserted or removed above it) is the
+ *     rule held: where rules stand comes with the document (RulePlaces, two
+ *     typed arrays), not with each rule. A reload that inserts one rule
+ *     above 100,000 makes one rule here, where a copy of each at its new
+ *     place was 19 MB for the collector to promote.
+ *   - What a new document's parts make (new rules, workloads, groups) is
+ *     kept for as long as it is in force, so the young generation is
+ *     collected once a part's worth has come (in a turn of its own, before
  *     the next part is asked for): each collection copies and promotes one
  *     part's worth. Left to V8, one collection promoted a whole reload's
  *     worth at once, after it: 2 MB at 10,000 rules (7-9 ms here, where a
- *     first touch of a page costs 13 µs), 20 MB at 100,000 (18-30 ms).
+ *     first touch of a page costs 13 µs). Parts that name held items make
+ *     nothing, and are not followed by a collection.
  *   - The policy is built here from the mirror as a CompiledPolicy like the
  *     inline compiler's, and swapped in by the controller in one step. Group
  *     addresses are found on first use (explanations, dumps), not handed over.
@@ -93,13 +100,32 @@ interface Pending {
   /** The document the parts name by index (one this side holds). */
   base: BaseDocument | null;
   docId: number;
-  /** The new document's rules in precedence order, listed as they arrive (sections come in order). */
+  /**
+   * The new document's rules in precedence order, filled in as they arrive
+   * (sections come in order): made at their full length with the document,
+   * as each section's list is with the section. Grown by push instead, a
+   * list of 100,000 was copied into fresh memory at each growth (2-5 ms a
+   * time where a page costs 13 µs on first touch).
+   */
   rules: Rule[];
+  /** Rules filled in so far, of the document and of its last section. */
+  filled: number;
+  filledInSection: number;
   /** Where each of them stood in the base document (CompiledPolicy.ruleFrom). */
   ruleFrom: CompiledPolicy['ruleFrom'];
   overrides: Workload[];
+  /** Workloads, groups and rules taken whole since the young generation was last collected. */
+  made: number;
   retry: () => void;
 }
+
+/**
+ * Whole items (workloads, groups, rules: a few hundred bytes each) taken
+ * before the young generation is collected: a part of new ones is about 300;
+ * a part of items this side holds makes none, and its collection would be
+ * a scavenge's fixed cost for nothing (1-2 ms beside a 200 MB old generation).
+ */
+const COLLECT_AFTER = 128;
 
 export class OffThreadPreparer implements Preparer {
   private worker: Worker | null = null;
@@ -123,8 +149,7 @@ export class OffThreadPreparer implements Preparer {
     w.on('message', (m: Part) => this.onPart(m));
     const fail = (e: Error) => {
       this.worker = null;
-      this.docs.clear(); this.tables.clear(); this.groups.clear(); this.documentFacts.clear();
-      this.lastGroups = null;
+      this.forget();
       const p = this.pending;
       this.pending = null;
       p?.reject(e);
@@ -137,6 +162,12 @@ export class OffThreadPreparer implements Preparer {
 
   readonly offThread = true;
 
+  /** Drop the mirror: a new worker starts with nothing held here. */
+  private forget(): void {
+    this.docs.clear(); this.tables.clear(); this.groups.clear(); this.documentFacts.clear();
+    this.lastGroups = null;
+  }
+
   prepare(doc: DocumentRef, tags: TagMap, host: string | null): Promise<Prepared> {
     if (this.pending) return Promise.reject(new Error('a preparation is already in progress'));
     this.worker ??= this.start();
@@ -147,7 +178,7 @@ export class OffThreadPreparer implements Preparer {
     return new Promise<Prepared>((resolve, reject) => {
       this.pending = {
         resolve: (p) => { done(); resolve(p); }, reject: (e) => { done(); reject(e); },
-        doc: null, base: null, docId: doc.id, rules: [], ruleFrom: null, overrides: [], retry: () => this.send(doc, tags, host, true),
+        doc: null, base: null, docId: doc.id, rules: [], filled: 0, filledInSection: 0, ruleFrom: null, overrides: [], made: 0, retry: () => this.send(doc, tags, host, true),
       };
       // A document the worker handed over already goes without its text (megabytes at 10,000 rules);
       // should the worker have let it go, it says so and gets the text.
@@ -223,12 +254,13 @@ export class OffThreadPreparer implements Preparer {
         }
       }
       const w = this.worker!;
-      if (p.doc === null) w.postMessage({ t: 'next' });
+      if (p.doc === null || p.made < COLLECT_AFTER) w.postMessage({ t: 'next' });
       else {
-        // A new document: what this part made (rules at their new places, workloads, groups) lives as
-        // long as the document, so it is collected now, a part's worth, in a turn of its own (two turns
-        // on: frames are read between), and the next part asked for after it (a part that arrived during
-        // the collection would be taken in the same turn).
+        // A new document: what its parts made (new rules, workloads, groups) lives as long as the
+        // document, so it is collected now, a part's worth, in a turn of its own (two turns on: frames
+        // are read between), and the next part asked for after it (a part that arrived during the
+        // collection would be taken in the same turn).
+        p.made = 0;
         setImmediate(() => setImmediate(() => {
           if (this.worker !== w || this.pending !== p) return;
           youngCollect();
@@ -236,6 +268,12 @@ export class OffThreadPreparer implements Preparer {
         }));
       }
     } catch (e) {
+      // This side and the worker no longer agree on what this side holds (a part out of place, an index
+      // to nothing held): both start again with nothing, and the policy in force stays.
+      const w = this.worker;
+      this.worker = null;
+      this.forget();
+      void w?.terminate();
       this.pending = null;
       p.reject(e as Error);
     } finally {
@@ -251,22 +289,30 @@ export class OffThreadPreparer implements Preparer {
         if (base === undefined && m.base !== null) throw new Error(`document ${m.base} is not held here`);
         p.base = base ? new BaseDocument(base) : null;
         p.ruleFrom = base && m.ruleFrom ? { sections: base.sections, from: m.ruleFrom } : null;
-        p.doc = { source: m.source, default: m.default, spoofguard: m.spoofguard, workloads: new Map(), groups: new Map(), services: new Map(m.services.map((s) => [s.name, s])), sections: [] };
+        p.doc = { source: m.source, default: m.default, spoofguard: m.spoofguard, workloads: new Map(), groups: new Map(), services: new Map(m.services.map((s) => [s.name, s])), sections: [], places: m.places };
+        p.rules = new Array<Rule>(m.size);
         this.docs.set(m.id, p.doc);
         break;
       }
       // `same`: the base's whole map (maps are not changed once a document is assembled).
-      case 'workloads': if (m.same) p.doc!.workloads = p.base!.doc.workloads as Map<string, Workload>; else for (const x of m.list) { const w = typeof x === 'number' ? p.base!.workloads[x] : x; p.doc!.workloads.set(w.name, w); } break;
-      case 'groups': if (m.same) p.doc!.groups = p.base!.doc.groups; else for (const x of m.list) { const g = typeof x === 'number' ? p.base!.groups[x] : x; p.doc!.groups.set(g.name, g); } break;
+      case 'workloads': if (m.same) p.doc!.workloads = p.base!.doc.workloads as Map<string, Workload>; else for (const x of m.list) { const w = typeof x === 'number' ? p.base!.workloads[x] : (p.made++, x); p.doc!.workloads.set(w.name, w); } break;
+      case 'groups': if (m.same) p.doc!.groups = p.base!.doc.groups; else for (const x of m.list) { const g = typeof x === 'number' ? p.base!.groups[x] : (p.made++, x); p.doc!.groups.set(g.name, g); } break;
       case 'cidrs': cidrsAsText(p.doc!.groups.get(m.group)!, m.text); break;
-      case 'section': p.doc!.sections.push({ name: m.name, rules: [] }); break;
+      case 'section': {
+        const sections = p.doc!.sections;
+        if (sections.length > 0 && p.filledInSection !== sections[sections.length - 1].rules.length) throw new Error(`the compiling thread left section ${sections.length - 1} short`);
+        sections.push({ name: m.name, rules: new Array<Rule>(m.size) });
+        p.filledInSection = 0;
+        break;
+      }
       case 'rules': {
-        const s = p.doc!.sections[m.index];
-        for (const x of m.list) {
-          const r = typeof x === 'number' ? p.base!.rules[x] : 'like' in x ? { ...p.base!.rules[x.like], order: x.order, path: x.path, line: x.line, column: x.column } : x;
-          s.rules.push(r);
-          p.rules.push(r);
-        }
+        const sections = p.doc!.sections;
+        const section = m.index === sections.length - 1 ? sections[m.index].rules : null;
+        if (section === null || p.filledInSection + m.held.length > section.length || p.filled + m.held.length > p.rules.length) throw new Error(`the compiling thread sent rules out of place (section ${m.index})`);
+        rulesFill(section, p.filledInSection, p.rules, p.filled, m.held, m.whole, m.held.length === m.whole.length ? null : p.base!.rules);
+        p.filledInSection += m.held.length;
+        p.filled += m.held.length;
+        p.made += m.whole.length;
         break;
       }
       case 'effective': for (const w of m.list) p.overrides.push(w); break;
@@ -299,7 +345,11 @@ export class OffThreadPreparer implements Preparer {
     const document = this.docs.get(m.docId);
     if (!document) throw new Error(`document ${m.docId} was not handed over`);
     // A document handed over just now: its rule list was made as its rules came (not in the swap's turn).
-    if (p.doc === document) ruleLists.set(document, p.rules);
+    if (p.doc === document) {
+      const last = document.sections[document.sections.length - 1];
+      if (p.filled !== p.rules.length || (last !== undefined && p.filledInSection !== last.rules.length)) throw new Error(`the compiling thread sent ${p.filled} of the document's ${p.rules.length} rules`);
+      ruleLists.set(document, p.rules);
+    }
     // The tagged workloads over the document's (a few entries, not a copy of the inventory).
     const policy: Policy = p.overrides.length === 0 ? document : { ...document, workloads: new WorkloadsView(document.workloads, new Map(p.overrides.map((w) => [w.name, w]))) };
     const taken: Array<[string, ResolvedGroup]> = m.groups.versions.map(([name, version]) => {
@@ -332,8 +382,20 @@ export class OffThreadPreparer implements Preparer {
   }
 }
 
-/** A rule of the base document in a new place (a rule above it was inserted or removed): the base's index and where it stands now. */
-export interface MovedRule { like: number; order: number; path: string; line: number; column: number }
+/**
+ * A part's rules written into their section's list from `at` and the
+ * document's from `allAt`: each held[j] is an index into `base`, or -1 for
+ * the next of `whole`.
+ */
+function rulesFill(section: Rule[], at: number, all: Rule[], allAt: number, held: Int32Array, whole: Rule[], base: Rule[] | null): void {
+  let w = 0;
+  for (let j = 0; j < held.length; j++) {
+    const k = held[j];
+    const r = k >= 0 ? base![k] : whole[w++];
+    section[at + j] = r;
+    all[allAt + j] = r;
+  }
+}
 
 const ruleLists = new WeakMap<Policy, Rule[]>();
 
@@ -435,13 +497,14 @@ interface FinalPart {
 type Part =
   | { t: 'refused'; message: string; problems: PrepareRefused['problems'] }
   | { t: 'error'; message: string; code?: string }
-  | { t: 'doc'; id: number; base: number | null; source: string; default: Policy['default']; spoofguard: boolean; services: Array<{ name: string; atoms: ServiceAtom[]; specs: string[] }>; ruleFrom: Int32Array | null }
+  | { t: 'doc'; id: number; base: number | null; source: string; default: Policy['default']; spoofguard: boolean; services: Array<{ name: string; atoms: ServiceAtom[]; specs: string[] }>; places: Policy['places']; ruleFrom: Int32Array | null; size: number }
   // A number: the item at that index of the base document (see compileWorker's documentParts).
   | { t: 'workloads'; list: Array<Workload | number>; same?: boolean }
   | { t: 'groups'; list: Array<Group | number>; same?: boolean }
   | { t: 'cidrs'; group: string; text: string }
-  | { t: 'section'; name: string }
-  | { t: 'rules'; index: number; list: Array<Rule | number | MovedRule> }
+  | { t: 'section'; name: string; size: number }
+  // Each rule as the base document's index, or -1: the next of `whole`.
+  | { t: 'rules'; index: number; held: Int32Array; whole: Rule[] }
   | { t: 'effective'; list: Workload[] }
   | { t: 'resolved'; list: Array<{ name: string; version: number; signature: string; direct: string[]; members: string[] } | { name: string; version: number; sameAs: number }> }
   | { t: 'table'; table: SerializedTable }

@@ -13,7 +13,7 @@
  */
 import { addressText, parsePrefix, prefixContains, type Family, type Prefix } from '../policy/addresses.js';
 import { ruleServices, type CompiledPolicy, type Direction } from '../policy/compile.js';
-import type { Action, Rule } from '../policy/model.js';
+import { rulePlace, type Action, type Rule } from '../policy/model.js';
 import { ICMP_TYPES, ICMPV6_TYPES, PROTO, isPorted, serviceAtomText } from '../policy/services.js';
 import { workloadPrefixes } from '../policy/addresses.js';
 import { spoofCheck } from '../datapath/spoofguard.js';
@@ -177,10 +177,11 @@ function ruleStep(compiled: CompiledPolicy, workload: string, direction: Directi
     };
   }
   const rule = compiled.rules[order];
+  const { path } = rulePlace(compiled.policy, order);
   return {
     point: direction, workload, nic: w.nic, verdict: rule.action,
-    rule: { section: rule.section, id: rule.id, path: rule.path, stateless: rule.stateless, log: rule.log, comment: rule.comment },
-    reason: `rule ${rule.id} in section ${rule.section} (${rule.path})`,
+    rule: { section: rule.section, id: rule.id, path, stateless: rule.stateless, log: rule.log, comment: rule.comment },
+    reason: `rule ${rule.id} in section ${rule.section} (${path})`,
     why: spec === null ? [] : [explainSide(compiled, rule.from, spec.src, 'from'), explainSide(compiled, rule.to, spec.dst, 'to'), explainService(compiled, rule, spec)],
   };
 }

@@ -411,7 +411,7 @@ class FamilyEntries {
   constructor(readonly family: Family) {}
 
   /** The rule's boxes for these services: source ranges x destination ranges, per service that fits the family. */
-  add(rule: Rule, src: SideClasses | null, dst: SideClasses | null, services: ServiceAtom[]): void {
+  add(order: number, src: SideClasses | null, dst: SideClasses | null, services: ServiceAtom[]): void {
     const f = this.family;
     const srcR = src === null ? ANY_RANGE : f === 4 ? src.v4 : src.v6;
     const dstR = dst === null ? ANY_RANGE : f === 4 ? dst.v4 : dst.v6;
@@ -423,7 +423,7 @@ class FamilyEntries {
           this.lo.push(srcR[i], dstR[j], service.proto < 0 ? 0 : service.proto, service.sport[0], service.dport[0]);
           this.hi.push(srcR[i + 1], dstR[j + 1], service.proto < 0 ? 255 : service.proto, service.sport[1], service.dport[1]);
           this.atoms.push({
-            rule: rule.order, src: src?.label ?? 'any', dst: dst?.label ?? 'any', service,
+            rule: order, src: src?.label ?? 'any', dst: dst?.label ?? 'any', service,
             srcClasses: [srcR[i] >>> 0, srcR[i + 1] >>> 0], dstClasses: [dstR[j] >>> 0, dstR[j + 1] >>> 0],
           });
         }
@@ -468,27 +468,29 @@ function segmentBuild(part: number[], rules: Rule[], policy: Policy, groups: Com
     const src = side(rule.from), dst = side(rule.to);
     // Resolution services go only into the resolution tables.
     const services = ruleServices(rule, policy).filter((s) => s.kind !== 'resolve');
-    for (const s of services) if (s.kind === 'ether') ether.push(s.ethertype, rule.order);
-    v4.add(rule, src, dst, services);
-    v6.add(rule, src, dst, services);
+    for (const s of services) if (s.kind === 'ether') ether.push(s.ethertype, o);
+    v4.add(o, src, dst, services);
+    v6.add(o, src, dst, services);
     const resolution = resolutionServices(rule, policy);
-    r4.add(rule, src, dst, resolution);
-    r6.add(rule, src, dst, resolution);
+    r4.add(o, src, dst, resolution);
+    r6.add(o, src, dst, resolution);
   }
   return { v4: v4.build(c4.classes), v6: v6.build(c6.classes), r4: r4.build(c4.classes), r6: r6.build(c6.classes), ether };
 }
 
 /**
- * What a rule's atoms depend on, apart from group contents, as text: rule
- * order and action, the from/to references (group names, CIDRs) and the
- * services.
- * Cached per Rule object, which lives as long as its policy document, so a
- * tag change (same document, new group contents) costs no per-rule work.
+ * What a rule's atoms depend on, apart from group contents and its order, as
+ * text: action, the from/to references (group names, CIDRs) and the
+ * services. Cached per Rule object, so a tag change (same document, new
+ * group contents) costs no per-rule work. A rule object can stand in more
+ * than one document (one that only moved is shared, see RulePlaces), so the
+ * order is not in the cached key, and a key made with other service
+ * definitions is made again.
  */
-const ruleKeys = new WeakMap<Rule, { key: string; groups: string[] }>();
+const ruleKeys = new WeakMap<Rule, { key: string; groups: string[]; services: Policy['services'] }>();
 function ruleKey(rule: Rule, policy: Policy): { key: string; groups: string[] } {
   let k = ruleKeys.get(rule);
-  if (k) return k;
+  if (k && k.services === policy.services) return k;
   const groups: string[] = [];
   const side = (refs: Rule['from']) => refs.map((r) => {
     if (r.kind === 'any') return '*';
@@ -498,29 +500,34 @@ function ruleKey(rule: Rule, policy: Policy): { key: string; groups: string[] } 
   }).join(',');
   const services = rule.services.map((s) => (s.kind === 'any' ? '*' : s.kind === 'inline' ? s.text : `${s.name}=${policy.services.get(s.name)?.specs.join('+') ?? ''}`)).join(',');
   // The action too: the resolution tables hold a drop rule only where it names no protocol.
-  k = { key: `${rule.order}|${rule.action}|${side(rule.from)}|${side(rule.to)}|${services}`, groups };
+  k = { key: `${rule.action}|${side(rule.from)}|${side(rule.to)}|${services}`, groups, services: policy.services };
   ruleKeys.set(rule, k);
   return k;
 }
 
-/** A run of rules' keys joined, and the groups they name; cached per first Rule for contiguous runs. */
-const runKeys = new WeakMap<Rule, Map<number, { keys: string; groups: string[] }>>();
+/**
+ * A run of rules' keys (each with its order) joined, and the groups they
+ * name; cached for contiguous runs per first Rule, by first order and
+ * length, for the same service definitions.
+ */
+const runKeys = new WeakMap<Rule, Map<string, { keys: string; groups: string[]; services: Policy['services'] }>>();
 function runKey(rules: Rule[], part: number[], policy: Policy): { keys: string; groups: string[] } {
   const contiguous = part[part.length - 1] - part[0] + 1 === part.length;
+  const at = `${part[0]}:${part.length}`;
   const cache = contiguous ? runKeys.get(rules[part[0]]) : undefined;
-  const hit = cache?.get(part.length);
-  if (hit) return hit;
+  const hit = cache?.get(at);
+  if (hit && hit.services === policy.services) return hit;
   const names = new Set<string>();
   const keys = part.map((o) => {
     const k = ruleKey(rules[o], policy);
     for (const g of k.groups) names.add(g);
-    return k.key;
+    return `${o}|${k.key}`;
   });
-  const out = { keys: keys.join('\n'), groups: [...names].sort() };
+  const out = { keys: keys.join('\n'), groups: [...names].sort(), services: policy.services };
   if (contiguous) {
     let m = runKeys.get(rules[part[0]]);
     if (!m) runKeys.set(rules[part[0]], (m = new Map()));
-    m.set(part.length, out);
+    m.set(at, out);
   }
   return out;
 }
@@ -566,8 +573,7 @@ export interface CompileOptions {
 /** What a document's rules compile to whatever the workloads: kept per document (its sections array). */
 interface RuleTables {
   rules: Rule[];
-  scoped: Rule[];
-  /** appliedTo group -> indexes into `scoped` of the rules naming it, ascending. */
+  /** appliedTo group -> the orders of the rules naming it, ascending. */
   scopedByGroup: Map<string, number[]>;
   ruleAction: Uint8Array;
   ruleFlags: Uint8Array;
@@ -578,9 +584,9 @@ function ruleTables(policy: Policy): RuleTables {
   if (!t) {
     const rules = policy.sections.flatMap((s) => s.rules);
     // Rules without appliedTo apply at every vNIC: vNICs differ only by the scoped rules that reach them.
-    const scoped = rules.filter((r) => !r.disabled && r.appliedTo.length > 0);
     const scopedByGroup = new Map<string, number[]>();
-    scoped.forEach((r, i) => {
+    rules.forEach((r, i) => {
+      if (r.disabled) return;
       for (const g of r.appliedTo) {
         const l = scopedByGroup.get(g);
         if (l === undefined) scopedByGroup.set(g, [i]); else if (l[l.length - 1] !== i) l.push(i);
@@ -588,7 +594,6 @@ function ruleTables(policy: Policy): RuleTables {
     });
     t = {
       rules,
-      scoped,
       scopedByGroup,
       ruleAction: Uint8Array.from(rules.map((r) => VERDICT_OF_ACTION[r.action])),
       ruleFlags: Uint8Array.from(rules.map((r) => (r.stateless ? RULE_FLAG.stateless : 0) | (r.log ? RULE_FLAG.log : 0))),
@@ -641,7 +646,8 @@ function scopePlan(policy: Policy, rules: Rule[], scope: number[], scopeKey: str
   let plan = plans.get(scopeKey);
   if (!plan) {
     const inScope = new Set(scope);
-    const applicable = rules.filter((r) => !r.disabled && (r.appliedTo.length === 0 || inScope.has(r.order))).map((r) => r.order);
+    const applicable: number[] = [];
+    rules.forEach((r, order) => { if (!r.disabled && (r.appliedTo.length === 0 || inScope.has(order))) applicable.push(order); });
     const runs: ScopePlan['runs'] = [];
     // Rule orders are contiguous per section: cut the applicable list where the section changes.
     for (let from = 0; from < applicable.length;) {
@@ -662,7 +668,7 @@ function scopePlan(policy: Policy, rules: Rule[], scope: number[], scopeKey: str
  * (what testing ruleAppliesAt on each scoped rule gives): the rules of the
  * appliedTo groups it is a member of, found by group, not by rule.
  */
-function scopeOf(workload: string, scoped: Rule[], scopedByGroup: Map<string, number[]>, groups: CompiledPolicy['groups']): number[] {
+function scopeOf(workload: string, scopedByGroup: Map<string, number[]>, groups: CompiledPolicy['groups']): number[] {
   let picked: number[] | null = null;
   for (const [g, list] of scopedByGroup) {
     if (!(groups.get(g)?.members.has(workload) ?? false)) continue;
@@ -671,14 +677,14 @@ function scopeOf(workload: string, scoped: Rule[], scopedByGroup: Map<string, nu
   if (picked === null) return [];
   picked.sort((a, b) => a - b);
   const out: number[] = [];
-  for (let k = 0; k < picked.length; k++) if (k === 0 || picked[k] !== picked[k - 1]) out.push(scoped[picked[k]].order);
+  for (let k = 0; k < picked.length; k++) if (k === 0 || picked[k] !== picked[k - 1]) out.push(picked[k]);
   return out;
 }
 
 export function policyCompile(policy: Policy, previous: CompiledPolicy | null = null, opts: CompileOptions = {}): CompiledPolicy {
   const only = opts.workloads ?? null;
   const started = performance.now();
-  const { rules, scoped, scopedByGroup, ruleAction, ruleFlags } = ruleTables(policy);
+  const { rules, scopedByGroup, ruleAction, ruleFlags } = ruleTables(policy);
   const groups = resolveGroups(policy, previous, opts.changed ?? null);
   const differing = previous === null ? null : groupsDiffering(previous.groups, groups);
   const segments = new SegmentCache();
@@ -688,7 +694,7 @@ export function policyCompile(policy: Policy, previous: CompiledPolicy | null = 
   // This host's workloads only (the others' vNICs are another host's), in the document's order.
   const local: Iterable<Workload> = only === null ? policy.workloads.values() : [...only].flatMap((n) => policy.workloads.get(n) ?? []);
   for (const w of local) {
-    const scope = scopeOf(w.name, scoped, scopedByGroup, groups);
+    const scope = scopeOf(w.name, scopedByGroup, groups);
     const scopeKey = scope.join(',');
     let tables = byScope.get(scopeKey);
     if (!tables) {

@@ -552,9 +552,10 @@ class GroupFacts {
  */
 function lintRules(c: Checker, policy: Policy, rulePaths: readonly PathSegment[][]): void {
   const facts = new GroupFacts(policy);
+  let order = 0;
   for (const section of policy.sections) {
     for (const rule of section.rules) {
-      const path = rulePaths[rule.order];
+      const path = rulePaths[order++];
       if (!path || rule.disabled) continue;
       rule.appliedTo.forEach((g, i) => {
         if (policy.groups.has(g) && facts.staticMembers(g) === 0) {
@@ -579,12 +580,12 @@ function lintRules(c: Checker, policy: Policy, rulePaths: readonly PathSegment[]
 }
 
 /**
- * The sections and their rules; `rulePaths[order]` gets where each rule
- * stands in the document, for the checks that run on the whole model (an
- * array by rule order: a WeakMap from 10,000 rules was the loader's
- * costliest line).
+ * The sections and their rules. By rule order: `rulePaths` gets where each
+ * rule stands in the document, for the checks that run on the whole model
+ * (an array: a WeakMap from 10,000 rules was the loader's costliest line),
+ * and `lines`, `columns` where it stands in the text (the RulePlaces).
  */
-function readSections(c: Checker, raw: Json | undefined, groups: Map<string, Group>, workloads: Map<string, Workload>, services: Policy['services'], rulePaths: PathSegment[][]): Section[] {
+function readSections(c: Checker, raw: Json | undefined, groups: Map<string, Group>, workloads: Map<string, Workload>, services: Policy['services'], rulePaths: PathSegment[][], lines: number[], columns: number[]): Section[] {
   if (raw === undefined) {
     c.error('missing-key', [], `the policy has no 'sections' (use an empty list for none)`);
     return [];
@@ -596,7 +597,6 @@ function readSections(c: Checker, raw: Json | undefined, groups: Map<string, Gro
   const sections: Section[] = [];
   const ids = new Map<string, string>();
   const sectionNames = new Set<string>();
-  let order = 0;
   raw.forEach((sRaw, si) => {
     const sPath: PathSegment[] = ['sections', si];
     const s = mapping(c, sRaw, sPath, SECTION_KEYS, 'a section { name, rules }');
@@ -642,10 +642,6 @@ function readSections(c: Checker, raw: Json | undefined, groups: Map<string, Gro
       const rule: Rule = {
         id,
         section: name,
-        order: order++,
-        path: where,
-        line: 0,
-        column: 0,
         from,
         to,
         services: svc,
@@ -662,10 +658,10 @@ function readSections(c: Checker, raw: Json | undefined, groups: Map<string, Gro
         c.error('ether-needs-any', [...path, 'services'], `an EtherType service matches non-IP frames, which have no IP address: this rule needs from: any and to: any`);
       }
       const at = c.locate(path);
-      rule.line = at.line;
-      rule.column = at.column;
+      lines.push(at.line);
+      columns.push(at.column);
       section.rules.push(rule);
-      rulePaths[rule.order] = path;
+      rulePaths.push(path);
     });
   });
   return sections;
@@ -692,9 +688,10 @@ export function policyFromData(data: Json, source: string, c: Checker = new Chec
   const workloads = readWorkloads(c, top.workloads);
   const groups = readGroups(c, top.groups, workloads);
   const services = readServices(c, top.services);
-  const rulePaths: PathSegment[][] = [];
-  const sections = readSections(c, top.sections, groups, workloads, services, rulePaths);
-  const policy: Policy = { source, default: def, spoofguard, workloads, groups, services, sections };
+  const rulePaths: PathSegment[][] = [], lines: number[] = [], columns: number[] = [];
+  const sections = readSections(c, top.sections, groups, workloads, services, rulePaths, lines, columns);
+  const places = { lines: Int32Array.from(lines), columns: Int32Array.from(columns) };
+  const policy: Policy = { source, default: def, spoofguard, workloads, groups, services, sections, places };
   if (!c.failed) lintRules(c, policy, rulePaths);
   if (!c.failed && opts.shadows !== false) c.problems.push(...findShadowedRules(policy));
   return { policy: c.failed ? null : policy, problems: c.problems };

@@ -20,7 +20,7 @@
  */
 import { intervals4, intervals6, type Prefix } from './addresses.js';
 import type { PolicyProblem } from './errors.js';
-import type { AddressRef, Policy, Rule } from './model.js';
+import { rulePlace, type AddressRef, type Policy, type Rule } from './model.js';
 import { ruleServices } from './compile.js';
 import type { ServiceAtom } from './services.js';
 
@@ -246,7 +246,10 @@ function serviceList(atoms: ServiceAtom[]): string {
 }
 
 export function findShadowedRules(policy: Policy): PolicyProblem[] {
-  const rules = policy.sections.flatMap((s) => s.rules).filter((r) => !r.disabled);
+  // The rules that can match, and the order of each (where it stands: RulePlaces).
+  const rules: Rule[] = [], orders: number[] = [];
+  let order = 0;
+  for (const s of policy.sections) for (const r of s.rules) { if (!r.disabled) { rules.push(r); orders.push(order); } order++; }
   const closures = new Closures(policy);
   const services = rules.map((r) => ruleServices(r, policy));
   const from = rules.map((r) => sideFacts(r.from, closures));
@@ -271,13 +274,15 @@ export function findShadowedRules(policy: Policy): PolicyProblem[] {
       if (servicesCover(services[j], services[i])) { shadowedBy = j; break; }
       if (partly < 0 && earlier.action !== later.action && servicesOverlap(services[j], services[i])) partly = j;
     }
-    const at = { severity: 'warning' as const, file: policy.source, line: later.line, column: later.column, path: later.path };
-    if (shadowedBy >= 0) {
-      const earlier = rules[shadowedBy];
-      out.push({ ...at, code: 'shadowed-rule', message: `rule '${later.id}' can never match: rule '${earlier.id}' (${earlier.path}) comes first and matches everything it does` });
-    } else if (partly >= 0) {
-      const earlier = rules[partly];
-      out.push({ ...at, code: 'partly-shadowed-rule', message: `rule '${later.id}' is partly shadowed: rule '${earlier.id}' (${earlier.path}) comes first, holds both of its address sides and ${earlier.action}s ${serviceList(services[partly])} of what it would ${later.action}` });
+    if (shadowedBy >= 0 || partly >= 0) {
+      const at = { severity: 'warning' as const, file: policy.source, ...rulePlace(policy, orders[i]) };
+      if (shadowedBy >= 0) {
+        const earlier = rules[shadowedBy];
+        out.push({ ...at, code: 'shadowed-rule', message: `rule '${later.id}' can never match: rule '${earlier.id}' (${rulePlace(policy, orders[shadowedBy]).path}) comes first and matches everything it does` });
+      } else {
+        const earlier = rules[partly];
+        out.push({ ...at, code: 'partly-shadowed-rule', message: `rule '${later.id}' is partly shadowed: rule '${earlier.id}' (${rulePlace(policy, orders[partly]).path}) comes first, holds both of its address sides and ${earlier.action}s ${serviceList(services[partly])} of what it would ${later.action}` });
+      }
     }
     fromIndex.add(i, from[i]);
     toIndex.add(i, to[i]);
