@@ -76,13 +76,18 @@ t.test('AF_PACKET on a veth reads through a TPACKET_V3 ring, in batches', async 
   const seen: number[] = [];
   const deadline = Date.now() + 3000;
   const rbuf = new Uint8Array(64 * 2048);
+  // One assertion for all the reads (one per read made the suite's count vary with how many it took).
+  let failed: number | null = null, most = 0;
   while (seen.length < 40 && Date.now() < deadline) {
     const r = n.readBatch(rx, NATIVE_LAYOUT.kindPacket, rbuf, off, len, 16, 2048);
-    t.ok(r >= 0, 'no error');
+    if (r < 0) { failed = r; break; }
+    most = Math.max(most, r);
     for (let i = 0; i < r; i++) seen.push((rbuf[off[i] + 34] << 8) | rbuf[off[i] + 35]);
     if (r === 0) execFileSync('sleep', ['0.01']);
   }
-  t.same(seen, frames.map((_, i) => 2000 + i), 'all 40 came out of the ring in order, 16 at most per call');
+  t.equal(failed, null, 'no read failed');
+  t.ok(most <= 16, `at most 16 frames per call (${most})`);
+  t.same(seen, frames.map((_, i) => 2000 + i), 'all 40 came out of the ring in order');
 });
 
 t.test('a persistent TAP owned by a user outlives its descriptor, as libvirt makes them', async (t) => {
