@@ -507,14 +507,16 @@ function ruleKey(rule: Rule, policy: Policy): { key: string; groups: string[] } 
 
 /**
  * A run of rules' keys (each with its order) joined, and the groups they
- * name; cached for contiguous runs per first Rule, by first order and
- * length, for the same service definitions.
+ * name; cached for contiguous runs per document's rule list (ruleTables'),
+ * by first order and length, for the same service definitions. Not per
+ * first Rule: a rule object can stand in two documents followed by
+ * different rules.
  */
-const runKeys = new WeakMap<Rule, Map<string, { keys: string; groups: string[]; services: Policy['services'] }>>();
+const runKeys = new WeakMap<Rule[], Map<string, { keys: string; groups: string[]; services: Policy['services'] }>>();
 function runKey(rules: Rule[], part: number[], policy: Policy): { keys: string; groups: string[] } {
   const contiguous = part[part.length - 1] - part[0] + 1 === part.length;
   const at = `${part[0]}:${part.length}`;
-  const cache = contiguous ? runKeys.get(rules[part[0]]) : undefined;
+  const cache = contiguous ? runKeys.get(rules) : undefined;
   const hit = cache?.get(at);
   if (hit && hit.services === policy.services) return hit;
   const names = new Set<string>();
@@ -525,8 +527,8 @@ function runKey(rules: Rule[], part: number[], policy: Policy): { keys: string; 
   });
   const out = { keys: keys.join('\n'), groups: [...names].sort(), services: policy.services };
   if (contiguous) {
-    let m = runKeys.get(rules[part[0]]);
-    if (!m) runKeys.set(rules[part[0]], (m = new Map()));
+    let m = runKeys.get(rules);
+    if (!m) runKeys.set(rules, (m = new Map()));
     m.set(at, out);
   }
   return out;
