@@ -196,3 +196,35 @@ t.test('IPv6 addresses in every RFC 4291 text form; zone indexes refused', async
   const { problems } = policyParse('workloads:\n  a: { nic: twv-a, mac: "02:00:00:00:00:0a", ips: ["fe80::1%eth0"] }\nsections: []\n', 'zone.yaml');
   t.match(problems, [{ severity: 'error', line: 2, path: 'workloads.a.ips[0]' }], 'a zone index is a located error');
 });
+
+t.test('a side or service list written the same in two rules is read once, and a wrong one is reported at each rule', async (t) => {
+  const text = `workloads:
+  a: { nic: twv-a, mac: "02:00:00:00:00:0a", ips: [10.1.0.1], tags: [web] }
+groups:
+  web: { tags: [web] }
+sections:
+  - name: s
+    rules:
+      - { id: r1, from: [web, 10.9.0.0/16], to: any, services: [tcp/443], action: allow }
+      - { id: r2, from: [web, 10.9.0.0/16], to: any, services: [tcp/443], action: drop }
+      - { id: r3, from: [10.9.0.0/16, web], to: web, services: tcp/443, action: drop }
+`;
+  const { policy } = policyParse(text, 'same.yaml', { shadows: false });
+  const [r1, r2, r3] = policy!.sections[0].rules;
+  t.equal(r2.from, r1.from, 'the same side, one array');
+  t.equal(r2.services, r1.services, 'the same services, one array');
+  t.not(r3.from, r1.from, 'written otherwise (another order), its own');
+  t.not(r3.services, r1.services, 'a single service instead of a list: its own');
+  t.same(r3.services, r1.services, 'though it says the same');
+  // Unknown group 'nope' in the same side twice: reported at both rules, each at its own line.
+  const bad = `groups:
+  web: { tags: [web] }
+sections:
+  - name: s
+    rules:
+      - { id: r1, from: [nope], to: any, action: allow }
+      - { id: r2, from: [nope], to: any, action: allow }
+`;
+  const { problems } = policyParse(bad, 'bad.yaml', { located: true });
+  t.same(problems.filter((p) => p.code === 'unknown-group').map((p) => [p.line, p.path]), [[6, 'sections[0].rules[0].from[0]'], [7, 'sections[0].rules[1].from[0]']], 'both reported, each where it stands');
+});

@@ -18,7 +18,7 @@ export function naiveFirstMatch(rules: BoxRule[], key: number[]): number {
   return -1;
 }
 
-function addrMatches(policy: Policy, compiled: CompiledPolicy, refs: AddressRef[], addr: Prefix): boolean {
+function addrMatches(policy: Policy, compiled: CompiledPolicy, refs: readonly AddressRef[], addr: Prefix): boolean {
   return refs.some((r) => {
     if (r.kind === 'any') return true;
     if (r.kind === 'cidr') return prefixContains(r.prefix, addr);
@@ -139,7 +139,7 @@ export function naiveShadows(policy: Policy): Array<{ rule: string; by: string; 
     }
     return out;
   };
-  const covers = (earlier: AddressRef[], later: AddressRef[]): boolean => {
+  const covers = (earlier: readonly AddressRef[], later: readonly AddressRef[]): boolean => {
     if (earlier.some((r) => r.kind === 'any')) return true;
     const groups = new Set<string>();
     const cidrs: Prefix[] = [];

@@ -456,7 +456,7 @@ function segmentBuild(part: number[], rules: Rule[], policy: Policy, groups: Com
     }
   }
   const c4 = classesBuild(4, sets), c6 = classesBuild(6, sets);
-  const side = (refs: AddressRef[]): SideClasses | null => {
+  const side = (refs: readonly AddressRef[]): SideClasses | null => {
     if (refs.some((r) => r.kind === 'any')) return null;
     const idx = refs.map((r) => setIndex.get(refLabel(r)) as number);
     return { label: refs.map(refLabel).join(','), v4: idx.length === 1 ? c4.ranges[idx[0]] : rangesMerge(idx.map((i) => c4.ranges[i])), v6: idx.length === 1 ? c6.ranges[idx[0]] : rangesMerge(idx.map((i) => c6.ranges[i])) };

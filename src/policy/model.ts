@@ -48,12 +48,13 @@ export type ServiceRef = { kind: 'any' } | { kind: 'named'; name: string } | { k
 export interface Rule {
   id: string;
   section: string;
-  from: AddressRef[];
-  to: AddressRef[];
-  services: ServiceRef[];
+  /** Read-only, as the other lists: a list written the same way in two rules is one array (load.ts, sameAsWritten). */
+  from: readonly AddressRef[];
+  to: readonly AddressRef[];
+  services: readonly ServiceRef[];
   action: Action;
   /** Group names whose members' vNICs evaluate the rule; empty = every vNIC. */
-  appliedTo: string[];
+  appliedTo: readonly string[];
   log: boolean;
   stateless: boolean;
   disabled: boolean;

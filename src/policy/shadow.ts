@@ -103,7 +103,7 @@ class Closures {
   }
 }
 
-function sideFacts(refs: AddressRef[], closures: Closures): SideFacts {
+function sideFacts(refs: readonly AddressRef[], closures: Closures): SideFacts {
   if (refs.length === 1 && refs[0].kind === 'group') {
     const name = refs[0].name;
     return { any: false, groups: closures.of(name).groups, cidrs: closures.cidrSetOf(name) };
@@ -124,7 +124,7 @@ function sideFacts(refs: AddressRef[], closures: Closures): SideFacts {
 }
 
 /** Does an earlier side hold every address a later side can ever hold? */
-function sideCovers(earlier: SideFacts, later: AddressRef[], closures: Closures): boolean {
+function sideCovers(earlier: SideFacts, later: readonly AddressRef[], closures: Closures): boolean {
   if (earlier.any) return true;
   return later.every((r) => {
     if (r.kind === 'any') return false;
