@@ -298,13 +298,7 @@ export class OffThreadPreparer implements Preparer {
       case 'workloads': if (m.same) p.doc!.workloads = p.base!.doc.workloads as Map<string, Workload>; else for (const x of m.list) { const w = typeof x === 'number' ? p.base!.workloads[x] : (p.made++, x); p.doc!.workloads.set(w.name, w); } break;
       case 'groups': if (m.same) p.doc!.groups = p.base!.doc.groups; else for (const x of m.list) { const g = typeof x === 'number' ? p.base!.groups[x] : (p.made++, x); p.doc!.groups.set(g.name, g); } break;
       case 'cidrs': cidrsAsText(p.doc!.groups.get(m.group)!, m.text); break;
-      case 'section': {
-        const sections = p.doc!.sections;
-        if (sections.length > 0 && p.filledInSection !== sections[sections.length - 1].rules.length) throw new Error(`the compiling thread left section ${sections.length - 1} short`);
-        sections.push({ name: m.name, rules: new Array<Rule>(m.size) });
-        p.filledInSection = 0;
-        break;
-      }
+      case 'section': p.doc!.sections.push({ name: m.name, rules: new Array<Rule>(m.size) }); p.filledInSection = 0; break;
       case 'rules': {
         const sections = p.doc!.sections;
         const section = m.index === sections.length - 1 ? sections[m.index].rules : null;
@@ -346,8 +340,10 @@ export class OffThreadPreparer implements Preparer {
     if (!document) throw new Error(`document ${m.docId} was not handed over`);
     // A document handed over just now: its rule list was made as its rules came (not in the swap's turn).
     if (p.doc === document) {
-      const last = document.sections[document.sections.length - 1];
-      if (p.filled !== p.rules.length || (last !== undefined && p.filledInSection !== last.rules.length)) throw new Error(`the compiling thread sent ${p.filled} of the document's ${p.rules.length} rules`);
+      // No section overfilled (take checks each part) and as many rules as the sections hold: every one filled.
+      let held = 0;
+      for (const s of document.sections) held += s.rules.length;
+      if (p.filled !== p.rules.length || held !== p.rules.length) throw new Error(`the compiling thread sent ${p.filled} of the document's ${p.rules.length} rules (its sections hold ${held})`);
       ruleLists.set(document, p.rules);
     }
     // The tagged workloads over the document's (a few entries, not a copy of the inventory).

@@ -4,6 +4,7 @@
  */
 import type { Prefix } from './addresses.js';
 import type { ServiceAtom } from './services.js';
+import { formatPath } from './errors.js';
 
 export type Action = 'allow' | 'drop' | 'reject';
 export const ACTIONS: readonly Action[] = ['allow', 'drop', 'reject'];
@@ -81,12 +82,12 @@ export interface RulePlaces {
   columns: Int32Array;
 }
 
-/** Where the rule of that order stands in a document: its path (sections[s].rules[r]), line and column. */
+/** Where the rule of that order stands in a document: its path (as the loader writes it: sections[s].rules[r]), line and column. */
 export function rulePlace(policy: Policy, order: number): { line: number; column: number; path: string } {
   let first = 0;
   for (let s = 0; s < policy.sections.length; s++) {
     const n = policy.sections[s].rules.length;
-    if (order < first + n) return { line: policy.places.lines[order] ?? 1, column: policy.places.columns[order] ?? 1, path: `sections[${s}].rules[${order - first}]` };
+    if (order < first + n) return { line: policy.places.lines[order] ?? 1, column: policy.places.columns[order] ?? 1, path: formatPath(['sections', s, 'rules', order - first]) };
     first += n;
   }
   throw new RangeError(`no rule of order ${order} in ${policy.source}`);
