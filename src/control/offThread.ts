@@ -146,7 +146,9 @@ export class OffThreadPreparer implements Preparer {
   private start(): Worker {
     // Born on the forwarding thread's CPU (a thread inherits its maker's): it moves off at its first step.
     const w = new Worker(new URL('./compileWorker.js', import.meta.url), { workerData: { cpus: placement()?.others ?? [] } });
-    w.on('message', (m: Part) => this.onPart(m));
+    // Only the worker in use speaks for the preparation in progress: one let go (a part it sent could not be
+    // placed) may still deliver what it posted before it ended, which must not reach the next preparation.
+    w.on('message', (m: Part) => { if (this.worker === w) this.onPart(m); });
     const fail = (e: Error) => {
       this.worker = null;
       this.forget();
@@ -154,7 +156,7 @@ export class OffThreadPreparer implements Preparer {
       this.pending = null;
       p?.reject(e);
     };
-    w.on('error', (e) => fail(e));
+    w.on('error', (e) => { if (this.worker === w) fail(e); });
     w.on('exit', (code) => { if (this.worker === w) fail(new Error(`the compiling thread exited (code ${code})`)); });
     w.unref();
     return w;
