@@ -183,6 +183,8 @@ static int ring_read(ring_t* r, uint8_t* buf, int32_t* offsets, int32_t* lengths
 
 /* yaml.c: a YAML document as JSON text, or null. */
 napi_value yaml_to_json(napi_env env, napi_callback_info info);
+/* text.c: the policy loader's scans of a document's text before it is parsed. */
+napi_value policy_text_scan(napi_env env, napi_callback_info info);
 
 static napi_value make_int(napi_env env, int64_t v) {
   napi_value out;
@@ -852,6 +854,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"threadCpus", NULL, thread_cpus, NULL, NULL, NULL, napi_default, NULL},
     {"threadCpusSet", NULL, thread_cpus_set, NULL, NULL, NULL, napi_default, NULL},
     {"yamlToJson", NULL, yaml_to_json, NULL, NULL, NULL, napi_default, NULL},
+    {"policyTextScan", NULL, policy_text_scan, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   /* The contract's numbers, for the TypeScript side to check against its own. */

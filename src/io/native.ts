@@ -39,6 +39,14 @@ export interface NativeAddon {
    * keys, numbers JSON would write otherwise. native-bindings/src/yaml.c.
    */
   yamlToJson(text: string): string | null;
+  /**
+   * The policy loader's checks of a text before it is parsed, in one pass:
+   * 0 nothing to report; 1 textProblem may have something (indentation or
+   * brackets past maxNesting); for JSON (asJson) also 2 a key repeated in
+   * one object or brackets past maxNesting, 3 a key written with an escape
+   * (the JavaScript scan decides). native-bindings/src/text.c.
+   */
+  policyTextScan(text: string, maxNesting: number, asJson: boolean): 0 | 1 | 2 | 3;
   layout: Record<string, number>;
 }
 

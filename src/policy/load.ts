@@ -743,12 +743,11 @@ export function policyFromData(data: Json, source: string, c: Checker = new Chec
  * those are read only to place a problem, and a problem sends the document
  * the located way.
  */
-function policyParseFast(text: string, file: string, opts: ParseOptions): { policy: Policy | null; problems: PolicyProblem[] } | null {
+function policyParseFast(text: string, json: boolean, scanned: TextScan, file: string, opts: ParseOptions): { policy: Policy | null; problems: PolicyProblem[] } | null {
   let data: unknown;
-  const json = /^\s*\{/.test(text);
   try {
     if (json) {
-      if (jsonRepeatsKey(text)) return null;
+      if (scanned === TextScan.KeyDoubtful || (scanned !== TextScan.Clean && jsonRepeatsKey(text))) return null;
       data = JSON.parse(text);
     } else {
       if (/(^|[\s,[{:-])[&*!]|<</.test(text)) return null;
@@ -762,8 +761,17 @@ function policyParseFast(text: string, file: string, opts: ParseOptions): { poli
   return r.problems.length === 0 ? r : null;
 }
 
-/** Does a JSON text repeat a key in one object? Linear; keys compared as JSON decodes them. */
-function jsonRepeatsKey(text: string): boolean {
+/** What the addon's pass over a text found (native-bindings/src/text.c); Unscanned where it is not built. */
+const enum TextScan { Clean = 0, TextDoubtful = 1, KeyDoubtful = 2, KeyEscaped = 3, Unscanned = -1 }
+
+/**
+ * Does a JSON text repeat a key in one object, or nest deeper than
+ * MAX_NESTING (then the located way refuses it with its place)? Linear; keys
+ * compared as JSON decodes them. Run when the addon's pass (policyParse) is
+ * not built or met a key written with an escape; exported for the test
+ * that compares the two.
+ */
+export function jsonRepeatsKey(text: string, maxNesting = MAX_NESTING): boolean {
   const stack: Array<Set<string> | null> = [];
   let expectKey = false;
   for (let i = 0; i < text.length; i++) {
@@ -781,8 +789,8 @@ function jsonRepeatsKey(text: string): boolean {
         expectKey = false;
       }
       i = j;
-    } else if (c === 123) { stack.push(new Set()); expectKey = true; } // {
-    else if (c === 91) { stack.push(null); expectKey = false; } // [
+    } else if (c === 123) { if (stack.push(new Set()) > maxNesting) return true; expectKey = true; } // {
+    else if (c === 91) { if (stack.push(null) > maxNesting) return true; expectKey = false; } // [
     else if (c === 125 || c === 93) { stack.pop(); expectKey = false; } // } ]
     else if (c === 44) expectKey = stack.length > 0 && stack[stack.length - 1] !== null; // ,
   }
@@ -791,9 +799,13 @@ function jsonRepeatsKey(text: string): boolean {
 
 /** Parse YAML or JSON text and validate it. Never throws for bad input. */
 export function policyParse(text: string, file: string, opts: ParseOptions = {}): { policy: Policy | null; problems: PolicyProblem[] } {
-  const early = textProblem(text, file);
+  const json = /^\s*\{/.test(text);
+  // One pass of the addon's over the text where it is built (2 MB copied and scanned in 8-10 ms, where this module's
+  // two scans took 40-50 on a process's first 10,000-rule document); this module's scans wherever it finds anything.
+  const scanned: TextScan = text.length > MAX_POLICY_BYTES ? TextScan.Unscanned : nativeIfBuilt()?.policyTextScan?.(text, MAX_NESTING, json) ?? TextScan.Unscanned;
+  const early = scanned === TextScan.Clean || scanned === TextScan.KeyDoubtful || scanned === TextScan.KeyEscaped ? null : textProblem(text, file);
   if (early) return { policy: null, problems: [early] };
-  const fast = opts.located ? null : policyParseFast(text, file, opts);
+  const fast = opts.located ? null : policyParseFast(text, json, scanned, file, opts);
   if (fast) return fast;
   const lines = new LineCounter();
   // The parser's own duplicate-key check compares every pair of keys (seconds at 20,000 groups): ours is linear.
@@ -826,9 +838,11 @@ export const MAX_NESTING = 64;
 /**
  * Checks on the raw text before the YAML parser sees it: the size, and
  * how deep brackets nest or lines indent (the parser recurses, and very deep
- * nesting exhausts its stack or memory). One linear pass.
+ * nesting exhausts its stack or memory). One linear pass, run when the
+ * addon's (policyParse) found something or is not built: this one says what
+ * and where. Exported for the test that compares the two.
  */
-function textProblem(text: string, file: string): PolicyProblem | null {
+export function textProblem(text: string, file: string, maxNesting = MAX_NESTING): PolicyProblem | null {
   const problem = (line: number, column: number, code: string, message: string): PolicyProblem =>
     ({ severity: 'error', code, file, line, column, path: '(document)', message });
   if (text.length > MAX_POLICY_BYTES) return problem(1, 1, 'too-large', `the document is ${text.length} characters; at most ${MAX_POLICY_BYTES} are accepted`);
@@ -840,7 +854,7 @@ function textProblem(text: string, file: string): PolicyProblem | null {
       lineStart = i + 1;
       let j = lineStart;
       while (j < text.length && (text.charCodeAt(j) === 32 || text.charCodeAt(j) === 45)) j++; // spaces and '- '
-      if (j - lineStart > MAX_NESTING * 4) return problem(line, j - lineStart + 1, 'too-deep', `indented ${j - lineStart} columns: nesting deeper than ${MAX_NESTING} levels is refused`);
+      if (j - lineStart > maxNesting * 4) return problem(line, j - lineStart + 1, 'too-deep', `indented ${j - lineStart} columns: nesting deeper than ${maxNesting} levels is refused`);
       continue;
     }
     if (quote !== '') {
@@ -850,7 +864,7 @@ function textProblem(text: string, file: string): PolicyProblem | null {
     if ((ch === 34 || ch === 39) && (i === 0 || opensQuote(text.charCodeAt(i - 1)))) quote = ch === 34 ? '"' : "'";
     else if (ch === 35 && (i === 0 || isSpace(text.charCodeAt(i - 1)))) { while (i + 1 < text.length && text.charCodeAt(i + 1) !== 10) i++; }
     else if (ch === 91 || ch === 123) {
-      if (++depth > MAX_NESTING) return problem(line, i - lineStart + 1, 'too-deep', `brackets nest deeper than ${MAX_NESTING} levels`);
+      if (++depth > maxNesting) return problem(line, i - lineStart + 1, 'too-deep', `brackets nest deeper than ${maxNesting} levels`);
     } else if (ch === 93 || ch === 125) depth--;
   }
   return null;
