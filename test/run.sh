@@ -57,6 +57,14 @@ if [ "$other" -gt 0 ]; then
   echo "$other tests were skipped or left todo"
   fail=$(( fail + other ))
 fi
+# A test that asserted nothing is a failure too: it cannot fail, or the runner lost its failure (node-tap
+# drops a failing assertion whose message holds U+2028 and reports its test as passing, "no tests found").
+empty=$(grep -c '# no tests found' "$log")
+if [ "$empty" -gt 0 ]; then
+  echo "$empty tests asserted nothing: each cannot fail, or its failure was lost"
+  grep -B2 '# no tests found' "$log" | grep -E '# Subtest|ok ' | head -20
+  fail=$(( fail + empty ))
+fi
 if [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ]; then fail=1; fi
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ] && [ "$rc" -eq 0 ]
