@@ -92,6 +92,10 @@ export interface ScaleRow {
   gapTagMs: number;
   /** Gaps over 2 ms in each phase (idle: 0.6 s; reload: from the call until 0.3 s after it returned; tag changes: from the first call until 0.2 s after the last returned). */
   gapsOver2msBaseline: number;
+  /** Idle again, for as long as the reload took (at most IDLE_AS_RELOAD_MAX_MS): its longest gap and gaps over 2 ms. */
+  gapIdleAsReloadMs: number;
+  gapsOver2msIdleAsReload: number;
+  idleAsReloadWindowMs: number;
   gapsOver2msReload: number;
   gapsOver2msTag: number;
   /** A full reload through the controller (worker thread), from the call until it is in force. */
@@ -118,14 +122,21 @@ export interface ScaleRow {
 }
 
 /** The forwarding figures of a run with the forwarding thread's CPU kept to itself (util/placement.ts). */
-export type PlacedGaps = { forwardingCpu: number } & Pick<ScaleRow, 'gapBaselineMs' | 'gapReloadMs' | 'gapTagMs' | 'gapsOver2msBaseline' | 'gapsOver2msReload' | 'gapsOver2msTag' | 'gcPauseReloadMs' | 'reloadMs' | 'tagEnforcedMs' | 'tagEnforcedMaxMs'>;
+export type PlacedGaps = { forwardingCpu: number } & Pick<ScaleRow, 'gapBaselineMs' | 'gapReloadMs' | 'gapTagMs' | 'gapsOver2msBaseline' | 'gapsOver2msReload' | 'gapsOver2msTag' | 'gcPauseReloadMs' | 'reloadMs' | 'tagEnforcedMs' | 'tagEnforcedMaxMs' | 'gapIdleAsReloadMs' | 'gapsOver2msIdleAsReload'>;
 
 /**
  * What the machine allows, measured in the same run: a loop that does nothing but turn, alone on the
  * forwarding CPU (--forwarding-cpu auto), first with the other CPUs idle, then with a process spinning
  * on them. Its gaps are the floor under any forwarding gap here: no code of tapwall's runs in them.
  */
-export interface SchedulingFloor { forwardingCpu: number; quietLongestMs: number; quietOver2ms: number; busyLongestMs: number; busyOver2ms: number }
+export interface SchedulingFloor {
+  forwardingCpu: number;
+  quietLongestMs: number; quietOver2ms: number;
+  /** Another process spinning on the other CPUs. */
+  busyLongestMs: number; busyOver2ms: number;
+  /** Another process on the other CPUs making and dropping objects, as a compile does (nothing shared with this one). */
+  allocatingLongestMs: number; allocatingOver2ms: number;
+}
 
 export interface ScaleResult { machine: MachineInfo; floor: SchedulingFloor | null; pageTouchUs: number; rows: ScaleRow[] }
 
@@ -228,7 +239,10 @@ function lookupsPerSec(compiled: CompiledPolicy, keys: Int32Array): number {
 export interface Phase { longest: number; over2ms: number; longestGcMs: number }
 
 /** Phases of the stream: frames forwarded in phase 0 are not counted. */
-const PHASE_NONE = 0, PHASE_IDLE = 1, PHASE_RELOAD = 2, PHASE_TAG = 3, PHASE_SCRAPE = 4;
+const PHASE_NONE = 0, PHASE_IDLE = 1, PHASE_RELOAD = 2, PHASE_TAG = 3, PHASE_SCRAPE = 4, PHASE_IDLE_AS_RELOAD = 5;
+
+/** The idle window as long as the reload is at most this long (ms). */
+const IDLE_AS_RELOAD_MAX_MS = 15_000;
 
 interface Stream {
   frames: number;
@@ -261,7 +275,7 @@ function streamStart(dp: Dataplane, ports: Map<string, MemoryPort>, from: { nic:
   const frames: Uint8Array[] = [];
   for (let sport = 1024; sport < 1024 + 4096; sport++) frames.push(frameBuild({ family: 4, proto: 6, src: from.ip, dst: to.ip, sport, dport: 8080, flags: TCP_SYN, srcMac: from.mac, dstMac: to.mac }));
   // Per phase: longest gap, gaps over 2 ms.
-  const stats = new Float64Array(5 * 2);
+  const stats = new Float64Array(6 * 2);
   const longGaps: Array<[number, number]> = [];
   let count = 0, running = true, k = 0, current = PHASE_NONE, last = -1;
   const fifo = join(dir, 'stream.fifo');
@@ -373,6 +387,9 @@ async function emptyLoopGaps(ms: number): Promise<{ longest: number; over2ms: nu
   return { longest, over2ms };
 }
 
+const ALLOCATING_NEIGHBOUR = `const keep = []; const end = Date.now() + 4000;
+while (Date.now() < end) { const list = []; for (let i = 0; i < 200000; i++) list.push({ a: i, b: [i] }); keep.push(list); if (keep.length > 8) keep.shift(); }`;
+
 /** The scheduling floor (SchedulingFloor); null where the process has one CPU. */
 export async function schedulingFloor(): Promise<SchedulingFloor | null> {
   const placed = placeThreads('auto').placement;
@@ -384,7 +401,21 @@ export async function schedulingFloor(): Promise<SchedulingFloor | null> {
     try {
       native().threadCpusSet(spinner.pid!, placed.others);
       const busy = await emptyLoopGaps(3000);
-      return { forwardingCpu: placed.forwarding, quietLongestMs: quiet.longest, quietOver2ms: quiet.over2ms, busyLongestMs: busy.longest, busyOver2ms: busy.over2ms };
+      spinner.kill();
+      // A process making 200,000 small objects at a time and keeping the last eight lists (tens of megabytes live,
+      // collected over and over), as a compiling thread does: on this VM a neighbour's memory work slows this CPU
+      // far more than a neighbour that only spins.
+      const allocator = spawn(process.execPath, ['-e', ALLOCATING_NEIGHBOUR], { stdio: 'ignore' });
+      try {
+        native().threadCpusSet(allocator.pid!, placed.others);
+        const allocating = await emptyLoopGaps(3000);
+        return {
+          forwardingCpu: placed.forwarding, quietLongestMs: quiet.longest, quietOver2ms: quiet.over2ms, busyLongestMs: busy.longest, busyOver2ms: busy.over2ms,
+          allocatingLongestMs: allocating.longest, allocatingOver2ms: allocating.over2ms,
+        };
+      } finally {
+        allocator.kill();
+      }
     } finally {
       spinner.kill();
     }
@@ -418,7 +449,7 @@ export function gapSetup(doc: Record<string, unknown>, pair: [string, string]): 
 }
 
 /** The longest forwarding gaps: idle, during a full reload, during a tag change. */
-export async function gaps(setup: GapSetup, place = false): Promise<{ baseline: Phase; reload: Phase; tag: Phase; scrape: (Phase & { ms: number; bytes: number; saveMs: number }) | null; reloadMs: number; tagMs: number; tagMaxMs: number; longestPartMs: number; parts: number; longGaps: Array<[number, number]>; forwardingCpu: number | null }> {
+export async function gaps(setup: GapSetup, place = false): Promise<{ baseline: Phase; reload: Phase; idleAsReload: Phase; tag: Phase; scrape: (Phase & { ms: number; bytes: number; saveMs: number }) | null; reloadMs: number; tagMs: number; tagMaxMs: number; longestPartMs: number; parts: number; longGaps: Array<[number, number]>; forwardingCpu: number | null }> {
   const { text, changed, ends, local } = setup;
 
   // As the daemon places its threads with --forwarding-cpu auto (before its compiling thread starts).
@@ -463,6 +494,14 @@ export async function gaps(setup: GapSetup, place = false): Promise<{ baseline: 
     await controller.putPolicy(changed, null, 'bench');
     const reloadMs = performance.now() - t1;
     await sleep(300);
+    // Idle again for as long as the reload took: this VM's own pauses (its host runs other guests) grow with the
+    // window, so the reload's gaps are set beside an idle window of the same length, not only the 0.6 s above.
+    const t4 = performance.now();
+    stream.phase(PHASE_IDLE_AS_RELOAD);
+    await sleep(Math.min(reloadMs, IDLE_AS_RELOAD_MAX_MS));
+    stream.phase(PHASE_NONE);
+    const t4end = performance.now();
+    await sleep(100);
     // Quarantines put on and lifted in turn, a tenth of a second apart (as an operator or a security
     // tool would, not back to back): each timed from the call until it is enforced.
     const t2 = performance.now();
@@ -505,7 +544,7 @@ export async function gaps(setup: GapSetup, place = false): Promise<{ baseline: 
     const longestPause = (from: number, to: number) => pauses.reduce((m, [a, b]) => (a >= from && a < to ? Math.max(m, b - a) : m), 0);
     const phase = (p: number, from: number, to: number) => ({ longest: stream.longest(p), over2ms: stream.over2ms(p), longestGcMs: longestPause(from, to) });
     return {
-      baseline: phase(PHASE_IDLE, t0, t0end), reload: phase(PHASE_RELOAD, t1, t2), tag: phase(PHASE_TAG, t2, t3), reloadMs, tagMs, tagMaxMs,
+      baseline: phase(PHASE_IDLE, t0, t0end), reload: phase(PHASE_RELOAD, t1, t4), idleAsReload: phase(PHASE_IDLE_AS_RELOAD, t4, t4end), tag: phase(PHASE_TAG, t2, t3), reloadMs, tagMs, tagMaxMs,
       scrape: scrape === null ? null : { ...phase(PHASE_SCRAPE, scrape.from, scrape.to), ms: scrape.ms, bytes: scrape.bytes, saveMs: scrape.saveMs },
       longestPartMs: preparer.longestPartMs, parts: preparer.parts, longGaps: stream.longGaps, forwardingCpu: placed?.forwarding ?? null,
     };
@@ -530,7 +569,7 @@ function allowedPair(which: ScaleCase): [string, string] {
   return ['w0', 'w1']; // application 0: web -> app
 }
 
-type StaticFigures = Omit<ScaleRow, 'placed' | 'scrapeMs' | 'scrapeBytes' | 'analyticsSaveMs' | 'gapScrapeMs' | 'gapsOver2msScrape' | 'gcPauseScrapeMs' | 'gapBaselineMs' | 'gapReloadMs' | 'gapTagMs' | 'gapsOver2msBaseline' | 'gapsOver2msReload' | 'gapsOver2msTag' | 'reloadMs' | 'tagEnforcedMs' | 'tagEnforcedMaxMs' | 'gcPauseBaselineMs' | 'gcPauseReloadMs' | 'gcPauseTagMs' | 'longestHandoverMs' | 'handoverParts'>;
+type StaticFigures = Omit<ScaleRow, 'placed' | 'scrapeMs' | 'scrapeBytes' | 'analyticsSaveMs' | 'gapScrapeMs' | 'gapsOver2msScrape' | 'gcPauseScrapeMs' | 'gapBaselineMs' | 'gapReloadMs' | 'gapTagMs' | 'gapsOver2msBaseline' | 'gapsOver2msReload' | 'gapsOver2msTag' | 'gapIdleAsReloadMs' | 'gapsOver2msIdleAsReload' | 'idleAsReloadWindowMs' | 'reloadMs' | 'tagEnforcedMs' | 'tagEnforcedMaxMs' | 'gcPauseBaselineMs' | 'gcPauseReloadMs' | 'gcPauseTagMs' | 'longestHandoverMs' | 'handoverParts'>;
 
 /** Everything but the forwarding gaps, in a function of its own so that what it builds is garbage when it returns. */
 function staticFigures(which: ScaleCase, doc: Record<string, unknown>, progress: (line: string) => void): StaticFigures {
@@ -612,6 +651,9 @@ export async function benchScale(opts: { cases?: ScaleCase[] } = {}, progress: (
       gapReloadMs: g.reload.longest,
       gapTagMs: g.tag.longest,
       gapsOver2msBaseline: g.baseline.over2ms,
+      gapIdleAsReloadMs: g.idleAsReload.longest,
+      gapsOver2msIdleAsReload: g.idleAsReload.over2ms,
+      idleAsReloadWindowMs: Math.min(g.reloadMs, IDLE_AS_RELOAD_MAX_MS),
       gapsOver2msReload: g.reload.over2ms,
       gapsOver2msTag: g.tag.over2ms,
       reloadMs: g.reloadMs,
@@ -632,6 +674,7 @@ export async function benchScale(opts: { cases?: ScaleCase[] } = {}, progress: (
         forwardingCpu: p.forwardingCpu,
         gapBaselineMs: p.baseline.longest, gapReloadMs: p.reload.longest, gapTagMs: p.tag.longest,
         gapsOver2msBaseline: p.baseline.over2ms, gapsOver2msReload: p.reload.over2ms, gapsOver2msTag: p.tag.over2ms,
+        gapIdleAsReloadMs: p.idleAsReload.longest, gapsOver2msIdleAsReload: p.idleAsReload.over2ms,
         gcPauseReloadMs: p.reload.longestGcMs, reloadMs: p.reloadMs, tagEnforcedMs: p.tagMs, tagEnforcedMaxMs: p.tagMaxMs,
       },
     });
@@ -645,7 +688,7 @@ export function formatScale(r: ScaleResult): string {
   const fl = r.floor;
   lines.push(fl === null
     ? 'scheduling floor: not measured (the process has one CPU)'
-    : `scheduling floor: an empty loop alone on CPU ${fl.forwardingCpu}: longest gap ${f(fl.quietLongestMs, 1)} ms (${fl.quietOver2ms} over 2 ms in 3 s) with the other CPUs idle, ${f(fl.busyLongestMs, 1)} ms (${fl.busyOver2ms} over 2 ms) while another process spins on them`);
+    : `scheduling floor: an empty loop alone on CPU ${fl.forwardingCpu}: longest gap ${f(fl.quietLongestMs, 1)} ms (${fl.quietOver2ms} over 2 ms in 3 s) with the other CPUs idle, ${f(fl.busyLongestMs, 1)} ms (${fl.busyOver2ms} over 2 ms) while another process spins on them, ${f(fl.allocatingLongestMs, 1)} ms (${fl.allocatingOver2ms} over 2 ms) while another process makes and drops objects there as a compile does`);
   lines.push(`fresh memory: ${f(r.pageTouchUs, 1)} us to touch a page for the first time (64 MB, written once a page)`, '');
   for (const row of r.rows) {
     lines.push(
@@ -658,6 +701,7 @@ export function formatScale(r: ScaleResult): string {
       `  full reload       ${f(row.reloadMs)} ms from the call to in force, compiled in the worker thread while forwarding`,
       `  forwarding gap    longest: idle ${f(row.gapBaselineMs, 1)} ms; full reload ${f(row.gapReloadMs, 1)} ms; tag change ${f(row.gapTagMs, 1)} ms        (target: under 2 ms)`,
       `                    gaps over 2 ms: idle ${row.gapsOver2msBaseline} in 0.6 s; reload ${row.gapsOver2msReload}; tag change ${row.gapsOver2msTag}`,
+      `                    idle again for as long as the reload (${f(row.idleAsReloadWindowMs / 1000, 1)} s): longest ${f(row.gapIdleAsReloadMs, 1)} ms, ${row.gapsOver2msIdleAsReload} over 2 ms`,
       `                    longest collector pause of the forwarding thread: idle ${f(row.gcPauseBaselineMs, 1)} ms; reload ${f(row.gcPauseReloadMs, 1)} ms; tag change ${f(row.gcPauseTagMs, 1)} ms`,
       `  hand-over         ${row.handoverParts} parts from the compiling thread, the longest taken in ${f(row.longestHandoverMs, 2)} ms`,
       `  metrics + save    ${SCRAPES} Prometheus scrapes from another process, ${(row.scrapeBytes / 1e6).toFixed(1)} MB each in ${f(row.scrapeMs)} ms, then the rule analytics' save in ${f(row.analyticsSaveMs)} ms; longest forwarding gap ${f(row.gapScrapeMs, 1)} ms, ${row.gapsOver2msScrape} over 2 ms, longest collector pause ${f(row.gcPauseScrapeMs, 1)} ms`,
@@ -666,6 +710,7 @@ export function formatScale(r: ScaleResult): string {
         : [
           `  --forwarding-cpu  (the forwarding thread alone on CPU ${row.placed.forwardingCpu}) longest gap: idle ${f(row.placed.gapBaselineMs, 1)} ms; full reload ${f(row.placed.gapReloadMs, 1)} ms; tag change ${f(row.placed.gapTagMs, 1)} ms`,
           `                    gaps over 2 ms: idle ${row.placed.gapsOver2msBaseline}; reload ${row.placed.gapsOver2msReload}; tag change ${row.placed.gapsOver2msTag}; longest collector pause in the reload ${f(row.placed.gcPauseReloadMs, 1)} ms`,
+          `                    idle again for as long as the reload: longest ${f(row.placed.gapIdleAsReloadMs, 1)} ms, ${row.placed.gapsOver2msIdleAsReload} over 2 ms`,
           `                    full reload ${f(row.placed.reloadMs)} ms; tag change enforced from the call: median ${f(row.placed.tagEnforcedMs, 1)} ms, longest ${f(row.placed.tagEnforcedMaxMs, 1)} ms`,
         ]),
       '',
