@@ -29,7 +29,8 @@
  *   a collision costs time, never a wrong answer. The text need not be
  *   valid JSON: whatever this makes of broken text, JSON.parse refuses next.
  *   The string is copied as UTF-8 once (napi offers no view of it): on this
- *   project's VMs that copy's fresh pages are most of the 8-10 ms it takes.
+ *   project's VMs that copy's fresh pages are most of the 19 ms its first
+ *   call takes on a 2 MB document (4.5 ms after).
  */
 #include <node_api.h>
 #include <stdbool.h>
