@@ -53,6 +53,7 @@ import { findShadowedRules } from '../src/policy/shadow.js';
 import { prng } from '../tools/prng.js';
 import { placeThreads, placementUndo, scavengeAlone, yieldOthers, yieldOthersUndo } from '../src/util/placement.js';
 import { native } from '../src/io/native.js';
+import { PAGE_BYTES } from '../src/util/sliced.js';
 import { execFileSync, spawn } from 'node:child_process';
 import { closeSync, constants as fsConstants, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { setPriority, tmpdir } from 'node:os';
@@ -152,8 +153,8 @@ export function pageTouchCost(): number {
   return median([0, 1, 2].map(() => {
     const b = new Uint8Array(bytes);
     const t = performance.now();
-    for (let i = 0; i < bytes; i += 4096) b[i] = 1;
-    return ((performance.now() - t) * 1000) / (bytes / 4096);
+    for (let i = 0; i < bytes; i += PAGE_BYTES) b[i] = 1;
+    return ((performance.now() - t) * 1000) / (bytes / PAGE_BYTES);
   }));
 }
 
@@ -397,30 +398,27 @@ export async function schedulingFloor(): Promise<SchedulingFloor | null> {
   try {
     const quiet = await emptyLoopGaps(3000);
     // A process that only spins, kept on the other CPUs: no memory, no I/O, nothing shared with this one.
-    const spinner = spawn(process.execPath, ['-e', 'const end = Date.now() + 4000; while (Date.now() < end);'], { stdio: 'ignore' });
-    try {
-      native().threadCpusSet(spinner.pid!, placed.others);
-      const busy = await emptyLoopGaps(3000);
-      spinner.kill();
-      // A process making 200,000 small objects at a time and keeping the last eight lists (tens of megabytes live,
-      // collected over and over), as a compiling thread does: on this VM a neighbour's memory work slows this CPU
-      // far more than a neighbour that only spins.
-      const allocator = spawn(process.execPath, ['-e', ALLOCATING_NEIGHBOUR], { stdio: 'ignore' });
-      try {
-        native().threadCpusSet(allocator.pid!, placed.others);
-        const allocating = await emptyLoopGaps(3000);
-        return {
-          forwardingCpu: placed.forwarding, quietLongestMs: quiet.longest, quietOver2ms: quiet.over2ms, busyLongestMs: busy.longest, busyOver2ms: busy.over2ms,
-          allocatingLongestMs: allocating.longest, allocatingOver2ms: allocating.over2ms,
-        };
-      } finally {
-        allocator.kill();
-      }
-    } finally {
-      spinner.kill();
-    }
+    const busy = await gapsBeside('const end = Date.now() + 4000; while (Date.now() < end);', placed.others);
+    // A process making 200,000 small objects at a time and keeping the last eight lists (tens of megabytes live,
+    // collected over and over), as a compiling thread does.
+    const allocating = await gapsBeside(ALLOCATING_NEIGHBOUR, placed.others);
+    return {
+      forwardingCpu: placed.forwarding, quietLongestMs: quiet.longest, quietOver2ms: quiet.over2ms, busyLongestMs: busy.longest, busyOver2ms: busy.over2ms,
+      allocatingLongestMs: allocating.longest, allocatingOver2ms: allocating.over2ms,
+    };
   } finally {
     placementUndo();
+  }
+}
+
+/** An empty loop's gaps over 3 s while another Node.js process runs `script` on `cpus`. */
+async function gapsBeside(script: string, cpus: number[]): Promise<{ longest: number; over2ms: number }> {
+  const neighbour = spawn(process.execPath, ['-e', script], { stdio: 'ignore' });
+  try {
+    native().threadCpusSet(neighbour.pid!, cpus);
+    return await emptyLoopGaps(3000);
+  } finally {
+    neighbour.kill();
   }
 }
 

@@ -4,14 +4,26 @@
 // incrementally from a differently tagged version, which must agree too.
 import t from 'tap';
 import { policyFromData } from '../src/policy/load.js';
-import type { Policy, Rule } from '../src/policy/model.js';
-import { parsePrefix } from '../src/policy/addresses.js';
-import { GroupsView, pointClassify, pointClassifyResolution, policyCompile } from '../src/policy/compile.js';
+import type { Policy, Rule, Workload } from '../src/policy/model.js';
+import { parsePrefix, type Prefix } from '../src/policy/addresses.js';
+import { GroupsView, pointClassify, pointClassifyResolution, policyCompile, type CompiledPolicy } from '../src/policy/compile.js';
 import { keyWrite } from '../src/packet/key.js';
 import { naivePolicyDecide } from './reference.js';
 import { pick, randInt, rng } from './rng.js';
 import { DocumentCache, effectivePolicy, prepareNow, type EffectiveMemo } from '../src/control/prepare.js';
 import type { TagMap } from '../src/control/store.js';
+
+/**
+ * One packet at a workload's vNIC: the rule order `compiled` gives it (its key left in `key` for more lookups)
+ * and the one the reference gives, reading `policy` top to bottom with `reference`'s resolved groups.
+ */
+function verdicts(key: Int32Array, compiled: CompiledPolicy, policy: Policy, reference: CompiledPolicy, w: Workload, src: Prefix, dst: Prefix, proto: number, sport: number, dport: number): { got: number; want: number } {
+  keyWrite(key, 0, src.family, src.words, dst.words, proto, sport, dport);
+  return {
+    got: pointClassify(compiled.points.get(w.nic)!.egress.tables, src.family, key, 0),
+    want: naivePolicyDecide(policy, reference, w.name, src, dst, proto, sport, dport).order,
+  };
+}
 
 const TAGS = ['web', 'app', 'db', 'prod', 'dev', 'quarantine'];
 const SERVICES = ['tcp/80', 'tcp/443', 'tcp/1000-2000', 'tcp/0', 'tcp/65535', 'udp/53', 'udp/0-1023', 'icmp/echo-request', 'icmp', 'icmpv6/128', 'icmpv6', 'ip/47', 'tcp', 'sctp/9'];
@@ -110,10 +122,8 @@ function agreeWithReference(t: typeof import('tap').default, large: boolean, see
       const sport = ported ? pick(r, [0, 53, 80, 1500, 65535, randInt(r, 0, 65535)]) : icmp ? pick(r, [0, 8, 128, 3]) : 0;
       const dport = ported ? pick(r, [0, 53, 80, 443, 1000, 2000, 65535, randInt(r, 0, 65535)]) : icmp ? pick(r, [0, 4]) : 0;
       const w = pick(r, [...policy.workloads.values()]);
-      keyWrite(key, 0, src.family, src.words, dst.words, proto, sport, dport);
-      const got = pointClassify(compiled.points.get(w.nic)!.egress.tables, src.family, key, 0);
+      const { got, want } = verdicts(key, compiled, policy, compiled, w, src, dst, proto, sport, dport);
       const gotIncremental = pointClassify(incremental.points.get(w.nic)!.egress.tables, src.family, key, 0);
-      const want = naivePolicyDecide(policy, compiled, w.name, src, dst, proto, sport, dport).order;
       checked++;
       if (got !== want || gotIncremental !== want) {
         bad++;
@@ -177,10 +187,8 @@ t.test('a reload: a new document compiled against the last one\'s result agrees 
       const sport = ported ? pick(r, [0, 53, 80, 1500, 65535]) : 0;
       const dport = ported ? pick(r, [0, 53, 80, 443, 1000, 2000, 65535, randInt(r, 0, 65535)]) : proto === 1 || proto === 58 ? pick(r, [0, 4]) : 0;
       const w = pick(r, [...after.workloads.values()]);
-      keyWrite(key, 0, src.family, src.words, dst.words, proto, sport, dport);
-      const got = pointClassify(reloaded.points.get(w.nic)!.egress.tables, src.family, key, 0);
+      const { got, want } = verdicts(key, reloaded, after, fresh, w, src, dst, proto, sport, dport);
       const resolution = pointClassifyResolution(reloaded.points.get(w.nic)!.egress.tables, src.family, key, 0);
-      const want = naivePolicyDecide(after, fresh, w.name, src, dst, proto, sport, dport).order;
       const wantResolution = pointClassifyResolution(fresh.points.get(w.nic)!.egress.tables, src.family, key, 0);
       checked++;
       if (got !== want || resolution !== wantResolution) {
@@ -227,9 +235,7 @@ t.test('tag changes through the patched effective policy and the compiler\'s cha
         const proto = pick(r, v6 ? [6, 17, 58] : [6, 17, 1]);
         const sport = randInt(r, 0, 65535), dport = pick(r, [53, 80, 443, 1500, randInt(r, 0, 65535)]);
         const w = pick(r, [...eff.workloads.values()]);
-        keyWrite(key, 0, src.family, src.words, dst.words, proto, sport, dport);
-        const got = pointClassify(prepared.compiled.points.get(w.nic)!.egress.tables, src.family, key, 0);
-        const want = naivePolicyDecide(eff, fresh, w.name, src, dst, proto, sport, dport).order;
+        const { got, want } = verdicts(key, prepared.compiled, eff, fresh, w, src, dst, proto, sport, dport);
         checked++;
         if (got !== want) {
           t.fail(`seed ${seed} step ${step}: at ${w.name} ${proto} ${src.text}:${sport} -> ${dst.text}:${dport}: incremental ${got}, reference ${want}`);
@@ -337,9 +343,7 @@ t.test('documents that share rule objects at other places compile each as itself
         const proto = pick(r, [6, 17]);
         const sport = pick(r, [0, 1500, 65535]), dport = pick(r, [53, 80, 443, 1000, 2000, 65535]);
         const w = pick(r, [...policy.workloads.values()]);
-        keyWrite(key, 0, src.family, src.words, dst.words, proto, sport, dport);
-        const got = pointClassify(compiled.points.get(w.nic)!.egress.tables, src.family, key, 0);
-        const want = naivePolicyDecide(policy, compiled, w.name, src, dst, proto, sport, dport).order;
+        const { got, want } = verdicts(key, compiled, policy, compiled, w, src, dst, proto, sport, dport);
         checked++;
         if (got !== want && !first) first = ` e.g. at ${w.name}: ${proto} ${src.text}:${sport} -> ${dst.text}:${dport}: compiled ${got}, reference ${want}`;
         if (got !== want) bad++;

@@ -12,7 +12,7 @@ import { nativeIfBuilt } from '../io/native.js';
 import { LineCounter, parseDocument, isMap, isSeq, isScalar, isPair, visit, type Alias, type Document, type Node } from 'yaml';
 import { parsePrefix, hasHostBits, type Prefix } from './addresses.js';
 import { formatPath, PolicyError, type PathSegment, type PolicyProblem, type Severity } from './errors.js';
-import { ACTIONS, WorkloadIndex, type Action, type AddressRef, type Group, type Policy, type Rule, type Section, type ServiceRef, type Workload } from './model.js';
+import { ACTIONS, rulePath, WorkloadIndex, type Action, type AddressRef, type Group, type Policy, type Rule, type Section, type ServiceRef, type Workload } from './model.js';
 import { findShadowedRules } from './shadow.js';
 import { parseServiceObject, parseServiceSpec, RESERVED_SERVICE_NAMES, ServiceSyntaxError, type ServiceAtom } from './services.js';
 
@@ -638,10 +638,9 @@ function lintRules(c: Checker, policy: Policy): void {
   // Runs only on a model without errors, so rule ri of section si stands at sections[si].rules[ri] in the document.
   policy.sections.forEach((section, si) => section.rules.forEach((rule, ri) => {
     if (rule.disabled) return;
-    const path = (): PathSegment[] => ['sections', si, 'rules', ri];
     rule.appliedTo.forEach((g, i) => {
       if (policy.groups.has(g) && facts.staticMembers(g) === 0) {
-        c.warn('applied-to-nobody', [...path(), 'appliedTo', i], `appliedTo group '${g}' has no workloads now, so the rule applies nowhere until a tag set at run time gives it members`);
+        c.warn('applied-to-nobody', [...rulePath(si, ri), 'appliedTo', i], `appliedTo group '${g}' has no workloads now, so the rule applies nowhere until a tag set at run time gives it members`);
       }
     });
     let svc = serviceMemo.get(rule.services);
@@ -654,7 +653,7 @@ function lintRules(c: Checker, policy: Policy): void {
     if (from.size === 0 || to.size === 0 || svc.families.size === 0) return; // empty groups are reported on their own
     if (!((from.has(4) && to.has(4) && svc.families.has(4)) || (from.has(6) && to.has(6) && svc.families.has(6)))) {
       const fam = (s: Set<number>) => [...s].map((f) => `IPv${f}`).join(' and ');
-      c.warn('families-never-meet', path(), `rule '${rule.id}' can never match: from holds ${fam(from)} addresses, to holds ${fam(to)}, and the services are ${fam(svc.families)}`);
+      c.warn('families-never-meet', rulePath(si, ri), `rule '${rule.id}' can never match: from holds ${fam(from)} addresses, to holds ${fam(to)}, and the services are ${fam(svc.families)}`);
     }
   }));
 }
@@ -712,7 +711,7 @@ function readSections(c: Checker, raw: Json | undefined, groups: Map<string, Gro
     }
     s.rules.forEach((rRaw, ri) => {
       // Paths below a rule are made only for a message (most rules have none): they cost a tenth of a first load.
-      const path: PathSegment[] = ['sections', si, 'rules', ri];
+      const path = rulePath(si, ri);
       const r = mapping(c, rRaw, path, RULE_KEYS, 'a rule { id, from, to, services, action }');
       if (!r) return;
       let id = `${name}#${ri}`;
@@ -875,7 +874,7 @@ export function policyParse(text: string, file: string, opts: ParseOptions = {})
   // One pass of the addon's over the text where it is built (2 MB copied and scanned in 19 ms on a process's first
   // 10,000-rule document, 4.5 ms after, where this module's two scans took 47); this module's wherever it finds anything.
   const scanned: TextScan = text.length > MAX_POLICY_BYTES ? TextScan.Unscanned : nativeIfBuilt()?.policyTextScan?.(text, MAX_NESTING, json) ?? TextScan.Unscanned;
-  const early = scanned === TextScan.Clean || scanned === TextScan.KeyDoubtful || scanned === TextScan.KeyEscaped ? null : textProblem(text, file);
+  const early = scanned === TextScan.TextDoubtful || scanned === TextScan.Unscanned ? textProblem(text, file) : null;
   if (early) return { policy: null, problems: [early] };
   const fast = opts.located ? null : policyParseFast(text, json, scanned, file, opts);
   if (fast) return fast;

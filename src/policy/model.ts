@@ -4,7 +4,7 @@
  */
 import type { Prefix } from './addresses.js';
 import type { ServiceAtom } from './services.js';
-import { formatPath } from './errors.js';
+import { formatPath, type PathSegment } from './errors.js';
 
 export type Action = 'allow' | 'drop' | 'reject';
 export const ACTIONS: readonly Action[] = ['allow', 'drop', 'reject'];
@@ -82,12 +82,17 @@ export interface RulePlaces {
   columns: Int32Array;
 }
 
-/** Where the rule of that order stands in a document: its path (as the loader writes it: sections[s].rules[r]), line and column. */
+/** Where rule `index` of section `section` stands in a document's data (the loader's messages and rulePlace). */
+export function rulePath(section: number, index: number): PathSegment[] {
+  return ['sections', section, 'rules', index];
+}
+
+/** Where the rule of that order stands in a document: its path (sections[s].rules[r]), line and column. */
 export function rulePlace(policy: Policy, order: number): { line: number; column: number; path: string } {
   let first = 0;
   for (let s = 0; s < policy.sections.length; s++) {
     const n = policy.sections[s].rules.length;
-    if (order < first + n) return { line: policy.places.lines[order] ?? 1, column: policy.places.columns[order] ?? 1, path: formatPath(['sections', s, 'rules', order - first]) };
+    if (order < first + n) return { line: policy.places.lines[order] ?? 1, column: policy.places.columns[order] ?? 1, path: formatPath(rulePath(s, order - first)) };
     first += n;
   }
   throw new RangeError(`no rule of order ${order} in ${policy.source}`);
