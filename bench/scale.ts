@@ -55,6 +55,7 @@ import { placeThreads, placementUndo, scavengeAlone, yieldOthers, yieldOthersUnd
 import { native } from '../src/io/native.js';
 import { PAGE_BYTES } from '../src/util/sliced.js';
 import { execFileSync, spawn } from 'node:child_process';
+import { Worker } from 'node:worker_threads';
 import { closeSync, constants as fsConstants, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -101,6 +102,8 @@ export interface ScaleRow {
   gapsOver2msTag: number;
   /** A full reload through the controller (worker thread), from the call until it is in force. */
   reloadMs: number;
+  /** Memory pages the process (both threads) touched for the first time during that reload (minor page faults). */
+  reloadFreshPages: number;
   /** Tag changes through the controller, from the call until enforced (store, audit, worker, swap): median and longest of TAG_CHANGES. */
   tagEnforcedMs: number;
   tagEnforcedMaxMs: number;
@@ -137,6 +140,20 @@ export interface SchedulingFloor {
   busyLongestMs: number; busyOver2ms: number;
   /** Another process on the other CPUs making and dropping objects, as a compile does (nothing shared with this one). */
   allocatingLongestMs: number; allocatingOver2ms: number;
+  /**
+   * Another process on the other CPUs touching memory for the first time, as a compiling heap grows (64 MB at a
+   * time, up to FRESH_NEIGHBOUR_MB, then dropped and again): on a VM whose host backs guest memory lazily, the host's
+   * work for those pages can stop this CPU too, though nothing is shared.
+   */
+  freshLongestMs: number; freshOver2ms: number;
+  /**
+   * A thread of this process on the other CPUs mapping 64 MB, touching it and giving it back, over and over, as a
+   * compiling thread's heap grows and shrinks: every unmap must reach each CPU that runs the process (a TLB
+   * shootdown), this one too.
+   */
+  unmappingLongestMs: number; unmappingOver2ms: number;
+  /** The same mapping, touching and unmapping in another process: the control for the above. */
+  unmappingApartLongestMs: number; unmappingApartOver2ms: number;
 }
 
 export interface ScaleResult { machine: MachineInfo; floor: SchedulingFloor | null; pageTouchUs: number; rows: ScaleRow[] }
@@ -388,6 +405,19 @@ async function emptyLoopGaps(ms: number): Promise<{ longest: number; over2ms: nu
   return { longest, over2ms };
 }
 
+/** The fresh-memory neighbour's ceiling (MB): about what a 100,000-rule reload adds to the compiling thread's heap. */
+const FRESH_NEIGHBOUR_MB = 640;
+const FRESH_NEIGHBOUR = `const end = Date.now() + 4000; let held = [];
+while (Date.now() < end) { const b = new Uint8Array(64 << 20); for (let i = 0; i < b.length; i += 4096) b[i] = 1; held.push(b); if (held.length * 64 >= ${FRESH_NEIGHBOUR_MB}) held = []; }`;
+/** A worker thread's script: say its thread id, then map, touch and drop 64 MB (collected at once) until told to stop. */
+const UNMAPPING_THREAD = `const { parentPort } = require('node:worker_threads'); const { readlinkSync } = require('node:fs');
+const collect = require('node:vm').runInNewContext('gc'); let stop = false; parentPort.on('message', () => { stop = true; });
+parentPort.postMessage(Number(readlinkSync('/proc/thread-self').split('/').pop()));
+const step = () => { if (stop) { parentPort.close(); return; } let b = new Uint8Array(64 << 20); for (let i = 0; i < b.length; i += 4096) b[i] = 1; b = null; collect(); setImmediate(step); };
+step();`;
+const UNMAPPING_PROCESS = `const collect = require('node:vm').runInNewContext('gc'); const end = Date.now() + 4000;
+while (Date.now() < end) { let b = new Uint8Array(64 << 20); for (let i = 0; i < b.length; i += 4096) b[i] = 1; b = null; collect(); }`;
+
 const ALLOCATING_NEIGHBOUR = `const keep = []; const end = Date.now() + 4000;
 while (Date.now() < end) { const list = []; for (let i = 0; i < 200000; i++) list.push({ a: i, b: [i] }); keep.push(list); if (keep.length > 8) keep.shift(); }`;
 
@@ -402,9 +432,13 @@ export async function schedulingFloor(): Promise<SchedulingFloor | null> {
     // A process making 200,000 small objects at a time and keeping the last eight lists (tens of megabytes live,
     // collected over and over), as a compiling thread does.
     const allocating = await gapsBeside(ALLOCATING_NEIGHBOUR, placed.others);
+    const fresh = await gapsBeside(FRESH_NEIGHBOUR, placed.others);
+    const unmapping = await gapsBesideThread(UNMAPPING_THREAD, placed.others);
+    const unmappingApart = await gapsBeside(UNMAPPING_PROCESS, placed.others, ['--expose-gc']);
     return {
       forwardingCpu: placed.forwarding, quietLongestMs: quiet.longest, quietOver2ms: quiet.over2ms, busyLongestMs: busy.longest, busyOver2ms: busy.over2ms,
-      allocatingLongestMs: allocating.longest, allocatingOver2ms: allocating.over2ms,
+      allocatingLongestMs: allocating.longest, allocatingOver2ms: allocating.over2ms, freshLongestMs: fresh.longest, freshOver2ms: fresh.over2ms,
+      unmappingLongestMs: unmapping.longest, unmappingOver2ms: unmapping.over2ms, unmappingApartLongestMs: unmappingApart.longest, unmappingApartOver2ms: unmappingApart.over2ms,
     };
   } finally {
     placementUndo();
@@ -412,13 +446,27 @@ export async function schedulingFloor(): Promise<SchedulingFloor | null> {
 }
 
 /** An empty loop's gaps over 3 s while another Node.js process runs `script` on `cpus`. */
-async function gapsBeside(script: string, cpus: number[]): Promise<{ longest: number; over2ms: number }> {
-  const neighbour = spawn(process.execPath, ['-e', script], { stdio: 'ignore' });
+async function gapsBeside(script: string, cpus: number[], flags: string[] = []): Promise<{ longest: number; over2ms: number }> {
+  const neighbour = spawn(process.execPath, [...flags, '-e', script], { stdio: 'ignore' });
   try {
     native().threadCpusSet(neighbour.pid!, cpus);
     return await emptyLoopGaps(3000);
   } finally {
     neighbour.kill();
+  }
+}
+
+/** An empty loop's gaps over 3 s while a worker thread of this process runs `script` on `cpus` (it posts its thread id first, and ends on any message). */
+async function gapsBesideThread(script: string, cpus: number[]): Promise<{ longest: number; over2ms: number }> {
+  const neighbour = new Worker(script, { eval: true });
+  const ended = new Promise((done) => neighbour.once('exit', done));
+  try {
+    const tid = await new Promise<number>((resolve, reject) => { neighbour.once('message', resolve); neighbour.once('error', reject); });
+    native().threadCpusSet(tid, cpus);
+    return await emptyLoopGaps(3000);
+  } finally {
+    neighbour.postMessage('stop');
+    await ended;
   }
 }
 
@@ -447,7 +495,7 @@ export function gapSetup(doc: Record<string, unknown>, pair: [string, string]): 
 }
 
 /** The longest forwarding gaps: idle, during a full reload, during a tag change. */
-export async function gaps(setup: GapSetup, place = false): Promise<{ baseline: Phase; reload: Phase; idleAsReload: Phase; tag: Phase; scrape: (Phase & { ms: number; bytes: number; saveMs: number }) | null; reloadMs: number; tagMs: number; tagMaxMs: number; longestPartMs: number; parts: number; longGaps: Array<[number, number]>; forwardingCpu: number | null }> {
+export async function gaps(setup: GapSetup, place = false): Promise<{ baseline: Phase; reload: Phase; idleAsReload: Phase; tag: Phase; scrape: (Phase & { ms: number; bytes: number; saveMs: number }) | null; reloadMs: number; tagMs: number; tagMaxMs: number; longestPartMs: number; parts: number; longGaps: Array<[number, number]>; forwardingCpu: number | null; reloadFreshPages: number }> {
   const { text, changed, ends, local } = setup;
 
   // As the daemon places its threads with --forwarding-cpu auto (before its compiling thread starts).
@@ -489,8 +537,10 @@ export async function gaps(setup: GapSetup, place = false): Promise<{ baseline: 
     await sleep(100);
     const t1 = performance.now();
     stream.phase(PHASE_RELOAD);
+    const faults = process.resourceUsage().minorPageFault;
     await controller.putPolicy(changed, null, 'bench');
     const reloadMs = performance.now() - t1;
+    const reloadFreshPages = process.resourceUsage().minorPageFault - faults;
     await sleep(300);
     // Idle again for as long as the reload took: this VM's own pauses (its host runs other guests) grow with the
     // window, so the reload's gaps are set beside an idle window of the same length, not only the 0.6 s above.
@@ -544,7 +594,7 @@ export async function gaps(setup: GapSetup, place = false): Promise<{ baseline: 
     return {
       baseline: phase(PHASE_IDLE, t0, t0end), reload: phase(PHASE_RELOAD, t1, t4), idleAsReload: phase(PHASE_IDLE_AS_RELOAD, t4, t4end), tag: phase(PHASE_TAG, t2, t3), reloadMs, tagMs, tagMaxMs,
       scrape: scrape === null ? null : { ...phase(PHASE_SCRAPE, scrape.from, scrape.to), ms: scrape.ms, bytes: scrape.bytes, saveMs: scrape.saveMs },
-      longestPartMs: preparer.longestPartMs, parts: preparer.parts, longGaps: stream.longGaps, forwardingCpu: placed?.forwarding ?? null,
+      longestPartMs: preparer.longestPartMs, parts: preparer.parts, longGaps: stream.longGaps, forwardingCpu: placed?.forwarding ?? null, reloadFreshPages,
     };
   } finally {
     stream.stop();
@@ -567,7 +617,7 @@ function allowedPair(which: ScaleCase): [string, string] {
   return ['w0', 'w1']; // application 0: web -> app
 }
 
-type StaticFigures = Omit<ScaleRow, 'placed' | 'scrapeMs' | 'scrapeBytes' | 'analyticsSaveMs' | 'gapScrapeMs' | 'gapsOver2msScrape' | 'gcPauseScrapeMs' | 'gapBaselineMs' | 'gapReloadMs' | 'gapTagMs' | 'gapsOver2msBaseline' | 'gapsOver2msReload' | 'gapsOver2msTag' | 'gapIdleAsReloadMs' | 'gapsOver2msIdleAsReload' | 'idleAsReloadWindowMs' | 'reloadMs' | 'tagEnforcedMs' | 'tagEnforcedMaxMs' | 'gcPauseBaselineMs' | 'gcPauseReloadMs' | 'gcPauseTagMs' | 'longestHandoverMs' | 'handoverParts'>;
+type StaticFigures = Omit<ScaleRow, 'placed' | 'scrapeMs' | 'scrapeBytes' | 'analyticsSaveMs' | 'gapScrapeMs' | 'gapsOver2msScrape' | 'gcPauseScrapeMs' | 'gapBaselineMs' | 'gapReloadMs' | 'gapTagMs' | 'gapsOver2msBaseline' | 'gapsOver2msReload' | 'gapsOver2msTag' | 'gapIdleAsReloadMs' | 'gapsOver2msIdleAsReload' | 'idleAsReloadWindowMs' | 'reloadMs' | 'reloadFreshPages' | 'tagEnforcedMs' | 'tagEnforcedMaxMs' | 'gcPauseBaselineMs' | 'gcPauseReloadMs' | 'gcPauseTagMs' | 'longestHandoverMs' | 'handoverParts'>;
 
 /** Everything but the forwarding gaps, in a function of its own so that what it builds is garbage when it returns. */
 function staticFigures(which: ScaleCase, doc: Record<string, unknown>, progress: (line: string) => void): StaticFigures {
@@ -655,6 +705,7 @@ export async function benchScale(opts: { cases?: ScaleCase[] } = {}, progress: (
       gapsOver2msReload: g.reload.over2ms,
       gapsOver2msTag: g.tag.over2ms,
       reloadMs: g.reloadMs,
+      reloadFreshPages: g.reloadFreshPages,
       tagEnforcedMs: g.tagMs,
       tagEnforcedMaxMs: g.tagMaxMs,
       gcPauseBaselineMs: g.baseline.longestGcMs,
@@ -686,7 +737,7 @@ export function formatScale(r: ScaleResult): string {
   const fl = r.floor;
   lines.push(fl === null
     ? 'scheduling floor: not measured (the process has one CPU)'
-    : `scheduling floor: an empty loop alone on CPU ${fl.forwardingCpu}: longest gap ${f(fl.quietLongestMs, 1)} ms (${fl.quietOver2ms} over 2 ms in 3 s) with the other CPUs idle, ${f(fl.busyLongestMs, 1)} ms (${fl.busyOver2ms} over 2 ms) while another process spins on them, ${f(fl.allocatingLongestMs, 1)} ms (${fl.allocatingOver2ms} over 2 ms) while another process makes and drops objects there as a compile does`);
+    : `scheduling floor: an empty loop alone on CPU ${fl.forwardingCpu}: longest gap ${f(fl.quietLongestMs, 1)} ms (${fl.quietOver2ms} over 2 ms in 3 s) with the other CPUs idle, ${f(fl.busyLongestMs, 1)} ms (${fl.busyOver2ms} over 2 ms) while another process spins on them, ${f(fl.allocatingLongestMs, 1)} ms (${fl.allocatingOver2ms} over 2 ms) while another process makes and drops objects there as a compile does, ${f(fl.freshLongestMs, 1)} ms (${fl.freshOver2ms} over 2 ms) while another process touches memory there for the first time as a compiling heap grows (up to ${FRESH_NEIGHBOUR_MB} MB), ${f(fl.unmappingLongestMs, 1)} ms (${fl.unmappingOver2ms} over 2 ms) while a thread of this process maps, touches and unmaps 64 MB there over and over, ${f(fl.unmappingApartLongestMs, 1)} ms (${fl.unmappingApartOver2ms} over 2 ms) while another process does the same`);
   lines.push(`fresh memory: ${f(r.pageTouchUs, 1)} us to touch a page for the first time (64 MB, written once a page)`, '');
   for (const row of r.rows) {
     lines.push(
@@ -696,7 +747,7 @@ export function formatScale(r: ScaleResult): string {
       `  compile           ${f(row.compileMs)} ms, ${row.compiledEntries} entries, ${(row.compiledBytes / 1e6).toFixed(1)} MB of tables, ${f(row.memoryMB)} MB held        (target: a million addresses under 2 s and 200 MB)`,
       `  lookups           ${f(row.lookupsPerSec / 1e6, 2)} M/s on one core        (target: 10,000 rules above 5 M/s)`,
       `  tag change        ${f(row.tagChangeMs, 1)} ms to compile every workload's point; ${f(row.tagChangeHostMs, 1)} ms for one host's 50 vNICs (the daemon's path); from the call to enforced through the controller, while forwarding: median ${f(row.tagEnforcedMs, 1)} ms, longest ${f(row.tagEnforcedMaxMs, 1)} ms of ${TAG_CHANGES}        (target: under 2 ms from the API call)`,
-      `  full reload       ${f(row.reloadMs)} ms from the call to in force, compiled in the worker thread while forwarding`,
+      `  full reload       ${f(row.reloadMs)} ms from the call to in force, compiled in the worker thread while forwarding; ${row.reloadFreshPages} pages touched for the first time by the process (${f((row.reloadFreshPages * r.pageTouchUs) / 1000)} ms at the cost above)`,
       `  forwarding gap    longest: idle ${f(row.gapBaselineMs, 1)} ms; full reload ${f(row.gapReloadMs, 1)} ms; tag change ${f(row.gapTagMs, 1)} ms        (target: under 2 ms)`,
       `                    gaps over 2 ms: idle ${row.gapsOver2msBaseline} in 0.6 s; reload ${row.gapsOver2msReload}; tag change ${row.gapsOver2msTag}`,
       `                    idle again for as long as the reload (${f(row.idleAsReloadWindowMs / 1000, 1)} s): longest ${f(row.gapIdleAsReloadMs, 1)} ms, ${row.gapsOver2msIdleAsReload} over 2 ms`,
