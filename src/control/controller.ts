@@ -140,16 +140,18 @@ export class Controller {
   async start(): Promise<void> {
     const state = await this.store.read();
     const ref = this.documentOf(state.policy.text, state.policy.source, state.policy);
-    // With a compiling thread, the first policy is prepared there too (nothing is forwarded yet): the
-    // forwarding thread then holds one copy of the document, the one the thread handed over, and the next
-    // change goes against it. Compiling it here and handing the thread's copy over afterwards kept two
-    // (400 MB at 100,000 rules) and handed one over while frames were forwarded.
-    const first = this.preparer.offThread ? this.preparer : new InlinePreparer();
+    // The first policy is prepared by the preparer every later change goes through, which keeps the
+    // document it validated and what it compiled: the first tag change then compiles only what it changes.
+    // (Prepared by a preparer of its own, the first quarantine after a start validated the whole document
+    // again and compiled every vNIC: 0.5 s at 10,000 rules, where later ones took 7 ms.) With a compiling
+    // thread this also leaves the forwarding thread one copy of the document, the one the thread handed
+    // over: compiling it here and handing the thread's copy over afterwards kept two (400 MB at 100,000
+    // rules) and handed one over while frames were forwarded.
     let prepared: Prepared;
     try {
-      prepared = await this.prepare(ref, state.tags.value, first);
+      prepared = await this.prepare(ref, state.tags.value);
     } catch (e) {
-      if (first !== this.preparer || (e instanceof ControlError && e.status === 400)) throw e;
+      if (!this.preparer.offThread || (e instanceof ControlError && e.status === 400)) throw e;
       this.opts.log?.warn({ err: (e as Error).message }, 'the compiling thread could not prepare the first policy; compiled on this thread instead');
       prepared = await this.prepare(ref, state.tags.value, new InlinePreparer());
     }

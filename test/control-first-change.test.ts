@@ -1,0 +1,56 @@
+// The first tag change after a start goes against what the start prepared:
+// the controller prepares its first policy with the preparer every later
+// change goes through, so that preparer already holds the validated document
+// and the compiled policy. (A start that used a preparer of its own left the
+// first quarantine to validate the whole document again and compile every
+// vNIC: 0.5 s at 10,000 rules, where later ones took 7 ms.)
+import t from 'tap';
+import { Controller } from '../src/control/controller.js';
+import { InlinePreparer, type DocumentRef, type Prepared, type Preparer } from '../src/control/prepare.js';
+import { MemoryStore, type TagMap } from '../src/control/store.js';
+import type { CompiledPolicy } from '../src/policy/compile.js';
+
+const POLICY = `
+default: drop
+workloads:
+  web-1: { nic: twf-w1, mac: "02:62:00:00:00:01", ips: [10.62.0.1], tags: [web] }
+  db-1:  { nic: twf-d1, mac: "02:62:00:00:00:02", ips: [10.62.0.2], tags: [db] }
+groups:
+  web: { tags: [web] }
+  db: { tags: [db] }
+  quarantined: { tags: [quarantine] }
+sections:
+  - name: s
+    rules:
+      - { id: q, from: quarantined, to: any, action: drop }
+      - { id: web-db, from: web, to: db, services: [tcp/5432], action: allow }
+`;
+
+/** An inline preparer that keeps what each call was given and gave back. */
+class Watched implements Preparer {
+  readonly calls: Array<{ doc: DocumentRef; tags: TagMap; prepared: Prepared }> = [];
+  private readonly inner = new InlinePreparer();
+  async prepare(doc: DocumentRef, tags: TagMap, host: string | null): Promise<Prepared> {
+    const prepared = await this.inner.prepare(doc, tags, host);
+    this.calls.push({ doc, tags, prepared });
+    return prepared;
+  }
+  installed(compiled: CompiledPolicy): void { this.inner.installed(compiled); }
+  async close(): Promise<void> {}
+}
+
+t.test('the start and the first tag change go through the same preparer, the document validated once', async (t) => {
+  const preparer = new Watched();
+  let enforced: CompiledPolicy | null = null;
+  const controller = new Controller(new MemoryStore(POLICY), { setPolicy: (c) => { enforced = c; } }, { preparer });
+  await controller.start();
+  t.equal(preparer.calls.length, 1, 'the start prepared its policy with the controller\'s preparer');
+  t.equal(enforced, preparer.calls[0].prepared.compiled, 'and enforced what it prepared');
+  await controller.changeTags('web-1', { add: ['quarantine'], reason: 'test', by: 'test', ttlSeconds: null });
+  t.equal(preparer.calls.length, 2, 'the tag change was prepared by it too');
+  const [start, change] = preparer.calls;
+  t.equal(change.doc.id, start.doc.id, 'against the same document');
+  t.equal(change.prepared.document, start.prepared.document, 'which it did not validate again (the same object back)');
+  t.ok(enforced!.groups.get('quarantined')!.members.has('web-1'), 'and the quarantine is in force');
+  controller.stop();
+});
