@@ -3,7 +3,7 @@
  * a packet description, a rule file), 1 anything else.
  */
 import { readFileSync } from 'node:fs';
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { formatProblem, PolicyError, type PolicyProblem } from '../policy/errors.js';
 import { policyLoad, policyParse } from '../policy/load.js';
 import { policyCompile } from '../policy/compile.js';
@@ -11,6 +11,15 @@ import { formatTrace, parsePacketSpec, policyTrace, TraceSpecError } from '../co
 import { trieBuild, trieLookup } from '../classify/ruleTrie.js';
 import { dumpCompiled } from './dump.js';
 import { ApiError, apiCall, formatFlows, formatRules, formatStatus, parseTagChanges, type ApiTarget } from './client.js';
+
+/** An option's value as a whole number of at least `min` (commander says which option when it is not). */
+function wholeAtLeast(min: number): (v: string) => number {
+  return (v) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`expected a whole number of at least ${min}`);
+    return n;
+  };
+}
 
 const EXIT_INVALID = 2;
 const DEFAULT_API_SOCKET = '/run/tapwall/api.sock';
@@ -241,9 +250,9 @@ bench
   .command('cluster')
   .description('Many hosts on a real three-member etcd (started here on loopback): time for a new host to sync and enforce, a quarantine from the write to enforcement on every host (p50/p99/max), bytes etcd sends per change per host, memory per host; for 10, 50 and 100 host processes.')
   .option('--hosts <list>', 'host counts to run', '10,50,100')
-  .option('--rules <n>', 'rules in the policy', (v) => Number(v), 200)
-  .option('--workloads <n>', 'workloads in the inventory', (v) => Number(v), 500)
-  .option('--changes <n>', 'quarantine changes per host count', (v) => Number(v), 20)
+  .option('--rules <n>', 'rules in the policy', wholeAtLeast(1), 200)
+  .option('--workloads <n>', 'workloads in the inventory', wholeAtLeast(1), 500)
+  .option('--changes <n>', 'quarantine changes per host count (the first is reported apart)', wholeAtLeast(2), 20)
   .option('--json', 'print the results as JSON')
   .action(async (opts: { hosts: string; rules: number; workloads: number; changes: number; json?: boolean }) => {
     const { benchCluster, formatCluster } = await import('../../bench/cluster.js');
