@@ -18,12 +18,16 @@
  * earlier rules the index finds for its first reference on the side with
  * fewer of them, and only those are checked in full.
  *
- * The candidate lists are read in place, merged in rule order as they are
- * checked (CandidateMerge), never copied: at 100,000 rules a copy of each
- * rule's candidates, sorted, was about a gigabyte of short-lived arrays per
- * analysis, many of them large enough to be mapped and unmapped one by one
- * (30,000 pages touched afresh on each run, where each costs 11-16 us on
- * this VM and an unmap holds up the process's other CPUs).
+ * What it makes per run stays small, since it runs on every apply: the
+ * candidate lists are read in place, merged in rule order as they are
+ * checked (CandidateMerge), not copied and sorted per rule; the containment
+ * checks are loops, not closures (3.3 million checks at 100,000 rules); and
+ * a side of one CIDR, most sides, is compared as it is, without interval
+ * tables (typed arrays, whose memory comes from outside the heap). Measured
+ * at 100,000 rules: 1.5 GB of short-lived objects per run and 30,000 pages
+ * touched for the first time (11-16 us each on this VM), 1.2 s; now 0.7 s
+ * and 9,500 pages. The pages went with the per-side tables, the time with
+ * the closures; reading the lists in place alone changed neither much.
  */
 import { intervals4, intervals6, type Prefix } from './addresses.js';
 import type { PolicyProblem } from './errors.js';
