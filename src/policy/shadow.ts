@@ -44,6 +44,9 @@ interface SideFacts {
 
 /** The groups of a side that names none (most sides are one CIDR: one set for all of them). */
 const NO_GROUPS: ReadonlySet<string> = new Set();
+/** No rules, and no lists of them: shared, never filled. */
+const NO_RULES: number[] = [];
+const NO_LISTS: number[][] = [];
 
 /**
  * Prefixes for "is this prefix inside one of them" in log time: the ones no
@@ -181,30 +184,34 @@ class SideIndex {
     if (f.cidrs.list.length > INDEXED_CIDRS) this.wideCidrRules.push(i);
     else for (const p of f.cidrs.list) push(this.byCidr, cidrKey(p, p.len), i);
   }
+  /** What lists() found last: one array per index, filled again by each call (a rule's candidates are read before the next). */
+  private readonly found: number[][] = [];
   /** The lists of rules that may hold `ref` (together a superset), not yet joined. */
   private lists(ref: AddressRef, closures: Closures): number[][] {
-    const out = [this.anyRules];
+    const out = this.found;
+    out.length = 0;
+    out.push(this.anyRules);
     if (ref.kind === 'any') return out;
-    const prefixes: Prefix[] = [];
+    let prefix: Prefix | null = null;
     if (ref.kind === 'group') {
-      out.push(this.byGroup.get(ref.name) ?? []);
+      out.push(this.byGroup.get(ref.name) ?? NO_RULES);
       const c = closures.of(ref.name);
-      if (!c.dynamic && c.cidrs.length > 0) prefixes.push(c.cidrs[0]);
-    } else prefixes.push(ref.prefix);
-    for (const p of prefixes) {
+      if (!c.dynamic && c.cidrs.length > 0) prefix = c.cidrs[0];
+    } else prefix = ref.prefix;
+    if (prefix !== null) {
       out.push(this.wideCidrRules);
-      // Every prefix that holds p is one of p's truncations.
-      for (let len = 0; len <= p.len; len++) {
-        const hit = this.byCidr.get(cidrKey(p, len));
+      // Every prefix that holds it is one of its truncations.
+      for (let len = 0; len <= prefix.len; len++) {
+        const hit = this.byCidr.get(cidrKey(prefix, len));
         if (hit) out.push(hit);
       }
     }
     return out;
   }
 
-  /** Rules that may hold `ref`, as lists (together a superset, duplicates possible); none for no reference. */
+  /** Rules that may hold `ref`, as lists (together a superset, duplicates possible; valid until this index is asked again); none for no reference. */
   candidates(ref: AddressRef | undefined, closures: Closures): number[][] {
-    return ref === undefined ? [] : this.lists(ref, closures);
+    return ref === undefined ? NO_LISTS : this.lists(ref, closures);
   }
 }
 
