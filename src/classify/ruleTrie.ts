@@ -45,7 +45,8 @@
  *   linear scan). Memory is therefore O(rules) whatever the rule set.
  *
  * Who may call what
- *   trieBuild runs in the control path (allocates freely). trieLookup is the
+ *   trieBuild runs in the control path (it allocates, its words in typed
+ *   arrays from the start: Words). trieLookup is the
  *   hot path: no allocation, no exceptions. A RuleTrie is immutable once
  *   built; a policy change builds a new one and swaps the reference.
  */
@@ -143,7 +144,8 @@ function swap(a: Float64Array, i: number, j: number): void {
  * Int32 words appended one run at a time, in a typed array that doubles when
  * full: a build's nodes and leaves. (JS arrays grown by push took twice the
  * bytes a word and were copied twice more on the way to the trie's typed
- * arrays: at 100,000 rules about a tenth of what a compile allocates.)
+ * arrays: a 100,000-rule compile allocated 430-485 MB with them, 251-291 MB
+ * without, and took 3.5-5.3 s where it takes 2.7-2.9.)
  */
 class Words {
   a = new Int32Array(256);
