@@ -25,7 +25,7 @@
 import { BIAS, trieBuild, trieLookup, type RuleTrie } from '../classify/ruleTrie.js';
 import { KEY_V4, KEY_V6 } from '../packet/key.js';
 import { prefixAggregate, type Family, type Prefix } from './addresses.js';
-import { groupSelects, MapView, sameGroup, WorkloadIndex, type Action, type AddressRef, type Group, type Policy, type Rule, type Workload } from './model.js';
+import { groupSelects, MapView, sameGroup, WorkloadIndex, type Action, type AddressRef, type Group, type Policy, type Rule, type ServiceRef, type Workload } from './model.js';
 import { classesBuild, classOf4, classOf6, rangesMerge, type AddressClasses } from './addressClasses.js';
 import { ANY_SERVICE, type IpServiceAtom, type ServiceAtom } from './services.js';
 import { sameAddresses, workloadPrefixes } from './addresses.js';
@@ -405,10 +405,25 @@ const ANY_RANGE = new Uint32Array([0, 0xffffffff]);
 
 /** Entries of one family: boxes over (source class, destination class, protocol, sport, dport). */
 class FamilyEntries {
-  readonly lo: number[] = [];
-  readonly hi: number[] = [];
+  /** Each entry's box, CLASS_KEY_DIMS words a bound, in typed arrays that double when full (not JS arrays grown by push). */
+  private lo = new Uint32Array(CLASS_KEY_DIMS * 64);
+  private hi = new Uint32Array(CLASS_KEY_DIMS * 64);
   readonly atoms: Atom[] = [];
   constructor(readonly family: Family) {}
+
+  private box(a0: number, a1: number, a2: number, a3: number, a4: number, b0: number, b1: number, b2: number, b3: number, b4: number): void {
+    const at = this.atoms.length * CLASS_KEY_DIMS;
+    if (at + CLASS_KEY_DIMS > this.lo.length) {
+      const lo = new Uint32Array(this.lo.length * 2), hi = new Uint32Array(this.hi.length * 2);
+      lo.set(this.lo);
+      hi.set(this.hi);
+      this.lo = lo;
+      this.hi = hi;
+    }
+    const lo = this.lo, hi = this.hi;
+    lo[at] = a0; lo[at + 1] = a1; lo[at + 2] = a2; lo[at + 3] = a3; lo[at + 4] = a4;
+    hi[at] = b0; hi[at + 1] = b1; hi[at + 2] = b2; hi[at + 3] = b3; hi[at + 4] = b4;
+  }
 
   /** The rule's boxes for these services: source ranges x destination ranges, per service that fits the family. */
   add(order: number, src: SideClasses | null, dst: SideClasses | null, services: ServiceAtom[]): void {
@@ -420,8 +435,10 @@ class FamilyEntries {
       if (service.kind !== 'ip' || (service.family !== 0 && service.family !== f)) continue;
       for (let i = 0; i < srcR.length; i += 2) {
         for (let j = 0; j < dstR.length; j += 2) {
-          this.lo.push(srcR[i], dstR[j], service.proto < 0 ? 0 : service.proto, service.sport[0], service.dport[0]);
-          this.hi.push(srcR[i + 1], dstR[j + 1], service.proto < 0 ? 255 : service.proto, service.sport[1], service.dport[1]);
+          this.box(
+            srcR[i], dstR[j], service.proto < 0 ? 0 : service.proto, service.sport[0], service.dport[0],
+            srcR[i + 1], dstR[j + 1], service.proto < 0 ? 255 : service.proto, service.sport[1], service.dport[1],
+          );
           this.atoms.push({
             rule: order, src: src?.label ?? 'any', dst: dst?.label ?? 'any', service,
             srcClasses: [srcR[i] >>> 0, srcR[i + 1] >>> 0], dstClasses: [dstR[j] >>> 0, dstR[j + 1] >>> 0],
@@ -432,7 +449,8 @@ class FamilyEntries {
   }
 
   build(classes: AddressClasses): FamilyTable {
-    const trie = trieBuild(CLASS_KEY_DIMS, this.atoms.length, this.lo, this.hi);
+    const words = this.atoms.length * CLASS_KEY_DIMS;
+    const trie = trieBuild(CLASS_KEY_DIMS, this.atoms.length, this.lo.subarray(0, words), this.hi.subarray(0, words));
     return { trie, classes, atomRule: Int32Array.from(this.atoms, (a) => a.rule), entries: this.atoms.length, atoms: this.atoms };
   }
 }
@@ -445,33 +463,48 @@ class FamilyEntries {
 function segmentBuild(part: number[], rules: Rule[], policy: Policy, groups: CompiledPolicy['groups']): Segment {
   const setIndex = new Map<string, number>();
   const sets: Prefix[][] = [];
+  const indexSet = (r: AddressRef) => {
+    if (r.kind === 'any') return;
+    const key = refLabel(r);
+    if (setIndex.has(key)) return;
+    setIndex.set(key, sets.length);
+    if (r.kind === 'cidr') sets.push([r.prefix]);
+    else sets.push(groups.get(r.name)?.prefixes ?? []);
+  };
   for (const o of part) {
-    for (const r of [...rules[o].from, ...rules[o].to]) {
-      if (r.kind === 'any') continue;
-      const key = refLabel(r);
-      if (setIndex.has(key)) continue;
-      setIndex.set(key, sets.length);
-      if (r.kind === 'cidr') sets.push([r.prefix]);
-      else sets.push(groups.get(r.name)?.prefixes ?? []);
-    }
+    for (const r of rules[o].from) indexSet(r);
+    for (const r of rules[o].to) indexSet(r);
   }
   const c4 = classesBuild(4, sets), c6 = classesBuild(6, sets);
+  // Per side and per service list as written: rules written alike share these lists (the loader's
+  // sameAsWritten), and a rule's classes and atoms depend on nothing else here (and on its action).
+  const sides = new Map<readonly AddressRef[], SideClasses | null>();
   const side = (refs: readonly AddressRef[]): SideClasses | null => {
+    let made = sides.get(refs);
+    if (made === undefined) sides.set(refs, (made = sideOf(refs)));
+    return made;
+  };
+  const sideOf = (refs: readonly AddressRef[]): SideClasses | null => {
     if (refs.some((r) => r.kind === 'any')) return null;
     const idx = refs.map((r) => setIndex.get(refLabel(r)) as number);
     return { label: refs.map(refLabel).join(','), v4: idx.length === 1 ? c4.ranges[idx[0]] : rangesMerge(idx.map((i) => c4.ranges[i])), v6: idx.length === 1 ? c6.ranges[idx[0]] : rangesMerge(idx.map((i) => c6.ranges[i])) };
   };
   const v4 = new FamilyEntries(4), v6 = new FamilyEntries(6), r4 = new FamilyEntries(4), r6 = new FamilyEntries(6);
   const ether: number[] = [];
+  // A service list's atoms but resolution ones, and its resolution services for an action other than drop and for drop.
+  const servicesWritten = new Map<readonly ServiceRef[], { services: ServiceAtom[]; resolution: [IpServiceAtom[] | null, IpServiceAtom[] | null] }>();
   for (const o of part) {
     const rule = rules[o];
     const src = side(rule.from), dst = side(rule.to);
     // Resolution services go only into the resolution tables.
-    const services = ruleServices(rule, policy).filter((s) => s.kind !== 'resolve');
+    let written = servicesWritten.get(rule.services);
+    if (written === undefined) servicesWritten.set(rule.services, (written = { services: ruleServices(rule, policy).filter((s) => s.kind !== 'resolve'), resolution: [null, null] }));
+    const services = written.services;
     for (const s of services) if (s.kind === 'ether') ether.push(s.ethertype, o);
     v4.add(o, src, dst, services);
     v6.add(o, src, dst, services);
-    const resolution = resolutionServices(rule, policy);
+    const dropping = rule.action === 'drop' ? 1 : 0;
+    const resolution = written.resolution[dropping] ??= resolutionServices(rule, policy);
     r4.add(o, src, dst, resolution);
     r6.add(o, src, dst, resolution);
   }
