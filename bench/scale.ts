@@ -407,16 +407,21 @@ async function emptyLoopGaps(ms: number): Promise<{ longest: number; over2ms: nu
 
 /** The fresh-memory neighbour's ceiling (MB): about what a 100,000-rule reload adds to the compiling thread's heap. */
 const FRESH_NEIGHBOUR_MB = 640;
+/** A neighbour's script text: 64 MB mapped and written once a page (present), as `b`. */
+const TOUCHED_64MB = `const b = new Uint8Array(64 << 20); for (let i = 0; i < b.length; i += ${PAGE_BYTES}) b[i] = 1;`;
+/** A neighbour's script text: 64 MB mapped, touched, dropped and collected at once (unmapped). */
+const UNMAPPED_64MB = `{ ${TOUCHED_64MB} } collect();`;
+const COLLECT = "const collect = require('node:vm').runInNewContext('gc');";
 const FRESH_NEIGHBOUR = `const end = Date.now() + 4000; let held = [];
-while (Date.now() < end) { const b = new Uint8Array(64 << 20); for (let i = 0; i < b.length; i += 4096) b[i] = 1; held.push(b); if (held.length * 64 >= ${FRESH_NEIGHBOUR_MB}) held = []; }`;
-/** A worker thread's script: say its thread id, then map, touch and drop 64 MB (collected at once) until told to stop. */
+while (Date.now() < end) { ${TOUCHED_64MB} held.push(b); if (held.length * 64 >= ${FRESH_NEIGHBOUR_MB}) held = []; }`;
+/** A worker thread's script: say its thread id, then map, touch and unmap 64 MB over and over until told to stop. */
 const UNMAPPING_THREAD = `const { parentPort } = require('node:worker_threads'); const { readlinkSync } = require('node:fs');
-const collect = require('node:vm').runInNewContext('gc'); let stop = false; parentPort.on('message', () => { stop = true; });
+${COLLECT} let stop = false; parentPort.on('message', () => { stop = true; });
 parentPort.postMessage(Number(readlinkSync('/proc/thread-self').split('/').pop()));
-const step = () => { if (stop) { parentPort.close(); return; } let b = new Uint8Array(64 << 20); for (let i = 0; i < b.length; i += 4096) b[i] = 1; b = null; collect(); setImmediate(step); };
+const step = () => { if (stop) { parentPort.close(); return; } ${UNMAPPED_64MB} setImmediate(step); };
 step();`;
-const UNMAPPING_PROCESS = `const collect = require('node:vm').runInNewContext('gc'); const end = Date.now() + 4000;
-while (Date.now() < end) { let b = new Uint8Array(64 << 20); for (let i = 0; i < b.length; i += 4096) b[i] = 1; b = null; collect(); }`;
+const UNMAPPING_PROCESS = `${COLLECT} const end = Date.now() + 4000;
+while (Date.now() < end) { ${UNMAPPED_64MB} }`;
 
 const ALLOCATING_NEIGHBOUR = `const keep = []; const end = Date.now() + 4000;
 while (Date.now() < end) { const list = []; for (let i = 0; i < 200000; i++) list.push({ a: i, b: [i] }); keep.push(list); if (keep.length > 8) keep.shift(); }`;

@@ -9,22 +9,10 @@ import { Controller } from '../src/control/controller.js';
 import { InlinePreparer, type DocumentRef, type Prepared, type Preparer } from '../src/control/prepare.js';
 import { MemoryStore, type TagMap } from '../src/control/store.js';
 import type { CompiledPolicy } from '../src/policy/compile.js';
+import { tieredPolicy } from './fixtures.js';
 
-const POLICY = `
-default: drop
-workloads:
-  web-1: { nic: twf-w1, mac: "02:62:00:00:00:01", ips: [10.62.0.1], tags: [web] }
-  db-1:  { nic: twf-d1, mac: "02:62:00:00:00:02", ips: [10.62.0.2], tags: [db] }
-groups:
-  web: { tags: [web] }
-  db: { tags: [db] }
-  quarantined: { tags: [quarantine] }
-sections:
-  - name: s
-    rules:
-      - { id: q, from: quarantined, to: any, action: drop }
-      - { id: web-db, from: web, to: db, services: [tcp/5432], action: allow }
-`;
+// web-1 and the quarantine group, as the other control-plane tests have them.
+const POLICY = tieredPolicy('twf', 62);
 
 /** An inline preparer that keeps what each call was given and gave back. */
 class Watched implements Preparer {

@@ -46,10 +46,11 @@
  *
  * Who may call what
  *   trieBuild runs in the control path (it allocates, its words in typed
- *   arrays from the start: Words). trieLookup is the
+ *   arrays from the start: util/words.ts). trieLookup is the
  *   hot path: no allocation, no exceptions. A RuleTrie is immutable once
  *   built; a policy change builds a new one and swaps the reference.
  */
+import { Words } from '../util/words.js';
 
 export const BIAS = 0x80000000 | 0;
 const MAX_DEPTH = 48;
@@ -138,31 +139,6 @@ function swap(a: Float64Array, i: number, j: number): void {
   const t = a[i];
   a[i] = a[j];
   a[j] = t;
-}
-
-/**
- * Int32 words appended one run at a time, in a typed array that doubles when
- * full: a build's nodes and leaves. (JS arrays grown by push took twice the
- * bytes a word and were copied twice more on the way to the trie's typed
- * arrays: a 100,000-rule compile allocated 430-485 MB with them, 251-291 MB
- * without, and took 3.5-5.3 s where it takes 2.7-2.9.)
- */
-class Words {
-  a = new Int32Array(256);
-  length = 0;
-  /** Room for `n` more words; returns where they go. */
-  reserve(n: number): number {
-    const at = this.length, need = at + n;
-    if (need > this.a.length) {
-      let size = this.a.length * 2;
-      while (size < need) size *= 2;
-      const grown = new Int32Array(size);
-      grown.set(this.a.subarray(0, at));
-      this.a = grown;
-    }
-    this.length = need;
-    return at;
-  }
 }
 
 class Builder {
@@ -376,7 +352,7 @@ export function trieBuild(
       nodes[nodeBase + i + 2] = reloc(from[i + 2]);
       nodes[nodeBase + i + 3] = reloc(from[i + 3]);
     }
-    leaves.set(b.leaves.a.subarray(0, b.leaves.length), leafBase);
+    leaves.set(b.leaves.view(), leafBase);
     roots.push({ ref: reloc(ref), min });
     nodeBase += b.nodes.length;
     leafBase += b.leaves.length;

@@ -29,6 +29,7 @@ import { groupSelects, MapView, sameGroup, WorkloadIndex, type Action, type Addr
 import { classesBuild, classOf4, classOf6, rangesMerge, type AddressClasses } from './addressClasses.js';
 import { ANY_SERVICE, type IpServiceAtom, type ServiceAtom } from './services.js';
 import { sameAddresses, workloadPrefixes } from './addresses.js';
+import { Words } from '../util/words.js';
 import { VERDICT_OF_ACTION } from '../packet/verdict.js';
 
 export type Direction = 'egress' | 'ingress';
@@ -405,22 +406,16 @@ const ANY_RANGE = new Uint32Array([0, 0xffffffff]);
 
 /** Entries of one family: boxes over (source class, destination class, protocol, sport, dport). */
 class FamilyEntries {
-  /** Each entry's box, CLASS_KEY_DIMS words a bound, in typed arrays that double when full (not JS arrays grown by push). */
-  private lo = new Uint32Array(CLASS_KEY_DIMS * 64);
-  private hi = new Uint32Array(CLASS_KEY_DIMS * 64);
+  /** Each entry's box, CLASS_KEY_DIMS words a bound (unsigned, kept as their Int32 bits: trieBuild reads them `>>> 0`). */
+  private readonly lo = new Words(CLASS_KEY_DIMS * 64);
+  private readonly hi = new Words(CLASS_KEY_DIMS * 64);
   readonly atoms: Atom[] = [];
   constructor(readonly family: Family) {}
 
   private box(a0: number, a1: number, a2: number, a3: number, a4: number, b0: number, b1: number, b2: number, b3: number, b4: number): void {
-    const at = this.atoms.length * CLASS_KEY_DIMS;
-    if (at + CLASS_KEY_DIMS > this.lo.length) {
-      const lo = new Uint32Array(this.lo.length * 2), hi = new Uint32Array(this.hi.length * 2);
-      lo.set(this.lo);
-      hi.set(this.hi);
-      this.lo = lo;
-      this.hi = hi;
-    }
-    const lo = this.lo, hi = this.hi;
+    const at = this.lo.reserve(CLASS_KEY_DIMS);
+    this.hi.reserve(CLASS_KEY_DIMS);
+    const lo = this.lo.a, hi = this.hi.a;
     lo[at] = a0; lo[at + 1] = a1; lo[at + 2] = a2; lo[at + 3] = a3; lo[at + 4] = a4;
     hi[at] = b0; hi[at + 1] = b1; hi[at + 2] = b2; hi[at + 3] = b3; hi[at + 4] = b4;
   }
@@ -449,8 +444,7 @@ class FamilyEntries {
   }
 
   build(classes: AddressClasses): FamilyTable {
-    const words = this.atoms.length * CLASS_KEY_DIMS;
-    const trie = trieBuild(CLASS_KEY_DIMS, this.atoms.length, this.lo.subarray(0, words), this.hi.subarray(0, words));
+    const trie = trieBuild(CLASS_KEY_DIMS, this.atoms.length, this.lo.view(), this.hi.view());
     return { trie, classes, atomRule: Int32Array.from(this.atoms, (a) => a.rule), entries: this.atoms.length, atoms: this.atoms };
   }
 }
