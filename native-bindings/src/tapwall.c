@@ -49,6 +49,9 @@
 #include <linux/if_packet.h>
 #include <linux/if_ether.h>
 #include <linux/virtio_net.h>
+#ifndef RENAME_EXCHANGE
+#define RENAME_EXCHANGE (1 << 1) /* linux/fs.h; glibc before 2.28 does not say it */
+#endif
 
 #define MAX_BATCH 256
 #define KIND_TAP 0
@@ -827,6 +830,28 @@ static napi_value thread_cpus_set(napi_env env, napi_callback_info info) {
   return make_int(env, sched_setaffinity((pid_t)tid, sizeof set, &set) < 0 ? -errno : 0);
 }
 
+/*
+ * renameExchange(a, b) -> 0, or -errno: the two paths trade places in one
+ * step (renameat2 RENAME_EXCHANGE, Linux 3.15; ext4, xfs, btrfs, tmpfs). A
+ * small state file is replaced this way through a swap file kept beside it:
+ * no inode made or freed while the caller waits, where a new file and a
+ * rename took 0.6-1 ms of journal work on this machine's ext4. A file system
+ * without it answers -EINVAL (or -ENOSYS on an old kernel).
+ */
+static napi_value rename_exchange(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  char from[4096], to[4096];
+  size_t flen, tlen;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2 || napi_get_value_string_utf8(env, argv[0], from, sizeof from, &flen) != napi_ok || flen >= sizeof from - 1 ||
+      napi_get_value_string_utf8(env, argv[1], to, sizeof to, &tlen) != napi_ok || tlen >= sizeof to - 1) {
+    napi_throw_type_error(env, "EARGS", "renameExchange(from, to): two paths");
+    return NULL;
+  }
+  return make_int(env, syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, RENAME_EXCHANGE) < 0 ? -errno : 0);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   instance_t* in = calloc(1, sizeof *in);
   if (in == NULL) {
@@ -855,6 +880,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"threadCpusSet", NULL, thread_cpus_set, NULL, NULL, NULL, napi_default, NULL},
     {"yamlToJson", NULL, yaml_to_json, NULL, NULL, NULL, napi_default, NULL},
     {"policyTextScan", NULL, policy_text_scan, NULL, NULL, NULL, napi_default, NULL},
+    {"renameExchange", NULL, rename_exchange, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   /* The contract's numbers, for the TypeScript side to check against its own. */

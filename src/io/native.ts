@@ -47,6 +47,8 @@ export interface NativeAddon {
    * (the JavaScript scan decides). native-bindings/src/text.c.
    */
   policyTextScan(text: string, maxNesting: number, asJson: boolean): 0 | 1 | 2 | 3;
+  /** The two paths trade places in one step (renameat2 RENAME_EXCHANGE): 0, or -errno (-EINVAL where the file system cannot). */
+  renameExchange(from: string, to: string): number;
   layout: Record<string, number>;
 }
 
