@@ -115,6 +115,9 @@ t.test('the API of a running daemon', async (t) => {
     const syntax = await call('POST', '/v1/workloads/web-1/tags', '{"add": [\n');
     t.equal(syntax.status, 400);
     t.equal(syntax.body.problems[0].code, 'syntax', 'broken JSON');
+    const repeated = await call('POST', '/v1/workloads/web-1/tags', '{"add": ["quarantine"], "reason": "x",\n "add": ["harmless"]}');
+    t.equal(repeated.status, 400, 'a key given twice: 400, not the last one taken');
+    t.match(repeated.body.problems[0], { code: 'syntax', line: 2 }, 'placed at the repeated key');
     const unknown = await call('POST', '/v1/workloads/web-1/tags', { add: ['x'], reason: 'r', colour: 'red' });
     t.match(unknown.body.problems[0], { path: 'colour', code: 'unknown-key' }, 'an unknown key');
     t.match((await call('POST', '/v1/workloads/web-1/tags', { add: ['x'] })).body.problems[0], { path: 'reason', code: 'missing-key' }, 'no reason');

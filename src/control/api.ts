@@ -48,7 +48,7 @@ import type { EtcdStore } from './etcdStore.js';
 import { tagsOf } from './store.js';
 import { policyDiff, type HistoryEntry, type PolicyHistory } from './history.js';
 import { sinceOf, type RuleAnalytics } from './ruleAnalytics.js';
-import { policyParse } from '../policy/load.js';
+import { jsonRepeatsKey, policyParse } from '../policy/load.js';
 
 export const REQUEST_LIMIT = 1 << 20;
 const REQUEST_SOURCE = '(request)';
@@ -90,8 +90,29 @@ function problem(code: string, path: string, message: string, line = 1, column =
   return { severity: 'error', code, file: REQUEST_SOURCE, line, column, path, message };
 }
 
-/** A JSON request body as a plain object, with problems located by line and column. */
-function parseBody(text: string): { value: Record<string, unknown>; locate: (key: string) => { line: number; column: number } } {
+/**
+ * A JSON request body as a plain object, with problems located by line and
+ * column. JSON.parse first, after the linear check for a repeated key (which
+ * it would let the last one win): a tag change's body took 0.5-0.7 ms through
+ * the located parser on the forwarding thread, a quarter of the change. The
+ * located parse runs where it has something to say: a body JSON.parse refuses
+ * or that is not an object (its error, with the place), one that repeats a
+ * key, and a field's problem (`locate`, on demand).
+ */
+function parseBody(text: string): Body {
+  let value: unknown;
+  try {
+    value = jsonRepeatsKey(text) ? undefined : JSON.parse(text);
+  } catch {
+    value = undefined;
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return parseBodyLocated(text);
+  let located: Body | null = null;
+  return { value: value as Record<string, unknown>, locate: (key) => (located ??= parseBodyLocated(text)).locate(key) };
+}
+
+/** The body through the located parser (the `yaml` library, which reads JSON as YAML 1.2 does). */
+function parseBodyLocated(text: string): Body {
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {
@@ -109,7 +130,7 @@ function parseBody(text: string): { value: Record<string, unknown>; locate: (key
   return { value, locate };
 }
 
-type Body = ReturnType<typeof parseBody>;
+interface Body { value: Record<string, unknown>; locate: (key: string) => { line: number; column: number } }
 
 function fieldError(body: Body, key: string, code: string, message: string): ControlError {
   const { line, column } = body.locate(key);
