@@ -5,7 +5,8 @@
 // target; and the deferred cut of one write never empties a later one's
 // text, also from another writer of the same file.
 import t from 'tap';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SwapWriter } from '../src/control/store.js';
@@ -70,6 +71,26 @@ t.test("one writer's deferred cut never empties another's text", async (t) => {
   // The cuts ran after all four writes: the target must still hold the last one, whole.
   await new Promise((r) => setTimeout(r, 100));
   t.equal(readFileSync(target, 'utf8'), '{"b":4}\n', 'the target holds the last text');
+});
+
+t.test('a swap path that is not a file of its own is replaced, never written through', async (t) => {
+  const target = join(dir, 'linked.json');
+  writeFileSync(target, '{}\n');
+  const w = new SwapWriter(target);
+  // Another name for a file elsewhere: writing into it would change that file.
+  const elsewhere = join(dir, 'elsewhere.txt');
+  writeFileSync(elsewhere, 'keep me\n');
+  linkSync(elsewhere, w.swapPath);
+  await w.write('{"linked":false}\n');
+  t.equal(readFileSync(elsewhere, 'utf8'), 'keep me\n', 'the other name still holds its text');
+  t.equal(readFileSync(target, 'utf8'), '{"linked":false}\n', 'and the target the new one');
+  // A FIFO: opening it to write would wait for a reader, forever.
+  await until('the swap file cut', () => statSync(w.swapPath).size === 0);
+  rmSync(w.swapPath);
+  execFileSync('mkfifo', [w.swapPath]);
+  await w.write('{"fifo":false}\n');
+  t.equal(readFileSync(target, 'utf8'), '{"fifo":false}\n', 'a FIFO at the swap path: written without waiting');
+  t.ok(statSync(target).isFile(), 'and the target is a file');
 });
 
 t.test('a write that fails leaves the target as it was', async (t) => {

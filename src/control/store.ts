@@ -152,9 +152,26 @@ export class SwapWriter {
     }
     const mode = Number(st.mode) & 0o7777, uid = Number(st.uid), gid = Number(st.gid);
     try {
-      const fd = openSync(this.swapPath, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW, mode);
+      // Not through a link, and never waiting on a FIFO someone left at that name (O_NONBLOCK).
+      const flags = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK;
+      let fd = -1;
       try {
-        const sw = fstatSync(fd);
+        fd = openSync(this.swapPath, flags, mode);
+      } catch (e) {
+        // A symbolic link (ELOOP) or a FIFO with no reader (ENXIO) at that name: replaced below.
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'ELOOP' && code !== 'ENXIO') throw e;
+      }
+      try {
+        let sw = fd >= 0 ? fstatSync(fd) : null;
+        if (sw === null || !sw.isFile() || sw.nlink !== 1) {
+          // Not a file this writer made (another name for it elsewhere, or not a file): not to be written into.
+          if (fd >= 0) closeSync(fd);
+          fd = -1;
+          rmSync(this.swapPath, { force: true });
+          fd = openSync(this.swapPath, flags | fsConstants.O_EXCL, mode);
+          sw = fstatSync(fd);
+        }
         if (sw.size > 0) ftruncateSync(fd, 0); // not emptied after the last change (the process stopped, or two changes in one turn)
         if ((sw.mode & 0o7777) !== mode) fchmodSync(fd, mode);
         if (sw.uid !== uid || sw.gid !== gid) {
@@ -163,7 +180,7 @@ export class SwapWriter {
         const bytes = Buffer.from(text);
         for (let off = 0; off < bytes.length;) off += writeSync(fd, bytes, off, bytes.length - off, off);
       } finally {
-        closeSync(fd);
+        if (fd >= 0) closeSync(fd);
       }
       const r = nativeIfBuilt()!.renameExchange(this.swapPath, this.target);
       if (r === -22 || r === -38 || r === -95) { // EINVAL, ENOSYS, EOPNOTSUPP: this file system cannot exchange
@@ -183,8 +200,9 @@ export class SwapWriter {
       this.emptyLater = null;
       let fd = -1;
       try {
-        fd = openSync(this.swapPath, fsConstants.O_WRONLY | fsConstants.O_NOFOLLOW);
-        ftruncateSync(fd, 0);
+        fd = openSync(this.swapPath, fsConstants.O_WRONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+        const sw = fstatSync(fd);
+        if (sw.isFile() && sw.nlink === 1) ftruncateSync(fd, 0);
       } catch {
         // Gone, or not writable now: the next write cuts it.
       } finally {
