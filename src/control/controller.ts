@@ -501,7 +501,13 @@ export class Controller {
       }
       const made = await preparing;
       if (fresh && this.tagsRevision !== cas.revision) {
-        if (made.p === null) throw made.e;
+        if (made.p === null) {
+          // Stored and recorded, but not prepared (the compiling thread failed): the log says so next to the
+          // record, and the store is read again in a second, which applies the change once it can be prepared.
+          this.fail(change.by, made.e);
+          this.retryUnrecorded();
+          throw made.e;
+        }
         this.tags = next;
         this.tagsRevision = cas.revision;
         this.install(made.p, this.documentRef, this.documentRevision, 'tags');
