@@ -108,7 +108,14 @@ function parseBody(text: string): Body {
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return parseBodyLocated(text);
   let located: Body | null = null;
-  return { value: value as Record<string, unknown>, locate: (key) => (located ??= parseBodyLocated(text)).locate(key) };
+  const locate = (key: string) => {
+    try {
+      return (located ??= parseBodyLocated(text)).locate(key);
+    } catch {
+      return { line: 1, column: 1 }; // should the located parser refuse what JSON.parse took: the field's problem stands, unplaced
+    }
+  };
+  return { value: value as Record<string, unknown>, locate };
 }
 
 /** The body through the located parser (the `yaml` library, which reads JSON as YAML 1.2 does). */
