@@ -9,31 +9,19 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Controller } from '../src/control/controller.js';
-import { InlinePreparer, type DocumentRef, type Prepared, type Preparer } from '../src/control/prepare.js';
-import { MemoryStore, type TagMap } from '../src/control/store.js';
+import { MemoryStore } from '../src/control/store.js';
 import type { CompiledPolicy } from '../src/policy/compile.js';
-import { tieredPolicy, until } from './fixtures.js';
+import { preparerAround, tieredPolicy, until } from './fixtures.js';
 
 const POLICY = tieredPolicy('twp', 63);
-
-/** An inline preparer whose `failOn`-th call (1-based) fails, as a compiling thread that died would. */
-class FailingOnce implements Preparer {
-  calls = 0;
-  private readonly inner = new InlinePreparer();
-  constructor(private readonly failOn: number) {}
-  async prepare(doc: DocumentRef, tags: TagMap, host: string | null): Promise<Prepared> {
-    if (++this.calls === this.failOn) throw new Error('the compiling thread stopped');
-    return this.inner.prepare(doc, tags, host);
-  }
-  installed(compiled: CompiledPolicy): void { this.inner.installed(compiled); }
-  async close(): Promise<void> {}
-}
 
 t.test('recorded, refused in the log, and put in force once it can be prepared', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'tw-tagfail-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const auditPath = join(dir, 'audit.jsonl');
-  const preparer = new FailingOnce(2); // the start prepares first; the tag change is the second call
+  // The second preparation fails, as a compiling thread that died would: the start prepares first, the tag change second.
+  let calls = 0;
+  const preparer = preparerAround((next) => (++calls === 2 ? Promise.reject(new Error('the compiling thread stopped')) : next()));
   let enforced: CompiledPolicy | null = null;
   const controller = new Controller(new MemoryStore(POLICY), { setPolicy: (c) => { enforced = c; } }, { preparer, auditPath });
   t.teardown(() => controller.stop());

@@ -1,4 +1,20 @@
 import type { ChildProcess } from 'node:child_process';
+import { InlinePreparer, type DocumentRef, type Prepared, type Preparer } from '../src/control/prepare.js';
+import type { TagMap } from '../src/control/store.js';
+
+/**
+ * An inline preparer whose every preparation goes through `around`, which
+ * prepares by calling `next` (or does not): for tests that watch the
+ * controller's preparations or make one fail.
+ */
+export function preparerAround(around: (next: () => Promise<Prepared>, doc: DocumentRef, tags: TagMap) => Promise<Prepared>): Preparer {
+  const inner = new InlinePreparer();
+  return {
+    prepare: (doc, tags, host) => around(() => inner.prepare(doc, tags, host), doc, tags),
+    installed: (compiled) => inner.installed(compiled),
+    close: async () => {},
+  };
+}
 /**
  * A small data center for the control-plane tests: web, app and db VMs with a
  * quarantine section first, on interfaces named `<prefix>-web1` etc. and
