@@ -150,6 +150,7 @@ t.test('the API of a running daemon', async (t) => {
     const moreNics = POLICY.replace('groups:', '  db-2: { nic: twc-db2, mac: "02:78:00:00:03:32", ips: [10.78.3.32], tags: [db] }\ngroups:');
     const put = await call('PUT', '/v1/policy', moreNics, { headers: { 'if-match': `"${rev}"` } });
     t.equal(put.status, 200, 'a policy with a new vNIC is applied');
+    t.ok(typeof put.body.loadMs === 'number' && put.body.loadMs > 0, `the answer says how long loading the new text took (${put.body.loadMs} ms)`);
     t.match((await ports()).find((p) => p.name === 'twc-db2'), { workload: 'db-2', up: true }, 'its TAP port is open');
     t.equal(spawnSync('ip', ['link', 'show', 'twc-db2']).status, 0, 'the TAP device exists');
     t.equal((await trace('tcp 10.78.2.21:40000 -> 10.78.3.32:5432')).verdict, 'allow', 'and the policy covers it (app -> db)');
@@ -220,6 +221,7 @@ t.test('the API of a running daemon', async (t) => {
     const r = await call('POST', '/v1/workloads/web-1/tags', { add: ['quarantine'], reason: 'malware found', ttl: '1h', by: 'anti-malware' });
     t.equal(r.status, 200);
     t.ok(r.body.tags.includes('quarantine'), 'web-1 has the tag');
+    t.equal(r.body.apply.loadMs, null, 'a tag change loads no text: the document in force was held');
     const q = await trace('tcp 10.78.1.11:40000 -> 10.78.2.21:8080');
     t.equal(q.verdict, 'drop', 'web -> app is dropped while quarantined');
     t.equal(q.steps.find((s) => s.rule)?.rule?.id, 'quarantine-out', 'by the quarantine rule');

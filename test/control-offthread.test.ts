@@ -100,9 +100,17 @@ t.test('off the thread and inline: the same policy, change after change', async 
   let seed = 1;
   let firstParts = 0, heldAsText = false;
   let before: Prepared | null = null;
+  const loaded = new Set<number>();
   for (const s of steps) {
     const partsBefore = off.parts;
     const [a, b] = await Promise.all([off.prepare(s.doc, s.tags, s.host), inline.prepare(s.doc, s.tags, s.host)]);
+    // The load is measured where a document's text is read, and only there: not for a document already held.
+    const read = !loaded.has(s.doc.id);
+    loaded.add(s.doc.id);
+    for (const [where, p] of [['off the thread', a], ['inline', b]] as const) {
+      if (read) t.ok(p.load !== null && p.load.ms > 0 && p.load.freshPages >= 0, `${s.label}: ${where}, the text was loaded (${p.load?.ms.toFixed(1)} ms)`);
+      else t.equal(p.load, null, `${s.label}: ${where}, the document held was not loaded again`);
+    }
     if (s.label === 'first document') {
       firstParts = off.parts - partsBefore;
       // Before anything reads them (the comparisons below do): the 30,000 CIDRs of 'partners' are held as text.

@@ -521,9 +521,10 @@ storeOptions(apiOptions(policyCmd
     const rev = await enforcedRevision(target, opts.ifRevision);
     const headers: Record<string, string> = { 'if-match': `"${rev}"`, 'content-type': 'application/yaml' };
     Object.assign(headers, whoAndWhyHeaders(opts));
-    const r = await apiCall<{ revision: number; generation: number; compileMs: number; reused: number; rules: number }>(target, 'PUT', '/v1/policy', text, headers);
+    const r = await apiCall<{ revision: number; generation: number; loadMs: number | null; compileMs: number; reused: number; rules: number }>(target, 'PUT', '/v1/policy', text, headers);
     if (opts.json) { printJson(r.body); return; }
-    process.stdout.write(`applied: revision ${r.body.revision}, generation ${r.body.generation}, ${r.body.rules} rules, compiled in ${r.body.compileMs.toFixed(1)} ms (${r.body.reused} section tables reused); 'tapwall check' lists shadowed rules\n`);
+    const loaded = r.body.loadMs === null ? '' : `loaded and validated in ${r.body.loadMs.toFixed(1)} ms, `;
+    process.stdout.write(`applied: revision ${r.body.revision}, generation ${r.body.generation}, ${r.body.rules} rules, ${loaded}compiled in ${r.body.compileMs.toFixed(1)} ms (${r.body.reused} section tables reused); 'tapwall check' lists shadowed rules\n`);
   }));
 
 apiOptions(policyCmd

@@ -35,7 +35,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { placeSelf, threadId } from '../util/placement.js';
 import { groupsDiffering, type CompiledPolicy, type FamilyTable, type ResolvedGroup } from '../policy/compile.js';
 import { rulePlaces, sameGroup, WorkloadsView, type Policy, type Rule } from '../policy/model.js';
-import { DocumentCache, localWorkloads, PrepareRefused, prepareNow, type DocumentRef, type EffectiveMemo } from './prepare.js';
+import { DocumentCache, localWorkloads, PrepareRefused, prepareNow, type DocumentLoad, type DocumentRef, type EffectiveMemo } from './prepare.js';
 import type { TagMap } from './store.js';
 
 /** The worker's nice value: weight 335 against the forwarding thread's 1024. */
@@ -220,7 +220,7 @@ function baseForMain(): { id: number; doc: Policy } | null {
 }
 
 /** What goes back for a preparation; `before`: the policy compiled before it (whose groups the main thread may hold). */
-function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, compileMs: number, shadows: unknown[], shadowCount: number, before: CompiledPolicy | null, groupsOf: number | null): unknown[] {
+function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, compileMs: number, load: DocumentLoad | null, shadows: unknown[], shadowCount: number, before: CompiledPolicy | null, groupsOf: number | null): unknown[] {
   const out: unknown[] = [];
   const newDocument = !mainDocs.has(docId);
   if (newDocument) {
@@ -282,7 +282,7 @@ function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, 
   }
   const id = nextResultId++;
   out.push({
-    t: 'final', id, docId, compileMs, scopes, nics, workloads, scopeOf,
+    t: 'final', id, docId, compileMs, load, scopes, nics, workloads, scopeOf,
     groups: { base: against === null ? null : groupsOf, versions: groupVersions },
     document: newDocument ? { ruleAction: compiled.ruleAction, ruleFlags: compiled.ruleFlags, shadows, shadowCount } : null,
     stats: compiled.stats,
@@ -420,7 +420,7 @@ parentPort!.on('message', (m: { t: string; doc?: DocumentRef & { sliced?: boolea
       const ref: DocumentRef = { id: m.doc!.id, text: '', source: m.doc!.source }, tags = m.tags!, host = m.host ?? null;
       warmPending = () => warmTagPath(ref, tags, host);
     }
-    parts = resultParts(m.doc!.id, prepared.document, prepared.compiled, prepared.compileMs, prepared.shadows ?? [], prepared.shadowCount ?? 0, before, m.groupsOf ?? null);
+    parts = resultParts(m.doc!.id, prepared.document, prepared.compiled, prepared.compileMs, prepared.load, prepared.shadows ?? [], prepared.shadowCount ?? 0, before, m.groupsOf ?? null);
   } catch (e) {
     parts = [e instanceof PrepareRefused ? { t: 'refused', message: e.message, problems: e.problems } : { t: 'error', message: (e as Error).stack ?? String(e) }];
   }

@@ -57,6 +57,8 @@ export class ControlError extends Error {
 export interface ApplyRecord {
   generation: number;
   revision: number;
+  /** Loading and validating the document's text (null: the document was held, as for a tag change). */
+  loadMs: number | null;
   compileMs: number;
   swapMs: number;
   reused: number;
@@ -243,7 +245,7 @@ export class Controller {
     this.generation++;
     this.lastSuccessAt = Date.now();
     this.lastApply = {
-      generation: this.generation, revision, compileMs, swapMs: t2 - t1,
+      generation: this.generation, revision, loadMs: prepared.load === null ? null : prepared.load.ms, compileMs, swapMs: t2 - t1,
       reused: compiled.stats.reused, rules: compiled.stats.rules, at: new Date().toISOString(),
     };
     this.opts.log?.info({ source, ...this.lastApply }, 'policy applied');

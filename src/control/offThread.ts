@@ -54,7 +54,7 @@ import type { Prefix } from '../policy/addresses.js';
 import type { ServiceAtom } from '../policy/services.js';
 import { WorkloadsView, type Group, type Policy, type Rule, type Workload } from '../policy/model.js';
 import { parsePrefix, workloadPrefixes } from '../policy/addresses.js';
-import { PrepareRefused, type DocumentRef, type Prepared, type Preparer } from './prepare.js';
+import { PrepareRefused, type DocumentLoad, type DocumentRef, type Prepared, type Preparer } from './prepare.js';
 import type { TagMap } from './store.js';
 import { placement } from '../util/placement.js';
 import { setFlagsFromString } from 'node:v8';
@@ -376,7 +376,7 @@ export class OffThreadPreparer implements Preparer {
       ruleFrom: p.doc === document ? p.ruleFrom : null,
     };
     this.uses.set(compiled, { tables: m.scopes.flatMap((s) => [...s.v4, ...s.v6, ...s.r4, ...s.r6]), docId: m.docId });
-    return { document, compiled, compileMs: m.compileMs, shadows: facts.shadows, shadowCount: facts.shadowCount };
+    return { document, compiled, compileMs: m.compileMs, load: m.load, shadows: facts.shadows, shadowCount: facts.shadowCount };
   }
 }
 
@@ -481,6 +481,7 @@ interface FinalPart {
   id: number;
   docId: number;
   compileMs: number;
+  load: DocumentLoad | null;
   /** The document's facts when this side did not have the document, else null. */
   document: DocumentFacts | null;
   scopes: Array<{ v4: number[]; v6: number[]; r4: number[]; r6: number[]; ether: Int32Array; rules: Int32Array }>;

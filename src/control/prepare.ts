@@ -55,11 +55,18 @@ export interface Prepared {
   document: Policy;
   compiled: CompiledPolicy;
   compileMs: number;
+  /**
+   * When this preparation read the document's text (not held from an earlier one): how long loading and
+   * validating it took, and the memory pages the process touched for the first time meanwhile.
+   */
+  load: DocumentLoad | null;
   /** The document's shadowed and partly shadowed rules (found once per document, where it is validated). */
   shadows?: PolicyProblem[];
   /** How many there are in all (shadows holds the first SHADOWS_KEPT). */
   shadowCount?: number;
 }
+
+export interface DocumentLoad { ms: number; freshPages: number }
 
 /** At most this many findings travel with a result (their count always does). */
 export const SHADOWS_KEPT = 200;
@@ -226,9 +233,12 @@ export function prepareNow(
   memo: { last: EffectiveMemo | null } = { last: null },
 ): Prepared {
   let document = docs.get(doc.id);
+  let load: DocumentLoad | null = null;
   if (!document) {
+    const faults = process.resourceUsage().minorPageFault, t = performance.now();
     const { policy, problems } = documentCheck(doc);
     if (!policy) throw new PrepareRefused(`the policy is invalid (${problems.length} errors)`, problems);
+    load = { ms: performance.now() - t, freshPages: process.resourceUsage().minorPageFault - faults };
     document = policy;
     docs.set(doc.id, document);
   }
@@ -241,5 +251,5 @@ export function prepareNow(
   const compiled = policyCompile(next.effective, previous, { workloads: localWorkloads(document, host), changed: hint });
   const compileMs = performance.now() - t0;
   const shadows = documentShadows(document);
-  return { document, compiled, compileMs, shadows: shadows.list, shadowCount: shadows.count };
+  return { document, compiled, compileMs, load, shadows: shadows.list, shadowCount: shadows.count };
 }
