@@ -64,7 +64,9 @@ function call(method: string, path: string, body?: string | object, opts: { tcp?
   const u = new URL(apiUrl || 'http://x');
   const target = opts.tcp ? { hostname: u.hostname, port: u.port } : { socketPath: socket };
   return new Promise((resolve, reject) => {
-    const req = request({ ...target, path, method, headers }, (res) => {
+    // A connection each (as the CLI's apiCall): a kept one can be closed by the API while this process is held
+    // up in a synchronous CLI command, and the next request written into it fails.
+    const req = request({ ...target, path, method, headers, agent: false }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode!, body: JSON.parse(Buffer.concat(chunks).toString() || '{}'), headers: res.headers }));
