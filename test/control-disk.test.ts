@@ -61,7 +61,11 @@ const auditLines = () => readFileSync(join(state, 'audit.jsonl'), 'utf8').split(
  * append needs no new page: pad it to a page boundary first, with a valid
  * JSON line, so that every append after the fill fails.
  */
-const fill = () => {
+const fill = async () => {
+  // The tags file's swap file keeps the text a write replaced for 20 ms, then is cut (store.ts, SwapWriter):
+  // a cut after the fill would free a page, where the next tags write would find room.
+  const swap = join(state, '.tags.json.swap');
+  await until('the tags swap file cut', () => !existsSync(swap) || statSync(swap).size === 0);
   const audit = join(state, 'audit.jsonl');
   const size = existsSync(audit) ? statSync(audit).size : 0;
   let pad = (4096 - (size % 4096)) % 4096;
@@ -82,14 +86,24 @@ t.before(async () => {
 });
 
 t.test('a full state folder: changes refused or held, never half done, and the daemon stays', async (t) => {
-  // A quarantine with a short TTL, while there is room; it must expire only once that can be written.
-  await apiCall(api, 'POST', '/v1/workloads/web/tags', { add: ['quarantine'], reason: 'disk test', ttl: 3 });
-  const before = await status();
-  fill();
+  // A quarantine with a short TTL, while there is room; it must expire only once that can be written. Its expiry
+  // must come after the fill: a tag still there once the folder is full has not expired (an expiry is stored
+  // before the tag is let go). On a machine so slow that it expired first, again with a longer TTL.
+  let ttl = 0;
+  let before: Status | null = null;
+  for (const seconds of [3, 10, 30]) {
+    await apiCall(api, 'POST', '/v1/workloads/web/tags', { add: ['quarantine'], reason: 'disk test', ttl: seconds });
+    before = await status();
+    await fill();
+    if ((await dynamicTags('web')).includes('quarantine')) { ttl = seconds; break; }
+    unfill();
+  }
+  t.ok(ttl > 0, `the quarantine was still on when the folder filled (TTL ${ttl} s)`);
 
   // A tag change: tags.json cannot be written, so nothing changes.
   const tagRefused = await refusal(apiCall(api, 'POST', '/v1/workloads/db/tags', { add: ['suspect'], reason: 'disk test' }));
   t.equal(tagRefused.status, 503, `a tag change answers 503 (${tagRefused.message})`);
+  t.equal(tagRefused.apiCode, 'store-unavailable', 'it was not stored (not stored and then refused by the audit log)');
   t.same(await dynamicTags('db'), [], 'and is not in force');
   t.same(readdirSync(state).filter((f) => f.includes('.tmp') || f.endsWith('~')), [], 'no temporary file is left');
 
@@ -100,10 +114,10 @@ t.test('a full state folder: changes refused or held, never half done, and the d
   t.ok(auditLines().every((l) => { try { JSON.parse(l); return true; } catch { return false; } }), 'the audit log has no half line');
 
   // The TTL expires now, but the tags file cannot be written: the tag stays, and the removal is retried.
-  await until('the expiry tried and held back', () => /expired tag could not be removed/.test(stderr), 10_000);
+  await until('the expiry tried and held back', () => /expired tag could not be removed/.test(stderr), 10_000 + ttl * 1000);
   t.same(await dynamicTags('web'), ['quarantine'], 'the quarantine holds until its expiry can be stored');
   t.ok(alive(), 'the daemon is running');
-  t.ok((await status()).applyFailures > before.applyFailures, 'the failures are counted');
+  t.ok((await status()).applyFailures > before!.applyFailures, 'the failures are counted');
 
   // Room again: everything held back goes through, recorded, with no restart.
   unfill();
@@ -118,7 +132,7 @@ t.test('a full state folder: changes refused or held, never half done, and the d
 t.test('the audit log full while the store has room: a PUT is stored but not applied until it is recorded', async (t) => {
   // Only the audit log is on the full folder here: the policy file (the store) is not.
   const rev = (await apiCall<{ revision: number }>(api, 'GET', '/v1/policy')).body.revision;
-  fill();
+  await fill();
   const e = await refusal(apiCall(api, 'PUT', '/v1/policy', policy(5434), { 'content-type': 'application/yaml', 'if-match': `"${rev}"` }));
   t.equal(e.status, 503, 'the PUT answers 503');
   t.match(e.message, /stored at revision \d+ but not applied: .*audit log/, `and says what happened (${e.message})`);
@@ -164,7 +178,7 @@ sections:
   syn();
   writer.drain();
   t.equal(writer.lines, 1, 'a decision line written while there is room');
-  fill();
+  await fill();
   // Enough lines to need a new page of the file.
   for (let i = 0; i < 40; i++) syn();
   t.doesNotThrow(() => writer.drain(), 'a write the disk refuses does not throw');
