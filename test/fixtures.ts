@@ -88,5 +88,6 @@ export function collect(p: ChildProcess): { lines: string[]; done: Promise<void>
 }
 
 /** Echo lines of a TCP_STREAM after a time (ms since epoch); its error and close lines. */
+/** TCP_STREAM's echoes of lines written after `after` (ms since the epoch; the greeting counts by when it came). */
 export const echoes = (lines: string[], after = 0) => lines.filter((l) => l.startsWith('echo ') && Number(l.split(' ')[2]) > after).length;
 export const errors = (lines: string[]) => lines.filter((l) => l.startsWith('error ') || l.startsWith('close '));

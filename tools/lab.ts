@@ -144,14 +144,16 @@ u.send(Buffer.alloc(n, 120), Number(port), host);
 
 /**
  * A long-lived TCP connection: sends a numbered line every intervalMs for
- * durationMs and prints one line per event: "echo N T", "error CODE T",
- * "close T" (T: Date.now()), then "done". Args: host port intervalMs durationMs
+ * durationMs and prints one line per event: "echo N S T" (S: when line N was
+ * written, T: when its echo came; the server's greeting is "echo NAME T"),
+ * "error CODE T", "close T" (times from Date.now()), then "done". Args: host
+ * port intervalMs durationMs
  */
 export const TCP_STREAM = `
 const [host, port, every, ms] = process.argv.slice(1).map((v, i) => (i === 0 ? v : Number(v)));
 const s = require('net').connect({ host, port });
 let n = 0, buf = '';
-const timer = setInterval(() => { if (!s.destroyed) s.write((n++) + '\\n'); }, every);
+const timer = setInterval(() => { if (!s.destroyed) s.write((n++) + ' ' + Date.now() + '\\n'); }, every);
 s.on('data', (d) => { buf += d; let i; while ((i = buf.indexOf('\\n')) >= 0) { console.log('echo ' + buf.slice(0, i) + ' ' + Date.now()); buf = buf.slice(i + 1); } });
 s.on('error', (e) => console.log('error ' + e.code + ' ' + Date.now()));
 s.on('close', () => console.log('close ' + Date.now()));
