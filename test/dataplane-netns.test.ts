@@ -193,9 +193,10 @@ async function scenario(t: Tap.Test, mode: 'tap' | 'offload' | 'attach' | 'attac
     });
   `, [join(root, 'node_modules/raw-socket'), join(root, 'dist/src/packet/build.js')]);
   t.equal(spoofed, 'sent', 'five spoofed datagrams sent');
-  await new Promise((r) => setTimeout(r, 300));
-  const statsAfter = await stats();
-  t.equal((statsAfter['twt-web1'].spoof ?? 0) - (statsBefore['twt-web1'].spoof ?? 0), 5, 'all five dropped as spoof, and counted');
+  let statsAfter = await stats();
+  const spoofDropped = () => (statsAfter['twt-web1'].spoof ?? 0) - (statsBefore['twt-web1'].spoof ?? 0);
+  await until('the five spoofed datagrams to be counted', async () => { statsAfter = await stats(); return spoofDropped() >= 5; }, 5000);
+  t.equal(spoofDropped(), 5, 'all five dropped as spoof, and counted');
 
   // ARP requests go only to the owner of the address asked for.
   const beforeArp = await stats();
@@ -246,9 +247,9 @@ async function scenario(t: Tap.Test, mode: 'tap' | 'offload' | 'attach' | 'attac
   if (mode !== 'pcap') {
     sh(['ip', 'netns', 'del', 'twt-jump']);
     lab.namespaces.splice(lab.namespaces.indexOf('twt-jump'), 1);
-    await new Promise((r) => setTimeout(r, 300));
+    let afterVanish = await stats();
+    await until('the vanished port to be marked down', async () => { afterVanish = await stats(); return afterVanish['twt-jump1']?.up === 0; }, 5000);
     t.equal(tcp('twt-web', '10.77.2.21', 22), 'ok:app', 'traffic between the others still flows');
-    const afterVanish = await stats();
     t.match(afterVanish['twt-jump1'], { up: 0 }, `the vanished port is marked down (${JSON.stringify(afterVanish['twt-jump1'])})`);
     t.ok(afterVanish['twt-jump1'].rxErrors >= 1, 'and its error counted');
   }
