@@ -104,6 +104,8 @@ t.test('off the thread and inline: the same policy, change after change', async 
   for (const s of steps) {
     const partsBefore = off.parts;
     const [a, b] = await Promise.all([off.prepare(s.doc, s.tags, s.host), inline.prepare(s.doc, s.tags, s.host)]);
+    // A scope's rule list (the rule count long) comes as shared memory, not copied into every result.
+    t.ok([...a.compiled.points.values()].every((p) => p.egress.tables.rules.buffer instanceof SharedArrayBuffer), `${s.label}: the rule lists are shared memory`);
     // The load is measured where a document's text is read, and only there: not for a document already held.
     const read = !loaded.has(s.doc.id);
     loaded.add(s.doc.id);

@@ -94,6 +94,20 @@ function share<T extends Int32Array>(a: T): Int32Array {
   return out;
 }
 
+/**
+ * A scope's rule orders in shared memory, copied once per list: the compiler
+ * keeps a scope's list per document (the same object at every tag change),
+ * and a list cloned into each result was the whole rule count again (40 KB
+ * at 10,000 rules, 400 KB at 100,000) for both threads to copy at every
+ * tag change.
+ */
+const sharedOrders = new WeakMap<Int32Array, Int32Array>();
+function sharedRuleOrders(a: Int32Array): Int32Array {
+  let s = sharedOrders.get(a);
+  if (s === undefined) sharedOrders.set(a, (s = share(a)));
+  return s;
+}
+
 function serializeTable(t: FamilyTable): unknown {
   let s = shared.get(t);
   if (!s) {
@@ -274,7 +288,7 @@ function resultParts(docId: number, document: Policy, compiled: CompiledPolicy, 
     if (k === undefined) {
       k = scopes.length;
       scopeIndex.set(tables, k);
-      scopes.push({ v4: ids(tables.v4), v6: ids(tables.v6), r4: ids(tables.r4), r6: ids(tables.r6), ether: tables.ether, rules: tables.rules });
+      scopes.push({ v4: ids(tables.v4), v6: ids(tables.v6), r4: ids(tables.r4), r6: ids(tables.r6), ether: tables.ether, rules: sharedRuleOrders(tables.rules) });
     }
     nics.push(nic);
     workloads.push(p.egress.workload);
