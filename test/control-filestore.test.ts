@@ -50,3 +50,26 @@ t.test('its own writes, an edit of the same size, and a refresh', async (t) => {
   t.equal((await refreshed).policy.text, edited, 'a refresh reads the file whatever its stat says');
   t.equal(seen.length, count + 1, 'one change for it');
 });
+
+t.test('a refresh while the store writes the file: the written text stays, as one change', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'tw-fs-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'policy.yaml');
+  const before = `default: drop\n# ${'a'.repeat(2_000_000)}\nsections: []\n`;
+  writeFileSync(path, before);
+  const store = new FileStore(path, join(dir, 'tags.json'));
+  t.teardown(() => store.close());
+  const seen: string[] = [];
+  store.watch((key, state) => { if (key === 'policy') seen.push(state.policy.text); });
+  // A SIGHUP (or the watch) reading the file while a PUT writes it (a slice per turn, then the rename on the
+  // thread pool): it must not take the old text, or the new one, for an edit by someone else.
+  const after = before.replace(/a+/, (m) => 'b'.repeat(m.length));
+  const put = store.putPolicy(after, null);
+  const refreshed = store.refresh();
+  t.ok((await put).ok, 'written');
+  await refreshed;
+  // Whatever a deferred look finds comes within its 50 ms: wait for the file's own watch to settle too.
+  await new Promise((r) => setTimeout(r, 300));
+  t.same(seen.map((x) => x === after ? 'new' : x === before ? 'old' : 'other'), ['new'], 'one change, to the written text');
+  t.equal((await store.read()).policy.text, after, 'the store holds the written text');
+});

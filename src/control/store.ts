@@ -22,6 +22,7 @@
  *   swap file beside it (SwapWriter). Revisions restart at 1 with the process.
  */
 import { chmodSync, chownSync, closeSync, constants as fsConstants, existsSync, fchmodSync, fchownSync, fstatSync, ftruncateSync, openSync, readFileSync, renameSync, rmSync, statSync, watch, writeFileSync, writeSync, type FSWatcher } from 'node:fs';
+import { rename } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { KeyIndex } from './prepare.js';
 import { nativeIfBuilt } from '../io/native.js';
@@ -92,6 +93,9 @@ export interface PolicyStore {
  *
  * `write` puts the text in the temporary file: a policy a slice per turn (a
  * data center's is megabytes; util/sliced.ts), the small tags file at once.
+ * The rename runs on libuv's thread pool, not on the forwarding thread: it
+ * frees the replaced file, and a 9.7 MB policy's rename over the one before
+ * took 6-11 ms on this machine's ext4 (1-2 ms at 2 MB).
  */
 async function writeKeepingOwner(tmp: string, text: string, target: string, write: (path: string, text: string, mode: number) => unknown): Promise<void> {
   let mode = 0o600, uid = -1, gid = -1;
@@ -107,7 +111,7 @@ async function writeKeepingOwner(tmp: string, text: string, target: string, writ
     if (uid >= 0 && (uid !== process.getuid?.() || gid !== process.getgid?.())) {
       try { chownSync(tmp, uid, gid); } catch { /* not allowed (tapwall is not root): the mode at least is kept */ }
     }
-    renameSync(tmp, target);
+    await rename(tmp, target);
   } catch (e) {
     rmSync(tmp, { force: true });
     throw e;
@@ -268,7 +272,12 @@ export class FileStore implements PolicyStore {
   async putPolicy(text: string, expect: number | null): Promise<CasResult> {
     if (expect !== null && expect !== this.policyRevision) return { ok: false, revision: this.policyRevision };
     const tmp = join(dirname(this.configPath), `.${basename(this.configPath)}.${process.pid}.tmp`);
-    await writeKeepingOwner(tmp, text, this.configPath, writeTextSliced);
+    this.writingPolicy = true;
+    try {
+      await writeKeepingOwner(tmp, text, this.configPath, writeTextSliced);
+    } finally {
+      this.writingPolicy = false;
+    }
     // The watch sees this write too: the file as written is not read back (10 MB read, decoded and compared).
     this.written = seen(this.configPath);
     this.policyText = text;
@@ -301,6 +310,8 @@ export class FileStore implements PolicyStore {
 
   /** The config file as this store last wrote it (null: not since start). */
   private written: FileSeen | null = null;
+  /** A write of the config file under way: the file the watch sees may be ours before `written` says so. */
+  private writingPolicy = false;
 
   /**
    * The config file may have changed on disk: a different text is a new
@@ -308,6 +319,12 @@ export class FileStore implements PolicyStore {
    * is read and decoded a slice per turn.
    */
   private async reread(force = false): Promise<void> {
+    if (this.writingPolicy) {
+      // Looked at again once the write is done (its rename may land before the write's end is seen here).
+      if (this.debounce) clearTimeout(this.debounce);
+      this.debounce = setTimeout(() => { void this.reread(force); }, 50);
+      return;
+    }
     const now = seen(this.configPath);
     if (now === null) return; // between an unlink and a rename; the rename fires again
     const w = this.written;
