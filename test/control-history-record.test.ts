@@ -9,6 +9,7 @@ import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HISTORY_SLICE, PolicyHistory } from '../src/control/history.js';
+import { until } from './fixtures.js';
 
 const sha = (text: string) => createHash('sha256').update(text).digest('hex');
 
@@ -44,4 +45,17 @@ t.test('versions asked for one after the other keep their order; the same text a
   await history.settled();
   t.same(history.list().map((e) => [e.id, e.by]), [[3, 'c'], [2, 'b'], [1, 'a']], 'the list, newest first');
   t.same(new PolicyHistory(dir).list().map((e) => e.sha256), [sha('v3'), sha('v2'), sha(big)], 'and so is the index on disk');
+});
+
+t.test('beyond the limit the oldest version goes, its text file too', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'tw-hist-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const history = new PolicyHistory(dir, 2);
+  for (const [i, text] of ['one', 'two', 'three'].entries()) await history.record(text, { by: 'a', revision: i + 1, rules: 1 });
+  t.same(history.list().map((e) => e.id), [3, 2], 'the newest two are listed');
+  t.equal(history.get(1), null, 'the oldest is gone');
+  // Its text is removed on the thread pool (freeing a large file is not the forwarding thread's work).
+  const texts = () => readdirSync(join(dir, 'history')).filter((f) => f !== 'index.jsonl').sort();
+  await until('the oldest text removed', () => texts().length === 2, 5000);
+  t.equal(texts().length, 2, `two texts are kept (${texts().join(', ')})`);
 });

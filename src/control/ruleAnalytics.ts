@@ -21,6 +21,7 @@
  * policies' counts. The save at stop is whole (the daemon is leaving).
  */
 import { createWriteStream, existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { rename, rm } from 'node:fs/promises';
 import { slicedAll, writeSliced } from '../util/sliced.js';
 import { RS_COUNT, ruleStatsRow } from '../flow/conntrack.js';
 import { join } from 'node:path';
@@ -143,13 +144,14 @@ export class RuleAnalytics {
         const stale = () => this.stopping || this.dp!.compiled.rules !== rules || this.changes !== changes;
         const whole = await writeSliced(out, { next: () => (stale() ? (out.destroy(), null) : text.next()) });
         if (problem) throw problem;
-        if (whole) { renameSync(tmp, this.path); return; }
+        // The rename frees the file it replaces (megabytes at 100,000 rules): on the thread pool.
+        if (whole) { await rename(tmp, this.path); return; }
         if (this.stopping) return;
       }
     } catch (e) {
       this.onError(`rule analytics cannot be saved to ${this.path} (${(e as Error).message}); they are kept in memory`);
     } finally {
-      rmSync(tmp, { force: true });
+      await rm(tmp, { force: true }).catch(() => undefined);
       this.saving = false;
     }
   }
