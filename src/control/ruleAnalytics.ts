@@ -149,7 +149,9 @@ export class RuleAnalytics {
         if (this.stopping) return;
       }
     } catch (e) {
-      this.onError(`rule analytics cannot be saved to ${this.path} (${(e as Error).message}); they are kept in memory`);
+      // Stopping: the stop's own save (whole, after this one's file was removed) is the one that counts, and
+      // says so if it fails; a rename that found its file removed by it is no news.
+      if (!this.stopping) this.onError(`rule analytics cannot be saved to ${this.path} (${(e as Error).message}); they are kept in memory`);
     } finally {
       await rm(tmp, { force: true }).catch(() => undefined);
       this.saving = false;
