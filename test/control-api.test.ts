@@ -276,6 +276,13 @@ t.test('the API of a running daemon', async (t) => {
     const apply = run('policy', 'apply', policyFile);
     t.equal(apply.status, 0, apply.stderr);
     t.match(apply.stdout, /applied: revision \d+/);
+    // A text not in force yet (a comment added) is loaded: the answer and the status say how long that took.
+    const edited = join(dir, 'policy-edited.yaml');
+    writeFileSync(edited, `${readFileSync(policyFile, 'utf8')}# reviewed\n`);
+    const applyEdited = run('policy', 'apply', edited);
+    t.equal(applyEdited.status, 0, applyEdited.stderr);
+    t.match(applyEdited.stdout, /applied: revision \d+, generation \d+, \d+ rules, loaded and validated in [\d.]+ ms, compiled in [\d.]+ ms/, 'a new text: with how long its load and compile took');
+    t.match(run('status').stdout, /last applied \S+ \(loaded in [\d.]+ ms, compiled in [\d.]+ ms\)/, 'and the status says the same of the last apply');
     const rules = JSON.parse(run('rules', '--json').stdout) as { rules: Array<{ id: string }> };
     t.same(rules.rules.map((r) => r.id), ['quarantine-out', 'quarantine-in', 'web-to-app', 'app-to-db'], 'rules lists the running rules');
     t.equal(run('tag', 'db-1', 'quarantine', '--reason', 'r').status, 2, 'a change without + or - is a usage error');

@@ -120,12 +120,12 @@ export function formatRules(r: { rules: Array<{ section: string; id: string; act
 export function formatStatus(s: Record<string, unknown>): string {
   const ports = s.ports as Array<{ name: string; mode: string; workload: string | null; up: boolean; rx: number; tx: number; outcomes: Record<string, number> }>;
   const rev = s.revision as { policy: number; tags: number };
-  const last = s.lastApply as { compileMs: number; at: string } | null;
+  const last = s.lastApply as { loadMs?: number | null; compileMs: number; at: string } | null;
   const err = s.lastError as { at: string; message: string } | null;
   const lines = [
     `tapwall ${s.version}, pid ${s.pid}, up ${s.uptimeSeconds} s`,
     `policy: generation ${s.generation}, revision ${rev.policy} (tags ${rev.tags}), ${s.rules} rules` +
-      (last ? `, last applied ${last.at} (compiled in ${last.compileMs.toFixed(1)} ms)` : ''),
+      (last ? `, last applied ${last.at} (${typeof last.loadMs === 'number' ? `loaded in ${last.loadMs.toFixed(1)} ms, ` : ''}compiled in ${last.compileMs.toFixed(1)} ms)` : ''),
     `apply failures: ${s.applyFailures}${err ? `, last at ${err.at}: ${err.message}` : ''}`,
     ...((s.shadowed as { count: number; rules: Array<{ message: string }> } | undefined)?.count
       ? [`shadowed rules: ${(s.shadowed as { count: number }).count}`, ...(s.shadowed as { rules: Array<{ message: string }> }).rules.slice(0, 5).map((r) => `  ${r.message}`)]
