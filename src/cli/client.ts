@@ -41,15 +41,15 @@ export function apiCall<T = Record<string, unknown>>(
   // event loop was held up (a synchronous child process, a long computation) while the API's keep-alive timer
   // closed an idle connection would otherwise write its next request into that closed connection and get
   // ECONNRESET or EPIPE (seen in a test, a CLI command run synchronously between two calls on a loaded machine).
-  let opts: RequestOptions = { agent: false };
+  let opts: RequestOptions;
   if (target.url) {
     const u = new URL(path, target.url);
     if (target.tokenFile) h.authorization = `Bearer ${readFileSync(target.tokenFile, 'utf8').trim()}`;
-    Object.assign(opts, { hostname: u.hostname.replace(/^\[|\]$/g, ''), port: u.port, path: u.pathname + u.search, method, headers: h });
+    opts = { hostname: u.hostname.replace(/^\[|\]$/g, ''), port: u.port, path: u.pathname + u.search, method, headers: h, agent: false };
     if (u.protocol === 'https:') Object.assign(opts, { ca: target.caFile ? readFileSync(target.caFile) : undefined });
     else if (u.protocol !== 'http:') return Promise.reject(new Error(`--api: expected an http:// or https:// URL, found '${target.url}'`));
   } else {
-    Object.assign(opts, { socketPath: target.socket, path, method, headers: h });
+    opts = { socketPath: target.socket, path, method, headers: h, agent: false };
   }
   return new Promise((resolve, reject) => {
     const secure = target.url !== undefined && target.url.startsWith('https:');

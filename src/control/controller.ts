@@ -245,7 +245,7 @@ export class Controller {
     this.generation++;
     this.lastSuccessAt = Date.now();
     this.lastApply = {
-      generation: this.generation, revision, loadMs: prepared.load === null ? null : prepared.load.ms, compileMs, swapMs: t2 - t1,
+      generation: this.generation, revision, loadMs: prepared.load?.ms ?? null, compileMs, swapMs: t2 - t1,
       reused: compiled.stats.reused, rules: compiled.stats.rules, at: new Date().toISOString(),
     };
     this.opts.log?.info({ source, ...this.lastApply }, 'policy applied');

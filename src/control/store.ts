@@ -269,19 +269,25 @@ export class FileStore implements PolicyStore {
     return this.snapshot();
   }
 
-  async putPolicy(text: string, expect: number | null): Promise<CasResult> {
-    if (expect !== null && expect !== this.policyRevision) return { ok: false, revision: this.policyRevision };
+  putPolicy(text: string, expect: number | null): Promise<CasResult> {
+    if (expect !== null && expect !== this.policyRevision) return Promise.resolve({ ok: false, revision: this.policyRevision });
+    return (this.policyWrite = this.writePolicy(text));
+  }
+
+  /** The write of the config file under way (reread waits for it: its rename may land before its end is seen). */
+  private policyWrite: Promise<CasResult> | null = null;
+
+  private async writePolicy(text: string): Promise<CasResult> {
     const tmp = join(dirname(this.configPath), `.${basename(this.configPath)}.${process.pid}.tmp`);
-    this.writingPolicy = true;
     try {
       await writeKeepingOwner(tmp, text, this.configPath, writeTextSliced);
+      // The watch sees this write too: the file as written is not read back (10 MB read, decoded and compared).
+      this.written = seen(this.configPath);
+      this.policyText = text;
+      this.policyRevision = ++this.revision;
     } finally {
-      this.writingPolicy = false;
+      this.policyWrite = null;
     }
-    // The watch sees this write too: the file as written is not read back (10 MB read, decoded and compared).
-    this.written = seen(this.configPath);
-    this.policyText = text;
-    this.policyRevision = ++this.revision;
     this.changed('policy');
     return { ok: true, revision: this.policyRevision };
   }
@@ -310,8 +316,6 @@ export class FileStore implements PolicyStore {
 
   /** The config file as this store last wrote it (null: not since start). */
   private written: FileSeen | null = null;
-  /** A write of the config file under way: the file the watch sees may be ours before `written` says so. */
-  private writingPolicy = false;
 
   /**
    * The config file may have changed on disk: a different text is a new
@@ -319,12 +323,8 @@ export class FileStore implements PolicyStore {
    * is read and decoded a slice per turn.
    */
   private async reread(force = false): Promise<void> {
-    if (this.writingPolicy) {
-      // Looked at again once the write is done (its rename may land before the write's end is seen here).
-      if (this.debounce) clearTimeout(this.debounce);
-      this.debounce = setTimeout(() => { void this.reread(force); }, 50);
-      return;
-    }
+    // Which file is this store's own is known once its write has ended.
+    while (this.policyWrite !== null) await this.policyWrite.catch(() => undefined);
     const now = seen(this.configPath);
     if (now === null) return; // between an unlink and a rename; the rename fires again
     const w = this.written;
